@@ -1,0 +1,29 @@
+package cgroup
+
+// Resources are the limits of one class of traffic (a vhost or the defaults),
+// in the units operators write them in; each backend translates them to its
+// own files. A zero field means "not set": the kernel's default applies.
+type Resources struct {
+	// CPUWeight is systemd's CPUWeight= scale, 1..10000, 100 being the
+	// kernel default. v2 writes cpu.weight; v1 writes cpu.shares = weight*1024/100.
+	CPUWeight uint64
+	// CPUQuotaPercent is systemd's CPUQuota=: percent of one CPU, may exceed
+	// 100 on machines with several CPUs. Zero means no cap.
+	CPUQuotaPercent float64
+	// IOWeight is systemd's IOWeight=, 1..10000 (v2 io.weight; v1
+	// blkio.weight, scaled into 10..1000).
+	IOWeight uint64
+	// Devices holds per-device bandwidth and IOPS caps.
+	Devices []DeviceLimit
+}
+
+// DeviceLimit caps IO on one block device. Zero fields are not capped.
+type DeviceLimit struct {
+	// Path is the device as the operator wrote it, for messages.
+	Path         string
+	Major, Minor int64
+	ReadBPS      uint64
+	WriteBPS     uint64
+	ReadIOPS     uint64
+	WriteIOPS    uint64
+}
