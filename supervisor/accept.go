@@ -1,0 +1,534 @@
+package supervisor
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// acceptCall is one intercepted accept or accept4, waiting to be answered.
+type acceptCall struct {
+	id      uint64
+	proc    *proc
+	fd      int    // the listening fd in the caller
+	addr    uint64 // caller's sockaddr buffer, or 0
+	addrlen uint64 // caller's socklen_t, read only when addr != 0
+	flags   int    // accept4 flags: SOCK_NONBLOCK, SOCK_CLOEXEC
+}
+
+// conn is a connection the supervisor accepted and has not yet handed over.
+type conn struct {
+	fd       int
+	nonblock bool
+	peer     unix.RawSockaddrAny
+	peerLen  uint32
+	decided  bool
+	decision Decision
+}
+
+func (c *conn) close() { unix.Close(c.fd) }
+
+// fileKey identifies a socket independently of the fd numbers pointing to it.
+type fileKey struct{ dev, ino uint64 }
+
+// listener is the supervisor's copy of one listening socket, shared by every
+// process and fd that refers to it (prefork children inherit one listener).
+type listener struct {
+	key fileKey
+	fd  int
+
+	mu sync.Mutex
+	// stash holds connections accepted for a caller that went away before
+	// it could take them (a signal interrupted it); the next accept on this
+	// socket gets them first, so no client is dropped.
+	stash []*conn
+	// waiters are blocking accepts with nothing to accept yet, oldest first.
+	waiters []*acceptCall
+	polling bool // in the event loop's epoll set
+	closed  bool
+
+	lastUsed atomic.Int64 // unix nanoseconds
+}
+
+func (l *listener) touch() { l.lastUsed.Store(time.Now().UnixNano()) }
+
+// listenerTable holds every listening socket copy by identity.
+type listenerTable struct {
+	mu    sync.Mutex
+	byKey map[fileKey]*listener
+}
+
+func newListenerTable() *listenerTable {
+	return &listenerTable{byKey: map[fileKey]*listener{}}
+}
+
+// adopt returns the listener for key, taking ownership of fd when it is the
+// first copy and closing it otherwise.
+func (t *listenerTable) adopt(key fileKey, fd int) *listener {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if l := t.byKey[key]; l != nil {
+		unix.Close(fd)
+		return l
+	}
+	l := &listener{key: key, fd: fd}
+	l.touch()
+	t.byKey[key] = l
+	return l
+}
+
+func (t *listenerTable) size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byKey)
+}
+
+// expire closes copies unused for longer than idle that nobody waits on, so
+// a socket the server closed is not kept open by vhqos.
+func (t *listenerTable) expire(idle time.Duration, ev *eventLoop) {
+	cutoff := time.Now().Add(-idle).UnixNano()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key, l := range t.byKey {
+		if l.lastUsed.Load() > cutoff {
+			continue
+		}
+		l.mu.Lock()
+		if len(l.waiters) == 0 && len(l.stash) == 0 {
+			if l.polling {
+				ev.unwatch(l.fd)
+				l.polling = false
+			}
+			l.closed = true
+			unix.Close(l.fd)
+			delete(t.byKey, key)
+		}
+		l.mu.Unlock()
+	}
+}
+
+func (t *listenerTable) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key, l := range t.byKey {
+		l.mu.Lock()
+		for _, c := range l.stash {
+			c.close()
+		}
+		l.stash = nil
+		l.waiters = nil
+		l.closed = true
+		unix.Close(l.fd)
+		l.mu.Unlock()
+		delete(t.byKey, key)
+	}
+}
+
+func (s *Supervisor) handleAccept(n *notification, is4 bool) {
+	call := &acceptCall{
+		id:      n.ID,
+		fd:      int(int32(n.Data.Args[0])),
+		addr:    n.Data.Args[1],
+		addrlen: n.Data.Args[2],
+	}
+	if is4 {
+		call.flags = int(int32(n.Data.Args[3]))
+		if call.flags&^(unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC) != 0 {
+			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, unix.EINVAL))
+			return
+		}
+	}
+	p, isNew, err := s.procs.lookup(s.notifyFd, int(n.Pid), n.ID)
+	if err != nil {
+		if err != unix.ENOENT {
+			// Without the process there is nothing to emulate with; the
+			// kernel can still do the accept, just without QoS.
+			s.stats.Errors.Add(1)
+			s.log.Warn("cannot emulate accept, letting the kernel do it", "tid", n.Pid, "err", err)
+			s.respond(call.id, respondContinue(s.notifyFd, call.id))
+		}
+		return
+	}
+	if isNew {
+		s.events.watchExit(p)
+	}
+	call.proc = p
+	for attempt := 0; attempt < 3; attempt++ {
+		l, errno, fallback := s.listenerFor(p, call.fd)
+		if fallback {
+			s.respond(call.id, respondContinue(s.notifyFd, call.id))
+			return
+		}
+		if errno != 0 {
+			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, errno))
+			return
+		}
+		if s.acceptOn(l, call) {
+			return
+		}
+		// The copy was expired under us; look the socket up afresh.
+		p.mu.Lock()
+		delete(p.listeners, call.fd)
+		p.mu.Unlock()
+	}
+	s.respond(call.id, respondContinue(s.notifyFd, call.id))
+}
+
+// listenerFor finds the listening socket behind fd in p. The fast path is a
+// single kcmp(2) confirming that fd still refers to the socket it referred
+// to last time; otherwise the socket is copied with pidfd_getfd. Sockets that
+// are not listening are not kept (a copy would hold the connection open):
+// accept is tried on the copy to return the kernel's own errno.
+func (s *Supervisor) listenerFor(p *proc, fd int) (l *listener, errno unix.Errno, fallback bool) {
+	p.mu.Lock()
+	l = p.listeners[fd]
+	p.mu.Unlock()
+	if l != nil && s.kcmpWorks && sameFile(p.tgid, fd, s.selfPid, l.fd) {
+		return l, 0, false
+	}
+	copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+	if err != nil {
+		switch err {
+		case unix.EBADF:
+			return nil, unix.EBADF, false
+		case unix.ESRCH:
+			// The process is gone; so is its notification.
+			s.forgetProc(p)
+			return nil, unix.ESRCH, false
+		default:
+			s.log.Warn("cannot copy the listening socket, letting the kernel accept", "pid", p.tgid, "fd", fd, "err", err)
+			return nil, 0, true
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(copyFd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		unix.Close(copyFd)
+		return nil, unix.ENOTSOCK, false
+	}
+	if listening, err := unix.GetsockoptInt(copyFd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || listening == 0 {
+		// accept on a socket that is not listening fails at once with the
+		// kernel's own errno (EINVAL, EOPNOTSUPP); never blocks.
+		nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(copyFd), 0, 0, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
+		if e == 0 {
+			unix.Close(int(nfd))
+			e = unix.EINVAL
+		}
+		unix.Close(copyFd)
+		return nil, e, false
+	}
+	l = s.listeners.adopt(fileKey{dev: st.Dev, ino: st.Ino}, copyFd)
+	p.mu.Lock()
+	p.listeners[fd] = l
+	p.mu.Unlock()
+	return l, 0, false
+}
+
+// acceptOn answers call from l: a stashed connection first, then one from
+// the kernel's queue; with none, EAGAIN for a non-blocking listener, else the
+// call waits in l until the event loop sees a connection. It returns false
+// if l was closed under it.
+func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false
+	}
+	l.touch()
+	if len(l.stash) > 0 {
+		c := l.stash[0]
+		l.stash = l.stash[1:]
+		l.mu.Unlock()
+		s.deliverOrRequeue(l, c, call)
+		return true
+	}
+	if readable(l.fd) {
+		c, errno := acceptFrom(l.fd, call.flags&unix.SOCK_NONBLOCK != 0)
+		l.mu.Unlock()
+		switch errno {
+		case 0:
+			s.deliverOrRequeue(l, c, call)
+		case unix.EAGAIN:
+			// Taken by someone outside the filter; behave as if empty.
+			return s.waitOrAgain(l, call)
+		default:
+			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, errno))
+		}
+		return true
+	}
+	l.mu.Unlock()
+	return s.waitOrAgain(l, call)
+}
+
+// waitOrAgain handles an accept with nothing to accept.
+func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
+	flags, err := unix.FcntlInt(uintptr(l.fd), unix.F_GETFL, 0)
+	if err == nil && flags&unix.O_NONBLOCK != 0 {
+		s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, unix.EAGAIN))
+		return true
+	}
+	// A process waiting for a connection serves nobody: it waits at home.
+	s.place(call.proc, HomeGroup)
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false
+	}
+	l.waiters = append(l.waiters, call)
+	if !l.polling {
+		s.events.watchListener(l)
+		l.polling = true
+	}
+	l.mu.Unlock()
+	// A connection may have arrived between the check and the wait.
+	s.pump(l)
+	return true
+}
+
+// pump hands pending connections, stashed ones first, to waiting accepts
+// until one side runs out. The event loop calls it when l is readable.
+func (s *Supervisor) pump(l *listener) {
+	for {
+		l.mu.Lock()
+		if len(l.waiters) == 0 || l.closed {
+			if l.polling && !l.closed {
+				s.events.unwatch(l.fd)
+				l.polling = false
+			}
+			l.mu.Unlock()
+			return
+		}
+		var c *conn
+		if len(l.stash) > 0 {
+			c = l.stash[0]
+			l.stash = l.stash[1:]
+		} else if readable(l.fd) {
+			var errno unix.Errno
+			c, errno = acceptFrom(l.fd, false)
+			if errno == unix.EAGAIN {
+				l.mu.Unlock()
+				return
+			}
+			if errno != 0 {
+				w := l.waiters[0]
+				l.waiters = l.waiters[1:]
+				l.mu.Unlock()
+				s.respond(w.id, respondErrno(s.notifyFd, w.id, 0, errno))
+				continue
+			}
+		} else {
+			l.mu.Unlock()
+			return
+		}
+		w := l.waiters[0]
+		l.waiters = l.waiters[1:]
+		l.touch()
+		l.mu.Unlock()
+		s.deliver(l, c, w)
+	}
+}
+
+// dropStaleWaiters forgets waiting accepts whose caller was interrupted or
+// died, so the waiter list stays bounded with no traffic at all.
+func (s *Supervisor) dropStaleWaiters(l *listener) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	kept := l.waiters[:0]
+	for _, w := range l.waiters {
+		if idValid(s.notifyFd, w.id) {
+			kept = append(kept, w)
+		}
+	}
+	clear(l.waiters[len(kept):])
+	l.waiters = kept
+}
+
+// deliverOrRequeue delivers c to call; if call went away, c goes to the next
+// waiter or the stash.
+func (s *Supervisor) deliverOrRequeue(l *listener, c *conn, call *acceptCall) {
+	if !s.deliver(l, c, call) {
+		s.pump(l)
+	}
+}
+
+// deliver hands c to call: classify it once, put the caller's process in
+// the class's cgroup, mark the socket, write the peer address into the
+// caller and install the fd as the syscall's result. If the caller cannot
+// take it (interrupted, died, no fd slot), c is put back at the head of the
+// stash and deliver returns false.
+func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
+	if s.testHookBeforeDeliver != nil {
+		s.testHookBeforeDeliver()
+	}
+	if !c.decided {
+		s.decide(c)
+	}
+	s.place(call.proc, c.decision.Group)
+	if want := call.flags&unix.SOCK_NONBLOCK != 0; want != c.nonblock {
+		if err := unix.SetNonblock(c.fd, want); err == nil {
+			c.nonblock = want
+		}
+	}
+	if call.addr != 0 {
+		// Writing into a thread that has left the syscall would corrupt
+		// memory it now uses for something else.
+		if !idValid(s.notifyFd, call.id) {
+			s.requeue(l, c)
+			return false
+		}
+		if errno := writePeer(call, c); errno != 0 {
+			// The kernel would drop the connection here; keep it for the
+			// next accept instead and report what the kernel reports.
+			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, errno))
+			s.requeue(l, c)
+			return false
+		}
+	}
+	err := sendFd(s.notifyFd, call.id, c.fd, call.flags&unix.SOCK_CLOEXEC != 0)
+	if err == nil {
+		c.close()
+		s.stats.Accepted.Add(1)
+		s.countConnection(c.decision.Group)
+		return true
+	}
+	if !notificationGone(err) {
+		// EMFILE and the like: the caller's own accept would have failed
+		// the same way before taking the connection.
+		if errno, ok := err.(unix.Errno); ok {
+			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, errno))
+		}
+	}
+	s.requeue(l, c)
+	return false
+}
+
+func (s *Supervisor) requeue(l *listener, c *conn) {
+	s.stats.Requeued.Add(1)
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		c.close()
+		return
+	}
+	l.stash = append([]*conn{c}, l.stash...)
+	l.mu.Unlock()
+}
+
+// decide classifies c by its local address and marks it. It runs once per
+// connection, whoever it is finally handed to.
+func (s *Supervisor) decide(c *conn) {
+	c.decided = true
+	var sa unix.RawSockaddrAny
+	salen := uint32(unix.SizeofSockaddrAny)
+	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(c.fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)))
+	var local netip.AddrPort
+	if e == 0 {
+		local = sockaddrToAddrPort(&sa)
+	}
+	c.decision = s.classify(local)
+	if c.decision.DSCP >= 0 {
+		if err := markDSCP(c.fd, sa.Addr.Family, c.decision.DSCP); err != nil {
+			s.stats.Errors.Add(1)
+			s.log.Warn("setting DSCP on a connection", "local", local, "dscp", c.decision.DSCP, "err", err)
+		}
+	}
+}
+
+// acceptFrom accepts one connection from our copy of a listener. The copy
+// is always close-on-exec on our side; O_NONBLOCK is the caller's choice.
+func acceptFrom(lfd int, nonblock bool) (*conn, unix.Errno) {
+	c := &conn{peerLen: unix.SizeofSockaddrAny, nonblock: nonblock}
+	flags := unix.SOCK_CLOEXEC
+	if nonblock {
+		flags |= unix.SOCK_NONBLOCK
+	}
+	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&c.peer)), uintptr(unsafe.Pointer(&c.peerLen)), uintptr(flags), 0, 0)
+	if e != 0 {
+		return nil, e
+	}
+	c.fd = int(fd)
+	return c, 0
+}
+
+// readable polls fd without waiting.
+func readable(fd int) bool {
+	pfd := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, _, e := unix.Syscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&pfd[0])), 1, 0)
+	return e == 0 && n > 0 && pfd[0].Revents != 0
+}
+
+// writePeer does what the kernel's move_addr_to_user does for accept: read
+// the caller's buffer length, write as much of the address as fits, then
+// store the address's full length.
+func writePeer(call *acceptCall, c *conn) unix.Errno {
+	pid := call.proc.tgid
+	var lenBuf [4]byte
+	local := []unix.Iovec{{Base: &lenBuf[0], Len: 4}}
+	remote := []unix.RemoteIovec{{Base: uintptr(call.addrlen), Len: 4}}
+	if n, err := unix.ProcessVMReadv(pid, local, remote, 0); err != nil || n != 4 {
+		return unix.EFAULT
+	}
+	avail := int32(binary.NativeEndian.Uint32(lenBuf[:]))
+	if avail < 0 {
+		return unix.EINVAL
+	}
+	n := min(uint32(avail), c.peerLen)
+	var full [4]byte
+	binary.NativeEndian.PutUint32(full[:], c.peerLen)
+	peer := (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&c.peer))
+	local = local[:0]
+	remoteW := make([]unix.RemoteIovec, 0, 2)
+	if n > 0 {
+		local = append(local, unix.Iovec{Base: &peer[0], Len: uint64(n)})
+		remoteW = append(remoteW, unix.RemoteIovec{Base: uintptr(call.addr), Len: int(n)})
+	}
+	local = append(local, unix.Iovec{Base: &full[0], Len: 4})
+	remoteW = append(remoteW, unix.RemoteIovec{Base: uintptr(call.addrlen), Len: 4})
+	if w, err := unix.ProcessVMWritev(pid, local, remoteW, 0); err != nil || w != int(n)+4 {
+		return unix.EFAULT
+	}
+	return 0
+}
+
+func sockaddrToAddrPort(sa *unix.RawSockaddrAny) netip.AddrPort {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&in.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom4(in.Addr), port)
+	case unix.AF_INET6:
+		in6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&in6.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom16(in6.Addr).Unmap(), port)
+	}
+	return netip.AddrPort{}
+}
+
+// sameFile asks kcmp(2) whether fd in process pid and ourFd here are the
+// same open file.
+func sameFile(pid, fd, self, ourFd int) bool {
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(self), kcmpFile, uintptr(fd), uintptr(ourFd), 0)
+	return e == 0 && r == 0
+}
+
+const kcmpFile = 0 // KCMP_FILE
+
+func kcmpAvailable() bool {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return false
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	dup, err := unix.FcntlInt(uintptr(p[0]), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(dup)
+	self := unix.Getpid()
+	return sameFile(self, p[0], self, dup) && !sameFile(self, p[0], self, p[1])
+}

@@ -1,0 +1,98 @@
+package supervisor
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The kernel's seccomp user-notification structures (linux/seccomp.h). They
+// are used directly rather than through libseccomp-golang's cgo wrappers
+// because every accepted connection passes through them: no allocation, no
+// cgo transition.
+type seccompData struct {
+	Nr                 int32
+	Arch               uint32
+	InstructionPointer uint64
+	Args               [6]uint64
+}
+
+type notification struct {
+	ID    uint64
+	Pid   uint32
+	Flags uint32
+	Data  seccompData
+}
+
+type notifResponse struct {
+	ID    uint64
+	Val   int64
+	Error int32
+	Flags uint32
+}
+
+type notifAddfd struct {
+	ID         uint64
+	Flags      uint32
+	Srcfd      uint32
+	Newfd      uint32
+	NewfdFlags uint32
+}
+
+func ioctl(fd int, req uintptr, arg unsafe.Pointer) error {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// receive reads one pending notification. The kernel insists that the
+// buffer is zeroed.
+func receive(notifyFd int, n *notification) error {
+	*n = notification{}
+	return ioctl(notifyFd, unix.SECCOMP_IOCTL_NOTIF_RECV, unsafe.Pointer(n))
+}
+
+// respondContinue lets the kernel run the syscall as the process asked.
+func respondContinue(notifyFd int, id uint64) error {
+	r := notifResponse{ID: id, Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE}
+	return ioctl(notifyFd, unix.SECCOMP_IOCTL_NOTIF_SEND, unsafe.Pointer(&r))
+}
+
+// respondErrno makes the syscall fail with errno, or succeed with val when
+// errno is 0.
+func respondErrno(notifyFd int, id uint64, val int64, errno unix.Errno) error {
+	r := notifResponse{ID: id, Val: val, Error: -int32(errno)}
+	return ioctl(notifyFd, unix.SECCOMP_IOCTL_NOTIF_SEND, unsafe.Pointer(&r))
+}
+
+// sendFd installs srcfd in the notifying process and makes it the syscall's
+// return value in one step (SECCOMP_ADDFD_FLAG_SEND), so there is no moment
+// in which the process owns the fd but has not been answered. On failure
+// nothing was installed and the notification, if it still exists, is
+// unanswered.
+func sendFd(notifyFd int, id uint64, srcfd int, cloexec bool) error {
+	a := notifAddfd{ID: id, Flags: unix.SECCOMP_ADDFD_FLAG_SEND, Srcfd: uint32(srcfd)}
+	if cloexec {
+		a.NewfdFlags = unix.O_CLOEXEC
+	}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(notifyFd), unix.SECCOMP_IOCTL_NOTIF_ADDFD, uintptr(unsafe.Pointer(&a)))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// idValid reports whether the notifying thread is still blocked in the
+// syscall of notification id. Whatever was read from /proc or the target's
+// memory before a true answer refers to that very thread.
+func idValid(notifyFd int, id uint64) bool {
+	return ioctl(notifyFd, unix.SECCOMP_IOCTL_NOTIF_ID_VALID, unsafe.Pointer(&id)) == nil
+}
+
+// notificationGone reports whether err from an ioctl means the notification
+// no longer exists: the thread was interrupted by a signal or died.
+func notificationGone(err error) bool {
+	return err == unix.ENOENT || err == unix.ESRCH || err == unix.EINPROGRESS
+}

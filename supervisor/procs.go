@@ -1,0 +1,141 @@
+package supervisor
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// proc is what the supervisor knows of one server process. It is cached so
+// that an accept costs no pidfd_open and no /proc read; the process's pidfd
+// sits in the supervisor's epoll set and its exit drops the entry.
+type proc struct {
+	tgid  int
+	pidfd int
+
+	mu sync.Mutex
+	// group is the cgroup the supervisor last placed the process in; "" when
+	// it never did (a fresh fork sits wherever its parent was).
+	group string
+	// listeners caches, per fd, the listening socket that fd referred to when
+	// last seen; kcmp tells whether it still does.
+	listeners map[int]*listener
+	// tids are the thread ids that map to this process, and forgotten says
+	// the entry is gone and its pidfd closed (both under procTable.mu).
+	tids      []int
+	forgotten bool
+}
+
+// procTable maps the thread ids in notifications to processes.
+type procTable struct {
+	mu     sync.Mutex
+	byTid  map[int]*proc
+	byTgid map[int]*proc
+}
+
+func newProcTable() *procTable {
+	return &procTable{byTid: map[int]*proc{}, byTgid: map[int]*proc{}}
+}
+
+// lookup returns the process of thread tid, which sent notification id.
+// isNew reports a process seen for the first time, whose pidfd the caller
+// must watch for exit.
+func (t *procTable) lookup(notifyFd int, tid int, id uint64) (p *proc, isNew bool, err error) {
+	t.mu.Lock()
+	p = t.byTid[tid]
+	t.mu.Unlock()
+	if p != nil {
+		return p, false, nil
+	}
+	tgid, err := readTgid(tid)
+	if err != nil {
+		return nil, false, err
+	}
+	t.mu.Lock()
+	p = t.byTgid[tgid]
+	t.mu.Unlock()
+	if p == nil {
+		pidfd, err := unix.PidfdOpen(tgid, 0)
+		if err != nil {
+			return nil, false, fmt.Errorf("opening pidfd of process %d: %w", tgid, err)
+		}
+		p = &proc{tgid: tgid, pidfd: pidfd, listeners: map[int]*listener{}}
+		isNew = true
+	}
+	// Only now is it certain that tid is still the thread that asked, so
+	// the pidfd opened above belongs to its process.
+	if !idValid(notifyFd, id) {
+		if isNew {
+			unix.Close(p.pidfd)
+		}
+		return nil, false, unix.ENOENT
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if existing := t.byTgid[tgid]; existing != nil && isNew {
+		// Another thread of the same process won the race.
+		unix.Close(p.pidfd)
+		p, isNew = existing, false
+	}
+	t.byTgid[tgid] = p
+	t.byTid[tid] = p
+	p.tids = append(p.tids, tid)
+	return p, isNew, nil
+}
+
+func readTgid(tid int) (int, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
+	if err != nil {
+		return 0, fmt.Errorf("reading the status of thread %d: %w", tid, err)
+	}
+	i := bytes.Index(data, []byte("\nTgid:"))
+	if i < 0 {
+		return 0, fmt.Errorf("no Tgid in /proc/%d/status", tid)
+	}
+	rest := bytes.TrimLeft(data[i+len("\nTgid:"):], " \t")
+	if j := bytes.IndexByte(rest, '\n'); j >= 0 {
+		rest = rest[:j]
+	}
+	return strconv.Atoi(string(rest))
+}
+
+// forget drops a process that exited (or whose pidfd turned out stale) and
+// every thread id that pointed to it, and closes its pidfd once.
+func (t *procTable) forget(p *proc) {
+	t.mu.Lock()
+	if p.forgotten {
+		t.mu.Unlock()
+		return
+	}
+	p.forgotten = true
+	if t.byTgid[p.tgid] == p {
+		delete(t.byTgid, p.tgid)
+	}
+	for _, tid := range p.tids {
+		if t.byTid[tid] == p {
+			delete(t.byTid, tid)
+		}
+	}
+	t.mu.Unlock()
+	unix.Close(p.pidfd)
+}
+
+func (t *procTable) size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byTgid)
+}
+
+func (t *procTable) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range t.byTgid {
+		unix.Close(p.pidfd)
+	}
+	t.byTgid = map[int]*proc{}
+	t.byTid = map[int]*proc{}
+}

@@ -1,0 +1,480 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vhqos/vhqos/shim"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == shim.Arg {
+		os.Exit(shim.Main(os.Args[2:]))
+	}
+	switch os.Getenv(testServerEnv) {
+	case "server":
+		os.Exit(testServerMain())
+	case "child":
+		os.Exit(testChildMain())
+	}
+	os.Exit(m.Run())
+}
+
+// recordingPlacer stands in for the cgroup manager in these tests, which are
+// about accept semantics; the real cgroups are exercised by package cgroup
+// and by the integration tests. It remembers where each process was put.
+type recordingPlacer struct {
+	mu     sync.Mutex
+	group  map[int]string
+	everIn map[int]map[string]bool
+}
+
+func (r *recordingPlacer) Place(group string, pid int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.group[pid] = group
+	if r.everIn[pid] == nil {
+		r.everIn[pid] = map[string]bool{}
+	}
+	r.everIn[pid][group] = true
+	return nil
+}
+
+func (r *recordingPlacer) wasIn(pid int, group string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.everIn[pid][group]
+}
+
+func (r *recordingPlacer) groupOf(pid int) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.group[pid]
+}
+
+// portClassifier puts connections to one port in "shop" with DSCP 34
+// (AF41) and everything else in "default", unmarked.
+type portClassifier struct{ shopPort uint16 }
+
+func (c portClassifier) ClassifyAddr(local netip.AddrPort) Decision {
+	if local.Port() == c.shopPort {
+		return Decision{Group: "shop", DSCP: 34}
+	}
+	return Decision{Group: "default", DSCP: -1}
+}
+
+type harness struct {
+	t      *testing.T
+	sup    *Supervisor
+	placer *recordingPlacer
+	port   int
+	addr   string
+	in     io.Writer
+	out    *bufio.Reader
+	pid    int
+}
+
+// startServer runs the test server under the real filter and a Supervisor
+// whose classifier marks this server's port as "shop".
+func startServer(t *testing.T, listenAddr string) *harness {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: pidfd_getfd into the server and the seccomp filter without no_new_privs")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdinR, stdinW, _ := os.Pipe()
+	stdoutR, stdoutW, _ := os.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := shim.Start(ctx, shim.Config{
+		Self:     self,
+		Argv:     []string{self},
+		Syscalls: []string{"accept", "accept4"},
+		Env:      append(os.Environ(), testServerEnv+"=server", "VHQOS_TESTSERVER_ADDR="+listenAddr),
+		Stdin:    stdinR,
+		Stdout:   stdoutW,
+		Stderr:   os.Stderr,
+	})
+	stdinR.Close()
+	stdoutW.Close()
+	if err != nil {
+		cancel()
+		t.Fatalf("starting the test server: %v", err)
+	}
+	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
+	h := &harness{t: t, placer: placer, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid()}
+	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: &lateClassifier{h: h}, Placer: placer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sup = sup
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	if err := p.Exec(); err != nil {
+		t.Fatalf("exec of the test server: %v", err)
+	}
+	t.Cleanup(func() {
+		stdinW.Close()
+		// The server runs in a process group of its own, with its children.
+		unix.Kill(-p.Pid(), unix.SIGKILL)
+		p.Cmd.Wait()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("supervisor: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("supervisor did not stop after the server exited")
+			cancel()
+		}
+		cancel()
+	})
+	line, err := h.out.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready ") {
+		t.Fatalf("test server did not start: %q %v", line, err)
+	}
+	h.port, _ = strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "ready ")))
+	host := strings.TrimSuffix(strings.TrimPrefix(listenAddr[:strings.LastIndex(listenAddr, ":")], "["), "]")
+	h.addr = net.JoinHostPort(host, strconv.Itoa(h.port))
+	return h
+}
+
+// lateClassifier knows the port only once the server has said it.
+type lateClassifier struct{ h *harness }
+
+func (c *lateClassifier) ClassifyAddr(local netip.AddrPort) Decision {
+	return portClassifier{shopPort: uint16(c.h.port)}.ClassifyAddr(local)
+}
+
+func (h *harness) command(cmd string) {
+	h.t.Helper()
+	if _, err := fmt.Fprintln(h.in, cmd); err != nil {
+		h.t.Fatalf("sending %q to the test server: %v", cmd, err)
+	}
+}
+
+func (h *harness) line() string {
+	h.t.Helper()
+	type result struct {
+		s   string
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := h.out.ReadString('\n')
+		ch <- result{s, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			h.t.Fatalf("reading from the test server: %v", r.err)
+		}
+		return strings.TrimSpace(r.s)
+	case <-time.After(10 * time.Second):
+		h.t.Fatalf("test server did not answer in 10 s")
+	}
+	return ""
+}
+
+func (h *harness) result() acceptResult {
+	h.t.Helper()
+	var r acceptResult
+	s := h.line()
+	if err := json.Unmarshal([]byte(s), &r); err != nil {
+		h.t.Fatalf("bad result %q: %v", s, err)
+	}
+	return r
+}
+
+// dial connects a client and returns it with its local port.
+func (h *harness) dial() (net.Conn, int) {
+	h.t.Helper()
+	c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+	if err != nil {
+		h.t.Fatalf("connecting to the test server: %v", err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c, c.LocalAddr().(*net.TCPAddr).Port
+}
+
+// servedBy reads the pid the server wrote on the connection.
+func servedBy(t *testing.T, c net.Conn) int {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("connection was not served: %v", err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(line))
+	return pid
+}
+
+func TestAcceptVariants(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0")
+	const nb, ce = unix.SOCK_NONBLOCK, unix.SOCK_CLOEXEC
+	tests := []struct {
+		name                      string
+		cmd                       string
+		wantLen                   int
+		wantNonblock, wantCloexec bool
+		wantGuard                 string // untouched 0xAA bytes past the allowed length
+	}{
+		{name: "accept full buffer", cmd: "accept full", wantLen: 16, wantGuard: "aaaaaaaaaaaaaaaa"},
+		{name: "accept4 no flags", cmd: "accept4 0 full", wantLen: 16},
+		{name: "accept4 SOCK_NONBLOCK", cmd: fmt.Sprintf("accept4 %d full", nb), wantLen: 16, wantNonblock: true},
+		{name: "accept4 SOCK_CLOEXEC", cmd: fmt.Sprintf("accept4 %d full", ce), wantLen: 16, wantCloexec: true},
+		{name: "accept4 both flags", cmd: fmt.Sprintf("accept4 %d full", nb|ce), wantLen: 16, wantNonblock: true, wantCloexec: true},
+		{name: "NULL address", cmd: "accept null", wantLen: 128},
+		{name: "short buffer is truncated, length is the full one", cmd: "accept4 0 short", wantLen: 16, wantGuard: "aaaaaaaaaaaaaaaa"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h.command(tc.cmd)
+			c, clientPort := h.dial()
+			r := h.result()
+			if r.Ret < 0 {
+				t.Fatalf("accept failed: errno %d", r.Errno)
+			}
+			if got := servedBy(t, c); got != h.pid {
+				t.Errorf("served by pid %d, want %d", got, h.pid)
+			}
+			if r.AddrLen != tc.wantLen {
+				t.Errorf("addrlen = %d, want %d", r.AddrLen, tc.wantLen)
+			}
+			if strings.HasSuffix(tc.cmd, "full") && (r.Family != unix.AF_INET || r.Port != clientPort) {
+				t.Errorf("peer = family %d port %d, want AF_INET port %d", r.Family, r.Port, clientPort)
+			}
+			if tc.wantGuard != "" && r.Guard != tc.wantGuard {
+				t.Errorf("bytes past the buffer length were written: %s", r.Guard)
+			}
+			if r.Nonblock != tc.wantNonblock || r.Cloexec != tc.wantCloexec {
+				t.Errorf("nonblock=%v cloexec=%v, want %v %v", r.Nonblock, r.Cloexec, tc.wantNonblock, tc.wantCloexec)
+			}
+			if r.TOS>>2 != 34 {
+				t.Errorf("DSCP = %d, want 34 (AF41) set before the server saw the socket", r.TOS>>2)
+			}
+			if g := h.placer.groupOf(h.pid); g != "shop" {
+				t.Errorf("serving process is in group %q, want shop", g)
+			}
+		})
+	}
+}
+
+func TestAcceptErrnos(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0")
+	tests := []struct {
+		cmd   string
+		errno unix.Errno
+	}{
+		{"on badfd accept4 0", unix.EBADF},
+		{"on pipe accept4 0", unix.ENOTSOCK},
+		{"on unconnected accept4 0", unix.EINVAL},
+		{"on udp accept4 0", unix.EOPNOTSUPP},
+		{"accept4 1 full", unix.EINVAL}, // unknown flag
+	}
+	for _, tc := range tests {
+		t.Run(tc.cmd, func(t *testing.T) {
+			h.command(tc.cmd)
+			r := h.result()
+			if r.Ret != -1 || unix.Errno(r.Errno) != tc.errno {
+				t.Errorf("got ret %d errno %v, want %v", r.Ret, unix.Errno(r.Errno), tc.errno)
+			}
+		})
+	}
+}
+
+// A bad address buffer fails the call the way the kernel fails it, but the
+// connection, unlike in the kernel, is not lost: the next accept gets it.
+func TestBadBufferKeepsConnection(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0")
+	for _, tc := range []struct {
+		mode  string
+		errno unix.Errno
+	}{{"fault", unix.EFAULT}, {"neg", unix.EINVAL}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			c, _ := h.dial()
+			h.command("accept4 0 " + tc.mode)
+			if r := h.result(); r.Ret != -1 || unix.Errno(r.Errno) != tc.errno {
+				t.Fatalf("got ret %d errno %v, want %v", r.Ret, unix.Errno(r.Errno), tc.errno)
+			}
+			h.command("accept4 0 full")
+			if r := h.result(); r.Ret < 0 {
+				t.Fatalf("second accept failed: errno %d", r.Errno)
+			}
+			if servedBy(t, c) != h.pid {
+				t.Errorf("connection served by the wrong process")
+			}
+		})
+	}
+}
+
+func TestNonBlockingListener(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0")
+	h.command("nonblock")
+	h.line()
+	h.command("accept4 0 full")
+	if r := h.result(); r.Ret != -1 || unix.Errno(r.Errno) != unix.EAGAIN {
+		t.Fatalf("empty non-blocking listener: ret %d errno %v, want EAGAIN", r.Ret, unix.Errno(r.Errno))
+	}
+	c, _ := h.dial()
+	// The connection may need a moment to reach the accept queue.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h.command("accept4 0 full")
+		r := h.result()
+		if r.Ret >= 0 {
+			break
+		}
+		if unix.Errno(r.Errno) != unix.EAGAIN || time.Now().After(deadline) {
+			t.Fatalf("accept: errno %v", unix.Errno(r.Errno))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	servedBy(t, c)
+}
+
+func TestIPv6(t *testing.T) {
+	if _, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	h := startServer(t, "[::1]:0")
+	h.command("accept4 0 full")
+	c, clientPort := h.dial()
+	r := h.result()
+	if r.Ret < 0 || r.Family != unix.AF_INET6 || r.AddrLen != 28 || r.Port != clientPort {
+		t.Fatalf("IPv6 accept: %+v (client port %d)", r, clientPort)
+	}
+	if r.TOS>>2 != 34 {
+		t.Errorf("traffic class DSCP = %d, want 34", r.TOS>>2)
+	}
+	servedBy(t, c)
+}
+
+// A blocked accept interrupted by a signal, while no connection is pending,
+// leaves a stale waiter; the restarted accept must still get the next
+// connection.
+func TestSignalWhileWaiting(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0")
+	h.command("tid")
+	tid, _ := strconv.Atoi(h.line())
+	h.command("accept4 0 full")
+	time.Sleep(100 * time.Millisecond) // let the accept block
+	if err := unix.Tgkill(h.pid, tid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the restarted accept blocks again
+	c, _ := h.dial()
+	if r := h.result(); r.Ret < 0 {
+		t.Fatalf("accept after the signal: errno %d", r.Errno)
+	}
+	servedBy(t, c)
+}
+
+// The hard case: the supervisor has already accepted a connection for a
+// caller that a signal then interrupts. The connection must be handed to
+// the restarted accept, not dropped.
+func TestSignalAfterAccept(t *testing.T) {
+	for _, mode := range []string{"full", "null"} {
+		t.Run(mode, func(t *testing.T) {
+			h := startServer(t, "127.0.0.1:0")
+			accepted, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			h.sup.testHookBeforeDeliver = func() {
+				once.Do(func() {
+					close(accepted)
+					<-release
+				})
+			}
+			h.command("tid")
+			tid, _ := strconv.Atoi(h.line())
+			h.command("accept4 0 " + mode)
+			time.Sleep(100 * time.Millisecond)
+			c, _ := h.dial()
+			select {
+			case <-accepted:
+			case <-time.After(5 * time.Second):
+				t.Fatal("supervisor never accepted the connection")
+			}
+			unix.Tgkill(h.pid, tid, unix.SIGUSR1)
+			time.Sleep(200 * time.Millisecond)
+			close(release)
+			if r := h.result(); r.Ret < 0 {
+				t.Fatalf("restarted accept: errno %d", r.Errno)
+			}
+			servedBy(t, c)
+			if n := h.sup.Stats().Requeued.Load(); n != 1 {
+				t.Errorf("requeued %d connections, want exactly the interrupted one", n)
+			}
+		})
+	}
+}
+
+// Fifty processes block in accept on one socket, as prefork children do;
+// every connection is served, by several of them, each placed in the
+// connection's group before it answers.
+func TestManyAcceptingProcesses(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0")
+	h.command("children 50")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	const conns = 300
+	pids := make(chan int, conns)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil {
+				t.Errorf("connection not served: %v", err)
+				return
+			}
+			pid, _ := strconv.Atoi(strings.TrimSpace(line))
+			// It has gone home by now if it is waiting again.
+			if !h.placer.wasIn(pid, "shop") {
+				t.Errorf("pid %d served without being placed in shop", pid)
+			}
+			pids <- pid
+		}()
+	}
+	wg.Wait()
+	close(pids)
+	distinct := map[int]bool{}
+	n := 0
+	for p := range pids {
+		distinct[p] = true
+		n++
+	}
+	if n != conns {
+		t.Fatalf("%d of %d connections served", n, conns)
+	}
+	if len(distinct) < 2 {
+		t.Errorf("all connections served by %d process(es); the accepts were not concurrent", len(distinct))
+	}
+	t.Logf("%d connections served by %d processes", n, len(distinct))
+}
