@@ -52,6 +52,22 @@ type listener struct {
 	polling bool // in the event loop's epoll set
 	closed  bool
 
+	// bound is the listener's own address. When the table decides every
+	// connection from it alone, fixed holds that decision for table
+	// generation fixedGen, and accepts are left to the kernel.
+	bound    netip.AddrPort
+	family   uint16
+	fixedGen uint64
+	fixedOK  bool
+	fixed    Decision
+	// markedDSCP is the DSCP vhqos set on the listener itself (inherited
+	// by its connections and carried by the SYN-ACK), or -1.
+	markedDSCP int
+	// drain counts the connections that were already queued when the
+	// listener's mark changed: they were created with the old mark, so
+	// that many accepts are emulated (and each connection marked).
+	drain uint32
+
 	lastUsed atomic.Int64 // unix nanoseconds
 }
 
@@ -76,7 +92,10 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 		unix.Close(fd)
 		return l
 	}
-	l := &listener{key: key, fd: fd}
+	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1}
+	if sa, err := unix.Getsockname(fd); err == nil {
+		l.bound, l.family = sockaddrAddrPort(sa)
+	}
 	l.touch()
 	t.byKey[key] = l
 	return l
@@ -168,6 +187,9 @@ func (s *Supervisor) handleAccept(n *notification, is4 bool) {
 			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, errno))
 			return
 		}
+		if s.shortcut && s.leaveToKernel(l, call) {
+			return
+		}
 		if s.acceptOn(l, call) {
 			return
 		}
@@ -226,6 +248,62 @@ func (s *Supervisor) listenerFor(p *proc, fd int) (l *listener, errno unix.Errno
 	p.listeners[fd] = l
 	p.mu.Unlock()
 	return l, 0, false
+}
+
+// leaveToKernel answers call with "continue" when l's address alone
+// decides the class of every connection it will produce: the process is
+// placed and the listener marked (accepted sockets inherit its DSCP) before
+// the kernel accepts, which costs a fraction of emulating the accept and
+// keeps the kernel's own blocking and signal semantics.
+func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
+	cl := s.classifier.Load()
+	l.mu.Lock()
+	if l.closed || len(l.stash) > 0 {
+		l.mu.Unlock()
+		return false
+	}
+	if l.fixedGen != cl.gen {
+		l.fixed, l.fixedOK = cl.ClassifyListener(l.bound)
+		l.fixedGen = cl.gen
+	}
+	if !l.fixedOK {
+		l.mu.Unlock()
+		return false
+	}
+	d := l.fixed
+	if d.DSCP >= 0 && l.markedDSCP != d.DSCP {
+		if err := markDSCP(l.fd, l.family, d.DSCP); err != nil {
+			s.log.Warn("setting DSCP on a listening socket", "addr", l.bound, "err", err)
+		} else {
+			l.markedDSCP = d.DSCP
+			l.drain = acceptQueueLen(l.fd)
+		}
+	}
+	if l.drain > 0 {
+		l.drain--
+		l.mu.Unlock()
+		return false
+	}
+	l.touch()
+	l.mu.Unlock()
+	s.place(call.proc, d.Group)
+	err := respondContinue(s.notifyFd, call.id)
+	if err == nil {
+		// Counted as calls: a non-blocking accept may still find nothing.
+		s.stats.Continued.Add(1)
+	}
+	s.respond(call.id, err)
+	return true
+}
+
+func sockaddrAddrPort(sa unix.Sockaddr) (netip.AddrPort, uint16) {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)), unix.AF_INET
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)), unix.AF_INET6
+	}
+	return netip.AddrPort{}, 0
 }
 
 // acceptOn answers call from l: a stashed connection first, then one from
@@ -452,6 +530,17 @@ func acceptFrom(lfd int, nonblock bool) (*conn, unix.Errno) {
 	}
 	c.fd = int(fd)
 	return c, 0
+}
+
+// acceptQueueLen is how many connections wait in a listener's accept
+// queue; for a listening socket TCP_INFO reports it as tcpi_unacked. On
+// error it assumes the backlog is full, so that nothing escapes a drain.
+func acceptQueueLen(fd int) uint32 {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 1 << 16
+	}
+	return info.Unacked
 }
 
 // readable polls fd without waiting.

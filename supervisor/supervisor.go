@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,17 @@ type Decision struct {
 // called once per connection and must not block.
 type Classifier interface {
 	ClassifyAddr(local netip.AddrPort) Decision
+	// ClassifyListener returns the Decision for every connection a
+	// listener bound to bound can ever produce, when the table lets the
+	// listener's address alone decide (a specific address, no name rules).
+	ClassifyListener(bound netip.AddrPort) (Decision, bool)
+}
+
+// classifierGen is one table with the generation it was installed as, so
+// cached per-listener decisions know when they are stale.
+type classifierGen struct {
+	Classifier
+	gen uint64
 }
 
 // Placer moves processes between the cgroups of the vhqos subtree.
@@ -45,6 +57,13 @@ type Options struct {
 	Classifier Classifier
 	Placer     Placer
 	Logger     *slog.Logger
+	// EmulateAlways turns off the listener shortcut: every accept is
+	// emulated even where the listener's address alone decides the class.
+	// Tracking connections through fork and exec needs each one seen.
+	EmulateAlways bool
+	// Receivers is how many threads wait for notifications; 0 means one
+	// per CPU, at least two.
+	Receivers int
 	// ListenerIdle is how long a copy of a listening socket is kept after
 	// its last use; 0 means 30 s. The copy keeps the socket open, so it must
 	// not outlive the server's interest in it by much.
@@ -56,12 +75,14 @@ type Supervisor struct {
 	notifyFd   int
 	log        *slog.Logger
 	placer     Placer
-	classifier atomic.Pointer[Classifier]
+	classifier atomic.Pointer[classifierGen]
 	procs      *procTable
 	listeners  *listenerTable
 	events     *eventLoop
 	idle       time.Duration
 	kcmpWorks  bool
+	shortcut   bool
+	receivers  int
 	selfPid    int
 	stats      Stats
 	groupStats sync.Map // group name -> *GroupStats
@@ -98,6 +119,11 @@ func New(opts Options) (*Supervisor, error) {
 		events:    events,
 		idle:      idle,
 		selfPid:   unix.Getpid(),
+		shortcut:  !opts.EmulateAlways,
+		receivers: opts.Receivers,
+	}
+	if err := syncWakeUp(s.notifyFd); err != nil {
+		log.Debug("synchronous wake-up of the supervisor is not available (Linux 6.6+)", "err", err)
 	}
 	s.kcmpWorks = kcmpAvailable()
 	if !s.kcmpWorks {
@@ -108,10 +134,16 @@ func New(opts Options) (*Supervisor, error) {
 }
 
 // SetClassifier replaces the table every later decision is taken from.
-func (s *Supervisor) SetClassifier(c Classifier) { s.classifier.Store(&c) }
+func (s *Supervisor) SetClassifier(c Classifier) {
+	var gen uint64
+	if old := s.classifier.Load(); old != nil {
+		gen = old.gen + 1
+	}
+	s.classifier.Store(&classifierGen{Classifier: c, gen: gen})
+}
 
 func (s *Supervisor) classify(local netip.AddrPort) Decision {
-	return (*s.classifier.Load()).ClassifyAddr(local)
+	return s.classifier.Load().ClassifyAddr(local)
 }
 
 // Run answers notifications until every process under the filter has exited
@@ -133,55 +165,125 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		unix.Close(s.notifyFd)
 	}()
 
-	cancel, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("creating the cancel eventfd: %w", err)
+	// Several receivers block in NOTIF_RECV at once: the kernel hands each
+	// notification to one of them, and an answer that waits for its caller
+	// (ADDFD completes only once the target installed the fd) does not
+	// hold up the others. Blocking in the ioctl directly, with no poll in
+	// front and no goroutine per notification, is what keeps the cost of a
+	// notification near the kernel's own.
+	n := s.receivers
+	if n == 0 {
+		n = max(2, runtime.NumCPU())
 	}
-	defer unix.Close(cancel)
-	stop := context.AfterFunc(ctx, func() {
-		unix.Write(cancel, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	})
-	defer stop()
+	if runtime.GOMAXPROCS(0) < n+2 {
+		// A receiver woken by a notification must find a free P at once.
+		runtime.GOMAXPROCS(n + 2)
+	}
+	var stopping atomic.Bool
+	recv := make([]*receiver, n)
+	errs := make(chan error, n)
+	for i := range recv {
+		recv[i] = &receiver{tid: make(chan int, 1)}
+		go func(r *receiver) { errs <- s.receive(r, &stopping) }(recv[i])
+	}
+	for _, r := range recv {
+		r.tidValue = <-r.tid
+	}
 
-	fds := []unix.PollFd{{Fd: int32(s.notifyFd), Events: unix.POLLIN}, {Fd: int32(cancel), Events: unix.POLLIN}}
+	// The watcher notices the end: ctx done, or no process left under the
+	// filter (POLLHUP). Newer kernels also end a blocked NOTIF_RECV then;
+	// older ones do not, so receivers are woken by a signal.
+	var result error
+	hup := []unix.PollFd{{Fd: int32(s.notifyFd), Events: 0}}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	running := n
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			result = ctx.Err()
+			break wait
+		case err := <-errs:
+			running--
+			if err != nil {
+				result = err
+				break wait
+			}
+			if running == 0 {
+				break wait
+			}
+		case <-tick.C:
+			hup[0].Revents = 0
+			if k, _ := unix.Poll(hup, 0); k > 0 && hup[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
+				break wait
+			}
+		}
+	}
+	stopping.Store(true)
+	for running > 0 {
+		for _, r := range recv {
+			// SIGURG is the Go runtime's own preemption signal: harmless
+			// to the process, and it ends a blocked ioctl with EINTR.
+			unix.Tgkill(unix.Getpid(), r.tidValue, unix.SIGURG)
+		}
+		select {
+		case err := <-errs:
+			running--
+			if err != nil && result == nil {
+				result = err
+			}
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return result
+}
+
+// receiver is one thread blocked in NOTIF_RECV.
+type receiver struct {
+	tid      chan int
+	tidValue int
+}
+
+func (s *Supervisor) receive(r *receiver, stopping *atomic.Bool) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r.tid <- unix.Gettid()
 	var n notification
 	for {
-		fds[0].Revents, fds[1].Revents = 0, 0
-		if _, err := unix.Poll(fds, -1); err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return fmt.Errorf("waiting for seccomp notifications: %w", err)
-		}
-		if fds[1].Revents != 0 {
-			return ctx.Err()
-		}
-		if fds[0].Revents&unix.POLLIN != 0 {
-			if err := receive(s.notifyFd, &n); err != nil {
-				// ENOENT: the caller died or was interrupted between
-				// the wake-up and the read; nothing to answer.
-				if err == unix.ENOENT || err == unix.EINTR {
-					continue
-				}
-				return fmt.Errorf("receiving a seccomp notification: %w", err)
-			}
-			s.dispatch(&n)
-			continue
-		}
-		if fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
-			// Every process that had the filter is gone.
+		err := receive(s.notifyFd, &n)
+		if stopping.Load() {
 			return nil
+		}
+		switch err {
+		case nil:
+			s.dispatch(n)
+		case unix.EINTR:
+		case unix.ENOENT:
+			// The caller was interrupted between the wake-up and the read,
+			// or, on newer kernels, no process is left under the filter.
+			if hungUp(s.notifyFd) {
+				return nil
+			}
+		default:
+			return fmt.Errorf("receiving a seccomp notification: %w", err)
 		}
 	}
 }
 
-func (s *Supervisor) dispatch(n *notification) {
+func hungUp(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd)}}
+	k, _ := unix.Poll(p, 0)
+	return k > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+}
+
+func (s *Supervisor) dispatch(n notification) {
 	s.stats.Notifications.Add(1)
 	switch n.Data.Nr {
 	case unix.SYS_ACCEPT:
-		s.handleAccept(n, false)
+		s.handleAccept(&n, false)
 	case unix.SYS_ACCEPT4:
-		s.handleAccept(n, true)
+		s.handleAccept(&n, true)
 	default:
 		s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
 	}
@@ -232,6 +334,7 @@ func (s *Supervisor) forgetProc(p *proc) {
 type Stats struct {
 	Notifications   atomic.Uint64
 	Accepted        atomic.Uint64 // connections handed to the server
+	Continued       atomic.Uint64 // accepts left to the kernel on a listener whose address decides the class
 	Requeued        atomic.Uint64 // connections kept for another accept because the first caller went away
 	PlacementErrors atomic.Uint64
 	Errors          atomic.Uint64

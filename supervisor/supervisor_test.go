@@ -75,6 +75,15 @@ func (c portClassifier) ClassifyAddr(local netip.AddrPort) Decision {
 	return Decision{Group: "default", DSCP: -1}
 }
 
+// ClassifyListener lets a listener on a specific address decide, as an
+// address-only table does.
+func (c portClassifier) ClassifyListener(bound netip.AddrPort) (Decision, bool) {
+	if bound.Addr().IsUnspecified() {
+		return Decision{}, false
+	}
+	return c.ClassifyAddr(bound), true
+}
+
 type harness struct {
 	t      *testing.T
 	sup    *Supervisor
@@ -86,9 +95,18 @@ type harness struct {
 	pid    int
 }
 
+// The two ways an accept is answered: emulated by the supervisor, or left
+// to the kernel after placing the process and marking the listener, when
+// the listener's address alone decides the class.
+var acceptPaths = []struct {
+	name    string
+	emulate bool
+}{{"emulated", true}, {"kernel", false}}
+
 // startServer runs the test server under the real filter and a Supervisor
-// whose classifier marks this server's port as "shop".
-func startServer(t *testing.T, listenAddr string) *harness {
+// whose classifier marks this server's port as "shop"; emulate turns the
+// listener shortcut off.
+func startServer(t *testing.T, listenAddr string, emulate bool) *harness {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: pidfd_getfd into the server and the seccomp filter without no_new_privs")
@@ -117,7 +135,7 @@ func startServer(t *testing.T, listenAddr string) *harness {
 	}
 	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
 	h := &harness{t: t, placer: placer, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid()}
-	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: &lateClassifier{h: h}, Placer: placer})
+	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: &lateClassifier{h: h}, Placer: placer, EmulateAlways: emulate})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,6 +176,10 @@ type lateClassifier struct{ h *harness }
 
 func (c *lateClassifier) ClassifyAddr(local netip.AddrPort) Decision {
 	return portClassifier{shopPort: uint16(c.h.port)}.ClassifyAddr(local)
+}
+
+func (c *lateClassifier) ClassifyListener(bound netip.AddrPort) (Decision, bool) {
+	return portClassifier{shopPort: uint16(c.h.port)}.ClassifyListener(bound)
 }
 
 func (h *harness) command(cmd string) {
@@ -224,7 +246,13 @@ func servedBy(t *testing.T, c net.Conn) int {
 }
 
 func TestAcceptVariants(t *testing.T) {
-	h := startServer(t, "127.0.0.1:0")
+	for _, path := range acceptPaths {
+		t.Run(path.name, func(t *testing.T) { testAcceptVariants(t, path.emulate) })
+	}
+}
+
+func testAcceptVariants(t *testing.T, emulate bool) {
+	h := startServer(t, "127.0.0.1:0", emulate)
 	const nb, ce = unix.SOCK_NONBLOCK, unix.SOCK_CLOEXEC
 	tests := []struct {
 		name                      string
@@ -272,10 +300,30 @@ func TestAcceptVariants(t *testing.T) {
 			}
 		})
 	}
+	st := h.sup.Stats()
+	// The supervisor counts after the server already has the socket.
+	deadline := time.Now().Add(2 * time.Second)
+	for st.Accepted.Load()+st.Continued.Load() < uint64(len(tests)) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if emulate && (st.Accepted.Load() != uint64(len(tests)) || st.Continued.Load() != 0) {
+		t.Errorf("emulated path: %d accepted, %d left to the kernel; want %d, 0", st.Accepted.Load(), st.Continued.Load(), len(tests))
+	}
+	// A connection queued before the listener was first marked is emulated
+	// (and marked); every later one is left to the kernel.
+	if !emulate && (st.Accepted.Load() > 1 || st.Accepted.Load()+st.Continued.Load() != uint64(len(tests))) {
+		t.Errorf("kernel path: %d accepted, %d left to the kernel; want at most 1 and %d in all", st.Accepted.Load(), st.Continued.Load(), len(tests))
+	}
 }
 
 func TestAcceptErrnos(t *testing.T) {
-	h := startServer(t, "127.0.0.1:0")
+	for _, path := range acceptPaths {
+		t.Run(path.name, func(t *testing.T) { testAcceptErrnos(t, path.emulate) })
+	}
+}
+
+func testAcceptErrnos(t *testing.T, emulate bool) {
+	h := startServer(t, "127.0.0.1:0", emulate)
 	tests := []struct {
 		cmd   string
 		errno unix.Errno
@@ -300,7 +348,7 @@ func TestAcceptErrnos(t *testing.T) {
 // A bad address buffer fails the call the way the kernel fails it, but the
 // connection, unlike in the kernel, is not lost: the next accept gets it.
 func TestBadBufferKeepsConnection(t *testing.T) {
-	h := startServer(t, "127.0.0.1:0")
+	h := startServer(t, "127.0.0.1:0", true)
 	for _, tc := range []struct {
 		mode  string
 		errno unix.Errno
@@ -323,7 +371,13 @@ func TestBadBufferKeepsConnection(t *testing.T) {
 }
 
 func TestNonBlockingListener(t *testing.T) {
-	h := startServer(t, "127.0.0.1:0")
+	for _, path := range acceptPaths {
+		t.Run(path.name, func(t *testing.T) { testNonBlockingListener(t, path.emulate) })
+	}
+}
+
+func testNonBlockingListener(t *testing.T, emulate bool) {
+	h := startServer(t, "127.0.0.1:0", emulate)
 	h.command("nonblock")
 	h.line()
 	h.command("accept4 0 full")
@@ -351,7 +405,7 @@ func TestIPv6(t *testing.T) {
 	if _, err := net.Listen("tcp", "[::1]:0"); err != nil {
 		t.Skipf("no IPv6 loopback here: %v", err)
 	}
-	h := startServer(t, "[::1]:0")
+	h := startServer(t, "[::1]:0", true)
 	h.command("accept4 0 full")
 	c, clientPort := h.dial()
 	r := h.result()
@@ -368,7 +422,7 @@ func TestIPv6(t *testing.T) {
 // leaves a stale waiter; the restarted accept must still get the next
 // connection.
 func TestSignalWhileWaiting(t *testing.T) {
-	h := startServer(t, "127.0.0.1:0")
+	h := startServer(t, "127.0.0.1:0", true)
 	h.command("tid")
 	tid, _ := strconv.Atoi(h.line())
 	h.command("accept4 0 full")
@@ -390,7 +444,7 @@ func TestSignalWhileWaiting(t *testing.T) {
 func TestSignalAfterAccept(t *testing.T) {
 	for _, mode := range []string{"full", "null"} {
 		t.Run(mode, func(t *testing.T) {
-			h := startServer(t, "127.0.0.1:0")
+			h := startServer(t, "127.0.0.1:0", true)
 			accepted, release := make(chan struct{}), make(chan struct{})
 			var once sync.Once
 			h.sup.testHookBeforeDeliver = func() {
@@ -427,7 +481,13 @@ func TestSignalAfterAccept(t *testing.T) {
 // every connection is served, by several of them, each placed in the
 // connection's group before it answers.
 func TestManyAcceptingProcesses(t *testing.T) {
-	h := startServer(t, "127.0.0.1:0")
+	for _, path := range acceptPaths {
+		t.Run(path.name, func(t *testing.T) { testManyAcceptingProcesses(t, path.emulate) })
+	}
+}
+
+func testManyAcceptingProcesses(t *testing.T, emulate bool) {
+	h := startServer(t, "127.0.0.1:0", emulate)
 	h.command("children 50")
 	if l := h.line(); l != "ok" {
 		t.Fatal(l)
