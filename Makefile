@@ -1,0 +1,41 @@
+# vhqos build, test and demo. Everything runs as root on Linux.
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BIN     := build/vhqos
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all build test test-host test-vm demo bench fuzz lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/vhqos
+
+# Unit and integration tests on this kernel, then the integration tests
+# again inside a VM with Debian's kernel and unified cgroup v2.
+test: lint build test-host test-vm
+
+test-host:
+	$(GO) test -count=1 ./...
+
+test-vm: build
+	$(GO) test -c -o build/itest.test ./itest
+	$(GO) run ./itest/vm/cmd/vmrun -C $(CURDIR)/itest -env VHQOS_BIN=$(CURDIR)/$(BIN) -- $(CURDIR)/build/itest.test -test.v -test.count=1
+
+demo: build
+	./demo/run.sh
+
+bench: build
+	$(GO) run ./itest/bench
+
+fuzz:
+	$(GO) test ./vhost -run '^$$' -fuzz FuzzParsePattern -fuzztime 60s
+	$(GO) test ./policy -run '^$$' -fuzz FuzzParse -fuzztime 60s
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf build

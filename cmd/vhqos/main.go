@@ -1,0 +1,72 @@
+// Command vhqos runs an unmodified server so that every virtual host it
+// serves gets its own CPU and IO limits and DSCP mark. See `vhqos help`.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/vhqos/vhqos/shim"
+)
+
+const usage = `vhqos gives each virtual host of an unmodified server its own cgroup
+CPU/IO limits and DSCP mark.
+
+Usage:
+  vhqos run [--config FILE] [options] -- SERVER [ARGS...]
+        Start SERVER under vhqos. Every connection it accepts is matched
+        against the QoS table; the process serving it is moved into that
+        vhost's cgroup and the socket is marked with its DSCP before the
+        server sees it. Signals TERM INT HUP QUIT USR1 USR2 WINCH are
+        forwarded to the server; vhqos exits with the server's status
+        (128+N if it was killed by signal N) and leaves no process and no
+        cgroup behind.
+  vhqos check FILE
+        Validate a QoS table and explain every problem with its line and key.
+  vhqos version
+  vhqos help
+
+Options for run:
+  --config FILE        QoS table (default /etc/vhqos/qos.toml)
+  --stop-timeout DUR   after forwarding TERM/INT/QUIT, how long the server
+                       may take to exit before everything left is killed
+                       (default 30s)
+  --log-level LEVEL    debug, info, warn or error (default info)
+  --log-format FORMAT  text or json (default text)
+
+Exit status: the server's; 2 for a bad command line or QoS table; 1 when
+vhqos itself cannot start (not root, no seccomp, no cgroup controller).
+`
+
+// version is set by the Makefile through -ldflags.
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 1 && args[1] == shim.Arg {
+		return shim.Main(args[2:])
+	}
+	if len(args) < 2 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[1] {
+	case "run":
+		return runCommand(args[2:], stderr)
+	case "check":
+		return checkCommand(args[2:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "vhqos", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "vhqos: unknown command %q; see 'vhqos help'\n", args[1])
+		return 2
+	}
+}

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/policy"
+	"github.com/vhqos/vhqos/shim"
+	"github.com/vhqos/vhqos/supervisor"
+	"golang.org/x/sys/unix"
+)
+
+const defaultConfig = "/etc/vhqos/qos.toml"
+
+// forwarded are the signals vhqos passes on to the server.
+var forwarded = []os.Signal{
+	unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
+	unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH,
+}
+
+type runOptions struct {
+	config      string
+	stopTimeout time.Duration
+	logLevel    string
+	logFormat   string
+	argv        []string
+}
+
+func parseRunFlags(args []string, stderr io.Writer) (runOptions, error) {
+	var o runOptions
+	fs := flag.NewFlagSet("vhqos run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.config, "config", defaultConfig, "QoS table")
+	fs.DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long the server may take to stop")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	o.argv = fs.Args()
+	if len(o.argv) == 0 {
+		return o, errors.New("no server command; usage: vhqos run [--config FILE] -- SERVER [ARGS...]")
+	}
+	return o, nil
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+func runCommand(args []string, stderr io.Writer) int {
+	opts, err := parseRunFlags(args, stderr)
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "vhqos run:", err)
+		}
+		return 2
+	}
+	log, err := newLogger(stderr, opts.logLevel, opts.logFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, "vhqos run:", err)
+		return 2
+	}
+	table, err := policy.Load(opts.config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		fmt.Fprintln(stderr, "vhqos run: refusing to start with this QoS table")
+		return 2
+	}
+	status, err := serve(log, opts, table)
+	if err != nil {
+		fmt.Fprintln(stderr, "vhqos run:", err)
+		return 1
+	}
+	return status
+}
+
+// serve runs the server under supervision and returns its exit status.
+func serve(log *slog.Logger, opts runOptions, table *policy.Table) (int, error) {
+	if os.Geteuid() != 0 {
+		log.Warn("not running as root: no_new_privs is set, so setuid programs the server runs (suexec) gain no privileges")
+	}
+	// Signals are caught from the start so that none is lost between the
+	// server's start and the forwarding loop.
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cg, err := cgroup.New(ctx, cgroup.Options{
+		Parent: table.Settings.CgroupParent,
+		Name:   "vhqos." + strconv.Itoa(os.Getpid()),
+		Logger: log,
+	})
+	if err != nil {
+		return 0, err
+	}
+	// Whatever happens from here on, nothing is left behind: closing the
+	// cgroups kills every process still in them.
+	var cleaned sync.Once
+	cleanup := func() {
+		cleaned.Do(func() {
+			closeCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
+			defer done()
+			if err := cg.Close(closeCtx); err != nil {
+				log.Error("removing vhqos cgroups", "err", err)
+			}
+		})
+	}
+	defer cleanup()
+	if err := applyTable(cg, table); err != nil {
+		return 0, err
+	}
+
+	proc, err := shim.Start(ctx, shim.Config{
+		Argv:     opts.argv,
+		Syscalls: []string{"accept", "accept4"},
+		Env:      os.Environ(),
+		Stdin:    os.Stdin,
+		Stdout:   os.Stdout,
+		Stderr:   os.Stderr,
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := cg.Place(cgroup.HomeGroup, proc.Pid()); err != nil {
+		unix.Kill(proc.Pid(), unix.SIGKILL)
+		proc.Cmd.Wait()
+		return 0, fmt.Errorf("placing the server in its cgroup: %w", err)
+	}
+	sup, err := supervisor.New(supervisor.Options{
+		NotifyFd:   proc.NotifyFd,
+		Classifier: tableClassifier{table},
+		Placer:     cg,
+		Logger:     log,
+	})
+	if err != nil {
+		unix.Kill(proc.Pid(), unix.SIGKILL)
+		proc.Cmd.Wait()
+		return 0, err
+	}
+	supDone := make(chan error, 1)
+	go func() { supDone <- sup.Run(ctx) }()
+	if err := proc.Exec(); err != nil {
+		proc.Cmd.Wait()
+		<-supDone
+		return 0, fmt.Errorf("starting %s: %w", opts.argv[0], err)
+	}
+	log.Info("server started", "pid", proc.Pid(), "command", opts.argv, "config", opts.config,
+		"vhosts", len(table.VHosts), "cgroup_version", cg.Version())
+
+	exited := make(chan struct{})
+	go func() {
+		proc.Cmd.Wait()
+		close(exited)
+	}()
+	var killTimer <-chan time.Time
+	for {
+		select {
+		case sig := <-sigs:
+			log.Info("forwarding signal to the server", "signal", sig)
+			unix.Kill(proc.Pid(), sig.(syscall.Signal))
+			switch sig {
+			case unix.SIGTERM, unix.SIGINT, unix.SIGQUIT:
+				if killTimer == nil {
+					killTimer = time.After(opts.stopTimeout)
+				}
+			}
+			continue
+		case <-killTimer:
+			log.Warn("server did not stop in time; killing it", "timeout", opts.stopTimeout)
+			unix.Kill(-proc.Pid(), unix.SIGKILL)
+			unix.Kill(proc.Pid(), unix.SIGKILL)
+			continue
+		case <-exited:
+		}
+		break
+	}
+	status := exitStatus(proc.Cmd.ProcessState)
+	log.Info("server exited", "status", status, "accepted", sup.Stats().Accepted.Load())
+	// The server's remaining processes (children it left behind) die with
+	// the cgroups; then the filter has no users and the supervisor returns.
+	cleanup()
+	select {
+	case err := <-supDone:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("supervisor", "err", err)
+		}
+	case <-time.After(5 * time.Second):
+		log.Warn("supervisor still had server processes after cleanup")
+	}
+	return status, nil
+}
+
+func exitStatus(ps *os.ProcessState) int {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+// groupName is the cgroup of a class. Vhost names get a prefix so that no
+// name an operator picks can collide with a cgroup interface file or with
+// vhqos's own groups.
+func groupName(c *policy.Class, t *policy.Table) string {
+	if c == &t.Defaults {
+		return "default"
+	}
+	return "vhost-" + c.Name
+}
+
+// applyTable gives every class of the table its cgroup and limits.
+func applyTable(cg *cgroup.Manager, t *policy.Table) error {
+	if err := cg.Set(groupName(&t.Defaults, t), t.Defaults.Resources); err != nil {
+		return fmt.Errorf("setting up the defaults' cgroup: %w", err)
+	}
+	for i := range t.VHosts {
+		if err := cg.Set(groupName(&t.VHosts[i], t), t.VHosts[i].Resources); err != nil {
+			return fmt.Errorf("setting up vhost %q: %w", t.VHosts[i].Name, err)
+		}
+	}
+	return nil
+}
+
+// tableClassifier turns QoS table lookups into supervisor decisions.
+type tableClassifier struct{ t *policy.Table }
+
+func (c tableClassifier) ClassifyAddr(local netip.AddrPort) supervisor.Decision {
+	class := c.t.ClassifyAddr(local)
+	return supervisor.Decision{Group: groupName(class, c.t), DSCP: class.DSCP}
+}
+
+func (c tableClassifier) ClassifyListener(bound netip.AddrPort) (supervisor.Decision, bool) {
+	i, ok := c.t.Matcher.ListenerDecides(bound)
+	if !ok {
+		return supervisor.Decision{}, false
+	}
+	class := &c.t.Defaults
+	if i >= 0 {
+		class = &c.t.VHosts[i]
+	}
+	return supervisor.Decision{Group: groupName(class, c.t), DSCP: class.DSCP}, true
+}
