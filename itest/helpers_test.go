@@ -1,0 +1,236 @@
+package itest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// cgroupV2 reports whether this kernel runs unified cgroup v2 only.
+func cgroupV2() bool {
+	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
+	return err == nil
+}
+
+// startUnderVhqos starts Apache under vhqos with the given QoS table and
+// stops it when the test ends, checking that vhqos left nothing behind.
+func startUnderVhqos(t *testing.T, qos string, cfg ApacheConfig) *Apache {
+	t.Helper()
+	qosFile := filepath.Join(t.TempDir(), "qos.toml")
+	if err := os.WriteFile(qosFile, []byte(qos), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--"}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a, err := StartApache(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Stop()
+		if t.Failed() {
+			t.Logf("vhqos and Apache said:\n%s", a.Output())
+		}
+		assertNothingLeft(t, a)
+		a.Remove()
+	})
+	return a
+}
+
+// assertNothingLeft checks that no cgroup of this vhqos and no process of
+// this Apache survived it.
+func assertNothingLeft(t *testing.T, a *Apache) {
+	t.Helper()
+	name := "vhqos." + strconv.Itoa(a.Cmd.Process.Pid)
+	filepath.WalkDir("/sys/fs/cgroup", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), name) {
+			t.Errorf("cgroup %s left behind", p)
+			return filepath.SkipDir
+		}
+		if strings.Count(p, "/") > 8 {
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		data, _ := os.ReadFile(p)
+		if strings.Contains(string(data), a.Conf) {
+			t.Errorf("process %s (%q) left behind", filepath.Dir(p), strings.ReplaceAll(string(data), "\x00", " "))
+		}
+	}
+}
+
+// served is what one request learned about the process that served it.
+type served struct {
+	pid        int
+	cgroup     string // the serving process's cgroup (cpu line on v1, unified on v2)
+	clientPort uint16
+}
+
+// request sends one HTTP/1.0 request on a fresh connection and parses the
+// whoami CGI's answer.
+func request(t *testing.T, addr, path string) served {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: itest\r\n\r\n", path)
+	body, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the answer from %s: %v", addr, err)
+	}
+	s := served{clientPort: uint16(c.LocalAddr().(*net.TCPAddr).Port)}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "pid "); ok {
+			s.pid, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+		if v, ok := strings.CutPrefix(line, "cgroup "); ok {
+			parts := strings.SplitN(strings.TrimSpace(v), ":", 3)
+			if len(parts) != 3 {
+				continue
+			}
+			if cgroupV2() && parts[1] == "" || !cgroupV2() && hasController(parts[1], "cpu") {
+				s.cgroup = parts[2]
+			}
+		}
+	}
+	if s.pid == 0 || s.cgroup == "" {
+		t.Fatalf("unexpected answer from %s%s: %q", addr, path, body)
+	}
+	return s
+}
+
+func hasController(list, c string) bool {
+	for _, x := range strings.Split(list, ",") {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}
+
+// cgroupDir finds the directory of a vhqos group in the cgroup file system:
+// on v1 in the named hierarchy, on v2 in the unified one.
+func cgroupDir(t *testing.T, vhqosPid int, hierarchy, group string) string {
+	t.Helper()
+	root := "/sys/fs/cgroup"
+	if !cgroupV2() {
+		root = filepath.Join(root, hierarchy)
+	}
+	name := "vhqos." + strconv.Itoa(vhqosPid)
+	var found string
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if d.Name() == name {
+			found = filepath.Join(p, group)
+			return filepath.SkipAll
+		}
+		if strings.Count(p, "/") > 8 {
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("no cgroup %s under %s", name, root)
+	}
+	return found
+}
+
+// cpuUsage reads a group's CPU time in microseconds.
+func cpuUsage(t *testing.T, vhqosPid int, group string) float64 {
+	t.Helper()
+	if cgroupV2() {
+		data, err := os.ReadFile(filepath.Join(cgroupDir(t, vhqosPid, "", group), "cpu.stat"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+				n, _ := strconv.ParseFloat(v, 64)
+				return n
+			}
+		}
+		t.Fatalf("no usage_usec in cpu.stat")
+	}
+	data, err := os.ReadFile(filepath.Join(cgroupDir(t, vhqosPid, "cpuacct", group), "cpuacct.usage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.ParseFloat(strings.TrimSpace(string(data)), 64)
+	return n / 1000
+}
+
+// accessLogPids reads the access log: vhost name -> serving PIDs.
+func accessLogPids(t *testing.T, a *Apache) map[string]map[int]bool {
+	t.Helper()
+	data, err := os.ReadFile(a.AccessLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[int]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		pid, _ := strconv.Atoi(f[1])
+		if out[f[0]] == nil {
+			out[f[0]] = map[int]bool{}
+		}
+		out[f[0]][pid] = true
+	}
+	return out
+}
+
+// inParallel runs f n times at once and waits.
+func inParallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) { defer wg.Done(); f(i) }(i)
+	}
+	wg.Wait()
+}
+
+func addrPort(t *testing.T, s string) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}
+
+func readFileEventually(path string, wait time.Duration) (string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil && len(data) > 0 {
+			return string(data), nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%s did not appear: %v", path, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
