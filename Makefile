@@ -19,8 +19,9 @@ test-host:
 	$(GO) test -count=1 ./...
 
 test-vm: build
+	$(GO) build -o build/vmrun ./itest/vm/cmd/vmrun
 	$(GO) test -c -o build/itest.test ./itest
-	$(GO) run ./itest/vm/cmd/vmrun -C $(CURDIR)/itest -env VHQOS_BIN=$(CURDIR)/$(BIN) -- $(CURDIR)/build/itest.test -test.v -test.count=1
+	build/vmrun -C $(CURDIR)/itest -env VHQOS_BIN=$(CURDIR)/$(BIN) -- $(CURDIR)/build/itest.test -test.v -test.count=1
 
 demo: build
 	./demo/run.sh
