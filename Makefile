@@ -27,7 +27,7 @@ demo: build
 	./demo/run.sh
 
 bench: build
-	$(GO) run ./itest/bench
+	$(GO) run ./itest/bench -vhqos $(BIN)
 
 fuzz:
 	$(GO) test ./vhost -run '^$$' -fuzz FuzzParsePattern -fuzztime 60s

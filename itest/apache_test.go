@@ -212,3 +212,24 @@ func TestStopBySIGTERM(t *testing.T) {
 		t.Errorf("vhqos exited with %d after SIGTERM, want Apache's 0", st.ExitCode())
 	}
 }
+
+// Signals sent to vhqos reach the server: SIGUSR1 makes Apache restart
+// gracefully, and it goes on serving under vhqos.
+func TestSignalsForwarded(t *testing.T) {
+	a := startUnderVhqos(t, addressQoS, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}})
+	request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	if err := a.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(a.Output(), "Graceful restart requested") {
+		if time.Now().After(deadline) {
+			t.Fatalf("Apache never saw the forwarded SIGUSR1:\n%s", a.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s := request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	if want := fmt.Sprintf("/vhqos.%d/vhost-shop", a.Cmd.Process.Pid); !strings.HasSuffix(s.cgroup, want) {
+		t.Errorf("after the restart, served in %q, want …%s", s.cgroup, want)
+	}
+}

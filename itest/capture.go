@@ -18,7 +18,7 @@ type Capture struct {
 	fd       int
 	done     chan struct{}
 	stopping atomic.Bool
-	mu   sync.Mutex
+	mu       sync.Mutex
 	// flows maps a server->client flow to the DSCP values of its packets
 	// that carried data or FIN (sent after accept; the SYN-ACK and early
 	// ACKs go out before the server could mark anything).

@@ -1,0 +1,201 @@
+// Command bench measures what vhqos costs Apache prefork: the same server
+// and configuration, native and under vhqos, alternating in one run, with
+// wrk over loopback, for Connection: close and keep-alive. It reports the
+// median ratio of requests/s (wrapped / native) and the supervisor's CPU
+// time per accepted connection. Run it as root with `make bench`.
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vhqos/vhqos/itest"
+)
+
+const nsEnv = "VHQOS_BENCH_NS"
+
+const qos = `
+[[vhost]]
+name = "shop"
+match = ["127.0.0.2"]
+cpu_weight = 800
+dscp = "EF"
+`
+
+func main() {
+	pairs := flag.Int("pairs", 5, "native/wrapped pairs per measurement")
+	duration := flag.Duration("d", 5*time.Second, "length of each wrk run")
+	conns := flag.Int("c", 16, "wrk connections")
+	vhqos := flag.String("vhqos", "build/vhqos", "the vhqos binary")
+	flag.Parse()
+	if os.Getenv(nsEnv) == "" {
+		// A network namespace of its own: any loopback address and port,
+		// nothing of the host's touched.
+		cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+		cmd.Env = append(os.Environ(), nsEnv+"=1")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS}
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: lo up: %v %s\n", err, out)
+		os.Exit(1)
+	}
+	bin, _ := filepath.Abs(*vhqos)
+	qosFile := filepath.Join(os.TempDir(), "vhqos-bench-qos.toml")
+	os.WriteFile(qosFile, []byte(qos), 0o644)
+	defer os.Remove(qosFile)
+
+	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating pairs; %s\n", *conns, *duration, *pairs, kernel())
+	for _, path := range []struct{ name, listenAll string }{
+		{"listener per address (kernel accepts)", ""},
+		{"wildcard listener (vhqos emulates accept)", "8080"},
+	} {
+		fmt.Printf("\n%s\n", path.name)
+		for _, close := range []bool{true, false} {
+			var ratios []float64
+			var cpuPerConn []float64
+			for i := 0; i < *pairs; i++ {
+				native, _, err := measure(nil, path.listenAll, close, *conns, *duration)
+				if err != nil {
+					fail(err)
+				}
+				wrapped, cpu, err := measure([]string{bin, "run", "--config", qosFile, "--"}, path.listenAll, close, *conns, *duration)
+				if err != nil {
+					fail(err)
+				}
+				ratios = append(ratios, wrapped.rps/native.rps)
+				if close && wrapped.requests > 0 {
+					cpuPerConn = append(cpuPerConn, cpu.Seconds()*1e6/float64(wrapped.requests))
+				}
+				fmt.Printf("  %-10s pair %d: native %8.0f req/s, wrapped %8.0f req/s, ratio %.3f\n", label(close), i+1, native.rps, wrapped.rps, wrapped.rps/native.rps)
+			}
+			fmt.Printf("  %-10s median ratio %.3f", label(close), median(ratios))
+			if close {
+				fmt.Printf("; supervisor CPU per connection %.1f µs (median)", median(cpuPerConn))
+			}
+			fmt.Println()
+		}
+	}
+}
+
+func label(close bool) string {
+	if close {
+		return "close"
+	}
+	return "keep-alive"
+}
+
+type result struct {
+	rps      float64
+	requests int
+}
+
+var (
+	rpsRe  = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reqsRe = regexp.MustCompile(`(\d+) requests in`)
+	errRe  = regexp.MustCompile(`Socket errors|Non-2xx`)
+)
+
+// measure starts Apache (under prefix, if any), runs wrk against it and
+// stops it, returning wrk's figures and vhqos's own CPU time.
+func measure(prefix []string, listenAll string, close bool, conns int, d time.Duration) (result, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := itest.StartApache(ctx, itest.ApacheConfig{
+		VHosts:    []itest.VHost{{Name: "shop", Addr: "127.0.0.2:8080"}},
+		Prefix:    prefix,
+		ListenAll: listenAll,
+		// Enough processes for every keep-alive connection from the start.
+		Servers: conns + 4,
+	})
+	if err != nil {
+		return result{}, 0, err
+	}
+	defer a.Remove()
+	args := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + d.String()}
+	if close {
+		args = append(args, "-H", "Connection: close")
+	}
+	out, err := exec.Command("wrk", append(args, "http://127.0.0.2:8080/index.html")...).CombinedOutput()
+	var cpu time.Duration
+	if prefix != nil {
+		cpu = processCPU(a.Cmd.Process.Pid)
+	}
+	a.Stop()
+	if err != nil {
+		return result{}, 0, fmt.Errorf("wrk: %v: %s", err, out)
+	}
+	if e := errRe.Find(out); e != nil {
+		line := out[bytes.Index(out, e):]
+		if i := bytes.IndexByte(line, '\n'); i > 0 {
+			line = line[:i]
+		}
+		fmt.Printf("    (wrk against %s: %s)\n", map[bool]string{true: "vhqos", false: "native"}[prefix != nil], line)
+	}
+	m := rpsRe.FindSubmatch(out)
+	n := reqsRe.FindSubmatch(out)
+	if m == nil || n == nil {
+		return result{}, 0, fmt.Errorf("cannot read wrk's output:\n%s", out)
+	}
+	rps, _ := strconv.ParseFloat(string(m[1]), 64)
+	reqs, _ := strconv.Atoi(string(n[1]))
+	return result{rps: rps, requests: reqs}, cpu, nil
+}
+
+// processCPU is the user+system time of one process (all its threads).
+func processCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	syscall.Uname(&u)
+	var b []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return "Linux " + string(b)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
