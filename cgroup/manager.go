@@ -291,6 +291,20 @@ func (m *Manager) Place(name string, pid int) error {
 	return nil
 }
 
+// ProcsFiles lists the cgroup.procs files of a group, one per hierarchy,
+// for a process that must enter the group itself before it starts work.
+func (m *Manager) ProcsFiles(name string) []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []string
+	if g := m.groups[name]; g != nil {
+		for _, d := range g.dirs {
+			out = append(out, filepath.Join(d.path, "cgroup.procs"))
+		}
+	}
+	return out
+}
+
 // Remove moves the group's processes home and deletes the group.
 func (m *Manager) Remove(name string) error {
 	if name == HomeGroup {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -117,6 +118,9 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table) (int, error) 
 		Logger: log,
 	})
 	if err != nil {
+		if os.Geteuid() != 0 && errors.Is(err, fs.ErrPermission) {
+			return 0, fmt.Errorf("not root and not allowed to create cgroups (%v): run vhqos as root, or give it a delegated cgroup (systemd-run --scope -p Delegate=yes) and set settings.cgroup_parent", err)
+		}
 		return 0, err
 	}
 	// Whatever happens from here on, nothing is left behind: closing the

@@ -20,16 +20,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/itest"
 )
 
 const nsEnv = "VHQOS_BENCH_NS"
 
+// The vhost keeps the default CPU weight: the benchmark measures what the
+// mechanism costs, not the effect of giving the server a bigger share.
 const qos = `
 [[vhost]]
 name = "shop"
 match = ["127.0.0.2"]
-cpu_weight = 800
 dscp = "EF"
 `
 
@@ -61,6 +63,16 @@ func main() {
 	os.WriteFile(qosFile, []byte(qos), 0o644)
 	defer os.Remove(qosFile)
 
+	cg, err := cgroup.New(context.Background(), cgroup.Options{Name: "vhqos-bench." + strconv.Itoa(os.Getpid())})
+	if err != nil {
+		fail(err)
+	}
+	defer cg.Close(context.Background())
+	for _, g := range []string{"client", "native"} {
+		if err := cg.Set(g, cgroup.Resources{}); err != nil {
+			fail(err)
+		}
+	}
 	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating pairs; %s\n", *conns, *duration, *pairs, kernel())
 	for _, path := range []struct{ name, listenAll string }{
 		{"listener per address (kernel accepts)", ""},
@@ -71,11 +83,11 @@ func main() {
 			var ratios []float64
 			var cpuPerConn []float64
 			for i := 0; i < *pairs; i++ {
-				native, _, err := measure(nil, path.listenAll, close, *conns, *duration)
+				native, _, err := measure(cg, nil, path.listenAll, close, *conns, *duration)
 				if err != nil {
 					fail(err)
 				}
-				wrapped, cpu, err := measure([]string{bin, "run", "--config", qosFile, "--"}, path.listenAll, close, *conns, *duration)
+				wrapped, cpu, err := measure(cg, []string{bin, "run", "--config", qosFile, "--"}, path.listenAll, close, *conns, *duration)
 				if err != nil {
 					fail(err)
 				}
@@ -113,8 +125,12 @@ var (
 )
 
 // measure starts Apache (under prefix, if any), runs wrk against it and
-// stops it, returning wrk's figures and vhqos's own CPU time.
-func measure(prefix []string, listenAll string, close bool, conns int, d time.Duration) (result, time.Duration, error) {
+// stops it, returning wrk's figures and vhqos's own CPU time. wrk runs in
+// cgroup "client" and native Apache in "native", siblings of equal weight:
+// under vhqos the server's processes sit in a cgroup too, and the CPU
+// scheduler treats a cgroup as one entity, so without this the two runs
+// would differ in how CPU is shared rather than in what vhqos costs.
+func measure(cg *cgroup.Manager, prefix []string, listenAll string, close bool, conns int, d time.Duration) (result, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	a, err := itest.StartApache(ctx, itest.ApacheConfig{
@@ -128,11 +144,21 @@ func measure(prefix []string, listenAll string, close bool, conns int, d time.Du
 		return result{}, 0, err
 	}
 	defer a.Remove()
+	if prefix == nil {
+		for _, pid := range processGroup(a.Cmd.Process.Pid) {
+			if err := cg.Place("native", pid); err != nil {
+				return result{}, 0, err
+			}
+		}
+	}
 	args := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + d.String()}
 	if close {
 		args = append(args, "-H", "Connection: close")
 	}
-	out, err := exec.Command("wrk", append(args, "http://127.0.0.2:8080/index.html")...).CombinedOutput()
+	// wrk enters its cgroup through a shell that moves itself first.
+	procs := cg.ProcsFiles("client")
+	script := `for f in ` + strings.Join(procs, " ") + `; do echo $$ > $f; done; exec wrk "$@"`
+	out, err := exec.Command("sh", append([]string{"-c", script, "sh"}, append(args, "http://127.0.0.2:8080/index.html")...)...).CombinedOutput()
 	var cpu time.Duration
 	if prefix != nil {
 		cpu = processCPU(a.Cmd.Process.Pid)
@@ -156,6 +182,22 @@ func measure(prefix []string, listenAll string, close bool, conns int, d time.Du
 	rps, _ := strconv.ParseFloat(string(m[1]), 64)
 	reqs, _ := strconv.Atoi(string(n[1]))
 	return result{rps: rps, requests: reqs}, cpu, nil
+}
+
+// processGroup lists the processes in process group pgid.
+func processGroup(pgid int) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := syscall.Getpgid(pid); err == nil && g == pgid {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // processCPU is the user+system time of one process (all its threads).
