@@ -18,10 +18,16 @@ test: lint build test-host test-vm
 test-host:
 	$(GO) test -count=1 ./...
 
+# One VM boot runs the cgroup package's tests (io.max on the VM's scratch
+# disk, controller delegation, the supervisor's own leaf) and the
+# integration tests, unchanged, on unified cgroup v2.
 test-vm: build
 	$(GO) build -o build/vmrun ./itest/vm/cmd/vmrun
+	$(GO) test -c -o build/cgroup.test ./cgroup
 	$(GO) test -c -o build/itest.test ./itest
-	build/vmrun -C $(CURDIR)/itest -env VHQOS_BIN=$(CURDIR)/$(BIN) -- $(CURDIR)/build/itest.test -test.v -test.count=1
+	build/vmrun -C $(CURDIR) -env VHQOS_BIN=$(CURDIR)/$(BIN) -- /bin/sh -c \
+		'cd cgroup && ../build/cgroup.test -test.count=1 && cd ../itest && ../build/itest.test -test.v -test.count=1'
+
 
 demo: build
 	./demo/run.sh

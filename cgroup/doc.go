@@ -3,4 +3,61 @@
 // moves the processes serving it there. It hides the difference between the
 // cgroup v1 (and hybrid) layout and unified cgroup v2 behind one Manager,
 // built on github.com/containerd/cgroups/v3.
+//
+// # Layout
+//
+// A Manager owns Parent/Name (Parent defaults to the supervisor's own
+// cgroup): one child per group, "home" for the server's processes that serve
+// no vhost, and whatever groups Set creates. cgroups.Mode decides the
+// backend: unified v2 at /sys/fs/cgroup, otherwise v1 (a hybrid layout
+// counts as v1, since its controllers are bound to v1), where the subtree
+// exists once in each hierarchy carrying cpu, cpuacct or blkio (co-mounted
+// controllers share one). Path reports a group as /proc/PID/cgroup shows it:
+// the "0::" line under v2, the cpu line under v1.
+//
+// # Limits
+//
+// Set translates Resources into interface files (v1Settings, v2Settings)
+// and writes only what changed since the last Set; a limit that disappears
+// is written back to the kernel's default. Both backends share the diffing
+// and writing code.
+//
+//	                 v1                                   v2
+//	cpu weight w     cpu.shares = max(2, w*1024/100)      cpu.weight = w
+//	cpu max p%       cpu.cfs_quota_us = p*1000            cpu.max = "p*1000 100000"
+//	                 (cfs_period_us = 100000)
+//	io weight w      blkio.weight = clamp(5w, 10, 1000)   io.weight = "default w"
+//	                 or blkio.bfq.weight = bfq(w)         and/or io.bfq.weight = bfq(w)
+//	device limits    blkio.throttle.{read,write}_         io.max = "MAJ:MIN rbps=.. wbps=..
+//	                 {bps,iops}_device = "MAJ:MIN n"        riops=.. wiops=.." (max = none)
+//
+// The IO weight mappings are systemd's: a group with io weight 100 weighs
+// the same as a group that sets none (CFQ's default 500, bfq's 100); bfq(w)
+// is w up to 100, then linear to 1000 at 10000. Quotas under 1 ms are raised
+// to 1 ms, the kernel's minimum.
+//
+// # Unified cgroup v2
+//
+// A cgroup that hands controllers to its children may hold no processes
+// (the root excepted). Controllers are enabled when a group's limits first
+// need them, in cgroup.subtree_control of every level from base (Parent, or
+// its deepest existing ancestor when New had to create Parent) down to
+// Parent/Name; a controller base does not offer is a one-line error naming
+// the controller and base's cgroup.controllers. When the supervisor sits in
+// base and base is not the root (the Delegate=yes case: Parent ""), New
+// moves the supervisor into the leaf base/<Name>.supervisor, beside its
+// subtree rather than inside it, so that everything in Parent/Name is the
+// server's (cgroup.kill there can never hit the supervisor) and the
+// supervisor competes with the server as a whole, not with each vhost.
+// Processes other than the supervisor's in base make New fail with advice
+// (systemd Delegate=yes, systemd-run --scope -p Delegate=yes, or
+// settings.cgroup_parent). Close gives back the controllers it enabled and
+// moves the supervisor back.
+//
+// # Hot path
+//
+// Place runs per accepted connection: it writes the pid, with one write(2)
+// per hierarchy, to cgroup.procs files kept open from the group's creation,
+// under a read lock, without allocating. Writing a thread id to cgroup.procs
+// moves its whole process.
 package cgroup

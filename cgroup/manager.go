@@ -1,504 +1,680 @@
 package cgroup
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	cgroups "github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
-// HomeGroup holds the server's processes that serve no connection.
+// HomeGroup is the group New creates for the server's processes that serve
+// no vhost. It cannot be removed.
 const HomeGroup = "home"
 
-// Options say where the manager makes its subtree.
+// Options configure a Manager.
 type Options struct {
-	// Parent is the absolute cgroup path to nest under; "" means the
-	// supervisor's own cgroup, as systemd's Delegate=yes expects.
+	// Parent is the absolute cgroup path (as /proc/PID/cgroup shows it) to
+	// nest under; "" means the supervisor's own cgroup. Missing components
+	// are created and removed again by Close.
 	Parent string
 	// Name is the subtree the manager owns under Parent, e.g. "vhqos.1234".
+	// An empty leftover of that name is removed; one holding processes is
+	// an error.
 	Name   string
 	Logger *slog.Logger
-	// Root is where cgroup file systems are mounted; "" means /sys/fs/cgroup.
-	Root string
 }
 
-// Manager owns one subtree: Parent/Name with a child per group. It is safe
-// for concurrent use.
+// Usage is what a group has consumed since it was created.
+type Usage struct {
+	// CPUUsec is the CPU time its processes used, in µs.
+	CPUUsec uint64
+	// Periods counts the enforcement periods that elapsed while a CPU cap
+	// was set, ThrottledPeriods those in which the cap bit, and
+	// ThrottledUsec how long its processes were held back in all.
+	Periods          uint64
+	ThrottledPeriods uint64
+	ThrottledUsec    uint64
+	// IOReadBytes and IOWriteBytes sum all block devices. IO says whether
+	// the kernel accounts IO for the group at all (v1: the blkio hierarchy
+	// is mounted; v2: the io controller is enabled for the subtree).
+	IOReadBytes  uint64
+	IOWriteBytes uint64
+	IO           bool
+	// Processes is how many processes the group holds now.
+	Processes int
+}
+
+// hierarchy is one mounted cgroup hierarchy the manager uses: under v2 the
+// unified one, under v1 each distinct hierarchy carrying cpu, cpuacct or
+// blkio (two when cpu and cpuacct are co-mounted, three when not).
+type hierarchy struct {
+	ctrls  []string // the controllers of interest it carries ("cpu", "cpuacct", "blkio"; v2: none listed)
+	root   string   // directory of its root cgroup
+	parent string   // Parent as /proc/PID/cgroup shows it in this hierarchy
+}
+
+// dir is the directory of a cgroup below Parent in this hierarchy.
+func (h *hierarchy) dir(rel ...string) string {
+	return filepath.Join(append([]string{h.root, h.parent}, rel...)...)
+}
+
+// group is one cgroup (per hierarchy) the manager made under Parent/Name.
+type group struct {
+	name    string
+	dirs    []string // per hierarchy
+	procs   []string // the cgroup.procs paths, for messages
+	fds     []int    // open cgroup.procs, per hierarchy, written by Place
+	applied map[string]setting
+	cg1     cgroup1.Cgroup
+	cg2     *cgroup2.Manager
+}
+
+// Manager owns the subtree Parent/Name and the groups in it. Place is safe
+// for concurrent use with everything; the other methods serialize.
 type Manager struct {
 	log     *slog.Logger
 	version int
-	// dirs are the subtree's directories: one per v1 hierarchy used, or the
-	// single v2 one.
-	dirs []hierarchyDir
-	// rel is the subtree's path as /proc/PID/cgroup shows it.
-	rel string
+	name    string
+	self    int
 
-	mu     sync.RWMutex
-	groups map[string]*group
-	// v2 only: controllers enabled for the subtree so far, and where the
-	// supervisor was before it moved into a leaf of its own ("" if it did not).
-	enabled    map[string]bool
-	selfOrigin string
-	selfLeaf   string
-	closed     bool
+	hier     []*hierarchy
+	ctrlHier map[string]int // v1 controller → index in hier
+	subs1    []cgroup1.Subsystem
+	created  [][]string // per hierarchy: the Parent directories New made, top-down
+	owned    bool       // Parent/Name is ours: no other vhqos had it
+
+	v2 v2state
+
+	mu      sync.Mutex // serializes Set, Remove and Close
+	closing []*group   // the groups Close is removing
+	done    bool       // Close finished
+
+	placeMu sync.RWMutex // guards groups and closed against Place; changed only with mu held too
+	groups  map[string]*group
+	closed  bool
 }
 
-// hierarchyDir is the subtree's directory in one hierarchy.
-type hierarchyDir struct {
-	controller string // "cpu", "cpuacct", "blkio" on v1; "" on v2
-	path       string
+// layout says where the cgroup filesystems are; tests point v2 at the
+// hybrid layout's /sys/fs/cgroup/unified.
+type layout struct {
+	v2mount string // non-empty: unified cgroup v2 mounted here
 }
 
-type group struct {
-	name  string
-	dirs  []hierarchyDir
-	procs []*os.File // cgroup.procs of each dir, kept open for Place
-	res   Resources
-	set   bool
-}
-
-// v1Controllers are the hierarchies vhqos uses on the v1 layout.
-var v1Controllers = []string{"cpu", "cpuacct", "blkio"}
-
-// New creates the subtree and its home group.
+// New detects the host's cgroup layout, creates Parent/Name and its home
+// group and, under v2 when Parent is the supervisor's own (non-root) cgroup,
+// moves the supervisor into the leaf Parent/<Name>.supervisor so that Parent
+// may hand controllers down.
 func New(ctx context.Context, opts Options) (*Manager, error) {
-	if err := checkName(opts.Name); err != nil {
+	var lay layout
+	switch cgroups.Mode() {
+	case cgroups.Unified:
+		lay.v2mount = "/sys/fs/cgroup"
+	case cgroups.Legacy, cgroups.Hybrid:
+		// Limits live in the v1 hierarchies.
+	default:
+		return nil, errors.New("cgroups: no cgroup filesystem is mounted at /sys/fs/cgroup; mount cgroup2 there (or the v1 cpu, cpuacct and blkio hierarchies)")
+	}
+	return newManager(ctx, opts, lay)
+}
+
+func newManager(ctx context.Context, opts Options, lay layout) (*Manager, error) {
+	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if err := validName(opts.Name); err != nil {
+		return nil, fmt.Errorf("cgroups: %w", err)
+	}
+	if opts.Parent != "" && (!path.IsAbs(opts.Parent) || path.Clean(opts.Parent) != opts.Parent || slices.Contains(splitPath(opts.Parent), "..")) {
+		return nil, fmt.Errorf("cgroups: parent %q must be a clean absolute cgroup path such as /vhqos", opts.Parent)
 	}
 	log := opts.Logger
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
-	root := opts.Root
-	if root == "" {
-		root = "/sys/fs/cgroup"
+	m := &Manager{
+		log:    log.With("component", "cgroup"),
+		name:   opts.Name,
+		self:   os.Getpid(),
+		groups: make(map[string]*group),
 	}
-	m := &Manager{log: log, groups: map[string]*group{}, enabled: map[string]bool{}}
-	own, err := ownCgroups()
-	if err != nil {
-		return nil, err
-	}
-	if cgroups.Mode() == cgroups.Unified {
+	var err error
+	if lay.v2mount != "" {
 		m.version = 2
-		if err := m.setupV2(root, own[""], opts); err != nil {
-			return nil, err
-		}
+		err = m.initV2(ctx, opts.Parent, lay.v2mount)
 	} else {
 		m.version = 1
-		if err := m.setupV1(root, own, opts); err != nil {
-			return nil, err
+		err = m.initV1(ctx, opts.Parent)
+	}
+	if err == nil {
+		var home *group
+		if home, err = m.createGroup(HomeGroup); err == nil {
+			m.groups[HomeGroup] = home
 		}
 	}
-	if err := m.Set(HomeGroup, Resources{}); err != nil {
-		m.Close(ctx)
+	if err != nil {
+		if cerr := m.Close(ctx); cerr != nil {
+			m.log.Warn("cleaning up after a failed start", "err", cerr)
+		}
 		return nil, err
 	}
+	m.log.Info("cgroups ready", "version", m.version, "subtree", m.subtreeDirs(), "supervisor_leaf", m.v2.leaf)
 	return m, nil
 }
 
-func (m *Manager) setupV1(root string, own map[string]string, opts Options) error {
-	seen := map[string]bool{}
-	for _, c := range v1Controllers {
-		mount := filepath.Join(root, c)
-		real, err := filepath.EvalSymlinks(mount)
-		if err != nil {
-			if c == "blkio" {
-				m.log.Warn("no blkio cgroup hierarchy: IO limits are unavailable", "path", mount)
-				continue
-			}
-			return fmt.Errorf("no %s cgroup hierarchy at %s: mount it, or boot with unified cgroup v2", c, mount)
-		}
-		if seen[real] {
-			continue // co-mounted, e.g. cpu,cpuacct
-		}
-		seen[real] = true
-		parent := opts.Parent
-		if parent == "" {
-			parent = own[c]
-		}
-		dir := filepath.Join(real, parent, opts.Name)
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			m.removeDirs()
-			return fmt.Errorf("creating cgroup %s: %w", dir, err)
-		}
-		m.dirs = append(m.dirs, hierarchyDir{controller: c, path: dir})
-		if c == "cpu" {
-			m.rel = filepath.Join(parent, opts.Name)
-		}
-	}
-	return nil
-}
-
-func (m *Manager) setupV2(root, own string, opts Options) error {
-	parent := opts.Parent
-	if parent == "" {
-		parent = own
-		if own != "/" {
-			// No internal processes: the supervisor leaves the cgroup whose
-			// children get the controllers for a leaf of its own.
-			if err := m.leaveParent(root, own, opts.Name); err != nil {
-				return err
-			}
-		}
-	}
-	dir := filepath.Join(root, parent, opts.Name)
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		m.restoreSelf()
-		return fmt.Errorf("creating cgroup %s: %w", dir, err)
-	}
-	m.dirs = []hierarchyDir{{path: dir}}
-	m.rel = filepath.Join(parent, opts.Name)
-	return nil
-}
-
-// leaveParent moves the supervisor from its own cgroup into a sibling leaf,
-// refusing when other processes share that cgroup (they would keep it from
-// delegating controllers, and moving them is not vhqos's business).
-func (m *Manager) leaveParent(root, own, name string) error {
-	procs, err := readPids(filepath.Join(root, own, "cgroup.procs"))
+// initV1 finds the cpu, cpuacct and blkio hierarchies, then prepares
+// Parent/Name in each.
+func (m *Manager) initV1(ctx context.Context, parent string) error {
+	all, err := cgroup1.Default()
 	if err != nil {
-		return fmt.Errorf("reading the processes of cgroup %s: %w", own, err)
+		return fmt.Errorf("cgroups: finding the cgroup v1 hierarchies: %w", err)
 	}
-	self := os.Getpid()
-	for _, p := range procs {
-		if p != self {
-			return fmt.Errorf("cgroup %s holds other processes (pid %d) besides vhqos, so it cannot delegate controllers: run vhqos as a systemd service with Delegate=yes, under `systemd-run --scope -p Delegate=yes`, or set settings.cgroup_parent", own, p)
+	self, _, err := cgroups.ParseCgroupFileUnified("/proc/self/cgroup")
+	if err != nil {
+		return fmt.Errorf("cgroups: reading /proc/self/cgroup: %w", err)
+	}
+	m.ctrlHier = make(map[string]int)
+	devs := make(map[uint64]int)
+	for _, s := range all {
+		name := string(s.Name())
+		if name != "cpu" && name != "cpuacct" && name != "blkio" {
+			continue
 		}
-	}
-	leaf := filepath.Join(root, own, name+".supervisor")
-	if err := os.Mkdir(leaf, 0o755); err != nil {
-		return fmt.Errorf("creating the supervisor's cgroup %s: %w", leaf, err)
-	}
-	if err := writeFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(self)); err != nil {
-		os.Remove(leaf)
-		return fmt.Errorf("moving vhqos into %s: %w", leaf, err)
-	}
-	m.selfOrigin = filepath.Join(root, own)
-	m.selfLeaf = leaf
-	return nil
-}
-
-func (m *Manager) restoreSelf() {
-	if m.selfLeaf == "" {
-		return
-	}
-	if err := writeFile(filepath.Join(m.selfOrigin, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
-		m.log.Warn("moving vhqos back to its cgroup", "path", m.selfOrigin, "err", err)
-	}
-	if err := os.Remove(m.selfLeaf); err != nil {
-		m.log.Warn("removing the supervisor's cgroup", "path", m.selfLeaf, "err", err)
-	}
-	m.selfLeaf = ""
-}
-
-// Version is 1 on the v1 and hybrid layouts, 2 on unified cgroup v2.
-func (m *Manager) Version() int { return m.version }
-
-// Path is the group's path as /proc/PID/cgroup shows it (the cpu line on
-// v1, the "0::" line on v2).
-func (m *Manager) Path(name string) string { return filepath.Join(m.rel, name) }
-
-// Set creates group name if needed and gives it the limits r; limits that
-// r leaves unset go back to the kernel's defaults.
-func (m *Manager) Set(name string, r Resources) error {
-	if err := checkName(name); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return errors.New("cgroup manager is closed")
-	}
-	g := m.groups[name]
-	created := false
-	if g == nil {
-		var err error
-		if m.version == 2 {
-			if err := m.enableV2(r); err != nil {
-				return err
+		p, ok := s.(interface{ Path(string) string })
+		if !ok {
+			continue
+		}
+		root := p.Path("/")
+		var st unix.Stat_t
+		if err := unix.Stat(root, &st); err != nil {
+			return fmt.Errorf("cgroups: the %s hierarchy: %w", name, err)
+		}
+		m.subs1 = append(m.subs1, s)
+		if i, ok := devs[st.Dev]; ok { // co-mounted with an earlier one
+			m.hier[i].ctrls = append(m.hier[i].ctrls, name)
+			m.ctrlHier[name] = i
+			continue
+		}
+		par := parent
+		if par == "" {
+			if par, ok = self[name]; !ok {
+				return fmt.Errorf("cgroups: /proc/self/cgroup has no line for the v1 %s hierarchy", name)
 			}
 		}
-		if g, err = m.create(name); err != nil {
-			return err
+		devs[st.Dev] = len(m.hier)
+		m.ctrlHier[name] = len(m.hier)
+		m.hier = append(m.hier, &hierarchy{ctrls: []string{name}, root: root, parent: path.Clean(par)})
+	}
+	if len(m.hier) == 0 {
+		return errors.New("cgroups: none of the cgroup v1 cpu, cpuacct and blkio hierarchies is mounted under /sys/fs/cgroup")
+	}
+	return m.prepareSubtree(ctx)
+}
+
+// prepareSubtree removes an empty leftover Parent/Name and notes which
+// Parent directories are missing (the first group's creation makes them).
+func (m *Manager) prepareSubtree(ctx context.Context) error {
+	m.created = make([][]string, len(m.hier))
+	for i, h := range m.hier {
+		dir := h.dir(m.name)
+		if _, err := os.Stat(dir); err == nil {
+			pids, err := procsUnder(dir)
+			if err != nil {
+				return fmt.Errorf("cgroups: reading leftover %s: %w", dir, err)
+			}
+			if len(pids) > 0 {
+				return fmt.Errorf("cgroups: %s already exists and holds processes %v: another vhqos with this name is running", dir, pids)
+			}
+			m.log.Warn("removing a leftover cgroup subtree", "dir", dir)
+			if err := removeTree(ctx, dir); err != nil {
+				return fmt.Errorf("cgroups: removing leftover %s: %w", dir, err)
+			}
 		}
-		created = true
-	} else if m.version == 2 {
-		if err := m.enableV2(r); err != nil {
-			return err
+		rel := "/"
+		for _, c := range splitPath(h.parent) {
+			rel = path.Join(rel, c)
+			d := filepath.Join(h.root, rel)
+			if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+				m.created[i] = append(m.created[i], d)
+			}
 		}
 	}
-	if err := m.apply(g, r); err != nil {
-		if created {
-			g.close()
-			removeGroupDirs(g)
-		}
-		return err
-	}
-	if created {
-		m.groups[name] = g
-	}
+	m.owned = true
 	return nil
 }
 
-func (m *Manager) create(name string) (*group, error) {
-	g := &group{name: name}
-	for _, d := range m.dirs {
-		dir := filepath.Join(d.path, name)
-		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			g.close()
-			removeGroupDirs(g)
-			return nil, fmt.Errorf("creating cgroup %s: %w", dir, err)
-		}
-		f, err := os.OpenFile(filepath.Join(dir, "cgroup.procs"), os.O_WRONLY, 0)
-		if err != nil {
-			g.dirs = append(g.dirs, hierarchyDir{d.controller, dir})
-			g.close()
-			removeGroupDirs(g)
-			return nil, fmt.Errorf("opening %s/cgroup.procs: %w", dir, err)
-		}
-		g.dirs = append(g.dirs, hierarchyDir{d.controller, dir})
-		g.procs = append(g.procs, f)
-	}
-	return g, nil
-}
-
-// Place moves process pid, with all its threads, into group name. It is on
-// the per-connection path: one write per hierarchy to a file kept open.
-func (m *Manager) Place(name string, pid int) error {
-	m.mu.RLock()
-	g := m.groups[name]
-	m.mu.RUnlock()
-	if g == nil {
-		return fmt.Errorf("placing pid %d: no cgroup group %q", pid, name)
-	}
-	var buf [20]byte
-	b := strconv.AppendInt(buf[:0], int64(pid), 10)
-	for i, f := range g.procs {
-		if _, err := unix.Pwrite(int(f.Fd()), b, 0); err != nil {
-			return fmt.Errorf("moving pid %d into %s: %w", pid, g.dirs[i].path, err)
-		}
-	}
-	return nil
-}
-
-// ProcsFiles lists the cgroup.procs files of a group, one per hierarchy,
-// for a process that must enter the group itself before it starts work.
-func (m *Manager) ProcsFiles(name string) []string {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
+// splitPath splits a clean absolute cgroup path into its components.
+func splitPath(p string) []string {
 	var out []string
-	if g := m.groups[name]; g != nil {
-		for _, d := range g.dirs {
-			out = append(out, filepath.Join(d.path, "cgroup.procs"))
+	for _, c := range strings.Split(p, "/") {
+		if c != "" {
+			out = append(out, c)
 		}
 	}
 	return out
 }
 
-// Remove moves the group's processes home and deletes the group.
-func (m *Manager) Remove(name string) error {
-	if name == HomeGroup {
-		return errors.New("the home group is removed only by Close")
+// subtreeDirs lists Parent/Name in every hierarchy.
+func (m *Manager) subtreeDirs() []string {
+	out := make([]string, len(m.hier))
+	for i, h := range m.hier {
+		out[i] = h.dir(m.name)
 	}
-	m.mu.Lock()
-	g := m.groups[name]
-	delete(m.groups, name)
-	home := m.groups[HomeGroup]
-	m.mu.Unlock()
-	if g == nil {
-		return nil
-	}
-	g.close()
-	for i, d := range g.dirs {
-		pids, err := readPids(filepath.Join(d.path, "cgroup.procs"))
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", d.path, err)
-		}
-		for _, pid := range pids {
-			if home != nil && i < len(home.dirs) {
-				writeFile(filepath.Join(home.dirs[i].path, "cgroup.procs"), strconv.Itoa(pid))
-			}
-		}
-	}
-	return removeGroupDirs(g)
+	return out
 }
 
-// Close kills every process left in the subtree, removes every cgroup the
-// manager made and puts the supervisor back where it was.
-func (m *Manager) Close(ctx context.Context) error {
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		return nil
-	}
-	m.closed = true
-	groups := m.groups
-	m.groups = map[string]*group{}
-	m.mu.Unlock()
-	for _, g := range groups {
-		g.close()
-	}
-	var errs []error
-	if err := m.killAll(ctx); err != nil {
-		errs = append(errs, err)
-	}
-	for _, g := range groups {
-		if err := removeGroupDirs(g); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := m.removeDirs(); err != nil {
-		errs = append(errs, err)
-	}
-	m.restoreSelf()
-	return errors.Join(errs...)
-}
-
-// killAll SIGKILLs every process in the subtree until none is left.
-func (m *Manager) killAll(ctx context.Context) error {
-	if m.version == 2 {
-		if err := writeFile(filepath.Join(m.dirs[0].path, "cgroup.kill"), "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
-			m.log.Debug("cgroup.kill failed, killing one by one", "err", err)
-		}
-	}
-	for {
-		pids := m.allPids()
-		if len(pids) == 0 {
-			return nil
-		}
-		for _, p := range pids {
-			unix.Kill(p, unix.SIGKILL)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("processes %v still in %s: %w", pids, m.rel, ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
-func (m *Manager) allPids() []int {
-	var pids []int
-	for _, d := range m.dirs {
-		filepath.WalkDir(d.path, func(p string, e os.DirEntry, err error) error {
-			if err == nil && e.IsDir() {
-				list, _ := readPids(filepath.Join(p, "cgroup.procs"))
-				pids = append(pids, list...)
-			}
-			return nil
-		})
-	}
-	return pids
-}
-
-func (m *Manager) removeDirs() error {
-	var errs []error
-	for _, d := range m.dirs {
-		if err := rmdirRetry(d.path); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (g *group) close() {
-	for _, f := range g.procs {
-		f.Close()
-	}
-	g.procs = nil
-}
-
-func removeGroupDirs(g *group) error {
-	var errs []error
-	for _, d := range g.dirs {
-		if err := rmdirRetry(d.path); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// rmdirRetry removes a cgroup directory; the kernel may report it busy for
-// a moment after its last process exited.
-func rmdirRetry(dir string) error {
+// createGroup makes Parent/Name/name in every hierarchy (with the library)
+// and opens its cgroup.procs files for Place.
+func (m *Manager) createGroup(name string) (*group, error) {
+	g := &group{name: name, applied: make(map[string]setting)}
 	var err error
-	for i := 0; i < 50; i++ {
-		err = unix.Rmdir(dir)
-		if err == nil || err == unix.ENOENT {
-			return nil
+	if m.version == 1 {
+		g.cg1, err = cgroup1.New(func(sub cgroup1.Name) (string, error) {
+			i, ok := m.ctrlHier[string(sub)]
+			if !ok {
+				return "", cgroup1.ErrControllerNotActive
+			}
+			return path.Join(m.hier[i].parent, m.name, name), nil
+		}, &specs.LinuxResources{}, cgroup1.WithHierarchy(func() ([]cgroup1.Subsystem, error) { return m.subs1, nil }))
+	} else {
+		var sub *cgroup2.Manager
+		h := m.hier[0]
+		sub, err = cgroup2.Load(path.Join(h.parent, m.name), cgroup2.WithMountpoint(h.root))
+		if err == nil {
+			g.cg2, err = sub.NewChild(name, nil)
 		}
-		if err != unix.EBUSY {
-			break
-		}
-		time.Sleep(time.Duration(i+1) * time.Millisecond)
 	}
-	return fmt.Errorf("removing cgroup %s: %w", dir, err)
+	if err != nil {
+		return nil, fmt.Errorf("cgroups: creating %s: %w", m.hier[0].dir(m.name, name), err)
+	}
+	for _, h := range m.hier {
+		dir := h.dir(m.name, name)
+		procs := filepath.Join(dir, "cgroup.procs")
+		fd, err := unix.Open(procs, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			g.closeFds()
+			return nil, fmt.Errorf("cgroups: opening %s: %w", procs, err)
+		}
+		g.dirs = append(g.dirs, dir)
+		g.procs = append(g.procs, procs)
+		g.fds = append(g.fds, fd)
+	}
+	return g, nil
 }
 
-func checkName(name string) error {
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
-		return fmt.Errorf("invalid cgroup name %q", name)
+func (g *group) closeFds() {
+	for _, fd := range g.fds {
+		unix.Close(fd)
+	}
+	g.fds = nil
+}
+
+// Version is 1 on the v1 and hybrid layouts (limits live in v1), 2 on
+// unified cgroup v2.
+func (m *Manager) Version() int { return m.version }
+
+// Path is where group appears in /proc/PID/cgroup: the "0::" line under
+// v2, the cpu hierarchy's line under v1.
+func (m *Manager) Path(group string) string {
+	h := m.hier[0]
+	if i, ok := m.ctrlHier["cpu"]; ok {
+		h = m.hier[i]
+	}
+	return path.Join(h.parent, m.name, group)
+}
+
+// Set creates group if needed and gives it the limits r, writing only the
+// files whose value changes; limits r no longer sets go back to the
+// kernel's defaults. Set is idempotent.
+func (m *Manager) Set(group string, r Resources) error {
+	if err := validName(group); err != nil {
+		return fmt.Errorf("cgroups: %w", err)
+	}
+	if err := r.validate(); err != nil {
+		return fmt.Errorf("cgroups: limits of %s: %w", group, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return fmt.Errorf("cgroups: setting limits of %s: the manager is closed", group)
+	}
+	g := m.groups[group]
+	if g == nil {
+		var err error
+		if g, err = m.createGroup(group); err != nil {
+			return err
+		}
+		m.placeMu.Lock()
+		m.groups[group] = g
+		m.placeMu.Unlock()
+		m.log.Debug("created cgroup", "group", group, "dirs", g.dirs)
+	}
+	return m.update(g, r)
+}
+
+// update brings g's files to r.
+func (m *Manager) update(g *group, r Resources) error {
+	var desired []setting
+	var err error
+	if m.version == 2 {
+		if err := m.enableControllers(wantedControllers(r, "io")); err != nil {
+			return err
+		}
+		dir := g.dirs[0]
+		desired, err = v2Settings(r, statWeightFiles(dir, "io.weight", "io.bfq.weight"), dir)
+	} else {
+		for _, c := range wantedControllers(r, "blkio") {
+			if _, ok := m.ctrlHier[c]; !ok {
+				return fmt.Errorf("cgroups: limits of %s need the cgroup v1 %s controller, which is not mounted (no /sys/fs/cgroup/%s)", g.name, c, c)
+			}
+		}
+		blkio := ""
+		if i, ok := m.ctrlHier["blkio"]; ok {
+			blkio = g.dirs[i]
+		}
+		desired, err = v1Settings(r, statWeightFiles(blkio, "blkio.weight", "blkio.bfq.weight"), blkio)
+	}
+	if err != nil {
+		return fmt.Errorf("cgroups: limits of %s: %w", g.name, err)
+	}
+	writes := diff(g.applied, desired)
+	if len(writes) == 0 {
+		return nil
+	}
+	err = apply(g.applied, writes, func(ctrl string) (string, error) {
+		if m.version == 2 {
+			return g.dirs[0], nil
+		}
+		i, ok := m.ctrlHier[ctrl]
+		if !ok {
+			return "", fmt.Errorf("the cgroup v1 %s controller is not mounted", ctrl)
+		}
+		return g.dirs[i], nil
+	})
+	if err != nil {
+		return fmt.Errorf("cgroups: group %s: %w", g.name, err)
+	}
+	if m.log.Enabled(context.Background(), slog.LevelDebug) {
+		for _, w := range writes {
+			m.log.Debug("cgroup limit", "group", g.name, "file", w.s.file, "value", w.value)
+		}
 	}
 	return nil
 }
 
-// ownCgroups reads /proc/self/cgroup: controller -> path, "" for v2.
-func ownCgroups() (map[string]string, error) {
-	f, err := os.Open("/proc/self/cgroup")
-	if err != nil {
-		return nil, fmt.Errorf("reading vhqos's own cgroup: %w", err)
+// Place moves the whole process pid (a thread id selects its process) into
+// group with one write per hierarchy to a cgroup.procs file kept open.
+func (m *Manager) Place(group string, pid int) error {
+	if pid <= 0 || pid == m.self {
+		return fmt.Errorf("cgroups: placing pid %d in %s: not a server process", pid, group)
 	}
-	defer f.Close()
-	out := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		if parts[1] == "" {
-			out[""] = parts[2]
-			continue
-		}
-		for _, c := range strings.Split(parts[1], ",") {
-			out[c] = parts[2]
+	var buf [20]byte
+	b := strconv.AppendInt(buf[:0], int64(pid), 10)
+	m.placeMu.RLock()
+	defer m.placeMu.RUnlock()
+	g := m.groups[group]
+	if g == nil {
+		return m.noGroup(group, pid)
+	}
+	for i, fd := range g.fds {
+		if err := writeProcs(fd, b); err != nil {
+			return fmt.Errorf("cgroups: placing pid %d in %s: writing %s: %w", pid, group, g.procs[i], err)
 		}
 	}
-	return out, sc.Err()
+	return nil
 }
 
-func readPids(path string) ([]int, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
+func (m *Manager) noGroup(group string, pid int) error {
+	if m.closed {
+		return fmt.Errorf("cgroups: placing pid %d in %s: the manager is closed", pid, group)
 	}
-	var pids []int
-	for _, f := range strings.Fields(string(data)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, n)
-		}
-	}
-	return pids, nil
+	return fmt.Errorf("cgroups: placing pid %d in %s: no such group (Set creates it)", pid, group)
 }
 
-func writeFile(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
+// writeProcs writes a pid to an open cgroup.procs. EINVAL means the task
+// is still being forked (TASK_NEW); runc and containerd retry it too.
+func writeProcs(fd int, pid []byte) error {
+	for try := 0; ; try++ {
+		_, err := unix.Write(fd, pid)
+		switch {
+		case err == nil:
+			return nil
+		case err == unix.EINTR:
+		case err == unix.EINVAL && try < 5:
+			time.Sleep(time.Duration(try+1) * time.Millisecond)
+		default:
+			return err
+		}
 	}
-	_, err = f.WriteString(value)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+}
+
+// Remove moves the processes of group home and deletes it. Removing a
+// group that does not exist does nothing.
+func (m *Manager) Remove(group string) error {
+	if err := validName(group); err != nil {
+		return fmt.Errorf("cgroups: %w", err)
+	}
+	if group == HomeGroup {
+		return fmt.Errorf("cgroups: the %s group cannot be removed", HomeGroup)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g := m.groups[group]
+	if g == nil {
+		return nil
+	}
+	// From here on Place refuses the group, so nothing new arrives.
+	m.placeMu.Lock()
+	delete(m.groups, group)
+	m.placeMu.Unlock()
+	g.closeFds()
+	home := m.groups[HomeGroup]
+	deadline := time.Now().Add(2 * time.Second)
+	for try := 0; ; try++ {
+		if err := m.moveAll(g, home); err != nil {
+			return err
+		}
+		err := g.delete()
+		if err == nil {
+			m.log.Debug("removed cgroup", "group", group)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cgroups: removing %s: %w", g.dirs[0], err)
+		}
+		time.Sleep(time.Duration(min(try+1, 20)) * time.Millisecond)
+	}
+}
+
+// moveAll moves every process of from into to, in every hierarchy.
+func (m *Manager) moveAll(from, to *group) error {
+	for i, dir := range from.dirs {
+		pids, err := readPids(filepath.Join(dir, "cgroup.procs"))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("cgroups: removing %s: %w", from.name, err)
+		}
+		for _, pid := range pids {
+			b := strconv.AppendInt(nil, int64(pid), 10)
+			if err := writeProcs(to.fds[i], b); err != nil && err != unix.ESRCH {
+				return fmt.Errorf("cgroups: removing %s: moving pid %d to %s: %w", from.name, pid, to.procs[i], err)
+			}
+		}
+	}
+	return nil
+}
+
+// delete removes the group's directories with the library; a group
+// already gone is no error.
+func (g *group) delete() error {
+	gone := true
+	for _, d := range g.dirs {
+		if _, err := os.Stat(d); err == nil {
+			gone = false
+		}
+	}
+	var err error
+	switch {
+	case gone:
+	case g.cg1 != nil:
+		err = g.cg1.Delete()
+	case g.cg2 != nil:
+		err = g.cg2.Delete()
+	}
+	if errors.Is(err, cgroup1.ErrCgroupDeleted) || errors.Is(err, os.ErrNotExist) {
+		err = nil
 	}
 	return err
+}
+
+// Usage reports what group has consumed.
+func (m *Manager) Usage(group string) (Usage, error) {
+	m.placeMu.RLock()
+	g := m.groups[group]
+	m.placeMu.RUnlock()
+	if g == nil {
+		return Usage{}, fmt.Errorf("cgroups: usage of %s: no such group", group)
+	}
+	var u Usage
+	pids, err := readPids(g.procs[0])
+	if err != nil {
+		return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
+	}
+	u.Processes = len(pids)
+	if g.cg2 != nil {
+		st, err := g.cg2.StatFiltered(cgroup2.StatCPU | cgroup2.StatIO)
+		if err != nil {
+			return u, fmt.Errorf("cgroups: usage of %s in %s: %w", group, g.dirs[0], err)
+		}
+		if c := st.GetCPU(); c != nil {
+			u.CPUUsec, u.Periods, u.ThrottledPeriods, u.ThrottledUsec = c.UsageUsec, c.NrPeriods, c.NrThrottled, c.ThrottledUsec
+		}
+		if _, err := os.Stat(filepath.Join(g.dirs[0], "io.stat")); err == nil {
+			u.IO = true
+			for _, e := range st.GetIo().GetUsage() {
+				u.IOReadBytes += e.Rbytes
+				u.IOWriteBytes += e.Wbytes
+			}
+		}
+		return u, nil
+	}
+	st, err := g.cg1.Stat(cgroup1.IgnoreNotExist)
+	if err != nil {
+		return u, fmt.Errorf("cgroups: usage of %s in %v: %w", group, g.dirs, err)
+	}
+	if c := st.GetCPU(); c != nil {
+		u.CPUUsec = c.GetUsage().GetTotal() / 1000
+		t := c.GetThrottling()
+		u.Periods, u.ThrottledPeriods, u.ThrottledUsec = t.GetPeriods(), t.GetThrottledPeriods(), t.GetThrottledTime()/1000
+	}
+	if b := st.GetBlkio(); b != nil {
+		_, u.IO = m.ctrlHier["blkio"]
+		for _, e := range b.GetIoServiceBytesRecursive() {
+			switch e.GetOp() {
+			case "Read":
+				u.IOReadBytes += e.GetValue()
+			case "Write":
+				u.IOWriteBytes += e.GetValue()
+			}
+		}
+	}
+	return u, nil
+}
+
+// Close kills every process left in the subtree (v2: cgroup.kill; else
+// SIGKILL to each until none is left, bounded by ctx), removes every cgroup
+// the manager created, gives back the controllers it enabled and moves the
+// supervisor back where it was. Close is idempotent; it tries every step
+// and reports every failure.
+func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.done {
+		return nil
+	}
+	if !m.closed {
+		m.placeMu.Lock()
+		m.closed = true
+		for _, g := range m.groups {
+			m.closing = append(m.closing, g)
+		}
+		m.groups = nil
+		m.placeMu.Unlock()
+		for _, g := range m.closing {
+			g.closeFds()
+		}
+	}
+
+	var errs []error
+	if m.owned {
+		errs = append(errs, m.killAll(ctx))
+		for _, g := range m.closing {
+			if err := g.delete(); err != nil {
+				m.log.Debug("deleting a group", "group", g.name, "err", err) // removeTree decides
+			}
+		}
+		for _, dir := range m.subtreeDirs() {
+			errs = append(errs, removeTree(ctx, dir))
+		}
+	}
+	if m.version == 2 {
+		errs = append(errs, m.restoreV2())
+	}
+	for i := range m.created {
+		for j := len(m.created[i]) - 1; j >= 0; j-- {
+			d := m.created[i][j]
+			if err := unix.Rmdir(d); err != nil && err != unix.ENOENT {
+				m.log.Info("leaving a parent cgroup in place", "dir", d, "err", err)
+			}
+		}
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		return fmt.Errorf("cgroups: closing (Close may be called again): %w", err)
+	}
+	m.done = true
+	m.log.Debug("cgroups removed", "subtree", m.subtreeDirs())
+	return nil
+}
+
+// retryBusy runs f until it succeeds, fails other than with EBUSY (a
+// cgroup whose last processes are still exiting), or ctx ends.
+func retryBusy(ctx context.Context, f func() error) error {
+	for try := 1; ; try++ {
+		err := f()
+		if err == nil || !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(min(try, 50)) * time.Millisecond):
+		}
+	}
+}
+
+// ProcsFiles lists the cgroup.procs files of a group, one per hierarchy,
+// for a process that must enter the group itself before it starts work.
+func (m *Manager) ProcsFiles(group string) []string {
+	m.placeMu.RLock()
+	defer m.placeMu.RUnlock()
+	if g := m.groups[group]; g != nil {
+		return append([]string(nil), g.procs...)
+	}
+	return nil
 }

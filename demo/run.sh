@@ -56,7 +56,7 @@ done
 sleep 0.5
 kill -TERM $tcpdump_pid; wait $tcpdump_pid 2>/dev/null || true
 
-printf '\n%-7s %-9s %-8s %-22s %-34s %s\n' VHOST ADDRESS REQUESTS "SERVING PIDS" "CGROUP WHILE SERVING" "DSCP ON THE WIRE"
+printf '\n%-7s %-9s %-8s %-30s %-34s %s\n' VHOST ADDRESS REQUESTS "SERVING PIDS" "CGROUP WHILE SERVING" "DSCP ON THE WIRE"
 for vh in shop:127.0.0.2 blog:127.0.0.3 static:127.0.0.4; do
 	name=${vh%%:*} addr=${vh#*:}
 	count=$(awk -v v="$name" '$1 == v' "$dir/access.log" | wc -l)
@@ -65,7 +65,7 @@ for vh in shop:127.0.0.2 blog:127.0.0.3 static:127.0.0.4; do
 	# tcpdump -v prints "IP (tos 0xb8, ...)" and the addresses on the next line.
 	dscp=$(awk -v a="$addr.8080 >" '/^IP \(tos/ {tos=$3; sub(/,/, "", tos)} index($0, a) {print tos}' "$dir/wire.txt" |
 		sort -u | while read -r t; do [ -z "$t" ] || echo $((t >> 2)); done | sort -un | tr '\n' ' ')
-	printf '%-7s %-9s %-8s %-22s %-34s %s\n' "$name" "$addr" "$count" "${pids:0:22}" "$cgroups" "${dscp:-none seen}"
+	printf '%-7s %-9s %-8s %-30s %-34s %s\n' "$name" "$addr" "$count" "${pids:0:30}" "$cgroups" "${dscp:-none seen}"
 done
 
 kill -TERM $vhqos_pid
