@@ -463,7 +463,12 @@ func writeProcs(fd int, pid []byte) error {
 
 // Remove moves the processes of group home and deletes it. Removing a
 // group that does not exist does nothing.
-func (m *Manager) Remove(group string) error {
+func (m *Manager) Remove(group string) error { return m.RemoveTo(group, HomeGroup) }
+
+// RemoveTo moves the group's processes into group to and deletes the group:
+// when a vhost leaves the table, the processes serving it go on serving
+// with the defaults' limits.
+func (m *Manager) RemoveTo(group, to string) error {
 	if err := validName(group); err != nil {
 		return fmt.Errorf("cgroups: %w", err)
 	}
@@ -481,10 +486,13 @@ func (m *Manager) Remove(group string) error {
 	delete(m.groups, group)
 	m.placeMu.Unlock()
 	g.closeFds()
-	home := m.groups[HomeGroup]
+	dest := m.groups[to]
+	if dest == nil || to == group {
+		dest = m.groups[HomeGroup]
+	}
 	deadline := time.Now().Add(2 * time.Second)
 	for try := 0; ; try++ {
-		if err := m.moveAll(g, home); err != nil {
+		if err := m.moveAll(g, dest); err != nil {
 			return err
 		}
 		err := g.delete()

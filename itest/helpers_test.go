@@ -30,6 +30,13 @@ func startUnderVhqos(t *testing.T, qos string, cfg ApacheConfig) *Apache {
 	if err := os.WriteFile(qosFile, []byte(qos), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return startUnderVhqosFile(t, qosFile, cfg)
+}
+
+// startUnderVhqosFile is startUnderVhqos with the QoS table in a file the
+// test keeps changing.
+func startUnderVhqosFile(t *testing.T, qosFile string, cfg ApacheConfig) *Apache {
+	t.Helper()
 	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--"}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -63,6 +63,9 @@ type listener struct {
 	// markedDSCP is the DSCP vhqos set on the listener itself (inherited
 	// by its connections and carried by the SYN-ACK), or -1.
 	markedDSCP int
+	// continued says an accept on this socket was ever left to the kernel
+	// (remembered across expiry of the copy, in listenerTable.continued).
+	continued bool
 	// drain counts the connections that were already queued when the
 	// listener's mark changed: they were created with the old mark, so
 	// that many accepts are emulated (and each connection marked).
@@ -77,10 +80,13 @@ func (l *listener) touch() { l.lastUsed.Store(time.Now().UnixNano()) }
 type listenerTable struct {
 	mu    sync.Mutex
 	byKey map[fileKey]*listener
+	// continued remembers sockets whose expired copy had accepts left to
+	// the kernel: processes may still be blocked in those accepts.
+	continued map[fileKey]bool
 }
 
 func newListenerTable() *listenerTable {
-	return &listenerTable{byKey: map[fileKey]*listener{}}
+	return &listenerTable{byKey: map[fileKey]*listener{}, continued: map[fileKey]bool{}}
 }
 
 // adopt returns the listener for key, taking ownership of fd when it is the
@@ -92,7 +98,7 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 		unix.Close(fd)
 		return l
 	}
-	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1}
+	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1, continued: t.continued[key]}
 	if sa, err := unix.Getsockname(fd); err == nil {
 		l.bound, l.family = sockaddrAddrPort(sa)
 	}
@@ -126,6 +132,9 @@ func (t *listenerTable) expire(idle time.Duration, ev *eventLoop) {
 			l.closed = true
 			unix.Close(l.fd)
 			delete(t.byKey, key)
+			if l.continued {
+				t.continued[key] = true
+			}
 		}
 		l.mu.Unlock()
 	}
@@ -276,7 +285,16 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 			s.log.Warn("setting DSCP on a listening socket", "addr", l.bound, "err", err)
 		} else {
 			l.markedDSCP = d.DSCP
-			l.drain = acceptQueueLen(l.fd)
+			// Only a non-blocking listener can be drained safely: on a
+			// blocking one, a process the kernel is already accepting for
+			// may win a queued connection after our poll saw it, and our
+			// accept would then block. There, connections queued at the
+			// moment of the change keep the old mark.
+			// Before the first "continue" on it, no kernel accept can be
+			// under way, so the first marking always drains.
+			if flags, err := unix.FcntlInt(uintptr(l.fd), unix.F_GETFL, 0); !l.continued || err == nil && flags&unix.O_NONBLOCK != 0 {
+				l.drain = acceptQueueLen(l.fd)
+			}
 		}
 	}
 	if l.drain > 0 {
@@ -284,6 +302,7 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 		l.mu.Unlock()
 		return false
 	}
+	l.continued = true
 	l.touch()
 	l.mu.Unlock()
 	s.place(call.proc, d.Group)

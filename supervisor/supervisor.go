@@ -371,3 +371,20 @@ func (s *Supervisor) countConnection(group string) {
 func (s *Supervisor) Tables() (procs, listeners int) {
 	return s.procs.size(), s.listeners.size()
 }
+
+// ForgetPlacements drops what the supervisor remembers of where it put each
+// process, so the next connection of each is placed afresh: after a table
+// change moved processes between cgroups behind its back.
+func (s *Supervisor) ForgetPlacements() {
+	s.procs.mu.Lock()
+	list := make([]*proc, 0, len(s.procs.byTgid))
+	for _, p := range s.procs.byTgid {
+		list = append(list, p)
+	}
+	s.procs.mu.Unlock()
+	for _, p := range list {
+		p.mu.Lock()
+		p.group = ""
+		p.mu.Unlock()
+	}
+}

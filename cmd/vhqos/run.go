@@ -85,13 +85,18 @@ func runCommand(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vhqos run:", err)
 		return 2
 	}
-	table, err := policy.Load(opts.config)
+	raw, err := os.ReadFile(opts.config)
+	if err != nil {
+		fmt.Fprintf(stderr, "vhqos run: reading the QoS table: %v\n", err)
+		return 2
+	}
+	table, err := policy.Parse(opts.config, raw)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		fmt.Fprintln(stderr, "vhqos run: refusing to start with this QoS table")
 		return 2
 	}
-	status, err := serve(log, opts, table)
+	status, err := serve(log, opts, table, raw)
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos run:", err)
 		return 1
@@ -100,7 +105,7 @@ func runCommand(args []string, stderr io.Writer) int {
 }
 
 // serve runs the server under supervision and returns its exit status.
-func serve(log *slog.Logger, opts runOptions, table *policy.Table) (int, error) {
+func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (int, error) {
 	if os.Geteuid() != 0 {
 		log.Warn("not running as root: no_new_privs is set, so setuid programs the server runs (suexec) gain no privileges")
 	}
@@ -182,6 +187,15 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table) (int, error) 
 		proc.Cmd.Wait()
 		close(exited)
 	}()
+	reload := &reloader{path: opts.config, log: log, cg: cg, sup: sup, current: table, raw: raw}
+	hup := make(chan struct{}, 1)
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
+	go func() {
+		if err := reload.watch(watchCtx, hup); err != nil {
+			log.Error("QoS table changes will not be seen", "err", err)
+		}
+	}()
 	var killTimer <-chan time.Time
 	for {
 		select {
@@ -189,6 +203,12 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table) (int, error) 
 			log.Info("forwarding signal to the server", "signal", sig)
 			unix.Kill(proc.Pid(), sig.(syscall.Signal))
 			switch sig {
+			case unix.SIGHUP:
+				// `systemctl reload` reloads both the server and the table.
+				select {
+				case hup <- struct{}{}:
+				default:
+				}
 			case unix.SIGTERM, unix.SIGINT, unix.SIGQUIT:
 				if killTimer == nil {
 					killTimer = time.After(opts.stopTimeout)
@@ -204,6 +224,7 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table) (int, error) 
 		}
 		break
 	}
+	stopWatching()
 	status := exitStatus(proc.Cmd.ProcessState)
 	log.Info("server exited", "status", status, "accepted", sup.Stats().Accepted.Load())
 	// The server's remaining processes (children it left behind) die with

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/policy"
+	"github.com/vhqos/vhqos/supervisor"
+)
+
+// reloader keeps the running QoS table in step with its file. A new table
+// is validated whole before anything changes; applying it is all or
+// nothing; a refused table leaves the old one in force.
+type reloader struct {
+	path    string
+	log     *slog.Logger
+	cg      *cgroup.Manager
+	sup     *supervisor.Supervisor
+	current *policy.Table
+	raw     []byte
+}
+
+// watch re-reads the table whenever its directory changes: an in-place
+// write, an editor's write-and-rename, a symlink swap (Kubernetes ConfigMap
+// volumes swap ..data), delete and re-create. The directory is watched,
+// not the file, because renames replace the file the watch was on.
+// Requests on reloads (SIGHUP) arrive on hup.
+func (r *reloader) watch(ctx context.Context, hup <-chan struct{}) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watching the QoS table: %w", err)
+	}
+	defer w.Close()
+	dir := filepath.Dir(r.path)
+	if err := w.Add(dir); err != nil {
+		return fmt.Errorf("watching %s: %w", dir, err)
+	}
+	// Editors write in several steps; act once they have settled.
+	const settle = 20 * time.Millisecond
+	var timer <-chan time.Time
+	var first time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			if timer == nil {
+				first = time.Now()
+			}
+			timer = time.After(settle)
+		case err := <-w.Errors:
+			r.log.Warn("watching the QoS table", "err", err)
+		case <-timer:
+			timer = nil
+			r.reload(first, false)
+		case <-hup:
+			r.reload(time.Now(), true)
+		}
+	}
+}
+
+// reload reads the file and applies it if it changed (or if forced).
+func (r *reloader) reload(since time.Time, force bool) {
+	data, err := os.ReadFile(r.path)
+	if err != nil {
+		// Between a delete and the re-create, or a broken symlink swap.
+		r.log.Warn("QoS table unreadable; keeping the one in force", "path", r.path, "err", err)
+		return
+	}
+	if !force && bytes.Equal(data, r.raw) {
+		return
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		// Writing in place truncates first: an empty file is far more
+		// likely half a write than a wish to drop every vhost.
+		r.log.Warn("QoS table is empty; keeping the one in force (write a comment into it to really run without vhosts)", "path", r.path)
+		return
+	}
+	next, err := policy.Parse(r.path, data)
+	if err != nil {
+		r.log.Error("refused QoS table; the previous one stays in force", "path", r.path, "problems", err.Error())
+		r.raw = data
+		return
+	}
+	added, removed, changed, err := r.apply(next)
+	if err != nil {
+		r.log.Error("applying the QoS table failed; the previous one stays in force", "path", r.path, "err", err)
+		return
+	}
+	r.raw = data
+	r.log.Info("reloaded QoS table", "path", r.path, "added", added, "removed", removed, "changed", changed,
+		"took", time.Since(since).Round(time.Microsecond))
+}
+
+// apply moves from the current table to next: limits of kept groups change
+// in place, new groups are made, the supervisor switches tables, then the
+// groups of removed vhosts go, their processes moving to the defaults. If a
+// cgroup write fails, what was changed is put back.
+func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, err error) {
+	if next.Settings.CgroupParent != r.current.Settings.CgroupParent {
+		return nil, nil, nil, errors.New("settings.cgroup_parent cannot change while vhqos runs; restart it to move its cgroups")
+	}
+	old := classes(r.current)
+	neu := classes(next)
+	var undo []func()
+	rollback := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	for _, name := range sortedNames(neu) {
+		c := neu[name]
+		prev, existed := old[name]
+		if existed && reflect.DeepEqual(prev.Resources, c.Resources) {
+			if prev.DSCP != c.DSCP || !reflect.DeepEqual(prev.Match, c.Match) {
+				changed = append(changed, c.Name)
+			}
+			continue
+		}
+		if err := r.cg.Set(name, c.Resources); err != nil {
+			rollback()
+			return nil, nil, nil, fmt.Errorf("setting the limits of %s: %w", c.Name, err)
+		}
+		if existed {
+			changed = append(changed, c.Name)
+			res := prev.Resources
+			undo = append(undo, func() { r.cg.Set(name, res) })
+		} else {
+			added = append(added, c.Name)
+			undo = append(undo, func() { r.cg.Remove(name) })
+		}
+	}
+	r.sup.SetClassifier(tableClassifier{next})
+	r.current = next
+	var errs []error
+	for _, name := range sortedNames(old) {
+		if _, kept := neu[name]; kept {
+			continue
+		}
+		removed = append(removed, old[name].Name)
+		if err := r.cg.RemoveTo(name, groupName(&next.Defaults, next)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(removed) > 0 {
+		r.sup.ForgetPlacements()
+	}
+	if len(errs) > 0 {
+		r.log.Warn("removing the cgroups of removed vhosts", "err", errors.Join(errs...))
+	}
+	return added, removed, changed, nil
+}
+
+// classes maps the cgroup group of every class of t to the class.
+func classes(t *policy.Table) map[string]*policy.Class {
+	out := map[string]*policy.Class{groupName(&t.Defaults, t): &t.Defaults}
+	for i := range t.VHosts {
+		out[groupName(&t.VHosts[i], t)] = &t.VHosts[i]
+	}
+	return out
+}
+
+func sortedNames(m map[string]*policy.Class) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

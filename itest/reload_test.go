@@ -1,0 +1,142 @@
+package itest
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const reloadBefore = `
+[[vhost]]
+name = "shop"
+match = ["127.0.0.2"]
+cpu_max = "50%"
+dscp = "EF"
+`
+
+const reloadAfter = `
+[[vhost]]
+name = "shop"
+match = ["127.0.0.2"]
+cpu_max = "20%"
+dscp = "AF41"
+
+[[vhost]]
+name = "blog"
+match = ["127.0.0.3"]
+dscp = "CS1"
+`
+
+// cpuQuota reads a group's CPU cap in microseconds per 100 ms period, or
+// "max"/-1 when it has none.
+func cpuQuota(t *testing.T, vhqosPid int, group string) string {
+	t.Helper()
+	if cgroupV2() {
+		data, err := os.ReadFile(filepath.Join(cgroupDir(t, vhqosPid, "", group), "cpu.max"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Fields(string(data))[0]
+	}
+	data, err := os.ReadFile(filepath.Join(cgroupDir(t, vhqosPid, "cpu", group), "cpu.cfs_quota_us"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
+}
+
+func eventually(t *testing.T, within time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// writeByRename replaces the file the way vim, sed -i and Ansible do.
+func writeByRename(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The QoS table changes while Apache serves: limits change in place, new
+// vhosts get their cgroups, new connections get the new marks; a broken or
+// invalid table changes nothing and is reported; fixing it applies it.
+func TestReload(t *testing.T) {
+	capture, err := StartCapture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer capture.Stop()
+	qosFile := filepath.Join(t.TempDir(), "qos.toml")
+	os.WriteFile(qosFile, []byte(reloadBefore), 0o644)
+	a := startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}}})
+	pid := a.Cmd.Process.Pid
+	client := func(s served) netip.AddrPort {
+		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.clientPort)
+	}
+	dscpOf := func(addr string) (map[int]int, served) {
+		s := request(t, addr, "/cgi-bin/whoami")
+		return capture.DSCP(addrPort(t, addr), client(s)), s
+	}
+	if got := cpuQuota(t, pid, "vhost-shop"); got != "50000" {
+		t.Fatalf("cpu quota before the reload = %s, want 50000", got)
+	}
+	if d, _ := dscpOf("127.0.0.2:8080"); d[46] == 0 || len(d) != 1 {
+		t.Fatalf("DSCP before the reload = %v, want 46", d)
+	}
+	if _, s := dscpOf("127.0.0.3:8080"); !strings.HasSuffix(s.cgroup, "/default") {
+		t.Fatalf("127.0.0.3 before blog exists served in %q, want the defaults", s.cgroup)
+	}
+
+	start := time.Now()
+	writeByRename(t, qosFile, reloadAfter)
+	eventually(t, time.Second, "new cpu_max in the cgroup file", func() bool { return cpuQuota(t, pid, "vhost-shop") == "20000" })
+	t.Logf("cgroup file changed %v after the rename", time.Since(start).Round(time.Millisecond))
+	if d, _ := dscpOf("127.0.0.2:8080"); d[34] == 0 || len(d) != 1 {
+		t.Errorf("DSCP after the reload = %v, want 34 (AF41)", d)
+	}
+	d, s := dscpOf("127.0.0.3:8080")
+	if want := fmt.Sprintf("/vhqos.%d/vhost-blog", pid); !strings.HasSuffix(s.cgroup, want) || d[8] == 0 {
+		t.Errorf("new vhost blog: served in %q with DSCP %v, want …%s and 8", s.cgroup, d, want)
+	}
+
+	for _, bad := range []struct{ name, content, says string }{
+		{"syntax error", reloadAfter + "\ncpu_weight = = 3\n", "TOML syntax"},
+		{"invalid value", strings.Replace(reloadAfter, `cpu_max = "20%"`, `cpu_max = "0%"`, 1), "out of range"},
+	} {
+		os.WriteFile(qosFile, []byte(bad.content), 0o644) // in place
+		eventually(t, 2*time.Second, "the refusal of the "+bad.name+" logged", func() bool {
+			return strings.Contains(a.Output(), bad.says)
+		})
+		if got := cpuQuota(t, pid, "vhost-shop"); got != "20000" {
+			t.Errorf("after a table with a %s, cpu quota = %s, want the old 20000", bad.name, got)
+		}
+		if d, _ := dscpOf("127.0.0.2:8080"); d[34] == 0 || len(d) != 1 {
+			t.Errorf("after a table with a %s, DSCP = %v, want the old 34", bad.name, d)
+		}
+	}
+
+	// Fixing the file applies it: here, blog goes away again.
+	writeByRename(t, qosFile, reloadBefore)
+	eventually(t, time.Second, "cpu_max back to 50%", func() bool { return cpuQuota(t, pid, "vhost-shop") == "50000" })
+	if _, s := dscpOf("127.0.0.3:8080"); !strings.HasSuffix(s.cgroup, "/default") {
+		t.Errorf("after blog was removed, 127.0.0.3 served in %q, want the defaults", s.cgroup)
+	}
+	if !strings.Contains(a.Output(), "reloaded QoS table") {
+		t.Errorf("no reload logged:\n%s", a.Output())
+	}
+}
