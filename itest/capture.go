@@ -23,6 +23,7 @@ type Capture struct {
 	// that carried data or FIN (sent after accept; the SYN-ACK and early
 	// ACKs go out before the server could mark anything).
 	flows map[Flow]map[int]int
+	last  map[Flow]int // DSCP of the latest such packet
 }
 
 // Flow is one direction of a TCP connection.
@@ -48,7 +49,7 @@ func StartCapture() (*Capture, error) {
 	}
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000})
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
-	c := &Capture{fd: fd, done: make(chan struct{}), flows: map[Flow]map[int]int{}}
+	c := &Capture{fd: fd, done: make(chan struct{}), flows: map[Flow]map[int]int{}, last: map[Flow]int{}}
 	go c.loop()
 	return c, nil
 }
@@ -79,6 +80,7 @@ func (c *Capture) loop() {
 				c.flows[f] = map[int]int{}
 			}
 			c.flows[f][dscp]++
+			c.last[f] = dscp
 			c.mu.Unlock()
 		}
 	}
@@ -157,6 +159,17 @@ func (c *Capture) DSCP(server, client netip.AddrPort) map[int]int {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Last returns the DSCP of the latest data or FIN packet from server to
+// client, or -1 if there was none.
+func (c *Capture) Last(server, client netip.AddrPort) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d, ok := c.last[Flow{Src: server, Dst: client}]; ok {
+		return d
+	}
+	return -1
 }
 
 // Stop closes the packet socket.

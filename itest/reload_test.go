@@ -1,7 +1,11 @@
 package itest
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -139,4 +143,42 @@ func TestReload(t *testing.T) {
 	if !strings.Contains(a.Output(), "reloaded QoS table") {
 		t.Errorf("no reload logged:\n%s", a.Output())
 	}
+}
+
+// A keep-alive connection established before a reload carries the new
+// DSCP on its next response.
+func TestReloadRemarksEstablishedConnections(t *testing.T) {
+	capture, err := StartCapture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer capture.Stop()
+	qosFile := filepath.Join(t.TempDir(), "qos.toml")
+	os.WriteFile(qosFile, []byte(reloadBefore), 0o644)
+	startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}})
+	c, err := net.DialTimeout("tcp", "127.0.0.2:8080", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	get := func() {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Fprint(c, "GET /index.html HTTP/1.1\r\nHost: itest\r\n\r\n")
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatalf("keep-alive request: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	server := addrPort(t, "127.0.0.2:8080")
+	client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(c.LocalAddr().(*net.TCPAddr).Port))
+	get()
+	eventually(t, time.Second, "the first response seen with DSCP 46", func() bool { return capture.Last(server, client) == 46 })
+	writeByRename(t, qosFile, reloadAfter)
+	time.Sleep(500 * time.Millisecond)
+	get()
+	eventually(t, time.Second, "the response after the reload carrying DSCP 34", func() bool { return capture.Last(server, client) == 34 })
 }

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -387,4 +390,69 @@ func (s *Supervisor) ForgetPlacements() {
 		p.group = ""
 		p.mu.Unlock()
 	}
+}
+
+// Remark gives every TCP connection the server's processes hold the mark
+// the current table decides for it: after a table change, established
+// connections (keep-alive ones especially) carry the new DSCP from their
+// next packet on. Classes without a DSCP leave their sockets alone. It
+// returns how many connections it marked.
+func (s *Supervisor) Remark() int {
+	s.procs.mu.Lock()
+	list := make([]*proc, 0, len(s.procs.byTgid))
+	for _, p := range s.procs.byTgid {
+		list = append(list, p)
+	}
+	s.procs.mu.Unlock()
+	seen := map[string]bool{}
+	marked := 0
+	for _, p := range list {
+		dir := "/proc/" + strconv.Itoa(p.tgid) + "/fd"
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue // exited
+		}
+		for _, e := range entries {
+			target, err := os.Readlink(dir + "/" + e.Name())
+			if err != nil || !strings.HasPrefix(target, "socket:") || seen[target] {
+				continue
+			}
+			seen[target] = true
+			fd, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if s.remarkOne(p, fd) {
+				marked++
+			}
+		}
+	}
+	return marked
+}
+
+func (s *Supervisor) remarkOne(p *proc, fd int) bool {
+	copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(copyFd)
+	if typ, err := unix.GetsockoptInt(copyFd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+		return false
+	}
+	if listening, err := unix.GetsockoptInt(copyFd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || listening != 0 {
+		return false // listeners are re-marked at their next accept
+	}
+	sa, err := unix.Getsockname(copyFd)
+	if err != nil {
+		return false
+	}
+	local, family := sockaddrAddrPort(sa)
+	if family == 0 {
+		return false
+	}
+	d := s.classify(local)
+	if d.DSCP < 0 {
+		return false
+	}
+	return markDSCP(copyFd, family, d.DSCP) == nil
 }

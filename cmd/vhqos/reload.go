@@ -161,6 +161,10 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 	if len(removed) > 0 {
 		r.sup.ForgetPlacements()
 	}
+	if marksChanged(old, neu) {
+		n := r.sup.Remark()
+		r.log.Debug("re-marked established connections", "connections", n)
+	}
 	if len(errs) > 0 {
 		r.log.Warn("removing the cgroups of removed vhosts", "err", errors.Join(errs...))
 	}
@@ -183,4 +187,19 @@ func sortedNames(m map[string]*policy.Class) []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// marksChanged reports whether any connection may now need another DSCP:
+// a class's mark or its match list changed, or classes came or went.
+func marksChanged(old, neu map[string]*policy.Class) bool {
+	if len(old) != len(neu) {
+		return true
+	}
+	for name, c := range neu {
+		o, ok := old[name]
+		if !ok || o.DSCP != c.DSCP || !reflect.DeepEqual(o.Match, c.Match) {
+			return true
+		}
+	}
+	return false
 }
