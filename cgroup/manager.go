@@ -77,7 +77,8 @@ type group struct {
 	name    string
 	dirs    []string // per hierarchy
 	procs   []string // the cgroup.procs paths, for messages
-	fds     []int    // open cgroup.procs, per hierarchy, written by Place
+	fdMu    sync.Mutex
+	fds     []int // open cgroup.procs, per hierarchy, written by Place; opened on first use
 	applied map[string]setting
 	cg1     cgroup1.Cgroup
 	cg2     *cgroup2.Manager
@@ -302,20 +303,39 @@ func (m *Manager) createGroup(name string) (*group, error) {
 	}
 	for _, h := range m.hier {
 		dir := h.dir(m.name, name)
-		procs := filepath.Join(dir, "cgroup.procs")
-		fd, err := unix.Open(procs, unix.O_WRONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			g.closeFds()
-			return nil, fmt.Errorf("cgroups: opening %s: %w", procs, err)
-		}
 		g.dirs = append(g.dirs, dir)
-		g.procs = append(g.procs, procs)
-		g.fds = append(g.fds, fd)
+		g.procs = append(g.procs, filepath.Join(dir, "cgroup.procs"))
 	}
 	return g, nil
 }
 
+// openFds opens the group's cgroup.procs files on first use and keeps them
+// open for every later Place: a table of 10,000 vhosts must not hold 30,000
+// fds for groups nobody is ever placed in.
+func (g *group) openFds() ([]int, error) {
+	g.fdMu.Lock()
+	defer g.fdMu.Unlock()
+	if g.fds != nil {
+		return g.fds, nil
+	}
+	fds := make([]int, 0, len(g.procs))
+	for _, procs := range g.procs {
+		fd, err := unix.Open(procs, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			for _, f := range fds {
+				unix.Close(f)
+			}
+			return nil, fmt.Errorf("cgroups: opening %s: %w", procs, err)
+		}
+		fds = append(fds, fd)
+	}
+	g.fds = fds
+	return fds, nil
+}
+
 func (g *group) closeFds() {
+	g.fdMu.Lock()
+	defer g.fdMu.Unlock()
 	for _, fd := range g.fds {
 		unix.Close(fd)
 	}
@@ -429,7 +449,11 @@ func (m *Manager) Place(group string, pid int) error {
 	if g == nil {
 		return m.noGroup(group, pid)
 	}
-	for i, fd := range g.fds {
+	fds, err := g.openFds()
+	if err != nil {
+		return fmt.Errorf("cgroups: placing pid %d in %s: %w", pid, group, err)
+	}
+	for i, fd := range fds {
 		if err := writeProcs(fd, b); err != nil {
 			return fmt.Errorf("cgroups: placing pid %d in %s: writing %s: %w", pid, group, g.procs[i], err)
 		}
@@ -509,6 +533,10 @@ func (m *Manager) RemoveTo(group, to string) error {
 
 // moveAll moves every process of from into to, in every hierarchy.
 func (m *Manager) moveAll(from, to *group) error {
+	toFds, err := to.openFds()
+	if err != nil {
+		return err
+	}
 	for i, dir := range from.dirs {
 		pids, err := readPids(filepath.Join(dir, "cgroup.procs"))
 		if errors.Is(err, os.ErrNotExist) {
@@ -519,7 +547,7 @@ func (m *Manager) moveAll(from, to *group) error {
 		}
 		for _, pid := range pids {
 			b := strconv.AppendInt(nil, int64(pid), 10)
-			if err := writeProcs(to.fds[i], b); err != nil && err != unix.ESRCH {
+			if err := writeProcs(toFds[i], b); err != nil && err != unix.ESRCH {
 				return fmt.Errorf("cgroups: removing %s: moving pid %d to %s: %w", from.name, pid, to.procs[i], err)
 			}
 		}

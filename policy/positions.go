@@ -1,14 +1,24 @@
 package policy
 
 import (
+	"bytes"
 	"strconv"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2/unstable"
 )
 
-// position is where a key or table header stands in the file.
-type position struct{ line, col int }
+// position is where a key or table header stands in the file: a byte
+// offset, turned into line and column only for a problem (doing that for
+// every key made parsing quadratic in the file's size).
+type position struct{ offset int }
+
+// lineCol turns an offset into a 1-based line and column.
+func lineCol(data []byte, offset int) (line, col int) {
+	line = 1 + bytes.Count(data[:offset], []byte{'\n'})
+	col = offset - bytes.LastIndexByte(data[:offset], '\n')
+	return line, col
+}
 
 // positions maps key paths ("vhost[1].dscp", "vhost[1].io_read_bps./dev/vda",
 // "vhost[1]" for a table header) to where they are written. Decoding into
@@ -84,8 +94,7 @@ func shapeOf(p *unstable.Parser, n *unstable.Node) position {
 		}
 	}
 	if n.Raw.Length == 0 {
-		return position{}
+		return position{offset: -1}
 	}
-	s := p.Shape(n.Raw)
-	return position{line: s.Start.Line, col: s.Start.Column}
+	return position{offset: int(n.Raw.Offset)}
 }

@@ -79,7 +79,7 @@ func Load(path string, opts ...Option) (*Table, error) {
 // Parse validates a QoS table completely. A table with any problem is
 // refused whole; the error is Problems, listing every problem found.
 func Parse(filename string, data []byte, opts ...Option) (*Table, error) {
-	p := &parser{file: filename, lookupDevice: statDevice}
+	p := &parser{file: filename, data: data, lookupDevice: statDevice}
 	for _, o := range opts {
 		o(p)
 	}
@@ -103,20 +103,29 @@ func Parse(filename string, data []byte, opts ...Option) (*Table, error) {
 
 type parser struct {
 	file         string
+	data         []byte
 	pos          map[string]position
 	problems     Problems
 	lookupDevice func(string) (int64, int64, error)
 }
 
 func (p *parser) add(key, where, format string, args ...any) {
-	pos := p.pos[key]
-	if pos.line == 0 {
+	pos, ok := p.pos[key]
+	if !ok {
 		// A missing key: point at its table.
 		if i := strings.LastIndexByte(key, '.'); i > 0 {
-			pos = p.pos[key[:i]]
+			pos, ok = p.pos[key[:i]]
 		}
 	}
-	p.problems = append(p.problems, Problem{File: p.file, Line: pos.line, Column: pos.col, Key: key, Where: where, Msg: fmt.Sprintf(format, args...)})
+	line, col := p.lineCol(pos, ok)
+	p.problems = append(p.problems, Problem{File: p.file, Line: line, Column: col, Key: key, Where: where, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (p *parser) lineCol(pos position, ok bool) (int, int) {
+	if !ok || pos.offset < 0 || pos.offset > len(p.data) {
+		return 0, 0
+	}
+	return lineCol(p.data, pos.offset)
 }
 
 var (
@@ -482,8 +491,9 @@ func (p *parser) crossCheck(t *Table) {
 		key := "vhost[" + strconv.Itoa(i) + "]"
 		if c.Name != "" {
 			if j, dup := names[c.Name]; dup {
-				pos := p.pos["vhost["+strconv.Itoa(j)+"].name"]
-				p.add(key+".name", fmt.Sprintf("vhost %q", c.Name), "duplicate vhost name; the first is on line %d", pos.line)
+				pos, ok := p.pos["vhost["+strconv.Itoa(j)+"].name"]
+				line, _ := p.lineCol(pos, ok)
+				p.add(key+".name", fmt.Sprintf("vhost %q", c.Name), "duplicate vhost name; the first is on line %d", line)
 			} else {
 				names[c.Name] = i
 			}

@@ -40,6 +40,7 @@ func main() {
 	duration := flag.Duration("d", 5*time.Second, "length of each wrk run")
 	conns := flag.Int("c", 16, "wrk connections")
 	vhqos := flag.String("vhqos", "build/vhqos", "the vhqos binary")
+	reload := flag.Bool("reload", false, "measure QoS table reload latency instead")
 	flag.Parse()
 	if os.Getenv(nsEnv) == "" {
 		// A network namespace of its own: any loopback address and port,
@@ -59,6 +60,12 @@ func main() {
 		os.Exit(1)
 	}
 	bin, _ := filepath.Abs(*vhqos)
+	if *reload {
+		if err := reloadBench(bin); err != nil {
+			fail(err)
+		}
+		return
+	}
 	qosFile := filepath.Join(os.TempDir(), "vhqos-bench-qos.toml")
 	os.WriteFile(qosFile, []byte(qos), 0o644)
 	defer os.Remove(qosFile)
