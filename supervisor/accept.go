@@ -60,9 +60,12 @@ type listener struct {
 	fixedGen uint64
 	fixedOK  bool
 	fixed    Decision
-	// markedDSCP is the DSCP vhqos set on the listener itself (inherited
-	// by its connections and carried by the SYN-ACK), or -1.
+	// markedDSCP is the class DSCP vhqos set on the listener itself
+	// (inherited by its connections and carried by the SYN-ACK), or -1
+	// while it carries its own mark, ownDSCP.
 	markedDSCP int
+	ownDSCP    int
+	everMarked bool
 	// continued says an accept on this socket was ever left to the kernel
 	// (remembered across expiry of the copy, in listenerTable.continued).
 	continued bool
@@ -280,22 +283,8 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 		return false
 	}
 	d := l.fixed
-	if d.DSCP >= 0 && l.markedDSCP != d.DSCP {
-		if err := markDSCP(l.fd, l.family, d.DSCP); err != nil {
-			s.log.Warn("setting DSCP on a listening socket", "addr", l.bound, "err", err)
-		} else {
-			l.markedDSCP = d.DSCP
-			// Only a non-blocking listener can be drained safely: on a
-			// blocking one, a process the kernel is already accepting for
-			// may win a queued connection after our poll saw it, and our
-			// accept would then block. There, connections queued at the
-			// moment of the change keep the old mark.
-			// Before the first "continue" on it, no kernel accept can be
-			// under way, so the first marking always drains.
-			if flags, err := unix.FcntlInt(uintptr(l.fd), unix.F_GETFL, 0); !l.continued || err == nil && flags&unix.O_NONBLOCK != 0 {
-				l.drain = acceptQueueLen(l.fd)
-			}
-		}
+	if d.DSCP != l.markedDSCP {
+		s.markListener(l, d.DSCP)
 	}
 	if l.drain > 0 {
 		l.drain--
@@ -313,6 +302,46 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 	}
 	s.respond(call.id, err)
 	return true
+}
+
+// markListener gives the listener the class's DSCP, or back its own mark
+// when the class has none (a vhost lost its dscp or left the table). Called
+// with l.mu held.
+func (s *Supervisor) markListener(l *listener, dscp int) {
+	if !l.everMarked {
+		l.ownDSCP = currentDSCP(l.fd, l.family)
+		l.everMarked = true
+	}
+	target := dscp
+	if target < 0 {
+		target = l.ownDSCP
+	}
+	if err := markDSCP(l.fd, l.family, target); err != nil {
+		s.log.Warn("setting DSCP on a listening socket", "addr", l.bound, "err", err)
+		return
+	}
+	l.markedDSCP = dscp
+	// Connections already queued were made with the old mark. Only a
+	// non-blocking listener can be drained safely: on a blocking one a
+	// process the kernel is already accepting for may win a queued
+	// connection after our poll saw it, and our accept would block. Before
+	// the first "continue" on it no kernel accept can be under way, so the
+	// first marking always drains.
+	if flags, err := unix.FcntlInt(uintptr(l.fd), unix.F_GETFL, 0); !l.continued || err == nil && flags&unix.O_NONBLOCK != 0 {
+		l.drain = acceptQueueLen(l.fd)
+	}
+}
+
+func currentDSCP(fd int, family uint16) int {
+	level, opt := unix.IPPROTO_IP, unix.IP_TOS
+	if family == unix.AF_INET6 {
+		level, opt = unix.IPPROTO_IPV6, unix.IPV6_TCLASS
+	}
+	v, err := unix.GetsockoptInt(fd, level, opt)
+	if err != nil {
+		return 0
+	}
+	return v >> 2
 }
 
 func sockaddrAddrPort(sa unix.Sockaddr) (netip.AddrPort, uint16) {
@@ -462,7 +491,7 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 		s.testHookBeforeDeliver()
 	}
 	if !c.decided {
-		s.decide(c)
+		s.decide(c, l)
 	}
 	s.place(call.proc, c.decision.Group)
 	if want := call.flags&unix.SOCK_NONBLOCK != 0; want != c.nonblock {
@@ -517,7 +546,7 @@ func (s *Supervisor) requeue(l *listener, c *conn) {
 
 // decide classifies c by its local address and marks it. It runs once per
 // connection, whoever it is finally handed to.
-func (s *Supervisor) decide(c *conn) {
+func (s *Supervisor) decide(c *conn, l *listener) {
 	c.decided = true
 	var sa unix.RawSockaddrAny
 	salen := uint32(unix.SizeofSockaddrAny)
@@ -527,8 +556,20 @@ func (s *Supervisor) decide(c *conn) {
 		local = sockaddrToAddrPort(&sa)
 	}
 	c.decision = s.classify(local)
-	if c.decision.DSCP >= 0 {
-		if err := markDSCP(c.fd, sa.Addr.Family, c.decision.DSCP); err != nil {
+	dscp := c.decision.DSCP
+	if dscp < 0 {
+		// No mark of its own: the connection keeps the listener's. If
+		// vhqos ever marked the listener, the connection may have been
+		// made with a class's mark since taken back: give it the
+		// listener's own.
+		l.mu.Lock()
+		if l.everMarked {
+			dscp = l.ownDSCP
+		}
+		l.mu.Unlock()
+	}
+	if dscp >= 0 {
+		if err := markDSCP(c.fd, sa.Addr.Family, dscp); err != nil {
 			s.stats.Errors.Add(1)
 			s.log.Warn("setting DSCP on a connection", "local", local, "dscp", c.decision.DSCP, "err", err)
 		}
