@@ -579,6 +579,17 @@ func (g *group) delete() error {
 }
 
 // Usage reports what group has consumed.
+// Pids lists the processes in a group.
+func (m *Manager) Pids(group string) ([]int, error) {
+	m.placeMu.RLock()
+	g := m.groups[group]
+	m.placeMu.RUnlock()
+	if g == nil {
+		return nil, fmt.Errorf("cgroups: processes of %s: no such group", group)
+	}
+	return readPids(g.procs[0])
+}
+
 func (m *Manager) Usage(group string) (Usage, error) {
 	m.placeMu.RLock()
 	g := m.groups[group]

@@ -38,7 +38,7 @@ sed "s|@DIR@|$dir|g; s|@SRC@|$src|g" "$src/apache.conf.in" >"$dir/apache.conf"
 # early ACKs go out before the server accepted, with the listener's mark).
 tcpdump -i lo -nn -t -v -l 'tcp src port 8080 and (tcp[tcpflags] & (tcp-push|tcp-fin) != 0)' >"$dir/wire.txt" 2>/dev/null &
 tcpdump_pid=$!
-"$bin" run --config "$src/qos.toml" -- apache2 -DFOREGROUND -f "$dir/apache.conf" 2>"$dir/vhqos.log" &
+"$bin" run --config "$src/qos.toml" --status-socket "$dir/status.sock" -- apache2 -DFOREGROUND -f "$dir/apache.conf" 2>"$dir/vhqos.log" &
 vhqos_pid=$!
 trap 'kill -TERM $vhqos_pid $tcpdump_pid 2>/dev/null || true' EXIT
 
@@ -67,6 +67,10 @@ for vh in shop:127.0.0.2 blog:127.0.0.3 static:127.0.0.4; do
 		sort -u | while read -r t; do [ -z "$t" ] || echo $((t >> 2)); done | sort -un | tr '\n' ' ')
 	printf '%-7s %-9s %-8s %-30s %-34s %s\n' "$name" "$addr" "$count" "${pids:0:30}" "$cgroups" "${dscp:-none seen}"
 done
+
+echo
+echo "What the operator sees (vhqos status --socket $dir/status.sock):"
+"$bin" status --socket "$dir/status.sock" | sed 's/^/  /'
 
 kill -TERM $vhqos_pid
 status=0; wait $vhqos_pid || status=$?

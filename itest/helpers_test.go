@@ -37,7 +37,7 @@ func startUnderVhqos(t *testing.T, qos string, cfg ApacheConfig) *Apache {
 // test keeps changing.
 func startUnderVhqosFile(t *testing.T, qosFile string, cfg ApacheConfig) *Apache {
 	t.Helper()
-	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--"}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", statusSocket(t), "--"}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	a, err := StartApache(ctx, cfg)
@@ -240,4 +240,17 @@ func readFileEventually(path string, wait time.Duration) (string, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// statusSocket is a status socket path of the test's own, so that tests
+// never meet a vhqos running on the host (or each other).
+func statusSocket(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(t.TempDir(), "status.sock")
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
 }

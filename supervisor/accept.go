@@ -297,8 +297,10 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 	s.place(call.proc, d.Group)
 	err := respondContinue(s.notifyFd, call.id)
 	if err == nil {
-		// Counted as calls: a non-blocking accept may still find nothing.
+		// Counted as calls: a non-blocking accept may still find nothing,
+		// though servers that poll first rarely call it in vain.
 		s.stats.Continued.Add(1)
+		s.countConnection(d.Group)
 	}
 	s.respond(call.id, err)
 	return true

@@ -351,7 +351,9 @@ type GroupStats struct {
 // Stats returns the supervisor's live counters.
 func (s *Supervisor) Stats() *Stats { return &s.stats }
 
-// GroupConnections returns how many connections were handed over per group.
+// GroupConnections returns, per group, how many connections were handed
+// over: accepted by the supervisor, or accepts left to the kernel on a
+// listener that decides the group.
 func (s *Supervisor) GroupConnections() map[string]uint64 {
 	out := map[string]uint64{}
 	s.groupStats.Range(func(k, v any) bool {
@@ -398,6 +400,18 @@ func (s *Supervisor) ForgetPlacements() {
 // next packet on. Classes without a DSCP leave their sockets alone. It
 // returns how many connections it marked.
 func (s *Supervisor) Remark() int {
+	marked := 0
+	s.eachSocket(func(p *proc, fd int) {
+		if s.remarkOne(p, fd) {
+			marked++
+		}
+	})
+	return marked
+}
+
+// eachSocket calls f once per socket the known server processes hold
+// (a socket shared by several fds or processes counts once).
+func (s *Supervisor) eachSocket(f func(p *proc, fd int)) {
 	s.procs.mu.Lock()
 	list := make([]*proc, 0, len(s.procs.byTgid))
 	for _, p := range s.procs.byTgid {
@@ -405,7 +419,6 @@ func (s *Supervisor) Remark() int {
 	}
 	s.procs.mu.Unlock()
 	seen := map[string]bool{}
-	marked := 0
 	for _, p := range list {
 		dir := "/proc/" + strconv.Itoa(p.tgid) + "/fd"
 		entries, err := os.ReadDir(dir)
@@ -418,16 +431,47 @@ func (s *Supervisor) Remark() int {
 				continue
 			}
 			seen[target] = true
-			fd, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			if s.remarkOne(p, fd) {
-				marked++
+			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				f(p, fd)
 			}
 		}
 	}
-	return marked
+}
+
+// LiveConnections counts, per group, the established TCP connections the
+// server's processes hold, classified by the current table.
+func (s *Supervisor) LiveConnections() map[string]int {
+	out := map[string]int{}
+	s.eachSocket(func(p *proc, fd int) {
+		copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+		if err != nil {
+			return
+		}
+		defer unix.Close(copyFd)
+		if local, _, ok := connectedTCP(copyFd); ok {
+			out[s.classify(local).Group]++
+		}
+	})
+	return out
+}
+
+// connectedTCP returns the local address of a connected TCP socket.
+func connectedTCP(fd int) (netip.AddrPort, uint16, bool) {
+	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+		return netip.AddrPort{}, 0, false
+	}
+	if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || listening != 0 {
+		return netip.AddrPort{}, 0, false
+	}
+	if _, err := unix.Getpeername(fd); err != nil {
+		return netip.AddrPort{}, 0, false
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}, 0, false
+	}
+	local, family := sockaddrAddrPort(sa)
+	return local, family, family != 0
 }
 
 func (s *Supervisor) remarkOne(p *proc, fd int) bool {
@@ -436,18 +480,8 @@ func (s *Supervisor) remarkOne(p *proc, fd int) bool {
 		return false
 	}
 	defer unix.Close(copyFd)
-	if typ, err := unix.GetsockoptInt(copyFd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
-		return false
-	}
-	if listening, err := unix.GetsockoptInt(copyFd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || listening != 0 {
-		return false // listeners are re-marked at their next accept
-	}
-	sa, err := unix.Getsockname(copyFd)
-	if err != nil {
-		return false
-	}
-	local, family := sockaddrAddrPort(sa)
-	if family == 0 {
+	local, family, ok := connectedTCP(copyFd) // listeners are re-marked at their next accept
+	if !ok {
 		return false
 	}
 	d := s.classify(local)

@@ -24,6 +24,10 @@ Usage:
         cgroup behind.
   vhqos check FILE
         Validate a QoS table and explain every problem with its line and key.
+  vhqos status [--socket PATH] [--json] [--watch 2s]
+        Show, per vhost, live and total connections, processes, CPU and IO
+        used, how often cpu_max held it back, its DSCP and limits. Only root
+        may ask. Exit status 3 when no vhqos answers on the socket.
   vhqos version
   vhqos help
 
@@ -34,6 +38,9 @@ Options for run:
                        (default 30s)
   --log-level LEVEL    debug, info, warn or error (default info)
   --log-format FORMAT  text or json (default text)
+  --status-socket PATH where "vhqos status" finds this vhqos (default
+                       /run/vhqos/status.sock; give a second vhqos on the
+                       same host its own)
 
 Exit status: the server's; 2 for a bad command line or QoS table; 1 when
 vhqos itself cannot start (not root, no seccomp, no cgroup controller).
@@ -59,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCommand(args[2:], stderr)
 	case "check":
 		return checkCommand(args[2:], stdout, stderr)
+	case "status":
+		return statusCommand(args[2:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "vhqos", version)
 		return 0

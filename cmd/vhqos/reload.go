@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -22,12 +24,24 @@ import (
 // is validated whole before anything changes; applying it is all or
 // nothing; a refused table leaves the old one in force.
 type reloader struct {
-	path    string
-	log     *slog.Logger
-	cg      *cgroup.Manager
-	sup     *supervisor.Supervisor
-	current *policy.Table
-	raw     []byte
+	path string
+	log  *slog.Logger
+	cg   *cgroup.Manager
+	sup  *supervisor.Supervisor
+	raw  []byte
+
+	mu         sync.Mutex // current, for readers outside the watch loop
+	current    *policy.Table
+	generation uint64
+	reloads    atomic.Uint64
+	refused    atomic.Uint64
+}
+
+// table returns the table in force and its generation (0 for the first).
+func (r *reloader) table() (*policy.Table, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current, r.generation
 }
 
 // watch re-reads the table whenever its directory changes: an in-place
@@ -96,14 +110,17 @@ func (r *reloader) reload(since time.Time, force bool) {
 	if err != nil {
 		r.log.Error("refused QoS table; the previous one stays in force", "path", r.path, "problems", err.Error())
 		r.raw = data
+		r.refused.Add(1)
 		return
 	}
 	added, removed, changed, err := r.apply(next)
 	if err != nil {
 		r.log.Error("applying the QoS table failed; the previous one stays in force", "path", r.path, "err", err)
+		r.refused.Add(1)
 		return
 	}
 	r.raw = data
+	r.reloads.Add(1)
 	r.log.Info("reloaded QoS table", "path", r.path, "added", added, "removed", removed, "changed", changed,
 		"took", time.Since(since).Round(time.Microsecond))
 }
@@ -147,7 +164,10 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 		}
 	}
 	r.sup.SetClassifier(tableClassifier{next})
+	r.mu.Lock()
 	r.current = next
+	r.generation++
+	r.mu.Unlock()
 	var errs []error
 	for _, name := range sortedNames(old) {
 		if _, kept := neu[name]; kept {

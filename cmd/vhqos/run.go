@@ -19,6 +19,7 @@ import (
 	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/policy"
 	"github.com/vhqos/vhqos/shim"
+	"github.com/vhqos/vhqos/status"
 	"github.com/vhqos/vhqos/supervisor"
 	"golang.org/x/sys/unix"
 )
@@ -36,6 +37,7 @@ type runOptions struct {
 	stopTimeout time.Duration
 	logLevel    string
 	logFormat   string
+	statusPath  string
 	argv        []string
 }
 
@@ -47,6 +49,7 @@ func parseRunFlags(args []string, stderr io.Writer) (runOptions, error) {
 	fs.DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long the server may take to stop")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&o.statusPath, "status-socket", status.DefaultSocket, "where vhqos status finds this vhqos")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -117,6 +120,17 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	started := time.Now()
+	// Refused before anything starts: two vhqos on one socket would answer
+	// for each other.
+	statusListener, err := status.Listen(opts.statusPath)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		statusListener.Close()
+		os.Remove(opts.statusPath)
+	}()
 	cg, err := cgroup.New(ctx, cgroup.Options{
 		Parent: table.Settings.CgroupParent,
 		Name:   "vhqos." + strconv.Itoa(os.Getpid()),
@@ -191,6 +205,9 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 	hup := make(chan struct{}, 1)
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	defer stopWatching()
+	go status.Serve(watchCtx, statusListener, log, func() *status.Report {
+		return buildReport(started, proc.Pid(), opts.config, reload, cg, sup)
+	})
 	go func() {
 		if err := reload.watch(watchCtx, hup); err != nil {
 			log.Error("QoS table changes will not be seen", "err", err)

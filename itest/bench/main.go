@@ -94,7 +94,7 @@ func main() {
 				if err != nil {
 					fail(err)
 				}
-				wrapped, cpu, err := measure(cg, []string{bin, "run", "--config", qosFile, "--"}, path.listenAll, close, *conns, *duration)
+				wrapped, cpu, err := measure(cg, []string{bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), "vhqos-bench.sock"), "--"}, path.listenAll, close, *conns, *duration)
 				if err != nil {
 					fail(err)
 				}

@@ -62,7 +62,7 @@ func reloadSeries(bin string, n int, what string) (p50, p99 float64, err error) 
 	defer cancel()
 	a, err := itest.StartApache(ctx, itest.ApacheConfig{
 		VHosts:  []itest.VHost{{Name: "shop", Addr: "127.0.0.2:8080"}},
-		Prefix:  []string{bin, "run", "--config", path, "--"},
+		Prefix:  []string{bin, "run", "--config", path, "--status-socket", filepath.Join(dir, "status.sock"), "--"},
 		Servers: 100,
 		Extra:   "ServerLimit 600\nMaxRequestWorkers 600\nKeepAliveTimeout 300\n",
 	})

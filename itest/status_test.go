@@ -1,0 +1,157 @@
+package itest
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/vhqos/vhqos/status"
+)
+
+const statusQoS = `
+[[vhost]]
+name = "shop"
+match = ["127.0.0.2"]
+dscp = "EF"
+
+[[vhost]]
+name = "blog"
+match = ["127.0.0.3"]
+cpu_max = "10%"
+`
+
+func vhqosStatus(t *testing.T, socket string, cred *syscall.Credential) (string, int) {
+	t.Helper()
+	cmd := exec.Command(vhqosBinary(t), "status", "--json", "--socket", socket)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
+}
+
+// vhqos status reports per vhost what the traffic did: connection counts,
+// the processes in its cgroup, and throttling of a capped vhost.
+func TestStatus(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "status.sock")
+	qosFile := filepath.Join(t.TempDir(), "qos.toml")
+	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
+	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}}}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", socket, "--"}
+	a := startWith(t, cfg)
+	const shopRequests, blogRequests = 7, 3
+	for i := 0; i < shopRequests; i++ {
+		request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	}
+	for i := 0; i < blogRequests-1; i++ {
+		request(t, "127.0.0.3:8080", "/cgi-bin/whoami")
+	}
+	request(t, "127.0.0.3:8080", "/cgi-bin/burn?2") // held back by cpu_max
+
+	out, code := vhqosStatus(t, socket, nil)
+	if code != 0 {
+		t.Fatalf("vhqos status exited %d: %s", code, out)
+	}
+	var r status.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	if r.PID != a.Cmd.Process.Pid {
+		t.Errorf("report of pid %d, want vhqos %d", r.PID, a.Cmd.Process.Pid)
+	}
+	byName := map[string]status.Class{}
+	for _, c := range r.Classes {
+		byName[c.Name] = c
+	}
+	for name, want := range map[string]uint64{"shop": shopRequests, "blog": blogRequests} {
+		c, ok := byName[name]
+		if !ok {
+			t.Fatalf("vhost %s missing from the report: %s", name, out)
+		}
+		// The startup probe of the harness connects once to each vhost.
+		if c.Connections < want || c.Connections > want+1 {
+			t.Errorf("%s: %d connections reported, %d sent (+1 startup probe)", name, c.Connections, want)
+		}
+		for _, pid := range c.PIDs {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+			if err != nil {
+				continue // exited since
+			}
+			if !strings.Contains(string(data), fmt.Sprintf("vhqos.%d/vhost-%s", r.PID, name)) {
+				t.Errorf("%s lists pid %d, which is in %q", name, pid, data)
+			}
+		}
+	}
+	if byName["shop"].DSCP != 46 || byName["blog"].CPUMax != 10 {
+		t.Errorf("limits in the report: shop %+v blog %+v", byName["shop"], byName["blog"])
+	}
+	if b := byName["blog"]; b.Faults == 0 || b.Throttled == 0 {
+		t.Errorf("the capped vhost shows no throttling: %+v", b)
+	}
+	if r.Supervisor.Notifications == 0 {
+		t.Errorf("supervisor counters empty: %+v", r.Supervisor)
+	}
+}
+
+// Only root may ask: the socket is 0600, and even through a socket whose
+// mode was opened up, a client that is not root is refused.
+func TestStatusRefusesNonRoot(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "status.sock")
+	// nobody must be able to reach the socket file itself.
+	os.Chmod(filepath.Dir(socket), 0o755)
+	os.Chmod(filepath.Dir(filepath.Dir(socket)), 0o755)
+	qosFile := filepath.Join(t.TempDir(), "qos.toml")
+	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
+	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", socket, "--"}
+	startWith(t, cfg)
+	bin := vhqosBinary(t)
+	os.Chmod(bin, 0o755)
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	if st, err := os.Stat(socket); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("status socket mode: %v %v, want 0600", st.Mode(), err)
+	}
+	if out, code := vhqosStatus(t, socket, nobody); code == 0 || !strings.Contains(out, "permission denied") {
+		t.Errorf("nobody through a 0600 socket: exit %d, %q", code, out)
+	}
+	os.Chmod(socket, 0o666)
+	if out, code := vhqosStatus(t, socket, nobody); code == 0 || !strings.Contains(out, "root only") {
+		t.Errorf("nobody through an opened-up socket: exit %d, %q", code, out)
+	}
+}
+
+func TestStatusWithoutSupervisor(t *testing.T) {
+	out, code := vhqosStatus(t, filepath.Join(t.TempDir(), "none.sock"), nil)
+	if code == 0 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "no vhqos is running") {
+		t.Errorf("exit %d, output %q; want one line saying no vhqos is running and a non-zero exit", code, out)
+	}
+}
+
+// startWith starts Apache with a ready-made prefix and cleans up after.
+func startWith(t *testing.T, cfg ApacheConfig) *Apache {
+	t.Helper()
+	a, err := StartApache(testContext(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Stop()
+		if t.Failed() {
+			t.Logf("vhqos and Apache said:\n%s", a.Output())
+		}
+		assertNothingLeft(t, a)
+		a.Remove()
+	})
+	return a
+}
