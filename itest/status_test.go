@@ -3,6 +3,7 @@ package itest
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/prometheus/common/expfmt"
 	"github.com/vhqos/vhqos/status"
 )
 
@@ -48,7 +50,7 @@ func TestStatus(t *testing.T) {
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
 	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}}}
-	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", socket, "--"}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", socket, "--metrics-listen", metricsAddr, "--"}
 	a := startWith(t, cfg)
 	const shopRequests, blogRequests = 7, 3
 	for i := 0; i < shopRequests; i++ {
@@ -102,7 +104,66 @@ func TestStatus(t *testing.T) {
 	if r.Supervisor.Notifications == 0 {
 		t.Errorf("supervisor counters empty: %+v", r.Supervisor)
 	}
+
+	// The same figures, scraped as Prometheus metrics.
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping the metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var parser expfmt.TextParser
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("metrics are not Prometheus text format: %v", err)
+	}
+	value := func(name, label, want string) float64 {
+		f, ok := families[name]
+		if !ok {
+			t.Fatalf("no metric %s", name)
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == want {
+					switch {
+					case m.Counter != nil:
+						return m.GetCounter().GetValue()
+					case m.Gauge != nil:
+						return m.GetGauge().GetValue()
+					case m.Histogram != nil:
+						return float64(m.GetHistogram().GetSampleCount())
+					}
+				}
+			}
+		}
+		t.Fatalf("no %s{%s=%q}", name, label, want)
+		return 0
+	}
+	if got := value("vhqos_connections_total", "vhost", "shop"); got < shopRequests || got > shopRequests+1 {
+		t.Errorf("vhqos_connections_total{vhost=shop} = %v, want %d (+1 probe)", got, shopRequests)
+	}
+	if got := value("vhqos_cpu_throttled_periods_total", "vhost", "blog"); got == 0 {
+		t.Error("the capped vhost shows no throttled periods in the metrics")
+	}
+	if got := value("vhqos_classifications_total", "outcome", "address"); got < shopRequests+blogRequests {
+		t.Errorf("classifications by address = %v, want at least %d", got, shopRequests+blogRequests)
+	}
+	accepts := 0.0
+	for _, sc := range []string{"accept", "accept4"} {
+		if f := families["vhqos_notification_duration_seconds"]; f != nil {
+			for _, m := range f.GetMetric() {
+				if m.GetLabel()[0].GetValue() == sc {
+					accepts += float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+	}
+	if accepts < shopRequests+blogRequests {
+		t.Errorf("notification latency histogram counted %v accepts, want at least %d", accepts, shopRequests+blogRequests)
+	}
 }
+
+// The metrics address of the tests, inside their own network namespace.
+const metricsAddr = "127.0.0.9:9464"
 
 // Only root may ask: the socket is 0600, and even through a socket whose
 // mode was opened up, a client that is not root is refused.

@@ -24,8 +24,10 @@ type Report struct {
 
 // Class is one vhost, or the defaults, with its usage.
 type Class struct {
-	Name   string `json:"name"`
-	Cgroup string `json:"cgroup"`
+	Name string `json:"name"`
+	// Default is the class of connections matching no vhost.
+	Default bool   `json:"default,omitempty"`
+	Cgroup  string `json:"cgroup"`
 	// DSCP is the class's mark, -1 when it has none.
 	DSCP        int     `json:"dscp"`
 	CPUWeight   uint64  `json:"cpu_weight,omitempty"`

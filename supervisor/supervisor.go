@@ -64,6 +64,9 @@ type Options struct {
 	// emulated even where the listener's address alone decides the class.
 	// Tracking connections through fork and exec needs each one seen.
 	EmulateAlways bool
+	// Observe, if set, is told how long answering each notification took,
+	// by syscall name (for the metrics' latency histogram).
+	Observe func(syscall string, d time.Duration)
 	// Receivers is how many threads wait for notifications; 0 means one
 	// per CPU, at least two.
 	Receivers int
@@ -86,6 +89,7 @@ type Supervisor struct {
 	kcmpWorks  bool
 	shortcut   bool
 	receivers  int
+	observe    func(string, time.Duration)
 	selfPid    int
 	stats      Stats
 	groupStats sync.Map // group name -> *GroupStats
@@ -124,6 +128,7 @@ func New(opts Options) (*Supervisor, error) {
 		selfPid:   unix.Getpid(),
 		shortcut:  !opts.EmulateAlways,
 		receivers: opts.Receivers,
+		observe:   opts.Observe,
 	}
 	if err := syncWakeUp(s.notifyFd); err != nil {
 		log.Debug("synchronous wake-up of the supervisor is not available (Linux 6.6+)", "err", err)
@@ -282,13 +287,23 @@ func hungUp(fd int) bool {
 
 func (s *Supervisor) dispatch(n notification) {
 	s.stats.Notifications.Add(1)
+	var start time.Time
+	if s.observe != nil {
+		start = time.Now()
+	}
+	name := "other"
 	switch n.Data.Nr {
 	case unix.SYS_ACCEPT:
+		name = "accept"
 		s.handleAccept(&n, false)
 	case unix.SYS_ACCEPT4:
+		name = "accept4"
 		s.handleAccept(&n, true)
 	default:
 		s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
+	}
+	if s.observe != nil {
+		s.observe(name, time.Since(start))
 	}
 }
 

@@ -41,6 +41,9 @@ Options for run:
   --status-socket PATH where "vhqos status" finds this vhqos (default
                        /run/vhqos/status.sock; give a second vhqos on the
                        same host its own)
+  --metrics-listen ADDR
+                       serve Prometheus metrics at http://ADDR/metrics;
+                       ":9464" means 127.0.0.1:9464 (default: off)
 
 Exit status: the server's; 2 for a bad command line or QoS table; 1 when
 vhqos itself cannot start (not root, no seccomp, no cgroup controller).

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -38,6 +39,7 @@ type runOptions struct {
 	logLevel    string
 	logFormat   string
 	statusPath  string
+	metricsAddr string
 	argv        []string
 }
 
@@ -50,6 +52,7 @@ func parseRunFlags(args []string, stderr io.Writer) (runOptions, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&o.statusPath, "status-socket", status.DefaultSocket, "where vhqos status finds this vhqos")
+	fs.StringVar(&o.metricsAddr, "metrics-listen", "", "serve Prometheus metrics at ADDR/metrics (\":9464\" means 127.0.0.1:9464); off by default")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -131,6 +134,17 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 		statusListener.Close()
 		os.Remove(opts.statusPath)
 	}()
+	// The report needs everything below; it is filled in once all exists.
+	var report func() *status.Report
+	var metrics *status.Metrics
+	var metricsListener net.Listener
+	if opts.metricsAddr != "" {
+		if metricsListener, err = status.ListenMetrics(opts.metricsAddr); err != nil {
+			return 0, err
+		}
+		defer metricsListener.Close()
+		metrics = status.NewMetrics(func() *status.Report { return report() })
+	}
 	cg, err := cgroup.New(ctx, cgroup.Options{
 		Parent: table.Settings.CgroupParent,
 		Name:   "vhqos." + strconv.Itoa(os.Getpid()),
@@ -175,12 +189,16 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 		proc.Cmd.Wait()
 		return 0, fmt.Errorf("placing the server in its cgroup: %w", err)
 	}
-	sup, err := supervisor.New(supervisor.Options{
+	supOpts := supervisor.Options{
 		NotifyFd:   proc.NotifyFd,
 		Classifier: tableClassifier{table},
 		Placer:     cg,
 		Logger:     log,
-	})
+	}
+	if metrics != nil {
+		supOpts.Observe = metrics.Observe
+	}
+	sup, err := supervisor.New(supOpts)
 	if err != nil {
 		unix.Kill(proc.Pid(), unix.SIGKILL)
 		proc.Cmd.Wait()
@@ -205,9 +223,13 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 	hup := make(chan struct{}, 1)
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	defer stopWatching()
-	go status.Serve(watchCtx, statusListener, log, func() *status.Report {
+	report = func() *status.Report {
 		return buildReport(started, proc.Pid(), opts.config, reload, cg, sup)
-	})
+	}
+	go status.Serve(watchCtx, statusListener, log, report)
+	if metrics != nil {
+		go metrics.Serve(watchCtx, metricsListener, log)
+	}
 	go func() {
 		if err := reload.watch(watchCtx, hup); err != nil {
 			log.Error("QoS table changes will not be seen", "err", err)

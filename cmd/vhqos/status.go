@@ -70,7 +70,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 	add := func(c *policy.Class) {
 		group := groupName(c, table)
 		cl := status.Class{
-			Name: c.Name, Cgroup: cg.Path(group), DSCP: c.DSCP,
+			Name: c.Name, Default: c == &table.Defaults, Cgroup: cg.Path(group), DSCP: c.DSCP,
 			CPUWeight: c.Resources.CPUWeight, CPUMax: c.Resources.CPUQuotaPercent, IOWeight: c.Resources.IOWeight,
 			Connections: conns[group], Live: live[group],
 		}

@@ -1,0 +1,132 @@
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics exports the same figures as the status report, in Prometheus's
+// text format, plus how long answering notifications takes.
+type Metrics struct {
+	registry *prometheus.Registry
+	latency  *prometheus.HistogramVec
+	report   func() *Report
+}
+
+// NewMetrics makes the metrics; report is called once per scrape.
+func NewMetrics(report func() *Report) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vhqos_notification_duration_seconds",
+			Help:    "Time from receiving a seccomp notification to answering it, by syscall.",
+			Buckets: prometheus.ExponentialBuckets(1e-6, 2, 18), // 1 µs .. 131 ms
+		}, []string{"syscall"}),
+		report: report,
+	}
+	m.registry.MustRegister(m.latency, m)
+	return m
+}
+
+// Observe records one notification's handling time.
+func (m *Metrics) Observe(syscall string, d time.Duration) {
+	m.latency.WithLabelValues(syscall).Observe(d.Seconds())
+}
+
+var (
+	descConns      = prometheus.NewDesc("vhqos_connections_total", "Connections handed to the server, by vhost (\"default\": matched no vhost).", []string{"vhost"}, nil)
+	descClassified = prometheus.NewDesc("vhqos_classifications_total", "Connections by how their vhost was decided: by address, or fallback to the defaults.", []string{"outcome"}, nil)
+	descLive       = prometheus.NewDesc("vhqos_connections_live", "Established connections the server's processes hold, by vhost.", []string{"vhost"}, nil)
+	descProcs      = prometheus.NewDesc("vhqos_processes", "Processes in the vhost's cgroup.", []string{"vhost"}, nil)
+	descCPU        = prometheus.NewDesc("vhqos_cpu_seconds_total", "CPU time used by the vhost's cgroup.", []string{"vhost"}, nil)
+	descThrottled  = prometheus.NewDesc("vhqos_cpu_throttled_seconds_total", "Time the vhost's processes were held back by cpu_max.", []string{"vhost"}, nil)
+	descFaults     = prometheus.NewDesc("vhqos_cpu_throttled_periods_total", "Scheduler periods in which cpu_max held the vhost back (its faults).", []string{"vhost"}, nil)
+	descIORead     = prometheus.NewDesc("vhqos_io_read_bytes_total", "Bytes the vhost's cgroup read from block devices.", []string{"vhost"}, nil)
+	descIOWrite    = prometheus.NewDesc("vhqos_io_written_bytes_total", "Bytes the vhost's cgroup wrote to block devices.", []string{"vhost"}, nil)
+	descReloads    = prometheus.NewDesc("vhqos_reloads_total", "QoS table reloads, by result.", []string{"result"}, nil)
+	descGeneration = prometheus.NewDesc("vhqos_table_generation", "How many times a new QoS table was applied since start.", nil, nil)
+	descErrors     = prometheus.NewDesc("vhqos_supervisor_errors_total", "Errors of the supervisor, by kind.", []string{"kind"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConns, descClassified, descLive, descProcs, descCPU, descThrottled, descFaults, descIORead, descIOWrite, descReloads, descGeneration, descErrors} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector from one fresh report.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	r := m.report()
+	var byAddress, fallback float64
+	for _, c := range r.Classes {
+		counter := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, c.Name)
+		}
+		gauge := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, c.Name)
+		}
+		counter(descConns, float64(c.Connections))
+		gauge(descLive, float64(c.Live))
+		gauge(descProcs, float64(len(c.PIDs)))
+		counter(descCPU, float64(c.CPUUsec)/1e6)
+		counter(descThrottled, float64(c.Throttled)/1e6)
+		counter(descFaults, float64(c.Faults))
+		counter(descIORead, float64(c.IOReadBytes))
+		counter(descIOWrite, float64(c.IOWriteBytes))
+		if c.Default {
+			fallback += float64(c.Connections)
+		} else {
+			byAddress += float64(c.Connections)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descClassified, prometheus.CounterValue, byAddress, "address")
+	ch <- prometheus.MustNewConstMetric(descClassified, prometheus.CounterValue, fallback, "fallback")
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.Supervisor.Reloads), "applied")
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.Supervisor.ReloadsRefused), "refused")
+	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(r.Generation))
+	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(r.Supervisor.PlacementErrors), "placement")
+	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(r.Supervisor.Errors), "other")
+}
+
+// ListenAddr completes a metrics address: a bare ":port" means loopback,
+// so metrics are never exposed to the network by accident.
+func ListenAddr(addr string) string {
+	if host, port, err := net.SplitHostPort(addr); err == nil && host == "" {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
+}
+
+// Listen opens the metrics address; done before the server starts, so a
+// taken port stops vhqos before anything else happens.
+func ListenMetrics(addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", ListenAddr(addr))
+	if err != nil {
+		return nil, fmt.Errorf("opening the metrics address %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// Serve exports the metrics at /metrics on l until ctx is done.
+func (m *Metrics) Serve(ctx context.Context, l net.Listener, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	log.Info("serving metrics", "address", "http://"+l.Addr().String()+"/metrics")
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("metrics server", "err", err)
+	}
+}
