@@ -216,3 +216,37 @@ func startWith(t *testing.T, cfg ApacheConfig) *Apache {
 	})
 	return a
 }
+
+// With --log-format json every line vhqos logs is a JSON object, and a run
+// logs its start and its stop, not a line per request.
+func TestJSONLogs(t *testing.T) {
+	qosFile := filepath.Join(t.TempDir(), "qos.toml")
+	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
+	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", statusSocket(t), "--log-format", "json", "--"}
+	a := startWith(t, cfg)
+	for i := 0; i < 5; i++ {
+		request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	}
+	a.Stop()
+	data, _ := os.ReadFile(filepath.Join(a.Dir, "stderr.log"))
+	msgs := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if !strings.HasPrefix(line, "{") {
+			continue // Apache's own output
+		}
+		var rec struct {
+			Level, Msg string
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Level == "" || rec.Msg == "" {
+			t.Errorf("not a JSON log record: %q (%v)", line, err)
+		}
+		msgs[rec.Msg]++
+	}
+	if msgs["server started"] != 1 || msgs["server exited"] != 1 {
+		t.Errorf("log records: %v; want one start and one exit", msgs)
+	}
+	if len(msgs) > 8 {
+		t.Errorf("%d kinds of log lines for 5 requests: %v", len(msgs), msgs)
+	}
+}

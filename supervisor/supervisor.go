@@ -94,6 +94,8 @@ type Supervisor struct {
 	stats      Stats
 	groupStats sync.Map // group name -> *GroupStats
 
+	placementLog rateLimit
+
 	// testHookBeforeDeliver, when set by a test, runs after a connection
 	// was accepted and before it is handed over: the window a signal must
 	// hit to exercise the requeue path deterministically.
@@ -328,8 +330,12 @@ func (s *Supervisor) place(p *proc, group string) {
 		if errors.Is(err, unix.ESRCH) {
 			return
 		}
-		s.stats.PlacementErrors.Add(1)
-		s.log.Error("moving a server process into its cgroup", "pid", p.tgid, "group", group, "err", err)
+		n := s.stats.PlacementErrors.Add(1)
+		// One line per failure would flood the log if, say, a cgroup
+		// vanished under load: the first, then a summary every 10 s.
+		if s.placementLog.Allow() {
+			s.log.Error("moving a server process into its cgroup", "pid", p.tgid, "group", group, "err", err, "failures_so_far", n)
+		}
 		return
 	}
 	p.group = group
@@ -504,4 +510,18 @@ func (s *Supervisor) remarkOne(p *proc, fd int) bool {
 		return false
 	}
 	return markDSCP(copyFd, family, d.DSCP) == nil
+}
+
+// rateLimit lets one event through per interval (10 s).
+type rateLimit struct {
+	last atomic.Int64
+}
+
+func (r *rateLimit) Allow() bool {
+	now := time.Now().UnixNano()
+	last := r.last.Load()
+	if last != 0 && now-last < int64(10*time.Second) {
+		return false
+	}
+	return r.last.CompareAndSwap(last, now)
 }

@@ -227,6 +227,7 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 		return buildReport(started, proc.Pid(), opts.config, reload, cg, sup)
 	}
 	go status.Serve(watchCtx, statusListener, log, report)
+	go summarizeFallbacks(watchCtx, log, sup, time.Minute)
 	if metrics != nil {
 		go metrics.Serve(watchCtx, metricsListener, log)
 	}
@@ -328,4 +329,25 @@ func (c tableClassifier) ClassifyListener(bound netip.AddrPort) (supervisor.Deci
 		class = &c.t.VHosts[i]
 	}
 	return supervisor.Decision{Group: groupName(class, c.t), DSCP: class.DSCP}, true
+}
+
+// summarizeFallbacks logs, once per interval and only when there were any,
+// how many connections matched no vhost: a line per connection would
+// flood the log, none would hide a mistyped address in the table.
+func summarizeFallbacks(ctx context.Context, log *slog.Logger, sup *supervisor.Supervisor, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var last uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n := sup.GroupConnections()["default"]
+			if n > last {
+				log.Info("connections matched no vhost and got the defaults", "connections", n-last, "interval", every)
+			}
+			last = n
+		}
+	}
 }
