@@ -102,12 +102,12 @@ func runCommand(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vhqos run: refusing to start with this QoS table")
 		return 2
 	}
-	status, err := serve(log, opts, table, raw)
+	code, err := serve(log, opts, table, raw)
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos run:", err)
 		return 1
 	}
-	return status
+	return code
 }
 
 // serve runs the server under supervision and returns its exit status.
