@@ -38,9 +38,14 @@ func startUnderVhqos(t *testing.T, qos string, cfg ApacheConfig) *Apache {
 func startUnderVhqosFile(t *testing.T, qosFile string, cfg ApacheConfig) *Apache {
 	t.Helper()
 	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", statusSocket(t), "--"}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	a, err := StartApache(ctx, cfg)
+	return startWith(t, cfg)
+}
+
+// startWith starts Apache with a ready-made prefix and, when the test
+// ends, stops it and checks that vhqos left nothing behind.
+func startWith(t *testing.T, cfg ApacheConfig) *Apache {
+	t.Helper()
+	a, err := StartApache(testContext(t), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

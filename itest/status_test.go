@@ -199,24 +199,6 @@ func TestStatusWithoutSupervisor(t *testing.T) {
 	}
 }
 
-// startWith starts Apache with a ready-made prefix and cleans up after.
-func startWith(t *testing.T, cfg ApacheConfig) *Apache {
-	t.Helper()
-	a, err := StartApache(testContext(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		a.Stop()
-		if t.Failed() {
-			t.Logf("vhqos and Apache said:\n%s", a.Output())
-		}
-		assertNothingLeft(t, a)
-		a.Remove()
-	})
-	return a
-}
-
 // With --log-format json every line vhqos logs is a JSON object, and a run
 // logs its start and its stop, not a line per request.
 func TestJSONLogs(t *testing.T) {
