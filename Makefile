@@ -4,16 +4,21 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build test test-host test-vm demo bench fuzz lint clean
+.PHONY: all deps build test test-host test-vm demo bench fuzz lint clean
 
 all: build
 
-build:
+# Installs the Debian packages the build, the tests and the demo need, if
+# any is missing (see .ci/deps).
+deps:
+	@.ci/deps
+
+build: deps
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/vhqos
 
 # Unit and integration tests on this kernel, then the integration tests
 # again inside a VM with Debian's kernel and unified cgroup v2.
-test: lint build test-host test-vm
+test: deps lint build test-host test-vm
 
 test-host:
 	$(GO) test -count=1 ./...

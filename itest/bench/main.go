@@ -37,6 +37,7 @@ dscp = "EF"
 
 func main() {
 	pairs := flag.Int("pairs", 5, "native/wrapped pairs per measurement")
+	pin := flag.Bool("pin", false, "run the server (and vhqos) on CPU 0 and wrk on CPU 1, so the client does not compete with the server")
 	duration := flag.Duration("d", 5*time.Second, "length of each wrk run")
 	conns := flag.Int("c", 16, "wrk connections")
 	vhqos := flag.String("vhqos", "build/vhqos", "the vhqos binary")
@@ -90,11 +91,15 @@ func main() {
 			var ratios []float64
 			var cpuPerConn []float64
 			for i := 0; i < *pairs; i++ {
-				native, _, err := measure(cg, nil, path.listenAll, close, *conns, *duration)
+				var pinServer []string
+				if *pin {
+					pinServer = []string{"taskset", "-c", "0"}
+				}
+				native, _, err := measure(cg, pinServer, *pin, path.listenAll, close, *conns, *duration)
 				if err != nil {
 					fail(err)
 				}
-				wrapped, cpu, err := measure(cg, []string{bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), "vhqos-bench.sock"), "--"}, path.listenAll, close, *conns, *duration)
+				wrapped, cpu, err := measure(cg, append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), "vhqos-bench.sock"), "--"), *pin, path.listenAll, close, *conns, *duration)
 				if err != nil {
 					fail(err)
 				}
@@ -137,7 +142,8 @@ var (
 // under vhqos the server's processes sit in a cgroup too, and the CPU
 // scheduler treats a cgroup as one entity, so without this the two runs
 // would differ in how CPU is shared rather than in what vhqos costs.
-func measure(cg *cgroup.Manager, prefix []string, listenAll string, close bool, conns int, d time.Duration) (result, time.Duration, error) {
+func measure(cg *cgroup.Manager, prefix []string, pin bool, listenAll string, close bool, conns int, d time.Duration) (result, time.Duration, error) {
+	wrapped := len(prefix) > 0 && prefix[len(prefix)-1] == "--"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	a, err := itest.StartApache(ctx, itest.ApacheConfig{
@@ -151,7 +157,7 @@ func measure(cg *cgroup.Manager, prefix []string, listenAll string, close bool, 
 		return result{}, 0, err
 	}
 	defer a.Remove()
-	if prefix == nil {
+	if !wrapped {
 		for _, pid := range processGroup(a.Cmd.Process.Pid) {
 			if err := cg.Place("native", pid); err != nil {
 				return result{}, 0, err
@@ -165,9 +171,12 @@ func measure(cg *cgroup.Manager, prefix []string, listenAll string, close bool, 
 	// wrk enters its cgroup through a shell that moves itself first.
 	procs := cg.ProcsFiles("client")
 	script := `for f in ` + strings.Join(procs, " ") + `; do echo $$ > $f; done; exec wrk "$@"`
+	if pin {
+		script = `for f in ` + strings.Join(procs, " ") + `; do echo $$ > $f; done; exec taskset -c 1 wrk "$@"`
+	}
 	out, err := exec.Command("sh", append([]string{"-c", script, "sh"}, append(args, "http://127.0.0.2:8080/index.html")...)...).CombinedOutput()
 	var cpu time.Duration
-	if prefix != nil {
+	if wrapped {
 		cpu = processCPU(a.Cmd.Process.Pid)
 	}
 	a.Stop()
@@ -179,7 +188,7 @@ func measure(cg *cgroup.Manager, prefix []string, listenAll string, close bool, 
 		if i := bytes.IndexByte(line, '\n'); i > 0 {
 			line = line[:i]
 		}
-		fmt.Printf("    (wrk against %s: %s)\n", map[bool]string{true: "vhqos", false: "native"}[prefix != nil], line)
+		fmt.Printf("    (wrk against %s: %s)\n", map[bool]string{true: "vhqos", false: "native"}[wrapped], line)
 	}
 	m := rpsRe.FindSubmatch(out)
 	n := reqsRe.FindSubmatch(out)
