@@ -71,7 +71,7 @@ type Options struct {
 	// per CPU, at least two.
 	Receivers int
 	// ListenerIdle is how long a copy of a listening socket is kept after
-	// its last use; 0 means 30 s. The copy keeps the socket open, so it must
+	// its last use; 0 means 5 s. The copy keeps the socket open, so it must
 	// not outlive the server's interest in it by much.
 	ListenerIdle time.Duration
 }
@@ -113,7 +113,7 @@ func New(opts Options) (*Supervisor, error) {
 	}
 	idle := opts.ListenerIdle
 	if idle == 0 {
-		idle = 30 * time.Second
+		idle = 5 * time.Second
 	}
 	events, err := newEventLoop()
 	if err != nil {

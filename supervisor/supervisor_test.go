@@ -135,7 +135,7 @@ func startServer(t *testing.T, listenAddr string, emulate bool) *harness {
 	}
 	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
 	h := &harness{t: t, placer: placer, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid()}
-	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: &lateClassifier{h: h}, Placer: placer, EmulateAlways: emulate})
+	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: &lateClassifier{h: h}, Placer: placer, EmulateAlways: emulate, ListenerIdle: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,4 +537,31 @@ func testManyAcceptingProcesses(t *testing.T, emulate bool) {
 		t.Errorf("all connections served by %d process(es); the accepts were not concurrent", len(distinct))
 	}
 	t.Logf("%d connections served by %d processes", n, len(distinct))
+}
+
+// vhqos's copy of a listening socket must not keep the port: a server that
+// closes a listener and binds the same port again (a Listen dropped and
+// re-added on reload) succeeds within the idle time of the copy.
+func TestClosedListenerReleased(t *testing.T) {
+	for _, path := range acceptPaths {
+		t.Run(path.name, func(t *testing.T) {
+			h := startServer(t, "127.0.0.1:0", path.emulate)
+			h.command("accept4 0 full")
+			c, _ := h.dial()
+			h.result()
+			servedBy(t, c)
+			start := time.Now()
+			h.command("relisten")
+			if l := h.line(); l != "ok" {
+				t.Fatalf("binding the port again: %s", l)
+			}
+			t.Logf("port free again after %v", time.Since(start).Round(10*time.Millisecond))
+			h.command("accept4 0 full")
+			c2, _ := h.dial()
+			if r := h.result(); r.Ret < 0 {
+				t.Fatalf("accept on the new listener: errno %d", r.Errno)
+			}
+			servedBy(t, c2)
+		})
+	}
 }

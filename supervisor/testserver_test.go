@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -87,6 +88,24 @@ func testServerMain() int {
 			fd := otherFd(f[1])
 			flags, _ := strconv.Atoi(f[3])
 			out.Encode(doAccept(fd, true, flags, "full"))
+		case "relisten":
+			// Close the listener and bind its port again, as a server
+			// does when its configuration drops and re-adds a Listen.
+			unix.Close(lfd)
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				fd, _, err := listenFromEnvPort(port)
+				if err == nil {
+					lfd = fd
+					fmt.Println("ok")
+					break
+				}
+				if time.Now().After(deadline) {
+					fmt.Println("error", err)
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
 		case "nonblock":
 			unix.SetNonblock(lfd, true)
 			fmt.Println("ok")
@@ -121,6 +140,17 @@ func testChildMain() int {
 			return 1
 		}
 	}
+}
+
+func listenFromEnvPort(port int) (int, int, error) {
+	addr := os.Getenv("VHQOS_TESTSERVER_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	host := addr[:strings.LastIndex(addr, ":")]
+	os.Setenv("VHQOS_TESTSERVER_ADDR", host+":"+strconv.Itoa(port))
+	defer os.Setenv("VHQOS_TESTSERVER_ADDR", addr)
+	return listenFromEnv()
 }
 
 func listenFromEnv() (fd, port int, err error) {
