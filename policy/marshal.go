@@ -9,23 +9,30 @@ import (
 )
 
 // Marshal writes the table back as canonical TOML: what `vhqos check`
-// understood, in the form Parse reads back to the same Table.
+// understood, in one fixed layout (sections and keys in the order of the
+// reference, sizes in the largest whole unit, DSCPs by name), which Parse
+// reads back to an equal Table. Patterns are written as the operator wrote
+// them, so messages about the output point at familiar text.
 func (t *Table) Marshal() []byte {
 	var b strings.Builder
 	if t.Settings.CgroupParent != "" {
-		fmt.Fprintf(&b, "[settings]\ncgroup_parent = %s\n\n", strconv.Quote(t.Settings.CgroupParent))
+		fmt.Fprintf(&b, "[settings]\ncgroup_parent = %s\n\n", tomlString(t.Settings.CgroupParent))
 	}
 	b.WriteString("[defaults]\n")
 	writeLimits(&b, &t.Defaults)
 	for i := range t.VHosts {
 		c := &t.VHosts[i]
 		b.WriteString("\n[[vhost]]\n")
-		fmt.Fprintf(&b, "name = %s\n", strconv.Quote(c.Name))
-		raw := make([]string, len(c.Match))
+		fmt.Fprintf(&b, "name = %s\n", tomlString(c.Name))
+		pats := make([]string, len(c.Match))
 		for j, p := range c.Match {
-			raw[j] = strconv.Quote(p.Raw)
+			raw := p.Raw
+			if raw == "" {
+				raw = p.Canonical()
+			}
+			pats[j] = tomlString(raw)
 		}
-		fmt.Fprintf(&b, "match = [%s]\n", strings.Join(raw, ", "))
+		fmt.Fprintf(&b, "match = [%s]\n", strings.Join(pats, ", "))
 		writeLimits(&b, c)
 	}
 	return []byte(b.String())
@@ -37,24 +44,28 @@ func writeLimits(b *strings.Builder, c *Class) {
 		fmt.Fprintf(b, "cpu_weight = %d\n", r.CPUWeight)
 	}
 	if r.CPUQuotaPercent != 0 {
+		// 'f' with the shortest precision reads back to the same float
+		// and never uses an exponent, which "N%" does not allow.
 		fmt.Fprintf(b, "cpu_max = \"%s%%\"\n", strconv.FormatFloat(r.CPUQuotaPercent, 'f', -1, 64))
 	}
 	if r.IOWeight != 0 {
 		fmt.Fprintf(b, "io_weight = %d\n", r.IOWeight)
 	}
 	for _, f := range []struct {
-		key string
-		get func(d cgroup.DeviceLimit) uint64
+		key    string
+		get    func(d *cgroup.DeviceLimit) uint64
+		format func(uint64) string
 	}{
-		{"io_read_bps", func(d cgroup.DeviceLimit) uint64 { return d.ReadBPS }},
-		{"io_write_bps", func(d cgroup.DeviceLimit) uint64 { return d.WriteBPS }},
-		{"io_read_iops", func(d cgroup.DeviceLimit) uint64 { return d.ReadIOPS }},
-		{"io_write_iops", func(d cgroup.DeviceLimit) uint64 { return d.WriteIOPS }},
+		{"io_read_bps", func(d *cgroup.DeviceLimit) uint64 { return d.ReadBPS }, formatSize},
+		{"io_write_bps", func(d *cgroup.DeviceLimit) uint64 { return d.WriteBPS }, formatSize},
+		{"io_read_iops", func(d *cgroup.DeviceLimit) uint64 { return d.ReadIOPS }, formatCount},
+		{"io_write_iops", func(d *cgroup.DeviceLimit) uint64 { return d.WriteIOPS }, formatCount},
 	} {
 		var parts []string
-		for _, d := range r.Devices {
+		for i := range r.Devices {
+			d := &r.Devices[i]
 			if v := f.get(d); v != 0 {
-				parts = append(parts, fmt.Sprintf("%s = %d", strconv.Quote(d.Path), v))
+				parts = append(parts, tomlString(devicePath(d))+" = "+f.format(v))
 			}
 		}
 		if len(parts) > 0 {
@@ -64,8 +75,20 @@ func writeLimits(b *strings.Builder, c *Class) {
 	if c.DSCP >= 0 {
 		name := DSCPName(c.DSCP)
 		if _, err := strconv.Atoi(name); err != nil {
-			name = strconv.Quote(name)
+			name = tomlString(name)
 		}
 		fmt.Fprintf(b, "dscp = %s\n", name)
 	}
 }
+
+// devicePath is the device as the operator wrote it, or its numbers for a
+// DeviceLimit built by hand.
+func devicePath(d *cgroup.DeviceLimit) string {
+	if d.Path != "" {
+		return d.Path
+	}
+	return strconv.FormatInt(d.Major, 10) + ":" + strconv.FormatInt(d.Minor, 10)
+}
+
+// formatCount writes IOPS as plain numbers: "1K" operations reads oddly.
+func formatCount(n uint64) string { return strconv.FormatUint(n, 10) }

@@ -8,16 +8,23 @@ import (
 
 // Problem is one thing wrong with a QoS table, located for an editor.
 type Problem struct {
-	File   string
-	Line   int // 1-based; 0 when the problem has no place (a missing key)
-	Column int
-	// Key is the TOML path of the value, e.g. "vhost[1].dscp".
+	File string
+	// Line and Column are 1-based (the column counts bytes); 0 when the
+	// problem has no place in the file.
+	Line, Column int
+	// Key is the TOML path of what is wrong: "vhost[1].dscp",
+	// "vhost[0].match[2]", `defaults.io_read_bps."/dev/vda"`, "settings".
 	Key string
-	// Where names the thing in words, e.g. `vhost "shop"`.
+	// Where names the section in words: `vhost "shop" (vhost[1])`,
+	// "[defaults]", "[settings]"; "" for the file as a whole.
 	Where string
-	Msg   string
+	// Msg says what is wrong and what is allowed.
+	Msg string
 }
 
+// String formats the problem like a compiler message:
+//
+//	qos.toml:12:8: vhost "shop" (vhost[1]) dscp: unknown DSCP name "AF44"; use ...
 func (p Problem) String() string {
 	var b strings.Builder
 	b.WriteString(p.File)
@@ -25,12 +32,17 @@ func (p Problem) String() string {
 		fmt.Fprintf(&b, ":%d:%d", p.Line, p.Column)
 	}
 	b.WriteString(": ")
+	field := p.Key
 	if p.Where != "" {
 		b.WriteString(p.Where)
-		b.WriteString(": ")
+		// Where already names the section; repeat only the rest of the key.
+		_, field = headPath(p.Key)
+		if field != "" {
+			b.WriteByte(' ')
+		}
 	}
-	if last := p.Key[strings.LastIndexAny(p.Key, ".]")+1:]; last != "" {
-		b.WriteString(last)
+	b.WriteString(field)
+	if p.Where != "" || field != "" {
 		b.WriteString(": ")
 	}
 	b.WriteString(p.Msg)
@@ -38,7 +50,7 @@ func (p Problem) String() string {
 }
 
 // Problems is every problem found in one table, in file order. It is the
-// error Parse returns.
+// error Parse returns; its message has one problem per line.
 type Problems []Problem
 
 func (ps Problems) Error() string {
@@ -59,18 +71,63 @@ func (ps Problems) sorted() Problems {
 	return ps
 }
 
-// didYouMean suggests the known word closest to a misspelt one.
+// didYouMean suggests the known word closest to a misspelt one, as the end
+// of a sentence ("." when nothing is close enough): a common
+// other name for it (systemd's, cgroup's), a difference of case or of '-'
+// for '_', or at most two typos.
 func didYouMean(word string, known []string) string {
+	norm := strings.ReplaceAll(strings.ToLower(word), "-", "_")
+	if alias := aliasOf(norm); alias != "" {
+		for _, k := range known {
+			if k == alias {
+				return fmt.Sprintf("; did you mean %q?", k)
+			}
+		}
+	}
 	best, bestDist := "", 3
 	for _, k := range known {
-		if d := editDistance(word, k); d < bestDist {
+		if d := editDistance(norm, k); d < bestDist {
 			best, bestDist = k, d
 		}
 	}
 	if best == "" {
-		return ""
+		return "."
 	}
 	return fmt.Sprintf("; did you mean %q?", best)
+}
+
+// aliasOf maps names people bring from systemd, cgroup files and other
+// tools to this table's keys.
+func aliasOf(word string) string {
+	switch word {
+	case "cpuweight", "cpu_shares", "cpu.weight", "cpu.shares", "shares":
+		return "cpu_weight"
+	case "cpuquota", "cpu_quota", "cpu.max", "quota", "cpu_limit":
+		return "cpu_max"
+	case "ioweight", "io.weight", "blkio_weight":
+		return "io_weight"
+	case "ioreadbandwidthmax", "io_read_bandwidth_max", "read_bps":
+		return "io_read_bps"
+	case "iowritebandwidthmax", "io_write_bandwidth_max", "write_bps":
+		return "io_write_bps"
+	case "ioreadiopsmax", "io_read_iops_max", "read_iops":
+		return "io_read_iops"
+	case "iowriteiopsmax", "io_write_iops_max", "write_iops":
+		return "io_write_iops"
+	case "tos", "traffic_class", "tclass", "diffserv", "mark":
+		return "dscp"
+	case "matches", "hosts", "addresses", "address", "names", "server_name", "server_names", "listen":
+		return "match"
+	case "vhosts", "virtualhost", "virtual_host", "host", "server":
+		return "vhost"
+	case "default", "global":
+		return "defaults"
+	case "setting", "options":
+		return "settings"
+	case "cgroup", "parent", "slice":
+		return "cgroup_parent"
+	}
+	return ""
 }
 
 func editDistance(a, b string) int {

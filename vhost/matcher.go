@@ -2,7 +2,7 @@ package vhost
 
 import (
 	"net/netip"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -12,58 +12,97 @@ type Rule struct {
 	Pattern Pattern
 }
 
-type nameKey struct {
-	name string
-	port uint16
+// nameRules are the rules for one name (or wildcard suffix): the vhost for
+// any port, and those bound to a port.
+type nameRules struct {
+	anyPort int // -1: none
+	byPort  map[uint16]int
 }
 
-type prefixRule struct {
-	prefix netip.Prefix
-	vhost  int
+// match prefers the rule bound to the connection's port.
+func (r *nameRules) match(port uint16) (int, bool) {
+	if r == nil {
+		return -1, false
+	}
+	if v, ok := r.byPort[port]; ok && port != 0 {
+		return v, true
+	}
+	return r.anyPort, r.anyPort >= 0
+}
+
+// addName records a name rule; the first rule for a name and port wins.
+func addName(m map[string]*nameRules, name string, port uint16, vhost int) {
+	r := m[name]
+	if r == nil {
+		r = &nameRules{anyPort: -1}
+		m[name] = r
+	}
+	if port == 0 {
+		if r.anyPort < 0 {
+			r.anyPort = vhost
+		}
+		return
+	}
+	if r.byPort == nil {
+		r.byPort = map[uint16]int{}
+	}
+	setOnce(r.byPort, port, vhost)
 }
 
 // Matcher finds the vhost of a connection. It is immutable once built and
-// safe for concurrent use; address lookups allocate nothing.
+// safe for concurrent use; lookups allocate nothing, since MatchAddr runs
+// for every accepted connection.
 type Matcher struct {
 	addrPort map[netip.AddrPort]int
 	addr     map[netip.Addr]int
-	prefixes []prefixRule // longest first
-	ports    map[uint16]int
-	names    map[nameKey]int // exact names
-	wild     map[nameKey]int // "*.suffix" stored as suffix
+	// prefixes holds every CIDR, keyed by its masked prefix; v4Bits and
+	// v6Bits list the lengths in use, longest first, so the longest match
+	// costs one map lookup per distinct length rather than a scan of all
+	// CIDRs (tables with thousands of /24s are normal for hosters).
+	prefixes       map[netip.Prefix]int
+	v4Bits, v6Bits []int
+	ports          map[uint16]int
+	names          map[string]*nameRules // exact names
+	wild           map[string]*nameRules // "*.suffix" stored as suffix
 }
 
 // NewMatcher builds a Matcher. When two rules have the same pattern the
-// first wins; the policy package reports such tables as errors.
+// first wins; the policy package reports such tables as errors. Patterns of
+// KindInvalid are ignored.
 func NewMatcher(rules []Rule) *Matcher {
 	m := &Matcher{
 		addrPort: map[netip.AddrPort]int{},
 		addr:     map[netip.Addr]int{},
+		prefixes: map[netip.Prefix]int{},
 		ports:    map[uint16]int{},
-		names:    map[nameKey]int{},
-		wild:     map[nameKey]int{},
+		names:    map[string]*nameRules{},
+		wild:     map[string]*nameRules{},
 	}
 	for _, r := range rules {
 		p := r.Pattern
 		switch p.Kind {
 		case KindAddrPort:
-			k := netip.AddrPortFrom(p.Prefix.Addr(), p.Port)
-			setOnce(m.addrPort, k, r.VHost)
+			setOnce(m.addrPort, netip.AddrPortFrom(p.Prefix.Addr(), p.Port), r.VHost)
 		case KindAddr:
 			setOnce(m.addr, p.Prefix.Addr(), r.VHost)
 		case KindPrefix:
-			m.prefixes = append(m.prefixes, prefixRule{p.Prefix, r.VHost})
+			pfx := p.Prefix.Masked()
+			setOnce(m.prefixes, pfx, r.VHost)
+			if pfx.Addr().Is4() {
+				m.v4Bits = appendBits(m.v4Bits, pfx.Bits())
+			} else {
+				m.v6Bits = appendBits(m.v6Bits, pfx.Bits())
+			}
 		case KindPort:
 			setOnce(m.ports, p.Port, r.VHost)
 		case KindName:
 			if suffix, ok := strings.CutPrefix(p.Name, "*."); ok {
-				setOnce(m.wild, nameKey{suffix, p.Port}, r.VHost)
+				addName(m.wild, suffix, p.Port, r.VHost)
 			} else {
-				setOnce(m.names, nameKey{p.Name, p.Port}, r.VHost)
+				addName(m.names, p.Name, p.Port, r.VHost)
 			}
 		}
 	}
-	sort.SliceStable(m.prefixes, func(i, j int) bool { return m.prefixes[i].prefix.Bits() > m.prefixes[j].prefix.Bits() })
 	return m
 }
 
@@ -73,20 +112,44 @@ func setOnce[K comparable](m map[K]int, k K, v int) {
 	}
 }
 
+// appendBits adds a prefix length to a list kept longest first.
+func appendBits(list []int, bits int) []int {
+	if slices.Contains(list, bits) {
+		return list
+	}
+	list = append(list, bits)
+	slices.SortFunc(list, func(a, b int) int { return b - a })
+	return list
+}
+
 // MatchAddr returns the vhost whose address rule matches the connection's
 // local address most specifically, or -1: IP:port, then IP, then the
-// longest CIDR, then *:port.
+// longest CIDR, then *:port. IPv4-mapped IPv6 addresses are matched as
+// IPv4, and an IPv6 zone is ignored. A nil Matcher matches nothing.
 func (m *Matcher) MatchAddr(local netip.AddrPort) int {
-	a := local.Addr().Unmap()
-	if v, ok := m.addrPort[netip.AddrPortFrom(a, local.Port())]; ok {
-		return v
+	if m == nil {
+		return -1
 	}
-	if v, ok := m.addr[a]; ok {
-		return v
-	}
-	for _, p := range m.prefixes {
-		if p.prefix.Contains(a) {
-			return p.vhost
+	a := local.Addr().Unmap().WithZone("")
+	if a.IsValid() {
+		if v, ok := m.addrPort[netip.AddrPortFrom(a, local.Port())]; ok {
+			return v
+		}
+		if v, ok := m.addr[a]; ok {
+			return v
+		}
+		bits := m.v4Bits
+		if a.Is6() {
+			bits = m.v6Bits
+		}
+		for _, b := range bits {
+			pfx, err := a.Prefix(b)
+			if err != nil {
+				continue
+			}
+			if v, ok := m.prefixes[pfx]; ok {
+				return v
+			}
 		}
 	}
 	if v, ok := m.ports[local.Port()]; ok {
@@ -96,11 +159,11 @@ func (m *Matcher) MatchAddr(local netip.AddrPort) int {
 }
 
 // HasNames reports whether any rule matches by host name.
-func (m *Matcher) HasNames() bool { return len(m.names)+len(m.wild) > 0 }
+func (m *Matcher) HasNames() bool { return m != nil && len(m.names)+len(m.wild) > 0 }
 
 // HasAddressRules reports whether any rule names an address or a prefix.
 func (m *Matcher) HasAddressRules() bool {
-	return len(m.addrPort)+len(m.addr)+len(m.prefixes) > 0
+	return m != nil && len(m.addrPort)+len(m.addr)+len(m.prefixes) > 0
 }
 
 // ListenerDecides returns the vhost of every connection a listener bound to
@@ -118,6 +181,9 @@ func (m *Matcher) ListenerDecides(bound netip.AddrPort) (vhost int, ok bool) {
 	if m.HasAddressRules() {
 		return -1, false
 	}
+	if m == nil {
+		return -1, true
+	}
 	if v, ok := m.ports[bound.Port()]; ok {
 		return v, true
 	}
@@ -125,52 +191,72 @@ func (m *Matcher) ListenerDecides(bound netip.AddrPort) (vhost int, ok bool) {
 }
 
 // MatchName returns the vhost whose name rule matches host most
-// specifically, or -1. host is what the client sent (a Host header may
-// carry a port, which is ignored); rules with a port only match
-// connections to that local port. An exact name beats any wildcard, a
-// longer wildcard suffix beats a shorter one, a rule with a port beats one
-// without.
+// specifically, or -1. host is what the client sent: a Host header may
+// carry a port, which is ignored; case and a trailing dot do not matter.
+// Rules with a port only match connections to that local port. An exact
+// name beats any wildcard, a longer wildcard suffix beats a shorter one,
+// and for the same name a rule with the port beats one without.
 func (m *Matcher) MatchName(host string, local netip.AddrPort) int {
-	host = normalizeHost(host)
-	if host == "" {
+	if m == nil || len(m.names)+len(m.wild) == 0 {
+		return -1
+	}
+	// The name is lower-cased into a buffer on the stack: map lookups
+	// keyed by string(buf[...]) do not allocate, whatever the client sent.
+	var buf [253]byte
+	n, ok := normalizeHost(host, &buf)
+	if !ok {
 		return -1
 	}
 	port := local.Port()
-	if v, ok := m.names[nameKey{host, port}]; ok && port != 0 {
+	if v, ok := m.names[string(buf[:n])].match(port); ok {
 		return v
 	}
-	if v, ok := m.names[nameKey{host, 0}]; ok {
-		return v
-	}
-	for i := 0; i < len(host); i++ {
-		if host[i] != '.' {
-			continue
-		}
-		suffix := host[i+1:]
-		if v, ok := m.wild[nameKey{suffix, port}]; ok && port != 0 {
-			return v
-		}
-		if v, ok := m.wild[nameKey{suffix, 0}]; ok {
-			return v
+	// Cutting at each dot from the left tries the longest suffix first. A
+	// wildcard never matches the bare suffix: *.example.com is not
+	// example.com.
+	for i := 0; i < n; i++ {
+		if buf[i] == '.' {
+			if v, ok := m.wild[string(buf[i+1:n])].match(port); ok {
+				return v
+			}
 		}
 	}
 	return -1
 }
 
-// normalizeHost lower-cases a host name and drops a port and a trailing dot.
-func normalizeHost(h string) string {
-	if strings.HasPrefix(h, "[") {
-		// An IPv6 literal in a Host header never matches a name rule.
-		return ""
-	}
+// normalizeHost writes host lower-cased, without ":port" and trailing dot,
+// into buf and returns its length. It refuses what cannot be a DNS name (an
+// IPv6 literal, empty labels, stray characters), so client bytes never
+// reach a wildcard by a detour such as ".example.com".
+func normalizeHost(h string, buf *[253]byte) (int, bool) {
 	if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		for j := i + 1; j < len(h); j++ {
+			if h[j] < '0' || h[j] > '9' {
+				return 0, false
+			}
+		}
 		h = h[:i]
 	}
 	h = strings.TrimSuffix(h, ".")
-	for i := 0; i < len(h); i++ {
-		if c := h[i]; c >= 'A' && c <= 'Z' {
-			return strings.ToLower(h)
-		}
+	if h == "" || len(h) > len(buf) {
+		return 0, false
 	}
-	return h
+	prevDot := true
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c == '.':
+			if prevDot {
+				return 0, false
+			}
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return 0, false
+		}
+		prevDot = c == '.'
+		buf[i] = c
+	}
+	return len(h), true
 }

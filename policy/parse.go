@@ -1,0 +1,500 @@
+package policy
+
+import (
+	"fmt"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/vhost"
+)
+
+// The keys of each section. Functions rather than package variables: the
+// lists are handed to callers that could otherwise change them.
+func topKeys() []string      { return []string{"settings", "defaults", "vhost"} }
+func settingsKeys() []string { return []string{"cgroup_parent"} }
+func limitKeys() []string {
+	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp"}
+}
+func vhostKeys() []string { return append([]string{"name", "match"}, limitKeys()...) }
+
+func isLimitKey(k string) bool {
+	switch k {
+	case "cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp":
+		return true
+	}
+	return false
+}
+
+// parser turns the decoded document into a Table, collecting every problem
+// instead of stopping at the first: an operator fixing a file wants the
+// whole list in one go.
+type parser struct {
+	file     string
+	data     []byte
+	cfg      config
+	problems Problems
+	// atValue says, per problem, whether it points at the value or the key.
+	atValue []bool
+	// pos is built only when there is a problem to place: a good table,
+	// the common case on every reload, never pays for it.
+	pos map[string]position
+	// matchIdx holds, per vhost, the file index of each pattern kept in
+	// its Match (patterns with problems are dropped, so indices shift).
+	matchIdx [][]int
+}
+
+// scope is the section being read: its path prefix and how messages name it.
+type scope struct {
+	prefix string // "vhost[1]", "defaults", "settings" or "" (top level)
+	where  string // `vhost "shop" (vhost[1])`, "[defaults]", ...
+	vhost  int    // index of the vhost, -1 elsewhere
+}
+
+func (s scope) key(parts ...string) string { return joinPath(s.prefix, parts...) }
+
+// valueProblem records a problem about the value at key and will point at
+// the value (what to edit); keyProblem points at the key (what to remove or
+// rename). A key not in the file (a missing one) points at its section.
+func (p *parser) valueProblem(s scope, key, format string, args ...any) {
+	p.addAt(s, key, true, format, args...)
+}
+
+func (p *parser) keyProblem(s scope, key, format string, args ...any) {
+	p.addAt(s, key, false, format, args...)
+}
+
+func (p *parser) addAt(s scope, key string, atValue bool, format string, args ...any) {
+	p.problems = append(p.problems, Problem{
+		File: p.file, Key: key, Where: s.where,
+		Msg: fmt.Sprintf(format, args...),
+	})
+	p.atValue = append(p.atValue, atValue)
+}
+
+// placeProblems gives every problem its line and column.
+func (p *parser) placeProblems() {
+	for i := range p.problems {
+		p.problems[i].Line, p.problems[i].Column = p.locate(p.problems[i].Key, p.atValue[i])
+	}
+}
+
+func (p *parser) locate(key string, atValue bool) (line, col int) {
+	if p.pos == nil {
+		p.pos = positions(p.data)
+	}
+	for k := key; k != ""; k = parentPath(k) {
+		pos, ok := p.pos[k]
+		if !ok {
+			continue
+		}
+		off := pos.key
+		if atValue && pos.val >= 0 {
+			off = pos.val
+		}
+		if off >= 0 && off <= len(p.data) {
+			return lineCol(p.data, off)
+		}
+	}
+	return 0, 0
+}
+
+// line is the line a key is written on, for messages that refer to a
+// second place ("the first is on line 4").
+func (p *parser) line(key string) int {
+	l, _ := p.locate(key, false)
+	return l
+}
+
+func (p *parser) table(doc map[string]any) *Table {
+	t := &Table{Defaults: Class{Name: DefaultsName, DSCP: -1}}
+	top := scope{vhost: -1}
+	for _, k := range sortedKeys(doc) {
+		switch k {
+		case "settings":
+			if m, ok := doc[k].(map[string]any); ok {
+				p.settings(m, &t.Settings)
+			} else {
+				p.keyProblem(top, k, "must be a section: write [settings] on a line of its own, then its keys")
+			}
+		case "defaults":
+			if m, ok := doc[k].(map[string]any); ok {
+				p.class(m, scope{prefix: "defaults", where: "[defaults]", vhost: -1}, &t.Defaults)
+			} else {
+				p.keyProblem(top, k, "must be a section: write [defaults] (single brackets) on a line of its own, then its keys")
+			}
+		case "vhost":
+			p.vhosts(doc[k], t)
+		default:
+			p.keyProblem(top, joinPath("", k), "%s", unknownTopKey(k))
+		}
+	}
+	p.crossCheck(t)
+	if len(p.problems) > 0 {
+		return t
+	}
+	var rules []vhost.Rule
+	for i, c := range t.VHosts {
+		for _, pat := range c.Match {
+			rules = append(rules, vhost.Rule{VHost: i, Pattern: pat})
+		}
+	}
+	t.Matcher = vhost.NewMatcher(rules)
+	return t
+}
+
+func unknownTopKey(k string) string {
+	switch {
+	case isLimitKey(k) || k == "name" || k == "match":
+		return "a key above the first [section] belongs to no section; put it under [defaults] or a [[vhost]]"
+	case k == "cgroup_parent":
+		return "belongs in [settings]: write [settings] on the line above it"
+	}
+	return "unknown section" + didYouMean(k, topKeys()) + " Sections are [settings], [defaults] and [[vhost]]"
+}
+
+func (p *parser) vhosts(v any, t *Table) {
+	list, ok := v.([]any)
+	if !ok {
+		p.keyProblem(scope{vhost: -1}, "vhost", "write [[vhost]] with double brackets: every vhost is one entry in a list of vhosts")
+		return
+	}
+	for i, item := range list {
+		s := scope{prefix: "vhost[" + strconv.Itoa(i) + "]", vhost: i}
+		s.where = s.prefix
+		p.matchIdx = append(p.matchIdx, nil)
+		m, ok := item.(map[string]any)
+		if !ok {
+			p.keyProblem(scope{vhost: -1}, s.prefix, "each vhost is a [[vhost]] section with name = and match =")
+			t.VHosts = append(t.VHosts, Class{DSCP: -1})
+			continue
+		}
+		if name, ok := m["name"].(string); ok && name != "" {
+			s.where = fmt.Sprintf("vhost %q (%s)", name, s.prefix)
+		}
+		c := Class{DSCP: -1}
+		p.class(m, s, &c)
+		t.VHosts = append(t.VHosts, c)
+	}
+}
+
+func (p *parser) settings(m map[string]any, st *Settings) {
+	s := scope{prefix: "settings", where: "[settings]", vhost: -1}
+	for _, k := range sortedKeys(m) {
+		key := s.key(k)
+		switch {
+		case k == "cgroup_parent":
+			if v, ok := p.cgroupParent(s, key, m[k]); ok {
+				st.CgroupParent = v
+			}
+		case isLimitKey(k):
+			p.keyProblem(s, key, "is a limit, not a setting; put it under [defaults] or a [[vhost]]")
+		default:
+			p.keyProblem(s, key, "unknown key%s Known keys here: %s", didYouMean(k, settingsKeys()), strings.Join(settingsKeys(), ", "))
+		}
+	}
+}
+
+func (p *parser) cgroupParent(s scope, key string, v any) (string, bool) {
+	str, ok := v.(string)
+	if !ok {
+		p.valueProblem(s, key, "is %s; write an absolute cgroup path as a string, e.g. \"/vhqos.slice\", or \"\" for vhqos's own cgroup", typeName(v))
+		return "", false
+	}
+	if str == "" {
+		return "", true
+	}
+	for _, c := range str {
+		if c < 0x20 || c == 0x7f {
+			p.valueProblem(s, key, "%q contains a control character; a cgroup path is a plain path such as \"/vhqos.slice\"", str)
+			return "", false
+		}
+	}
+	if !strings.HasPrefix(str, "/") {
+		p.valueProblem(s, key, "%q is relative; write an absolute cgroup path such as %q, or \"\" for vhqos's own cgroup", str, path.Clean("/"+str))
+		return "", false
+	}
+	if clean := path.Clean(str); clean != str {
+		p.valueProblem(s, key, "%q is not a clean path; write %q", str, clean)
+		return "", false
+	}
+	return str, true
+}
+
+// class reads the keys of a vhost or of the defaults.
+func (p *parser) class(m map[string]any, s scope, c *Class) {
+	isVHost := s.vhost >= 0
+	known := limitKeys()
+	if isVHost {
+		known = vhostKeys()
+		if _, ok := m["name"]; !ok {
+			p.keyProblem(s, s.key("name"), "missing: every vhost needs a name, e.g. name = \"shop\" (it names the vhost's cgroup)")
+		}
+		if _, ok := m["match"]; !ok {
+			p.keyProblem(s, s.key("match"), "missing: list what this vhost serves, e.g. match = [\"192.0.2.10\", \"198.51.100.0/24\"]")
+		}
+	}
+	for _, k := range sortedKeys(m) {
+		v, key := m[k], s.key(k)
+		switch {
+		case k == "name" && isVHost:
+			if name, ok := p.name(s, key, v); ok {
+				c.Name = name
+			}
+		case k == "match" && isVHost:
+			p.match(s, key, v, c)
+		case k == "cpu_weight":
+			if n, ok := p.intIn(s, key, v, 1, 10000, "like systemd's CPUWeight=; 100 is the kernel's default"); ok {
+				c.Resources.CPUWeight = uint64(n)
+			}
+		case k == "io_weight":
+			if n, ok := p.intIn(s, key, v, 1, 10000, "like systemd's IOWeight=; 100 is the kernel's default"); ok {
+				c.Resources.IOWeight = uint64(n)
+			}
+		case k == "cpu_max":
+			if pct, err := parsePercent(v); err != nil {
+				p.valueProblem(s, key, "%v", err)
+			} else {
+				c.Resources.CPUQuotaPercent = pct
+			}
+		case k == "io_read_bps", k == "io_write_bps", k == "io_read_iops", k == "io_write_iops":
+			p.deviceLimits(s, key, k, v, c)
+		case k == "dscp":
+			if d, err := parseDSCP(v); err != nil {
+				p.valueProblem(s, key, "%v", err)
+			} else {
+				c.DSCP = d
+			}
+		case (k == "name" || k == "match") && !isVHost:
+			p.keyProblem(s, key, "not allowed here: [defaults] is the class of every connection no vhost matches; to give some connections their own limits, add a [[vhost]] with name and match")
+		case k == "cgroup_parent":
+			p.keyProblem(s, key, "belongs in [settings], not in %s", s.where)
+		default:
+			p.keyProblem(s, key, "unknown key%s Known keys here: %s", didYouMean(k, known), strings.Join(known, ", "))
+		}
+	}
+	// File order of devices is lost in the decoded map; sorting gives the
+	// same Resources however the operator ordered them.
+	sort.Slice(c.Resources.Devices, func(i, j int) bool { return c.Resources.Devices[i].Path < c.Resources.Devices[j].Path })
+}
+
+// validName is [A-Za-z0-9][A-Za-z0-9_.-]{0,63}: the name becomes a
+// directory in the cgroup tree, so nothing that could climb out of it or
+// clash with an interface file.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func (p *parser) name(s scope, key string, v any) (string, bool) {
+	name, ok := v.(string)
+	switch {
+	case !ok:
+		p.valueProblem(s, key, "is %s; write the name as a string, e.g. name = \"shop\"", typeName(v))
+	case !validName(name):
+		p.valueProblem(s, key, "%q: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit (the name becomes a cgroup directory)", name)
+	case strings.EqualFold(name, DefaultsName) || strings.EqualFold(name, "home") || strings.EqualFold(name, "supervisor"):
+		p.valueProblem(s, key, "%q is reserved for vhqos's own cgroups (default, home, supervisor); pick another name", name)
+	default:
+		return name, true
+	}
+	return "", false
+}
+
+func (p *parser) match(s scope, key string, v any, c *Class) {
+	list, ok := v.([]any)
+	if !ok {
+		if str, isStr := v.(string); isStr {
+			p.valueProblem(s, key, "must be a list, even of one pattern: match = [%s]", tomlString(str))
+		} else {
+			p.valueProblem(s, key, "is %s; write a list of patterns, e.g. match = [\"192.0.2.10\", \"198.51.100.0/24\"]", typeName(v))
+		}
+		return
+	}
+	if len(list) == 0 {
+		p.valueProblem(s, key, "is empty: a vhost that matches nothing never applies; list its addresses or names, or remove the vhost")
+		return
+	}
+	c.Match = make([]vhost.Pattern, 0, len(list))
+	for i, item := range list {
+		ikey := key + "[" + strconv.Itoa(i) + "]"
+		str, ok := item.(string)
+		if !ok {
+			p.valueProblem(s, ikey, "is %s; each pattern is a string, e.g. \"192.0.2.10\"", typeName(item))
+			continue
+		}
+		pat, err := vhost.ParsePattern(str)
+		if err != nil {
+			p.valueProblem(s, ikey, "%v", err)
+			continue
+		}
+		if pat.IsName() && !p.cfg.names {
+			p.valueProblem(s, ikey, "%q: matching by host name (HTTP Host, TLS SNI) is not supported by this vhqos yet; match by local address: IP, IP:port, CIDR or *:PORT", str)
+			continue
+		}
+		c.Match = append(c.Match, pat)
+		p.matchIdx[s.vhost] = append(p.matchIdx[s.vhost], i)
+	}
+}
+
+func (p *parser) intIn(s scope, key string, v any, lo, hi int64, hint string) (int64, bool) {
+	n, ok := v.(int64)
+	if !ok {
+		if str, isStr := v.(string); isStr {
+			if _, err := strconv.ParseInt(str, 10, 64); err == nil {
+				p.valueProblem(s, key, "%q is a string; write the number without quotes, from %d to %d (%s)", str, lo, hi, hint)
+				return 0, false
+			}
+		}
+		p.valueProblem(s, key, "is %s; write a whole number from %d to %d (%s)", typeName(v), lo, hi, hint)
+		return 0, false
+	}
+	if n < lo || n > hi {
+		p.valueProblem(s, key, "%d is out of range: use %d..%d (%s)", n, lo, hi, hint)
+		return 0, false
+	}
+	return n, true
+}
+
+// deviceLimits reads { DEVICE = SIZE, ... } for one of the io_* keys.
+func (p *parser) deviceLimits(s scope, key, which string, v any, c *Class) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		p.valueProblem(s, key, "is %s; map block devices to limits, e.g. %s = { \"/dev/vda\" = \"50M\" }", typeName(v), which)
+		return
+	}
+	iops := strings.HasSuffix(which, "_iops")
+	for _, dev := range sortedKeys(m) {
+		dkey := joinPath(key, dev)
+		n, err := parseSize(m[dev], iops)
+		if err != nil {
+			p.valueProblem(s, dkey, "%v", err)
+		}
+		major, minor, derr := p.device(dev)
+		if derr != nil {
+			p.keyProblem(s, dkey, "%v", derr)
+		}
+		if err != nil || derr != nil {
+			continue
+		}
+		limit, first := findDevice(&c.Resources, dev, major, minor)
+		field := deviceField(limit, which)
+		if *field != 0 {
+			// Two spellings of one device ("/dev/sdb" and "8:16", or a
+			// /dev/disk/by-id link) in the same map.
+			p.keyProblem(s, dkey, "is the same device (%d:%d) as %q; give each device one %s", major, minor, first, which)
+			continue
+		}
+		*field = n
+	}
+}
+
+func deviceField(d *cgroup.DeviceLimit, which string) *uint64 {
+	switch which {
+	case "io_read_bps":
+		return &d.ReadBPS
+	case "io_write_bps":
+		return &d.WriteBPS
+	case "io_read_iops":
+		return &d.ReadIOPS
+	}
+	return &d.WriteIOPS
+}
+
+// findDevice returns the limits of a device, merging spellings by number:
+// the cgroup files key limits by major:minor.
+func findDevice(r *cgroup.Resources, path string, major, minor int64) (*cgroup.DeviceLimit, string) {
+	for i := range r.Devices {
+		if r.Devices[i].Major == major && r.Devices[i].Minor == minor {
+			return &r.Devices[i], r.Devices[i].Path
+		}
+	}
+	r.Devices = append(r.Devices, cgroup.DeviceLimit{Path: path, Major: major, Minor: minor})
+	return &r.Devices[len(r.Devices)-1], path
+}
+
+// crossCheck finds problems between vhosts: names used twice, a pattern
+// claimed by two vhosts (which one would win is not for the matcher to
+// guess).
+func (p *parser) crossCheck(t *Table) {
+	type owner struct {
+		vhost, index int
+		raw          string
+	}
+	names := map[string]int{}
+	patterns := map[string]owner{}
+	for i, c := range t.VHosts {
+		s := scope{prefix: "vhost[" + strconv.Itoa(i) + "]", vhost: i}
+		s.where = s.prefix
+		if c.Name != "" {
+			s.where = fmt.Sprintf("vhost %q (%s)", c.Name, s.prefix)
+			folded := strings.ToLower(c.Name)
+			if j, dup := names[folded]; dup {
+				p.valueProblem(s, s.key("name"), "%q is already the name of vhost[%d] (line %d); names must differ in more than case (they name cgroups and status lines)", t.VHosts[j].Name, j, p.line("vhost["+strconv.Itoa(j)+"].name"))
+			} else {
+				names[folded] = i
+			}
+		}
+		for j, pat := range c.Match {
+			canon := pat.Kind.String() + " " + pat.Canonical()
+			prev, dup := patterns[canon]
+			if !dup {
+				patterns[canon] = owner{i, p.matchIdx[i][j], pat.Raw}
+				continue
+			}
+			if prev.vhost == i {
+				continue // listed twice in one vhost: harmless
+			}
+			written := ""
+			if prev.raw != pat.Raw {
+				written = fmt.Sprintf(" (as %q)", prev.raw)
+			}
+			p.valueProblem(s, matchKey(i, p.matchIdx[i][j]), "%q is already matched by vhost %q%s on line %d; a connection can belong to one vhost only", pat.Raw, t.VHosts[prev.vhost].Name, written, p.line(matchKey(prev.vhost, prev.index)))
+		}
+	}
+}
+
+func matchKey(vhost, index int) string {
+	return "vhost[" + strconv.Itoa(vhost) + "].match[" + strconv.Itoa(index) + "]"
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// typeName says what a decoded TOML value is, in an operator's words.
+func typeName(v any) string {
+	switch v := v.(type) {
+	case string:
+		return fmt.Sprintf("a string (%s)", tomlString(v))
+	case int64:
+		return fmt.Sprintf("a number (%d)", v)
+	case float64:
+		return fmt.Sprintf("a decimal number (%v)", v)
+	case bool:
+		return fmt.Sprintf("%v (true/false)", v)
+	case []any:
+		return "a list"
+	case map[string]any:
+		return "a table"
+	}
+	return "a date or time"
+}
