@@ -69,6 +69,13 @@ type listener struct {
 	// continued says an accept on this socket was ever left to the kernel
 	// (remembered across expiry of the copy, in listenerTable.continued).
 	continued bool
+	// doorbell is the supervisor's own connection, queued on the listener
+	// to make it readable for a server that polls before it accepts, after
+	// a connection went to the stash (the kernel's queue no longer shows
+	// it); -1 when none. doorbellAddr is its local address, to recognise
+	// and drop it when it is accepted.
+	doorbell     int
+	doorbellAddr netip.AddrPort
 	// drain counts the connections that were already queued when the
 	// listener's mark changed: they were created with the old mark, so
 	// that many accepts are emulated (and each connection marked).
@@ -101,7 +108,7 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 		unix.Close(fd)
 		return l
 	}
-	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1, continued: t.continued[key]}
+	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1, continued: t.continued[key], doorbell: -1}
 	if sa, err := unix.Getsockname(fd); err == nil {
 		l.bound, l.family = sockaddrAddrPort(sa)
 	}
@@ -133,6 +140,7 @@ func (t *listenerTable) expire(idle time.Duration, ev *eventLoop) {
 				l.polling = false
 			}
 			l.closed = true
+			l.closeDoorbell()
 			unix.Close(l.fd)
 			delete(t.byKey, key)
 			if l.continued {
@@ -154,6 +162,7 @@ func (t *listenerTable) closeAll() {
 		l.stash = nil
 		l.waiters = nil
 		l.closed = true
+		l.closeDoorbell()
 		unix.Close(l.fd)
 		l.mu.Unlock()
 		delete(t.byKey, key)
@@ -270,7 +279,7 @@ func (s *Supervisor) listenerFor(p *proc, fd int) (l *listener, errno unix.Errno
 func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 	cl := s.classifier.Load()
 	l.mu.Lock()
-	if l.closed || len(l.stash) > 0 {
+	if l.closed || len(l.stash) > 0 || l.doorbell >= 0 {
 		l.mu.Unlock()
 		return false
 	}
@@ -376,6 +385,11 @@ func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
 	}
 	if readable(l.fd) {
 		c, errno := acceptFrom(l.fd, call.flags&unix.SOCK_NONBLOCK != 0)
+		if errno == 0 && l.isDoorbell(c) {
+			// Our own wake-up call: it did its job; look again.
+			l.mu.Unlock()
+			return s.acceptOn(l, call)
+		}
 		l.mu.Unlock()
 		switch errno {
 		case 0:
@@ -441,6 +455,10 @@ func (s *Supervisor) pump(l *listener) {
 				l.mu.Unlock()
 				return
 			}
+			if errno == 0 && l.isDoorbell(c) {
+				l.mu.Unlock()
+				continue
+			}
 			if errno != 0 {
 				w := l.waiters[0]
 				l.waiters = l.waiters[1:]
@@ -490,7 +508,7 @@ func (s *Supervisor) deliverOrRequeue(l *listener, c *conn, call *acceptCall) {
 // stash and deliver returns false.
 func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 	if s.testHookBeforeDeliver != nil {
-		s.testHookBeforeDeliver()
+		s.testHookBeforeDeliver(call.proc.tgid)
 	}
 	if !c.decided {
 		s.decide(c, l)
@@ -543,7 +561,69 @@ func (s *Supervisor) requeue(l *listener, c *conn) {
 		return
 	}
 	l.stash = append([]*conn{c}, l.stash...)
+	if len(l.waiters) == 0 && l.doorbell < 0 {
+		s.ringDoorbell(l)
+	}
 	l.mu.Unlock()
+}
+
+// ringDoorbell queues a connection of the supervisor's own on l, so that a
+// server waiting in poll() or select() for l to become readable wakes up
+// and accepts, and gets the stashed connection. Without it a server whose
+// accept a signal interrupted (returning EINTR, back to poll) would leave
+// the stashed client waiting for the next client. Called with l.mu held.
+func (s *Supervisor) ringDoorbell(l *listener) {
+	target := l.bound
+	if target.Addr().IsUnspecified() {
+		lo := netip.IPv6Loopback()
+		if target.Addr().Is4() {
+			lo = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		}
+		target = netip.AddrPortFrom(lo, target.Port())
+	}
+	var sa unix.Sockaddr
+	family := unix.AF_INET
+	if target.Addr().Is4() {
+		sa = &unix.SockaddrInet4{Port: int(target.Port()), Addr: target.Addr().As4()}
+	} else {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(target.Port()), Addr: target.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		s.log.Warn("waking the server for a kept connection", "addr", target, "err", err)
+		return
+	}
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		s.log.Warn("waking the server for a kept connection", "addr", target, "err", err)
+		return
+	}
+	local, err := unix.Getsockname(fd)
+	if err != nil {
+		unix.Close(fd)
+		return
+	}
+	l.doorbell = fd
+	l.doorbellAddr, _ = sockaddrAddrPort(local)
+}
+
+// isDoorbell reports whether c is the supervisor's own wake-up connection,
+// and if so closes both its ends. Called with l.mu held.
+func (l *listener) isDoorbell(c *conn) bool {
+	if l.doorbell < 0 || sockaddrToAddrPort(&c.peer) != l.doorbellAddr {
+		return false
+	}
+	c.close()
+	l.closeDoorbell()
+	return true
+}
+
+func (l *listener) closeDoorbell() {
+	if l.doorbell >= 0 {
+		unix.Close(l.doorbell)
+		l.doorbell = -1
+	}
 }
 
 // decide classifies c by its local address and marks it. It runs once per

@@ -28,6 +28,8 @@ func TestMain(m *testing.M) {
 		os.Exit(testServerMain())
 	case "child":
 		os.Exit(testChildMain())
+	case "pollchild":
+		os.Exit(testPollChildMain())
 	}
 	os.Exit(m.Run())
 }
@@ -447,7 +449,7 @@ func TestSignalAfterAccept(t *testing.T) {
 			h := startServer(t, "127.0.0.1:0", true)
 			accepted, release := make(chan struct{}), make(chan struct{})
 			var once sync.Once
-			h.sup.testHookBeforeDeliver = func() {
+			h.sup.testHookBeforeDeliver = func(int) {
 				once.Do(func() {
 					close(accepted)
 					<-release
@@ -564,4 +566,40 @@ func TestClosedListenerReleased(t *testing.T) {
 			servedBy(t, c2)
 		})
 	}
+}
+
+// A server that polls its listener before accepting cannot see a
+// connection vhqos kept for it after the process it was accepted for went
+// away: the kernel's queue no longer holds it. vhqos then queues a
+// connection of its own to make the listener readable, and drops it when it
+// is accepted. Here the process vhqos accepted for is killed before it gets
+// the connection; the other one must serve it.
+func TestStashedConnectionWakesPollingServer(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0", true)
+	var once sync.Once
+	killed := make(chan int, 1)
+	h.sup.testHookBeforeDeliver = func(pid int) {
+		once.Do(func() {
+			unix.Kill(pid, unix.SIGKILL)
+			time.Sleep(100 * time.Millisecond)
+			killed <- pid
+		})
+	}
+	h.command("pollchildren 2")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	time.Sleep(200 * time.Millisecond) // both children wait in poll()
+	c, _ := h.dial()
+	pid := servedBy(t, c)
+	if dead := <-killed; pid == dead {
+		t.Fatalf("served by the killed process %d", pid)
+	}
+	if n := h.sup.Stats().Requeued.Load(); n != 1 {
+		t.Errorf("requeued %d connections, want 1", n)
+	}
+	// The wake-up connection is dropped, not served: the next client is
+	// served normally.
+	c2, _ := h.dial()
+	servedBy(t, c2)
 }

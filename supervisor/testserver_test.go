@@ -111,11 +111,12 @@ func testServerMain() int {
 			fmt.Println("ok")
 		case "tid":
 			fmt.Println(unix.Gettid())
-		case "children":
+		case "children", "pollchildren":
+			mode := map[string]string{"children": "child", "pollchildren": "pollchild"}[f[0]]
 			n, _ := strconv.Atoi(f[1])
 			for i := 0; i < n; i++ {
 				c := exec.Command("/proc/self/exe")
-				c.Env = append(os.Environ(), testServerEnv+"=child")
+				c.Env = append(os.Environ(), testServerEnv+"="+mode)
 				c.ExtraFiles = []*os.File{os.NewFile(uintptr(lfd), "listener")}
 				c.Stdout = os.Stderr
 				c.Stderr = os.Stderr
@@ -137,6 +138,23 @@ func testChildMain() int {
 	for {
 		r := doAccept(3, true, unix.SOCK_CLOEXEC, "full")
 		if r.Ret < 0 && r.Errno != int(unix.EINTR) {
+			return 1
+		}
+	}
+}
+
+// testPollChildMain serves fd 3 the way event-driven servers do: the
+// listener is non-blocking and the process waits in poll() until it is
+// readable, then accepts.
+func testPollChildMain() int {
+	unix.SetNonblock(3, true)
+	for {
+		pfd := []unix.PollFd{{Fd: 3, Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+			return 1
+		}
+		r := doAccept(3, true, unix.SOCK_CLOEXEC, "full")
+		if r.Ret < 0 && r.Errno != int(unix.EAGAIN) && r.Errno != int(unix.EINTR) {
 			return 1
 		}
 	}
