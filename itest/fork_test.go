@@ -69,7 +69,7 @@ socketserver.ForkingTCPServer(("0.0.0.0", 8080), H).serve_forever()
 			defer capture.Stop()
 			qosFile := filepath.Join(t.TempDir(), "qos.toml")
 			os.WriteFile(qosFile, []byte(forkQoS), 0o644)
-			argv := append([]string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", statusSocket(t), "--"}, srv.argv...)
+			argv := append([]string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", statusSocket(t), "--"}, srv.argv...)
 			cmd := exec.Command(argv[0], argv[1:]...)
 			out, _ := os.Create(filepath.Join(t.TempDir(), "out"))
 			cmd.Stdout, cmd.Stderr = out, out

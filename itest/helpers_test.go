@@ -37,7 +37,7 @@ func startUnderVhqos(t *testing.T, qos string, cfg ApacheConfig) *Apache {
 // test keeps changing.
 func startUnderVhqosFile(t *testing.T, qosFile string, cfg ApacheConfig) *Apache {
 	t.Helper()
-	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", statusSocket(t), "--"}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", statusSocket(t), "--"}
 	return startWith(t, cfg)
 }
 

@@ -50,7 +50,7 @@ func TestStatus(t *testing.T) {
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
 	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}}}
-	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", socket, "--metrics-listen", metricsAddr, "--"}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", socket, "--metrics-listen", metricsAddr, "--"}
 	a := startWith(t, cfg)
 	const shopRequests, blogRequests = 7, 3
 	for i := 0; i < shopRequests; i++ {
@@ -175,7 +175,7 @@ func TestStatusRefusesNonRoot(t *testing.T) {
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
 	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}}
-	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", socket, "--"}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", socket, "--"}
 	startWith(t, cfg)
 	bin := vhqosBinary(t)
 	os.Chmod(bin, 0o755)
@@ -205,7 +205,7 @@ func TestJSONLogs(t *testing.T) {
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
 	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}}
-	cfg.Prefix = []string{vhqosBinary(t), "run", "--config", qosFile, "--status-socket", statusSocket(t), "--log-format", "json", "--"}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", statusSocket(t), "--log-format", "json", "--"}
 	a := startWith(t, cfg)
 	for i := 0; i < 5; i++ {
 		request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
