@@ -603,3 +603,32 @@ func TestStashedConnectionWakesPollingServer(t *testing.T) {
 	c2, _ := h.dial()
 	servedBy(t, c2)
 }
+
+// A caller with no free fd gets EMFILE, as from the kernel, and the
+// connection waits for its next accept instead of being lost.
+func TestEMFILEKeepsConnection(t *testing.T) {
+	for _, path := range acceptPaths {
+		t.Run(path.name, func(t *testing.T) {
+			h := startServer(t, "127.0.0.1:0", path.emulate)
+			c, _ := h.dial()
+			time.Sleep(50 * time.Millisecond) // queued before the accept
+			h.command("nofile")
+			if l := h.line(); l != "ok" {
+				t.Fatal(l)
+			}
+			h.command("accept4 0 null")
+			if r := h.result(); r.Ret != -1 || unix.Errno(r.Errno) != unix.EMFILE {
+				t.Fatalf("accept with no free fd: ret %d errno %v, want EMFILE", r.Ret, unix.Errno(r.Errno))
+			}
+			h.command("nofile restore")
+			h.line()
+			h.command("accept4 0 full")
+			if r := h.result(); r.Ret < 0 {
+				t.Fatalf("accept after freeing: errno %v", unix.Errno(r.Errno))
+			}
+			if servedBy(t, c) != h.pid {
+				t.Error("connection served by the wrong process")
+			}
+		})
+	}
+}

@@ -67,6 +67,7 @@ func testServerMain() int {
 	in := bufio.NewScanner(os.Stdin)
 	out := json.NewEncoder(os.Stdout)
 	var children []*exec.Cmd
+	var fillers []int
 	defer func() {
 		for _, c := range children {
 			c.Process.Kill()
@@ -106,6 +107,43 @@ func testServerMain() int {
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
+		case "nofile":
+			// Lower the fd limit to what is open now, so the next accept
+			// has no slot: EMFILE. "nofile restore" puts it back.
+			var lim unix.Rlimit
+			unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+			if len(f) > 1 && f[1] == "restore" {
+				lim.Cur = lim.Max
+			} else {
+				entries, _ := os.ReadDir("/proc/self/fd")
+				highest := 0
+				for _, e := range entries {
+					if n, err := strconv.Atoi(e.Name()); err == nil && n > highest {
+						highest = n
+					}
+				}
+				lim.Cur = uint64(highest + 1)
+			}
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			if len(f) > 1 && f[1] == "restore" {
+				for _, fd := range fillers {
+					unix.Close(fd)
+				}
+				fillers = nil
+			} else {
+				// Fill the free slots below the limit too.
+				for {
+					fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+					if err != nil {
+						break
+					}
+					fillers = append(fillers, fd)
+				}
+			}
+			fmt.Println("ok")
 		case "nonblock":
 			unix.SetNonblock(lfd, true)
 			fmt.Println("ok")
