@@ -18,7 +18,9 @@ Usage:
         Start SERVER under vhqos. Every connection it accepts is matched
         against the QoS table; the process serving it is moved into that
         vhost's cgroup and the socket is marked with its DSCP before the
-        server sees it. Signals TERM INT HUP QUIT USR1 USR2 WINCH are
+        server sees it. The table is re-read whenever its file changes, and
+        on SIGHUP; a table with mistakes is refused and the old one stays.
+        Signals TERM INT HUP QUIT USR1 USR2 WINCH are
         forwarded to the server; vhqos exits with the server's status
         (128+N if it was killed by signal N) and leaves no process and no
         cgroup behind.
