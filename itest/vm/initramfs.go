@@ -2,147 +2,285 @@ package vm
 
 import (
 	"bytes"
+	"debug/elf"
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 )
 
-// exitMarker is printed by the VM's init with the command's exit status;
-// nothing else a test prints is likely to start with it.
-const exitMarker = "VHQOS-VM-EXIT="
+// guestDir is where, inside the VM, the tool keeps its own files: on the
+// VM's tmpfs /run, so nothing it needs lives on the read-only host root.
+const guestDir = "/run/vhqos-vm"
 
-// cpioWriter writes the "newc" cpio format the kernel unpacks as initramfs.
-type cpioWriter struct {
-	w   io.Writer
-	ino int
+// guestBusybox is the static busybox the VM's init copies to its tmpfs;
+// the init scripts use nothing else, so they work whatever the host root
+// holds.
+const guestBusybox = guestDir + "/busybox"
+
+// defaultPath is the command's PATH unless -env PATH overrides it.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// hostnameInVM is the VM's host name.
+const hostnameInVM = "vhqos-vm"
+
+// guest is everything the VM's init needs to know.
+type guest struct {
+	markers markers
+	// modules are the kernel modules to load, in order, as paths in the
+	// initramfs.
+	modules []string
+	// dir, env (NAME=VALUE) and argv are the command's.
+	dir  string
+	env  []string
+	argv []string
+	// modprobe is the host's kmod modprobe and kernelRoot the unpacked
+	// kernel package (modprobe -d), both as seen in the VM; with them the
+	// kernel can load modules on demand (veth, bfq, ...). modprobe may be
+	// empty.
+	modprobe   string
+	kernelRoot string
 }
 
-func (c *cpioWriter) header(name string, mode uint32, size int) error {
-	c.ino++
-	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		c.ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(name)+1, 0)
-	if _, err := io.WriteString(c.w, hdr+name+"\x00"); err != nil {
+// initScript is the initramfs's /init. It loads the modules for virtio and
+// 9p, mounts the host's root read-only over 9p, puts a tmpfs on its /run
+// holding busybox and stage 2, moves /proc, /sys and /dev there and
+// switch_roots into it, so the command runs with the host's root as the
+// real root (not a chroot: pivot_root and /proc/PID/root behave as usual).
+// Any failure prints the fail marker and powers off.
+func initScript(g *guest) string {
+	var b strings.Builder
+	b.WriteString(`#!/bin/busybox sh
+export PATH=/bin
+/bin/busybox --install -s /bin
+fail() {
+	echo
+	echo "` + g.markers.fail + `$*"
+	poweroff -f
+	sleep 60
+}
+mount -t proc -o nosuid,nodev,noexec proc /proc || fail "mounting /proc"
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || fail "mounting /sys"
+mount -t devtmpfs -o nosuid,mode=755 devtmpfs /dev || fail "mounting /dev"
+`)
+	for _, m := range g.modules {
+		fmt.Fprintf(&b, "insmod %s || fail %s\n", shellQuote(m), shellQuote("loading the kernel module "+m))
+	}
+	b.WriteString(`r=/newroot
+mkdir -p $r
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot $r ||
+	fail "mounting the host root over 9p (is qemu's -virtfs hostroot there?)"
+mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs $r/run || fail "mounting a tmpfs on /run"
+mkdir -p $r` + guestDir + ` || fail "creating ` + guestDir + `"
+cp /bin/busybox /stage2 $r` + guestDir + `/ || fail "copying busybox to ` + guestDir + `"
+[ ! -e /modprobe ] || cp /modprobe $r` + guestDir + `/ || fail "copying the modprobe helper"
+for m in dev proc sys; do
+	mount -o move /$m $r/$m || fail "moving /$m into the host root"
+done
+exec switch_root $r ` + guestBusybox + ` sh ` + guestDir + `/stage2
+fail "switch_root failed"
+`)
+	return b.String()
+}
+
+// stage2Script runs as PID 1 with the host's root as the root. It gives the
+// VM what a booted system has (tmpfs /tmp, devpts, cgroup2 alone at
+// /sys/fs/cgroup, lo up), runs the command with a clean environment and
+// prints the exit marker with its status.
+func stage2Script(g *guest) string {
+	var b strings.Builder
+	b.WriteString(`B=` + guestBusybox + `
+fail() {
+	echo
+	echo "` + g.markers.fail + `$*"
+	$B poweroff -f
+	$B sleep 60
+}
+$B mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp || fail "mounting a tmpfs on /tmp"
+$B mkdir -p /dev/pts /dev/shm /run/lock
+$B chmod 1777 /run/lock
+$B mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts || fail "mounting /dev/pts"
+$B mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm || fail "mounting /dev/shm"
+$B ln -sf /proc/self/fd /dev/fd
+$B ln -sf /proc/self/fd/0 /dev/stdin
+$B ln -sf /proc/self/fd/1 /dev/stdout
+$B ln -sf /proc/self/fd/2 /dev/stderr
+$B mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup ||
+	fail "mounting cgroup2 on /sys/fs/cgroup"
+`)
+	if g.modprobe != "" {
+		b.WriteString(`echo ` + guestDir + `/modprobe >/proc/sys/kernel/modprobe || fail "setting the modprobe helper"
+`)
+	}
+	b.WriteString(`$B hostname ` + hostnameInVM + `
+$B ip link set lo up || fail "bringing lo up"
+cd ` + shellQuote(g.dir) + ` || fail ` + shellQuote("cannot change to the directory "+g.dir+" in the VM") + `
+echo
+echo "` + g.markers.start + `"
+`)
+	// The command gets exactly this environment (later entries win) and
+	// is run by the host's /bin/sh with exec: busybox-static prefers its
+	// own applets to programs of the same name (sh, ip, ls, ...), and env
+	// would take a first argument with "=" for a variable.
+	words := []string{"$B", "env", "-i"}
+	for _, e := range commandEnv(g) {
+		words = append(words, shellQuote(e))
+	}
+	words = append(words, "/bin/sh", "-c", `'exec "$@"'`, "vhqos-vm")
+	for _, a := range g.argv {
+		words = append(words, shellQuote(a))
+	}
+	b.WriteString(strings.Join(words, " ") + ` </dev/null 2>&1
+s=$?
+echo
+echo "` + g.markers.exit + `$s"
+$B sync
+$B poweroff -f
+$B sleep 60
+`)
+	return b.String()
+}
+
+// commandEnv is the command's environment: sane defaults, then what the
+// caller passes (which may override them).
+func commandEnv(g *guest) []string {
+	env := []string{
+		"PATH=" + defaultPath,
+		"HOME=/root",
+		"USER=root",
+		"LOGNAME=root",
+		"TERM=dumb",
+		"TMPDIR=/tmp",
+	}
+	if g.modprobe != "" {
+		// kmod's modprobe reads its options from here too, so a plain
+		// `modprobe veth` in the VM finds the VM kernel's modules.
+		env = append(env, "MODPROBE_OPTIONS=-d "+g.kernelRoot)
+	}
+	return append(env, g.env...)
+}
+
+// modprobeScript is what the kernel runs to load a module on demand
+// (/proc/sys/kernel/modprobe): the host's modprobe, pointed at the VM
+// kernel's modules in the cache, since the host root has none for it.
+func modprobeScript(g *guest) string {
+	return "#!" + guestBusybox + " sh\nexec " + shellQuote(g.modprobe) + " -d " + shellQuote(g.kernelRoot) + ` "$@"` + "\n"
+}
+
+// shellQuote quotes s as one word for sh: inside single quotes everything
+// is literal but the single quote itself.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// writeInitramfs writes the initramfs (newc cpio, uncompressed: the kernel
+// unpacks that fastest) with busybox, the modules (read from modulesDir,
+// stored as lib/modules/NN-name.ko) and the scripts of g. The module paths
+// in g are filled in here.
+func writeInitramfs(w io.Writer, busybox, modulesDir string, modules []string, g *guest) error {
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		return fmt.Errorf("reading busybox (apt-get install busybox-static): %w", err)
+	}
+	if err := checkStatic(busybox, bb); err != nil {
 		return err
 	}
-	return c.pad(len(hdr) + len(name) + 1)
-}
-
-func (c *cpioWriter) pad(n int) error {
-	if r := n % 4; r != 0 {
-		_, err := c.w.Write(make([]byte, 4-r))
-		return err
+	var buf bytes.Buffer
+	c := &cpioWriter{w: &buf}
+	for _, d := range []string{"bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"} {
+		c.dir(d)
+	}
+	c.node("dev/console", 0o020600, 5, 1)
+	c.node("dev/null", 0o020666, 1, 3)
+	c.file("bin/busybox", 0o755, bb)
+	g.modules = nil
+	for i, m := range modules {
+		data, err := os.ReadFile(filepath.Join(modulesDir, m))
+		if err != nil {
+			return fmt.Errorf("reading the kernel module %s: %w", m, err)
+		}
+		name := fmt.Sprintf("lib/modules/%02d-%s", i, path.Base(m))
+		c.file(name, 0o644, data)
+		g.modules = append(g.modules, "/"+name)
+	}
+	if g.modprobe != "" {
+		c.file("modprobe", 0o755, []byte(modprobeScript(g)))
+	}
+	c.file("stage2", 0o755, []byte(stage2Script(g)))
+	c.file("init", 0o755, []byte(initScript(g)))
+	c.trailer()
+	if c.err != nil {
+		return fmt.Errorf("writing the initramfs: %w", c.err)
+	}
+	if _, err := w.Write(buf.Bytes()); err != nil {
+		return fmt.Errorf("writing the initramfs: %w", err)
 	}
 	return nil
 }
 
-func (c *cpioWriter) dir(name string) error { return c.header(name, 0o040755, 0) }
-
-func (c *cpioWriter) file(name string, mode uint32, data []byte) error {
-	if err := c.header(name, 0o100000|mode, len(data)); err != nil {
-		return err
-	}
-	if _, err := c.w.Write(data); err != nil {
-		return err
-	}
-	return c.pad(len(data))
-}
-
-func (c *cpioWriter) trailer() error { return c.header("TRAILER!!!", 0, 0) }
-
-// buildInitramfs writes an initramfs holding a static busybox, the modules
-// in order and an init that mounts the host's root read-only over 9p, gives
-// it fresh /tmp, /run, /dev, /proc, /sys and cgroup2, runs script inside
-// it with chroot, prints the exit marker and powers off.
-func buildInitramfs(path, busybox string, k *Kernel, modules []string, script string) error {
-	var buf bytes.Buffer
-	c := &cpioWriter{w: &buf}
-	for _, d := range []string{"bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"} {
-		if err := c.dir(d); err != nil {
-			return err
-		}
-	}
-	bb, err := os.ReadFile(busybox)
+// checkStatic refuses a dynamically linked busybox (Debian's "busybox"
+// package): the initramfs has no libraries.
+func checkStatic(name string, data []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(data))
 	if err != nil {
-		return fmt.Errorf("reading busybox (install busybox-static): %w", err)
+		return fmt.Errorf("%s is not an ELF executable: %w", name, err)
 	}
-	if err := c.file("bin/busybox", 0o755, bb); err != nil {
-		return err
-	}
-	var load strings.Builder
-	for i, m := range modules {
-		data, err := os.ReadFile(filepath.Join(k.Modules, m))
-		if err != nil {
-			return fmt.Errorf("reading module %s: %w", m, err)
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked; the VM's initramfs needs a static one (apt-get install busybox-static)", name)
 		}
-		name := fmt.Sprintf("lib/modules/%02d-%s", i, filepath.Base(m))
-		if err := c.file(name, 0o644, data); err != nil {
-			return err
-		}
-		fmt.Fprintf(&load, "insmod /%s\n", name)
 	}
-	if err := c.file("cmd.sh", 0o755, []byte(script)); err != nil {
-		return err
-	}
-	if err := c.file("init", 0o755, []byte(initScript(load.String()))); err != nil {
-		return err
-	}
-	if err := c.trailer(); err != nil {
-		return err
-	}
-	return os.WriteFile(path, buf.Bytes(), 0o644)
+	return nil
 }
 
-func initScript(loadModules string) string {
-	return `#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-` + loadModules + `
-r=/newroot
-if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroot $r; then
-	echo "vm init: cannot mount the host root over 9p"
-	echo "` + exitMarker + `125"
-	poweroff -f
-fi
-mount -t tmpfs -o mode=1777 tmpfs $r/tmp
-mount -t tmpfs -o mode=755 tmpfs $r/run
-mount -t proc proc $r/proc
-mount -t sysfs sys $r/sys
-mount -t devtmpfs dev $r/dev
-mkdir -p $r/dev/pts $r/dev/shm
-mount -t devpts devpts $r/dev/pts
-mount -t tmpfs tmpfs $r/dev/shm
-mount -t cgroup2 cgroup2 $r/sys/fs/cgroup
-ip link set lo up
-cp /cmd.sh $r/run/vhqos-vm-cmd.sh
-chroot $r /bin/sh /run/vhqos-vm-cmd.sh
-echo "` + exitMarker + `$?"
-sync
-poweroff -f
-`
+// cpioWriter writes the "newc" cpio format the kernel unpacks as initramfs.
+// The first error sticks in err and makes later calls no-ops.
+type cpioWriter struct {
+	w   io.Writer
+	ino int
+	err error
 }
 
-// commandScript runs argv in dir with env, as /bin/sh inside the VM.
-func commandScript(dir string, env []string, argv []string) string {
-	var b strings.Builder
-	b.WriteString("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp\n")
-	for _, e := range env {
-		name, value, _ := strings.Cut(e, "=")
-		fmt.Fprintf(&b, "export %s=%s\n", name, shellQuote(value))
+func (c *cpioWriter) header(name string, mode uint32, size int, rdevMajor, rdevMinor int) {
+	if c.err != nil {
+		return
 	}
-	fmt.Fprintf(&b, "cd %s || exit 126\n", shellQuote(dir))
-	quoted := make([]string, len(argv))
-	for i, a := range argv {
-		quoted[i] = shellQuote(a)
+	c.ino++
+	nlink := 1
+	if mode&0o170000 == 0o040000 {
+		nlink = 2
 	}
-	b.WriteString("exec " + strings.Join(quoted, " ") + " </dev/null 2>&1\n")
-	return b.String()
+	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+		c.ino, mode, 0, 0, nlink, 0, size, 0, 0, rdevMajor, rdevMinor, len(name)+1, 0)
+	c.write([]byte(hdr + name + "\x00"))
+	c.pad(len(hdr) + len(name) + 1)
 }
 
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+func (c *cpioWriter) write(p []byte) {
+	if c.err == nil {
+		_, c.err = c.w.Write(p)
+	}
 }
+
+func (c *cpioWriter) pad(n int) {
+	if r := n % 4; r != 0 {
+		c.write(make([]byte, 4-r))
+	}
+}
+
+func (c *cpioWriter) dir(name string) { c.header(name, 0o040755, 0, 0, 0) }
+
+func (c *cpioWriter) node(name string, mode uint32, major, minor int) {
+	c.header(name, mode, 0, major, minor)
+}
+
+func (c *cpioWriter) file(name string, perm uint32, data []byte) {
+	c.header(name, 0o100000|perm, len(data), 0, 0)
+	c.write(data)
+	c.pad(len(data))
+}
+
+func (c *cpioWriter) trailer() { c.header("TRAILER!!!", 0, 0, 0, 0) }
