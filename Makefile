@@ -43,6 +43,7 @@ bench: build
 fuzz:
 	$(GO) test ./vhost -run '^$$' -fuzz FuzzParsePattern -fuzztime 60s
 	$(GO) test ./policy -run '^$$' -fuzz FuzzParse -fuzztime 60s
+	$(GO) test ./vhost -run '^$$' -fuzz FuzzSniffName -fuzztime 60s
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
