@@ -1,22 +1,27 @@
 package itest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
 // VHost is one IP-based virtual host of a test Apache.
 type VHost struct {
 	Name string // ServerName and the first field of each access log line
-	Addr string // address:port it listens on
+	Addr string // address:port it listens on, "127.0.0.2:8080", "[::1]:8080"
 }
 
 // Apache is Debian's Apache httpd (prefork MPM) with a configuration made
@@ -24,14 +29,26 @@ type VHost struct {
 // CGIs that report the serving process and its cgroup, a static file.
 type Apache struct {
 	Dir       string // scratch directory: config, logs, CGIs, documents
-	Conf      string
-	AccessLog string
+	Conf      string // the configuration file (Dir/httpd.conf)
+	AccessLog string // every vhost's requests; see Log
 	Cmd       *exec.Cmd
 	Stderr    *os.File
 	exited    chan struct{}
+	stopOnce  sync.Once
 }
 
 // ApacheConfig says what to start.
+//
+// The server's documents, the same for every vhost:
+//
+//	/index.html       a small static file (IndexHTML)
+//	/cgi-bin/whoami   reports, one per line: "pid P" (the serving Apache
+//	                  child: the CGI's parent), "cgroup L" for each line L of
+//	                  /proc/P/cgroup, "cgi-pid"/"cgi-cgroup" the same for the
+//	                  CGI itself, "local A:P" and "remote A:P" (the
+//	                  connection's ends as Apache saw them); see ParseWhoami
+//	/cgi-bin/burn?N   keeps a CPU busy for N seconds (default 1), then
+//	                  answers like whoami
 type ApacheConfig struct {
 	VHosts []VHost
 	// Prefix is put in front of the apache2 command: nil runs it natively,
@@ -49,40 +66,57 @@ type ApacheConfig struct {
 	Extra string
 }
 
-const whoamiCGI = `#!/bin/sh
-# The process serving this request is the CGI's parent; report it and the
-# cgroups it is in while it serves.
-printf 'Content-Type: text/plain\r\n\r\n'
-echo "pid $PPID"
+// IndexHTML is the content of /index.html.
+const IndexHTML = "<h1>vhqos test</h1>\n"
+
+// report is the end of both CGIs: who served, from which cgroups, on which
+// connection.
+const report = `echo "pid $PPID"
 sed 's/^/cgroup /' /proc/$PPID/cgroup
+echo "cgi-pid $$"
+sed 's/^/cgi-cgroup /' /proc/$$/cgroup
+addr() { case "$1" in *:*) echo "[$1]:$2" ;; *) echo "$1:$2" ;; esac; }
+echo "local $(addr "$SERVER_ADDR" "$SERVER_PORT")"
+echo "remote $(addr "$REMOTE_ADDR" "$REMOTE_PORT")"
 `
+
+// The process serving the request is the CGI's parent (mod_cgi forks and
+// execs the CGI from the Apache child that accepted the connection).
+const whoamiCGI = `#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+` + report
 
 // burnCGI keeps a CPU busy for the number of seconds in its query string.
 const burnCGI = `#!/bin/sh
 printf 'Content-Type: text/plain\r\n\r\n'
 end=$(( $(date +%s) + ${QUERY_STRING:-1} ))
 while [ "$(date +%s)" -lt "$end" ]; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; done
-echo "pid $PPID"
-sed 's/^/cgroup /' /proc/$PPID/cgroup
-`
+` + report
 
 // StartApache writes the configuration into a fresh directory and starts
 // Apache in the foreground, in a process group of its own (prefork signals
-// its whole group on shutdown). It returns once every vhost accepts
-// connections. Stop, or the end of the test run, shuts it down.
-func StartApache(ctx context.Context, cfg ApacheConfig) (*Apache, error) {
-	dir, err := os.MkdirTemp("", "vhqos-apache-")
+// its whole group on shutdown). It returns once Apache is up (its error log
+// says so) and every vhost accepts connections. The caller stops it (Stop) and removes the directory
+// (Remove); tests use RunApache, which does both.
+func StartApache(ctx context.Context, cfg ApacheConfig) (_ *Apache, err error) {
+	dir, err := scratchDir()
 	if err != nil {
 		return nil, err
 	}
-	// The CGIs run as www-data.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
-	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
 	a := &Apache{Dir: dir, Conf: filepath.Join(dir, "httpd.conf"), AccessLog: filepath.Join(dir, "access.log")}
-	for name, body := range map[string]string{"cgi-bin/whoami": whoamiCGI, "cgi-bin/burn": burnCGI, "htdocs/index.html": "<h1>vhqos test</h1>\n"} {
+	// The CGIs run as www-data: everything is world-readable, the CGIs
+	// world-executable; logs and the pid file are opened by root before
+	// Apache drops privileges.
+	for name, body := range map[string]string{"cgi-bin/whoami": whoamiCGI, "cgi-bin/burn": burnCGI, "htdocs/index.html": IndexHTML} {
 		p := filepath.Join(dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return nil, err
+		}
 		if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
 			return nil, err
 		}
@@ -92,16 +126,23 @@ func StartApache(ctx context.Context, cfg ApacheConfig) (*Apache, error) {
 		servers = 4
 	}
 	var b strings.Builder
+	// Modules not listed are compiled in (apache2 -l: core, so, watchdog,
+	// http, log_config, logio, version, unixd).
 	fmt.Fprintf(&b, `ServerRoot /etc/apache2
 LoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so
 LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
 LoadModule mime_module /usr/lib/apache2/modules/mod_mime.so
 LoadModule cgi_module /usr/lib/apache2/modules/mod_cgi.so
 LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so
+LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so
 TypesConfig /etc/mime.types
 ServerName itest.invalid
+# SERVER_PORT is the port the connection came to, not the Host header's
+# (the default when it names none is 80).
+UseCanonicalPhysicalPort On
 User www-data
 Group www-data
+DefaultRuntimeDir %[1]s
 PidFile %[1]s/httpd.pid
 ErrorLog %[1]s/error.log
 StartServers %[2]d
@@ -110,9 +151,10 @@ MaxSpareServers %[3]d
 MaxRequestWorkers 64
 KeepAliveTimeout 5
 MaxKeepAliveRequests 0
-LogFormat "%%v %%P %%s %%U" vhost_pid
+LogFormat "%%v %%P %%s %%U %%a %%{remote}p" vhost_pid
 ScriptAlias /cgi-bin/ %[1]s/cgi-bin/
 DocumentRoot %[1]s/htdocs
+DirectoryIndex index.html
 <Directory %[1]s>
     Require all granted
 </Directory>
@@ -131,23 +173,110 @@ DocumentRoot %[1]s/htdocs
 		return nil, err
 	}
 	argv := append(append(append([]string{}, cfg.Prefix...), cfg.Wrap...), "apache2", "-DFOREGROUND", "-f", a.Conf)
-	a.Stderr, _ = os.Create(filepath.Join(dir, "stderr.log"))
+	if a.Stderr, err = os.Create(filepath.Join(dir, "stderr.log")); err != nil {
+		return nil, err
+	}
 	a.Cmd = exec.Command(argv[0], argv[1:]...)
 	a.Cmd.Stdout, a.Cmd.Stderr = a.Stderr, a.Stderr
 	a.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := a.Cmd.Start(); err != nil {
+		a.Stderr.Close()
 		return nil, fmt.Errorf("starting %v: %w", argv, err)
 	}
 	exited := make(chan struct{})
 	a.exited = exited
 	go func() { a.Cmd.Wait(); close(exited) }()
+	// Apache listens before it handles signals: a SIGTERM before
+	// "resuming normal operations" (AH00163, logged once its signal
+	// handlers are set and its children started) kills it outright.
+	if err := waitLogged(ctx, filepath.Join(dir, "error.log"), "AH00163", exited); err != nil {
+		a.Stop()
+		a.KillLeftovers()
+		out := a.Output()
+		a.Remove()
+		return nil, fmt.Errorf("%w; output:\n%s", err, out)
+	}
 	for _, v := range cfg.VHosts {
 		if err := waitListening(ctx, v.Addr, exited); err != nil {
 			a.Stop()
-			return nil, fmt.Errorf("%w; output:\n%s", err, a.Output())
+			a.KillLeftovers()
+			out := a.Output()
+			a.Remove()
+			return nil, fmt.Errorf("%w; output:\n%s", err, out)
 		}
 	}
 	return a, nil
+}
+
+// RunApache is StartApache for a test: it fails the test if Apache does not
+// come up and, when the test ends, stops it (Stop), fails the test if any
+// of its processes (or a process started with its configuration) is still
+// alive, kills those, logs Apache's output if the test failed and removes
+// the directory.
+func RunApache(t testing.TB, cfg ApacheConfig) *Apache {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a, err := StartApache(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Stop()
+		if left := a.KillLeftovers(); len(left) > 0 {
+			t.Errorf("processes left behind after the server stopped (now killed): %s", strings.Join(left, "; "))
+		}
+		if t.Failed() {
+			t.Logf("%s said:\n%s", a.Cmd.Args[0], a.Output())
+		}
+		a.Remove()
+	})
+	return a
+}
+
+// scratchDir makes a directory that www-data can reach: in $TMPDIR if
+// every directory above it lets others through, otherwise in /tmp.
+func scratchDir() (string, error) {
+	dir, err := os.MkdirTemp("", "vhqos-apache-")
+	if err != nil {
+		return "", err
+	}
+	if !othersCanReach(filepath.Dir(dir)) {
+		os.Remove(dir)
+		if dir, err = os.MkdirTemp("/tmp", "vhqos-apache-"); err != nil {
+			return "", err
+		}
+	}
+	return dir, os.Chmod(dir, 0o755)
+}
+
+func othersCanReach(dir string) bool {
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		if d == filepath.Dir(d) {
+			return true
+		}
+	}
+}
+
+func waitLogged(ctx context.Context, file, what string, exited <-chan struct{}) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if data, _ := os.ReadFile(file); bytes.Contains(data, []byte(what)) {
+			return nil
+		}
+		select {
+		case <-exited:
+			return errors.New("apache exited before it was up")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s not in %s after 60 s", what, file)
 }
 
 func waitListening(ctx context.Context, addr string, exited <-chan struct{}) error {
@@ -169,7 +298,8 @@ func waitListening(ctx context.Context, addr string, exited <-chan struct{}) err
 	return fmt.Errorf("nothing listens on %s after 60 s", addr)
 }
 
-// Output is what Apache (and vhqos, when it is the prefix) printed.
+// Output is what Apache (and vhqos, when it is the prefix) printed, then
+// Apache's error log.
 func (a *Apache) Output() string {
 	data, _ := os.ReadFile(filepath.Join(a.Dir, "stderr.log"))
 	errLog, _ := os.ReadFile(filepath.Join(a.Dir, "error.log"))
@@ -177,20 +307,127 @@ func (a *Apache) Output() string {
 }
 
 // Stop sends SIGTERM to the command (vhqos forwards it to Apache) and waits
-// for it; after 30 s it kills the process group. It returns the exit state.
+// for it; after 30 s it kills the command's process group. It returns the
+// exit state. Calling it again only returns the state.
 func (a *Apache) Stop() *os.ProcessState {
-	a.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.exited:
-	case <-time.After(30 * time.Second):
-		syscall.Kill(-a.Cmd.Process.Pid, syscall.SIGKILL)
-		<-a.exited
-	}
+	a.stopOnce.Do(func() {
+		a.Cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-a.exited:
+		case <-time.After(30 * time.Second):
+			syscall.Kill(-a.Cmd.Process.Pid, syscall.SIGKILL)
+			<-a.exited
+		}
+	})
+	<-a.exited
 	return a.Cmd.ProcessState
 }
 
 // Exited is closed when the command has exited.
 func (a *Apache) Exited() <-chan struct{} { return a.exited }
 
+// Leftovers lists the live processes whose command line names this
+// Apache's directory (Apache's own processes, its CGIs, a vhqos running
+// it) and their descendants, as "PID command line". After Stop there
+// should be none.
+func (a *Apache) Leftovers() []string {
+	type proc struct {
+		ppid    int
+		cmdline string
+	}
+	procs := map[int]proc{}
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		pid, _ := strconv.Atoi(filepath.Base(d))
+		cmdline, err := os.ReadFile(d + "/cmdline")
+		stat, err2 := os.ReadFile(d + "/stat")
+		if err != nil || err2 != nil || len(cmdline) == 0 || pid == os.Getpid() {
+			continue // gone, a zombie, a kernel thread, or this test
+		}
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		procs[pid] = proc{ppid, strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))}
+	}
+	var out []string
+	for pid, p := range procs {
+		for q, seen := p, 0; seen < 64; q, seen = procs[q.ppid], seen+1 {
+			if strings.Contains(q.cmdline, a.Dir) {
+				out = append(out, strconv.Itoa(pid)+" "+p.cmdline)
+				break
+			}
+			if _, ok := procs[q.ppid]; !ok {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// KillLeftovers kills what Leftovers lists with SIGKILL, waits (up to 10
+// s) until they are gone, so their ports are free, and returns the list.
+func (a *Apache) KillLeftovers() []string {
+	left := a.Leftovers()
+	if len(left) == 0 {
+		return nil
+	}
+	for _, l := range left {
+		pid, _ := strconv.Atoi(strings.Fields(l)[0])
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(a.Leftovers()) > 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return left
+}
+
 // Remove deletes the scratch directory.
-func (a *Apache) Remove() { os.RemoveAll(a.Dir) }
+func (a *Apache) Remove() {
+	if a.Stderr != nil {
+		a.Stderr.Close()
+	}
+	os.RemoveAll(a.Dir)
+}
+
+// LogEntry is one line of the access log.
+type LogEntry struct {
+	VHost  string // the vhost's ServerName
+	PID    int    // the process that served the request (%P)
+	Status int
+	Path   string
+	Client netip.AddrPort // the client's end of the connection
+}
+
+// Log reads the access log. Apache writes a request's line after sending
+// the answer but before closing the connection: once Get has returned, its
+// request is in the log; after a kept-alive request it may lag a little.
+func (a *Apache) Log() ([]LogEntry, error) {
+	data, err := os.ReadFile(a.AccessLog)
+	if err != nil {
+		return nil, err
+	}
+	var out []LogEntry
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) != 6 {
+			return out, fmt.Errorf("access log line %q: want 6 fields", line)
+		}
+		e := LogEntry{VHost: f[0], Path: f[3]}
+		e.PID, _ = strconv.Atoi(f[1])
+		e.Status, _ = strconv.Atoi(f[2])
+		addr, err1 := netip.ParseAddr(f[4])
+		port, err2 := strconv.ParseUint(f[5], 10, 16)
+		if e.PID == 0 || err1 != nil || err2 != nil {
+			return out, fmt.Errorf("access log line %q: bad PID, address or port", line)
+		}
+		e.Client = netip.AddrPortFrom(addr.Unmap(), uint16(port))
+		out = append(out, e)
+	}
+	return out, nil
+}

@@ -1,4 +1,69 @@
 // Package itest holds the integration tests: real servers from Debian
 // packages run under vhqos inside network namespaces the tests make, on the
-// host's kernel and, through itest/vm, on a VM with unified cgroup v2.
+// host's kernel and, through itest/vm, on a VM with unified cgroup v2. The
+// same test binary runs in both places, from any working directory:
+//
+//	go test ./itest/                                  # on the host, as root
+//	go test -c -o build/itest.test ./itest            # for the VM (make test-vm)
+//
+// # Namespaces
+//
+// TestMain is Main: the test binary re-executes itself in a new network
+// and mount namespace (CLONE_NEWNET|CLONE_NEWNS), makes every mount private,
+// brings lo up (an ioctl, no ip(8) needed) and runs the tests there, so they
+// can use any address in 127.0.0.0/8 and ::1 and any port without touching
+// the host. One namespace serves the whole run: tests run one after the
+// other and each stops what it started. When the run ends for any reason
+// (a test timeout, a panic, a signal) whatever still runs in the namespace
+// is stopped by the outer process: SIGTERM, then SIGKILL. Without root
+// nothing runs.
+//
+// # The API
+//
+// Servers:
+//
+//	a := RunApache(t, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, ...}})
+//	a := RunApache(t, ApacheConfig{VHosts: ..., Prefix: []string{bin, "run", "--config", qos, "--"}})
+//
+// runs Debian's apache2 (prefork) with one IP-based vhost per address, in a
+// process group of its own, and stops it when the test ends, failing the
+// test if any of its processes outlive it. Its documents: /index.html
+// (IndexHTML), /cgi-bin/whoami (the serving process's PID and cgroups, the
+// CGI's, the connection's ends; ParseWhoami reads it), /cgi-bin/burn?N
+// (keeps a CPU busy N seconds, then answers like whoami). a.Log() reads the
+// access log: vhost, serving PID (%P), status, path, client address and
+// port. a.Stop() sends SIGTERM and returns the exit state; a.Output() is
+// what Apache (and vhqos) printed. StartApache is the same without a test
+// (for the benchmarks).
+//
+// Clients:
+//
+//	resp, err := Get("127.0.0.2:8080", "/cgi-bin/whoami")         // Connection: close
+//	resp, err := Get("127.0.0.2:8080", "http://shop.example/x")   // with Host: shop.example
+//	k, err := DialKeepAlive("127.0.0.2:8080"); resp, err = k.Get("/index.html")
+//
+// A Response has the status, header, body and the connection's ends
+// (resp.Client, resp.Server). Get returns only once the server has closed
+// the connection.
+//
+// DSCP on the wire:
+//
+//	capture, err := StartCapture() // before the traffic; defer capture.Stop()
+//	marks, err := capture.Conn(resp.Server, resp.Client)
+//	marks.All(46)  // every data or FIN packet the server sent carried DSCP 46
+//	marks.SynAck   // the SYN-ACK's DSCP (the listener's marking), -1 if none
+//
+// A packet socket on lo records, per direction of every TCP connection, the
+// DSCP (IPv4 TOS or IPv6 traffic class, >>2) of the packets carrying data
+// or FIN, and the SYN-ACK's separately; pure ACKs are left out (the kernel
+// acknowledges a request before the server has accepted the connection).
+// Conn first syncs: it sends a datagram of its own through lo and waits for
+// the capture to see it, so everything a client has received is recorded;
+// it fails if the kernel dropped packets. Last polls without syncing.
+//
+// vhqos: VhqosBinary returns $VHQOS_BIN, else REPO/build/vhqos, rebuilt
+// once per run when a Go toolchain is there and the repository is writable
+// (not in the VM, whose root is read-only); RepoRoot finds REPO from the
+// working directory or the source path compiled into the binary. CgroupV2
+// tells the VM's unified layout from the host's hybrid one.
 package itest

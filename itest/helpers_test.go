@@ -3,9 +3,7 @@ package itest
 import (
 	"context"
 	"fmt"
-	"io"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,10 +15,7 @@ import (
 )
 
 // cgroupV2 reports whether this kernel runs unified cgroup v2 only.
-func cgroupV2() bool {
-	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
-	return err == nil
-}
+func cgroupV2() bool { return CgroupV2() }
 
 // startUnderVhqos starts Apache under vhqos with the given QoS table and
 // stops it when the test ends, checking that vhqos left nothing behind.
@@ -42,27 +37,20 @@ func startUnderVhqosFile(t *testing.T, qosFile string, cfg ApacheConfig) *Apache
 }
 
 // startWith starts Apache with a ready-made prefix and, when the test
-// ends, stops it and checks that vhqos left nothing behind.
+// ends, stops it and checks that vhqos left no cgroup behind (RunApache
+// checks for processes).
 func startWith(t *testing.T, cfg ApacheConfig) *Apache {
 	t.Helper()
-	a, err := StartApache(testContext(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := RunApache(t, cfg)
 	t.Cleanup(func() {
 		a.Stop()
-		if t.Failed() {
-			t.Logf("vhqos and Apache said:\n%s", a.Output())
-		}
-		assertNothingLeft(t, a)
-		a.Remove()
+		assertNoCgroupLeft(t, a)
 	})
 	return a
 }
 
-// assertNothingLeft checks that no cgroup of this vhqos and no process of
-// this Apache survived it.
-func assertNothingLeft(t *testing.T, a *Apache) {
+// assertNoCgroupLeft checks that no cgroup of this vhqos survived it.
+func assertNoCgroupLeft(t *testing.T, a *Apache) {
 	t.Helper()
 	name := "vhqos." + strconv.Itoa(a.Cmd.Process.Pid)
 	filepath.WalkDir("/sys/fs/cgroup", func(p string, d fs.DirEntry, err error) error {
@@ -78,13 +66,6 @@ func assertNothingLeft(t *testing.T, a *Apache) {
 		}
 		return nil
 	})
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		data, _ := os.ReadFile(p)
-		if strings.Contains(string(data), a.Conf) {
-			t.Errorf("process %s (%q) left behind", filepath.Dir(p), strings.ReplaceAll(string(data), "\x00", " "))
-		}
-	}
 }
 
 // served is what one request learned about the process that served it.
@@ -94,49 +75,19 @@ type served struct {
 	clientPort uint16
 }
 
-// request sends one HTTP/1.0 request on a fresh connection and parses the
-// whoami CGI's answer.
+// request sends one request on a fresh connection and parses the whoami
+// CGI's answer.
 func request(t *testing.T, addr, path string) served {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	resp, err := Get(addr, path)
 	if err != nil {
-		t.Fatalf("connecting to %s: %v", addr, err)
+		t.Fatalf("requesting %s from %s: %v", path, addr, err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: itest\r\n\r\n", path)
-	body, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("reading the answer from %s: %v", addr, err)
+	w, err := ParseWhoami(resp.Body)
+	if err != nil || w.Cgroup() == "" {
+		t.Fatalf("unexpected answer from %s%s (%v): %q", addr, path, err, resp.Body)
 	}
-	s := served{clientPort: uint16(c.LocalAddr().(*net.TCPAddr).Port)}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "pid "); ok {
-			s.pid, _ = strconv.Atoi(strings.TrimSpace(v))
-		}
-		if v, ok := strings.CutPrefix(line, "cgroup "); ok {
-			parts := strings.SplitN(strings.TrimSpace(v), ":", 3)
-			if len(parts) != 3 {
-				continue
-			}
-			if cgroupV2() && parts[1] == "" || !cgroupV2() && hasController(parts[1], "cpu") {
-				s.cgroup = parts[2]
-			}
-		}
-	}
-	if s.pid == 0 || s.cgroup == "" {
-		t.Fatalf("unexpected answer from %s%s: %q", addr, path, body)
-	}
-	return s
-}
-
-func hasController(list, c string) bool {
-	for _, x := range strings.Split(list, ",") {
-		if x == c {
-			return true
-		}
-	}
-	return false
+	return served{pid: w.PID, cgroup: w.Cgroup(), clientPort: resp.Client.Port()}
 }
 
 // cgroupDir finds the directory of a vhqos group in the cgroup file system:
@@ -195,21 +146,16 @@ func cpuUsage(t *testing.T, vhqosPid int, group string) float64 {
 // accessLogPids reads the access log: vhost name -> serving PIDs.
 func accessLogPids(t *testing.T, a *Apache) map[string]map[int]bool {
 	t.Helper()
-	data, err := os.ReadFile(a.AccessLog)
+	entries, err := a.Log()
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]map[int]bool{}
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
+	for _, e := range entries {
+		if out[e.VHost] == nil {
+			out[e.VHost] = map[int]bool{}
 		}
-		pid, _ := strconv.Atoi(f[1])
-		if out[f[0]] == nil {
-			out[f[0]] = map[int]bool{}
-		}
-		out[f[0]][pid] = true
+		out[e.VHost][e.PID] = true
 	}
 	return out
 }
@@ -258,4 +204,13 @@ func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+func hasController(list, c string) bool {
+	for _, x := range strings.Split(list, ",") {
+		if x == c {
+			return true
+		}
+	}
+	return false
 }
