@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/vhost"
 )
 
 // Marshal writes the table back as canonical TOML: what `vhqos check`
@@ -15,8 +16,18 @@ import (
 // them, so messages about the output point at familiar text.
 func (t *Table) Marshal() []byte {
 	var b strings.Builder
-	if t.Settings.CgroupParent != "" {
-		fmt.Fprintf(&b, "[settings]\ncgroup_parent = %s\n\n", tomlString(t.Settings.CgroupParent))
+	if st := t.Settings; st != (Settings{}) {
+		b.WriteString("[settings]\n")
+		if st.CgroupParent != "" {
+			fmt.Fprintf(&b, "cgroup_parent = %s\n", tomlString(st.CgroupParent))
+		}
+		if st.SniffTimeout != 0 {
+			fmt.Fprintf(&b, "sniff_timeout = %s\n", tomlString(st.SniffTimeout.String()))
+		}
+		if st.SniffBytes != 0 {
+			fmt.Fprintf(&b, "sniff_bytes = %d\n", st.SniffBytes)
+		}
+		b.WriteString("\n")
 	}
 	b.WriteString("[defaults]\n")
 	writeLimits(&b, &t.Defaults)
@@ -24,18 +35,27 @@ func (t *Table) Marshal() []byte {
 		c := &t.VHosts[i]
 		b.WriteString("\n[[vhost]]\n")
 		fmt.Fprintf(&b, "name = %s\n", tomlString(c.Name))
-		pats := make([]string, len(c.Match))
-		for j, p := range c.Match {
-			raw := p.Raw
-			if raw == "" {
-				raw = p.Canonical()
-			}
-			pats[j] = tomlString(raw)
-		}
+		pats := rawPatterns(c.Match)
 		fmt.Fprintf(&b, "match = [%s]\n", strings.Join(pats, ", "))
+		if len(c.Listen) > 0 {
+			fmt.Fprintf(&b, "listen = [%s]\n", strings.Join(rawPatterns(c.Listen), ", "))
+		}
 		writeLimits(&b, c)
 	}
 	return []byte(b.String())
+}
+
+// rawPatterns quotes patterns as the operator wrote them.
+func rawPatterns(list []vhost.Pattern) []string {
+	out := make([]string, len(list))
+	for i, p := range list {
+		raw := p.Raw
+		if raw == "" {
+			raw = p.Canonical()
+		}
+		out[i] = tomlString(raw)
+	}
+	return out
 }
 
 func writeLimits(b *strings.Builder, c *Class) {

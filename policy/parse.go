@@ -3,9 +3,11 @@ package policy
 import (
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/vhost"
@@ -14,11 +16,11 @@ import (
 // The keys of each section. Functions rather than package variables: the
 // lists are handed to callers that could otherwise change them.
 func topKeys() []string      { return []string{"settings", "defaults", "vhost"} }
-func settingsKeys() []string { return []string{"cgroup_parent"} }
+func settingsKeys() []string { return []string{"cgroup_parent", "sniff_timeout", "sniff_bytes"} }
 func limitKeys() []string {
 	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp"}
 }
-func vhostKeys() []string { return append([]string{"name", "match"}, limitKeys()...) }
+func vhostKeys() []string { return append([]string{"name", "match", "listen"}, limitKeys()...) }
 
 func isLimitKey(k string) bool {
 	switch k {
@@ -138,7 +140,7 @@ func (p *parser) table(doc map[string]any) *Table {
 	var rules []vhost.Rule
 	for i, c := range t.VHosts {
 		for _, pat := range c.Match {
-			rules = append(rules, vhost.Rule{VHost: i, Pattern: pat})
+			rules = append(rules, vhost.Rule{VHost: i, Pattern: pat, Listen: c.Listen})
 		}
 	}
 	t.Matcher = vhost.NewMatcher(rules)
@@ -188,6 +190,14 @@ func (p *parser) settings(m map[string]any, st *Settings) {
 		case k == "cgroup_parent":
 			if v, ok := p.cgroupParent(s, key, m[k]); ok {
 				st.CgroupParent = v
+			}
+		case k == "sniff_timeout":
+			if d, ok := p.duration(s, key, m[k], minSniffTimeout, maxSniffTimeout); ok {
+				st.SniffTimeout = d
+			}
+		case k == "sniff_bytes":
+			if n, ok := p.intIn(s, key, m[k], minSniffBytes, maxSniffBytes, "how much of a request head or TLS ClientHello is read for its host name"); ok {
+				st.SniffBytes = int(n)
 			}
 		case isLimitKey(k):
 			p.keyProblem(s, key, "is a limit, not a setting; put it under [defaults] or a [[vhost]]")
@@ -245,6 +255,8 @@ func (p *parser) class(m map[string]any, s scope, c *Class) {
 			}
 		case k == "match" && isVHost:
 			p.match(s, key, v, c)
+		case k == "listen" && isVHost:
+			p.listen(s, key, v, c)
 		case k == "cpu_weight":
 			if n, ok := p.intIn(s, key, v, 1, 10000, "like systemd's CPUWeight=; 100 is the kernel's default"); ok {
 				c.Resources.CPUWeight = uint64(n)
@@ -267,7 +279,7 @@ func (p *parser) class(m map[string]any, s scope, c *Class) {
 			} else {
 				c.DSCP = d
 			}
-		case (k == "name" || k == "match") && !isVHost:
+		case (k == "name" || k == "match" || k == "listen") && !isVHost:
 			p.keyProblem(s, key, "not allowed here: [defaults] is the class of every connection no vhost matches; to give some connections their own limits, add a [[vhost]] with name and match")
 		case k == "cgroup_parent":
 			p.keyProblem(s, key, "belongs in [settings], not in %s", s.where)
@@ -341,13 +353,64 @@ func (p *parser) match(s scope, key string, v any, c *Class) {
 			p.valueProblem(s, ikey, "%v", err)
 			continue
 		}
-		if pat.IsName() && !p.cfg.names {
-			p.valueProblem(s, ikey, "%q: matching by host name (HTTP Host, TLS SNI) is not supported by this vhqos yet; match by local address: IP, IP:port, CIDR or *:PORT", str)
-			continue
-		}
 		c.Match = append(c.Match, pat)
 		p.matchIdx[s.vhost] = append(p.matchIdx[s.vhost], i)
 	}
+}
+
+// listen reads the local addresses a vhost's host names are restricted to.
+func (p *parser) listen(s scope, key string, v any, c *Class) {
+	list, ok := v.([]any)
+	if !ok {
+		if str, isStr := v.(string); isStr {
+			p.valueProblem(s, key, "must be a list, even of one address: listen = [%s]", tomlString(str))
+		} else {
+			p.valueProblem(s, key, "is %s; write a list of local addresses, e.g. listen = [\"192.0.2.10\", \"*:443\"]", typeName(v))
+		}
+		return
+	}
+	if len(list) == 0 {
+		p.valueProblem(s, key, "is empty: leave listen out to let this vhost's names count on every address")
+		return
+	}
+	c.Listen = make([]vhost.Pattern, 0, len(list))
+	for i, item := range list {
+		ikey := key + "[" + strconv.Itoa(i) + "]"
+		str, ok := item.(string)
+		if !ok {
+			p.valueProblem(s, ikey, "is %s; each entry is a string, e.g. \"192.0.2.10\"", typeName(item))
+			continue
+		}
+		pat, err := vhost.ParsePattern(str)
+		if err != nil {
+			p.valueProblem(s, ikey, "%v", err)
+			continue
+		}
+		if pat.IsName() {
+			p.valueProblem(s, ikey, "%q is a host name; listen lists local addresses (IP, IP:port, CIDR or *:PORT) the vhost's names apply to", str)
+			continue
+		}
+		c.Listen = append(c.Listen, pat)
+	}
+}
+
+// duration reads a Go-style duration ("2s", "500ms") within [lo, hi].
+func (p *parser) duration(s scope, key string, v any, lo, hi time.Duration) (time.Duration, bool) {
+	str, ok := v.(string)
+	if !ok {
+		p.valueProblem(s, key, "is %s; write a duration as a string, e.g. \"2s\" or \"500ms\"", typeName(v))
+		return 0, false
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(str))
+	if err != nil {
+		p.valueProblem(s, key, "%q is not a duration; write e.g. \"2s\" or \"500ms\"", str)
+		return 0, false
+	}
+	if d < lo || d > hi {
+		p.valueProblem(s, key, "%q is out of range: from %v to %v", str, lo, hi)
+		return 0, false
+	}
+	return d, true
 }
 
 func (p *parser) intIn(s scope, key string, v any, lo, hi int64, hint string) (int64, bool) {
@@ -447,6 +510,9 @@ func (p *parser) crossCheck(t *Table) {
 			} else {
 				names[folded] = i
 			}
+		}
+		if len(c.Listen) > 0 && !slices.ContainsFunc(c.Match, vhost.Pattern.IsName) {
+			p.valueProblem(s, s.key("listen"), "restricts this vhost's host names to some local addresses, but match lists no host name; put the addresses in match instead")
 		}
 		for j, pat := range c.Match {
 			canon := pat.Kind.String() + " " + pat.Canonical()

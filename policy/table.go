@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/vhqos/vhqos/cgroup"
@@ -31,13 +32,45 @@ type Settings struct {
 	// CgroupParent is the absolute cgroup path vhqos nests its cgroups
 	// under; "" means vhqos's own cgroup.
 	CgroupParent string
+	// SniffTimeout is how long vhqos waits for a client's first bytes
+	// (HTTP request head, TLS ClientHello) when a host name may decide its
+	// vhost; 0 means DefaultSniffTimeout.
+	SniffTimeout time.Duration
+	// SniffBytes is how many of those bytes it looks at, at most; 0 means
+	// DefaultSniffBytes.
+	SniffBytes int
+}
+
+// Defaults and bounds of the name-sniffing settings.
+const (
+	DefaultSniffTimeout = 2 * time.Second
+	DefaultSniffBytes   = 16384
+	minSniffTimeout     = 10 * time.Millisecond
+	maxSniffTimeout     = 60 * time.Second
+	minSniffBytes       = 512
+	maxSniffBytes       = 65536
+)
+
+// SniffLimits returns the name-sniffing bounds with defaults filled in.
+func (s Settings) SniffLimits() (timeout time.Duration, bytes int) {
+	timeout, bytes = s.SniffTimeout, s.SniffBytes
+	if timeout == 0 {
+		timeout = DefaultSniffTimeout
+	}
+	if bytes == 0 {
+		bytes = DefaultSniffBytes
+	}
+	return timeout, bytes
 }
 
 // Class is one vhost, or the defaults.
 type Class struct {
 	Name string
 	// Match is empty for the defaults.
-	Match     []vhost.Pattern
+	Match []vhost.Pattern
+	// Listen restricts the host names in Match to connections to these
+	// local addresses; empty means every address.
+	Listen    []vhost.Pattern
 	Resources cgroup.Resources
 	// DSCP is 0..63, or -1 to leave sockets as the server made them.
 	DSCP int
@@ -75,7 +108,6 @@ type Option func(*config)
 
 type config struct {
 	lookupDevice DeviceLookup
-	names        bool
 }
 
 // WithDeviceLookup replaces how block device paths are resolved to
@@ -83,14 +115,6 @@ type config struct {
 // default is LookupBlockDevice.
 func WithDeviceLookup(lookup DeviceLookup) Option {
 	return func(c *config) { c.lookupDevice = lookup }
-}
-
-// WithNameMatching accepts host-name patterns ("shop.example.com",
-// "*.example.com") in match lists. Without it they are refused with an
-// explanation, because a supervisor that classifies by address only would
-// silently send those connections to the defaults.
-func WithNameMatching() Option {
-	return func(c *config) { c.names = true }
 }
 
 // Load reads and parses the QoS table at path.

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,13 +31,15 @@ func fakeDevices(path string) (int64, int64, error) {
 
 func parse(t *testing.T, src string) (*Table, error) {
 	t.Helper()
-	return Parse("qos.toml", []byte(src), WithDeviceLookup(fakeDevices), WithNameMatching())
+	return Parse("qos.toml", []byte(src), WithDeviceLookup(fakeDevices))
 }
 
 // fullTable uses every key and every kind of pattern.
 const fullTable = `# a full table
 [settings]
 cgroup_parent = "/vhqos.slice"
+sniff_timeout = "750ms"
+sniff_bytes = 8192
 
 [defaults]
 cpu_weight = 100
@@ -60,6 +63,7 @@ dscp = "af41"
 [[vhost]]
 name = "blog"
 match = ["*:8080", "blog.example.com:8443", "::ffff:203.0.113.0/120"]
+listen = ["203.0.113.0/24", "*:8443"]
 dscp = 46
 
 [[vhost]]
@@ -75,6 +79,15 @@ func TestParseFullTable(t *testing.T) {
 	}
 	if tab.Source != "qos.toml" || tab.Settings.CgroupParent != "/vhqos.slice" || len(tab.VHosts) != 3 {
 		t.Fatalf("unexpected table: %+v", tab)
+	}
+	if timeout, bytes := tab.Settings.SniffLimits(); timeout != 750*time.Millisecond || bytes != 8192 {
+		t.Errorf("sniff limits = %v, %d; want 750ms, 8192", timeout, bytes)
+	}
+	// blog's names count only where it listens.
+	for local, want := range map[string]string{"203.0.113.9:8443": "blog", "192.0.2.99:8443": "blog", "192.0.2.99:80": "default"} {
+		if got := tab.ClassifyName("blog.example.com", netip.MustParseAddrPort(local)).Name; got != want {
+			t.Errorf("blog.example.com at %s: %s, want %s", local, got, want)
+		}
 	}
 	d := tab.Defaults
 	if d.Name != DefaultsName || d.Match != nil || d.DSCP != 0 || d.Resources.CPUWeight != 100 || d.Resources.CPUQuotaPercent != 400 || d.Resources.IOWeight != 100 {
@@ -179,6 +192,8 @@ func TestMarshalCanonical(t *testing.T) {
 	}
 	want := `[settings]
 cgroup_parent = "/vhqos.slice"
+sniff_timeout = "750ms"
+sniff_bytes = 8192
 
 [defaults]
 cpu_weight = 100
@@ -202,6 +217,7 @@ dscp = "AF41"
 [[vhost]]
 name = "blog"
 match = ["*:8080", "blog.example.com:8443", "::ffff:203.0.113.0/120"]
+listen = ["203.0.113.0/24", "*:8443"]
 dscp = "EF"
 
 [[vhost]]
@@ -230,13 +246,21 @@ func TestProblems(t *testing.T) {
 		{"single-bracket vhost", vh + "[vhost]\n", 4, 2, "vhost", "TOML syntax: table vhost already exists as an array of tables"},
 		{"unknown key with suggestion", "[defaults]\ncpu_wieght = 3\n", 2, 1, "defaults.cpu_wieght", `unknown key; did you mean "cpu_weight"?`},
 		{"unknown key, systemd name", vh + "CPUQuota = \"50%\"\n", 4, 1, "vhost[0].CPUQuota", `did you mean "cpu_max"?`},
-		{"unknown key, no suggestion", vh + "colour = 3\n", 4, 1, "vhost[0].colour", "unknown key. Known keys here: name, match, cpu_weight"},
+		{"unknown key, no suggestion", vh + "colour = 3\n", 4, 1, "vhost[0].colour", "unknown key. Known keys here: name, match, listen, cpu_weight"},
 		{"unknown section", "[vhosts]\n", 1, 1, "vhosts", `unknown section; did you mean "vhost"?`},
 		{"unknown section, no suggestion", "[limits]\n", 1, 1, "limits", "unknown section. Sections are [settings], [defaults] and [[vhost]]"},
 		{"key above the sections", "cpu_weight = 5\n[defaults]\n", 1, 1, "cpu_weight", "belongs to no section"},
 		{"name in defaults", "[defaults]\nname = \"x\"\n", 2, 1, "defaults.name", "not allowed here: [defaults] is the class of every connection no vhost matches"},
 		{"limit in settings", "[settings]\ndscp = 1\n", 2, 1, "settings.dscp", "is a limit, not a setting"},
 		{"defaults as a list", "[[defaults]]\n", 1, 1, "defaults", "write [defaults] (single brackets)"},
+		{"listen without names", vh + "listen = [\"192.0.2.1\"]\n", 4, 10, "vhost[0].listen", "match lists no host name"},
+		{"listen with a name", "[[vhost]]\nname = \"shop\"\nmatch = [\"shop.example.com\"]\nlisten = [\"blog.example.com\"]\n", 4, 11, "vhost[0].listen[0]", "is a host name; listen lists local addresses"},
+		{"listen not a list", "[[vhost]]\nname = \"shop\"\nmatch = [\"shop.example.com\"]\nlisten = \"192.0.2.1\"\n", 4, 10, "vhost[0].listen", `must be a list, even of one address: listen = ["192.0.2.1"]`},
+		{"listen in defaults", "[defaults]\nlisten = []\n", 2, 1, "defaults.listen", "not allowed here"},
+		{"sniff_timeout not a duration", "[settings]\nsniff_timeout = \"2 seconds\"\n", 2, 17, "settings.sniff_timeout", `"2 seconds" is not a duration`},
+		{"sniff_timeout a number", "[settings]\nsniff_timeout = 2\n", 2, 17, "settings.sniff_timeout", "write a duration as a string"},
+		{"sniff_timeout too long", "[settings]\nsniff_timeout = \"5m\"\n", 2, 17, "settings.sniff_timeout", "out of range: from 10ms to 1m0s"},
+		{"sniff_bytes too small", "[settings]\nsniff_bytes = 10\n", 2, 15, "settings.sniff_bytes", "out of range: use 512..65536"},
 		{"wrong type", vh + "cpu_weight = \"lots\"\n", 4, 14, "vhost[0].cpu_weight", `is a string ("lots"); write a whole number from 1 to 10000`},
 		{"number in quotes", vh + "cpu_weight = \"800\"\n", 4, 14, "vhost[0].cpu_weight", "write the number without quotes"},
 		{"decimal weight", vh + "io_weight = 1.5\n", 4, 13, "vhost[0].io_weight", "is a decimal number (1.5); write a whole number"},
@@ -373,20 +397,6 @@ io_read_bps = { "/dev/nope" = "1Q" }
 		if ps[i].Line != w.line || ps[i].Key != w.key {
 			t.Errorf("problem %d: %s; want line %d key %s", i, ps[i], w.line, w.key)
 		}
-	}
-}
-
-// Without WithNameMatching, host names are refused with the reason, since
-// the supervisor would otherwise silently send those hosts to the defaults.
-func TestNamesNeedOption(t *testing.T) {
-	src := "[[vhost]]\nname = \"a\"\nmatch = [\"192.0.2.1\", \"shop.example.com\"]\n"
-	_, err := Parse("qos.toml", []byte(src), WithDeviceLookup(fakeDevices))
-	var ps Problems
-	if !errors.As(err, &ps) || len(ps) != 1 || ps[0].Key != "vhost[0].match[1]" || !strings.Contains(ps[0].Msg, "not supported by this vhqos yet") {
-		t.Fatalf("err = %v, want the name refused", err)
-	}
-	if _, err := Parse("qos.toml", []byte(src), WithDeviceLookup(fakeDevices), WithNameMatching()); err != nil {
-		t.Fatalf("with names: %v", err)
 	}
 }
 
@@ -566,7 +576,7 @@ func TestClassifyAddrDoesNotAllocate(t *testing.T) {
 }
 
 func BenchmarkClassifyAddr(b *testing.B) {
-	tab, err := Parse("qos.toml", []byte(fullTable), WithDeviceLookup(fakeDevices), WithNameMatching())
+	tab, err := Parse("qos.toml", []byte(fullTable), WithDeviceLookup(fakeDevices))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -587,7 +597,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("[[vhost]]\nname='x'\nmatch=['1.2.3.4']\n"))
 	f.Add([]byte("[defaults]\nio_read_bps.\"/dev/vda\" = \"1.5K\"\n[[vhost]]\nname='y'\nmatch=['*:80']\n[vhost.io_write_bps]\n'8:0' = 1\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		tab, err := Parse("fuzz.toml", data, WithDeviceLookup(fakeDevices), WithNameMatching())
+		tab, err := Parse("fuzz.toml", data, WithDeviceLookup(fakeDevices))
 		if err != nil {
 			var ps Problems
 			if !errors.As(err, &ps) || len(ps) == 0 {
@@ -601,7 +611,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		out := tab.Marshal()
-		again, err := Parse("fuzz.toml", out, WithDeviceLookup(fakeDevices), WithNameMatching())
+		again, err := Parse("fuzz.toml", out, WithDeviceLookup(fakeDevices))
 		if err != nil {
 			t.Fatalf("valid table's canonical form does not parse: %v\n%s", err, out)
 		}

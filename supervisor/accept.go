@@ -3,6 +3,7 @@ package supervisor
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,16 +20,26 @@ type acceptCall struct {
 	addr    uint64 // caller's sockaddr buffer, or 0
 	addrlen uint64 // caller's socklen_t, read only when addr != 0
 	flags   int    // accept4 flags: SOCK_NONBLOCK, SOCK_CLOEXEC
+	// deadline, for a non-blocking accept held while a connection's first
+	// bytes arrive, is when it gets EAGAIN; zero for a blocking wait.
+	deadline time.Time
 }
 
 // conn is a connection the supervisor accepted and has not yet handed over.
 type conn struct {
 	fd       int
+	l        *listener
 	nonblock bool
 	peer     unix.RawSockaddrAny
 	peerLen  uint32
+	local    netip.AddrPort
+	family   uint16
 	decided  bool
 	decision Decision
+	// name is the host name the client asked for, if one was found.
+	name string
+	// accepted and deadline bound the wait for the client's first bytes.
+	accepted, deadline time.Time
 }
 
 func (c *conn) close() { unix.Close(c.fd) }
@@ -43,10 +54,15 @@ type listener struct {
 	fd  int
 
 	mu sync.Mutex
-	// stash holds connections accepted for a caller that went away before
-	// it could take them (a signal interrupted it); the next accept on this
-	// socket gets them first, so no client is dropped.
+	// stash holds classified connections no accept is waiting for: ones
+	// accepted for a caller that went away before it could take them (a
+	// signal interrupted it), and ones whose host name arrived after the
+	// accept they were taken for had been answered. The next accept on
+	// this socket gets them first, so no client is dropped.
 	stash []*conn
+	// pending are connections waiting for the first bytes that name
+	// their host (see sniff.go).
+	pending []*conn
 	// waiters are blocking accepts with nothing to accept yet, oldest first.
 	waiters []*acceptCall
 	polling bool // in the event loop's epoll set
@@ -76,12 +92,21 @@ type listener struct {
 	// and drop it when it is accepted.
 	doorbell     int
 	doorbellAddr netip.AddrPort
+	doorbellAt   time.Time
+	// retiredBells are doorbells closed unanswered; one may still be
+	// queued, and is dropped like a current one if the supervisor
+	// accepts it.
+	retiredBells []netip.AddrPort
 	// drain counts the connections that were already queued when the
 	// listener's mark changed: they were created with the old mark, so
 	// that many accepts are emulated (and each connection marked).
 	drain uint32
 
 	lastUsed atomic.Int64 // unix nanoseconds
+	// busy counts accepts and pumps under way, which may hold a
+	// connection outside the stash: the copy is not expired under them,
+	// or a connection they had to put back would be lost with it.
+	busy atomic.Int32
 }
 
 func (l *listener) touch() { l.lastUsed.Store(time.Now().UnixNano()) }
@@ -134,7 +159,7 @@ func (t *listenerTable) expire(idle time.Duration, ev *eventLoop) {
 			continue
 		}
 		l.mu.Lock()
-		if len(l.waiters) == 0 && len(l.stash) == 0 {
+		if len(l.waiters) == 0 && len(l.stash) == 0 && len(l.pending) == 0 && l.busy.Load() == 0 {
 			if l.polling {
 				ev.unwatch(l.fd)
 				l.polling = false
@@ -159,7 +184,10 @@ func (t *listenerTable) closeAll() {
 		for _, c := range l.stash {
 			c.close()
 		}
-		l.stash = nil
+		for _, c := range l.pending {
+			c.close()
+		}
+		l.stash, l.pending = nil, nil
 		l.waiters = nil
 		l.closed = true
 		l.closeDoorbell()
@@ -279,7 +307,7 @@ func (s *Supervisor) listenerFor(p *proc, fd int) (l *listener, errno unix.Errno
 func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 	cl := s.classifier.Load()
 	l.mu.Lock()
-	if l.closed || len(l.stash) > 0 || l.doorbell >= 0 {
+	if l.closed || len(l.stash) > 0 || len(l.pending) > 0 || l.doorbell >= 0 {
 		l.mu.Unlock()
 		return false
 	}
@@ -366,10 +394,13 @@ func sockaddrAddrPort(sa unix.Sockaddr) (netip.AddrPort, uint16) {
 }
 
 // acceptOn answers call from l: a stashed connection first, then one from
-// the kernel's queue; with none, EAGAIN for a non-blocking listener, else the
-// call waits in l until the event loop sees a connection. It returns false
-// if l was closed under it.
+// the kernel's queue that is ready to hand over (connections whose host name
+// has not arrived yet go to l.pending); with none, EAGAIN for a
+// non-blocking listener, else the call waits in l until a connection is
+// ready. It returns false if l was closed under it.
 func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
+	l.busy.Add(1)
+	defer l.busy.Add(-1)
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -383,34 +414,65 @@ func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
 		s.deliverOrRequeue(l, c, call)
 		return true
 	}
-	if readable(l.fd) {
+	// Each pass takes one connection from the kernel's queue; one that
+	// must wait for its bytes does not keep the caller from the next.
+	for range acceptBurst {
+		if !readable(l.fd) {
+			break
+		}
 		c, errno := acceptFrom(l.fd, call.flags&unix.SOCK_NONBLOCK != 0)
 		if errno == 0 && l.isDoorbell(c) {
 			// Our own wake-up call: it did its job; look again.
-			l.mu.Unlock()
-			return s.acceptOn(l, call)
+			continue
 		}
 		l.mu.Unlock()
 		switch errno {
 		case 0:
-			s.deliverOrRequeue(l, c, call)
+			c.l = l
+			if s.prepare(l, c) {
+				s.deliverOrRequeue(l, c, call)
+				return true
+			}
 		case unix.EAGAIN:
 			// Taken by someone outside the filter; behave as if empty.
 			return s.waitOrAgain(l, call)
 		default:
 			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, errno))
+			return true
 		}
-		return true
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			return false
+		}
 	}
 	l.mu.Unlock()
 	return s.waitOrAgain(l, call)
 }
 
+// acceptBurst bounds how many connections one accept takes from the
+// kernel's queue while looking for one that is ready.
+const acceptBurst = 16
+
 // waitOrAgain handles an accept with nothing to accept.
 func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 	flags, err := unix.FcntlInt(uintptr(l.fd), unix.F_GETFL, 0)
 	if err == nil && flags&unix.O_NONBLOCK != 0 {
-		s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, unix.EAGAIN))
+		l.mu.Lock()
+		young := l.youngestPending().Add(shortWait)
+		if l.closed || !time.Now().Before(young) {
+			l.mu.Unlock()
+			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, unix.EAGAIN))
+			return true
+		}
+		// A connection taken for this caller a moment ago awaits its
+		// first bytes: hold the call briefly rather than send the server
+		// back to poll() for a connection it will then need a doorbell
+		// to see.
+		call.deadline = young
+		l.waiters = append(l.waiters, call)
+		l.mu.Unlock()
+		s.events.after(young, l)
 		return true
 	}
 	// A process waiting for a connection serves nobody: it waits at home.
@@ -434,6 +496,8 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 // pump hands pending connections, stashed ones first, to waiting accepts
 // until one side runs out. The event loop calls it when l is readable.
 func (s *Supervisor) pump(l *listener) {
+	l.busy.Add(1)
+	defer l.busy.Add(-1)
 	for {
 		l.mu.Lock()
 		if len(l.waiters) == 0 || l.closed {
@@ -448,7 +512,7 @@ func (s *Supervisor) pump(l *listener) {
 		if len(l.stash) > 0 {
 			c = l.stash[0]
 			l.stash = l.stash[1:]
-		} else if readable(l.fd) {
+		} else if l.hasBlockingWaiter() && readable(l.fd) {
 			var errno unix.Errno
 			c, errno = acceptFrom(l.fd, false)
 			if errno == unix.EAGAIN {
@@ -466,6 +530,18 @@ func (s *Supervisor) pump(l *listener) {
 				s.respond(w.id, respondErrno(s.notifyFd, w.id, 0, errno))
 				continue
 			}
+			c.l = l
+			l.mu.Unlock()
+			if !s.prepare(l, c) {
+				continue // pending; the event loop settles it
+			}
+			l.mu.Lock()
+			if len(l.waiters) == 0 || l.closed {
+				// The waiter went while c was classified; keep c.
+				l.mu.Unlock()
+				s.requeue(l, c)
+				return
+			}
 		} else {
 			l.mu.Unlock()
 			return
@@ -476,6 +552,19 @@ func (s *Supervisor) pump(l *listener) {
 		l.mu.Unlock()
 		s.deliver(l, c, w)
 	}
+}
+
+// hasBlockingWaiter reports whether some waiting accept may block: only
+// those make the supervisor take connections from the kernel's queue on
+// its own (a held non-blocking accept only waits for pending ones).
+// Called with l.mu held.
+func (l *listener) hasBlockingWaiter() bool {
+	for _, w := range l.waiters {
+		if w.deadline.IsZero() {
+			return true
+		}
+	}
+	return false
 }
 
 // dropStaleWaiters forgets waiting accepts whose caller was interrupted or
@@ -511,7 +600,7 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 		s.testHookBeforeDeliver(call.proc.tgid)
 	}
 	if !c.decided {
-		s.decide(c, l)
+		s.finish(c, s.classify(c.local))
 	}
 	s.place(call.proc, c.decision.Group)
 	if want := call.flags&unix.SOCK_NONBLOCK != 0; want != c.nonblock {
@@ -606,55 +695,43 @@ func (s *Supervisor) ringDoorbell(l *listener) {
 	}
 	l.doorbell = fd
 	l.doorbellAddr, _ = sockaddrAddrPort(local)
+	l.doorbellAt = time.Now()
+	s.events.after(l.doorbellAt.Add(doorbellTimeout), l)
 }
 
 // isDoorbell reports whether c is the supervisor's own wake-up connection,
 // and if so closes both its ends. Called with l.mu held.
 func (l *listener) isDoorbell(c *conn) bool {
-	if l.doorbell < 0 || sockaddrToAddrPort(&c.peer) != l.doorbellAddr {
+	current, retired := l.isBell(sockaddrToAddrPort(&c.peer))
+	switch {
+	case current:
+		l.closeDoorbell()
+	case retired >= 0:
+		l.retiredBells = slices.Delete(l.retiredBells, retired, retired+1)
+	default:
 		return false
 	}
 	c.close()
-	l.closeDoorbell()
 	return true
+}
+
+// retireDoorbell closes a doorbell nobody answered in time, remembering its
+// address in case it is still queued. Called with l.mu held.
+func (l *listener) retireDoorbell() {
+	if l.doorbell < 0 {
+		return
+	}
+	if len(l.retiredBells) == 4 {
+		l.retiredBells = l.retiredBells[1:]
+	}
+	l.retiredBells = append(l.retiredBells, l.doorbellAddr)
+	l.closeDoorbell()
 }
 
 func (l *listener) closeDoorbell() {
 	if l.doorbell >= 0 {
 		unix.Close(l.doorbell)
 		l.doorbell = -1
-	}
-}
-
-// decide classifies c by its local address and marks it. It runs once per
-// connection, whoever it is finally handed to.
-func (s *Supervisor) decide(c *conn, l *listener) {
-	c.decided = true
-	var sa unix.RawSockaddrAny
-	salen := uint32(unix.SizeofSockaddrAny)
-	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(c.fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)))
-	var local netip.AddrPort
-	if e == 0 {
-		local = sockaddrToAddrPort(&sa)
-	}
-	c.decision = s.classify(local)
-	dscp := c.decision.DSCP
-	if dscp < 0 {
-		// No mark of its own: the connection keeps the listener's. If
-		// vhqos ever marked the listener, the connection may have been
-		// made with a class's mark since taken back: give it the
-		// listener's own.
-		l.mu.Lock()
-		if l.everMarked {
-			dscp = l.ownDSCP
-		}
-		l.mu.Unlock()
-	}
-	if dscp >= 0 {
-		if err := markDSCP(c.fd, sa.Addr.Family, dscp); err != nil {
-			s.stats.Errors.Add(1)
-			s.log.Warn("setting DSCP on a connection", "local", local, "dscp", c.decision.DSCP, "err", err)
-		}
 	}
 }
 

@@ -1,8 +1,10 @@
 package supervisor
 
 import (
+	"container/heap"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,14 +16,97 @@ const sweepEvery = time.Second
 
 // eventLoop waits, in one goroutine, for the things that are not
 // notifications: a listening socket with blocking accepts waiting on it
-// became readable, or a server process exited (its pidfd became readable).
+// became readable, a connection whose host name is awaited sent more
+// bytes, a server process exited (its pidfd became readable), or a
+// deadline passed.
 type eventLoop struct {
-	epfd int
-	wake int
+	epfd     int
+	wake     int
+	stopping atomic.Bool
 
 	mu        sync.Mutex
 	listeners map[int]*listener // by the supervisor's copy fd
 	procs     map[int]*proc     // by pidfd
+	conns     map[int]*conn     // connections being sniffed, by fd
+	timers    timerHeap
+	// waitUntil is when the loop's current epoll_wait times out; a timer
+	// due earlier wakes it.
+	waitUntil time.Time
+}
+
+// timer asks the loop to look at a listener's deadlines (sniffing
+// connections, short waits, its doorbell) at when. Timers are never
+// cancelled: one that finds nothing due does nothing.
+type timer struct {
+	when time.Time
+	l    *listener
+}
+
+type timerHeap []timer
+
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].when.Before(h[j].when) }
+func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timer)) }
+func (h *timerHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	old[len(old)-1] = timer{}
+	*h = old[:len(old)-1]
+	return t
+}
+
+// after makes the loop call s.expire(l) at when.
+func (e *eventLoop) after(when time.Time, l *listener) {
+	e.mu.Lock()
+	heap.Push(&e.timers, timer{when: when, l: l})
+	early := when.Before(e.waitUntil)
+	e.mu.Unlock()
+	if early {
+		unix.Write(e.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	}
+}
+
+// due pops the timers that are due and returns when the next one is.
+func (e *eventLoop) due(now time.Time) (due []*listener, next time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for len(e.timers) > 0 && !e.timers[0].when.After(now) {
+		t := heap.Pop(&e.timers).(timer)
+		if len(due) == 0 || due[len(due)-1] != t.l {
+			due = append(due, t.l)
+		}
+	}
+	if len(e.timers) > 0 {
+		next = e.timers[0].when
+	}
+	return due, next
+}
+
+// watchConn makes the loop sniff c again whenever more bytes arrive (or the
+// client hangs up). Edge-triggered: peeking leaves the bytes queued, so a
+// level-triggered watch would fire without end.
+func (e *eventLoop) watchConn(c *conn) error {
+	e.mu.Lock()
+	e.conns[c.fd] = c
+	e.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
+		e.mu.Lock()
+		delete(e.conns, c.fd)
+		e.mu.Unlock()
+		return fmt.Errorf("watching a connection for its first bytes: %w", err)
+	}
+	return nil
+}
+
+func (e *eventLoop) unwatchConn(c *conn) {
+	e.mu.Lock()
+	if e.conns[c.fd] == c {
+		delete(e.conns, c.fd)
+	}
+	e.mu.Unlock()
+	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 }
 
 func newEventLoop() (*eventLoop, error) {
@@ -34,7 +119,7 @@ func newEventLoop() (*eventLoop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("creating the supervisor's wake-up eventfd: %w", err)
 	}
-	e := &eventLoop{epfd: epfd, wake: wake, listeners: map[int]*listener{}, procs: map[int]*proc{}}
+	e := &eventLoop{epfd: epfd, wake: wake, listeners: map[int]*listener{}, procs: map[int]*proc{}, conns: map[int]*conn{}}
 	if err := e.add(wake); err != nil {
 		e.close()
 		return nil, err
@@ -87,6 +172,7 @@ func (e *eventLoop) unwatchExit(p *proc) {
 }
 
 func (e *eventLoop) stop() {
+	e.stopping.Store(true)
 	unix.Write(e.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 }
 
@@ -98,9 +184,19 @@ func (e *eventLoop) close() {
 func (e *eventLoop) run(s *Supervisor) {
 	events := make([]unix.EpollEvent, 64)
 	nextSweep := time.Now().Add(sweepEvery)
+	var drain [8]byte
 	for {
-		timeout := max(time.Until(nextSweep), 0)
-		n, err := unix.EpollWait(e.epfd, events, int(timeout.Milliseconds())+1)
+		until := nextSweep
+		e.mu.Lock()
+		if len(e.timers) > 0 && e.timers[0].when.Before(until) {
+			until = e.timers[0].when
+		}
+		e.waitUntil = until
+		e.mu.Unlock()
+		// Milliseconds round down; waking a little late beats spinning
+		// on a deadline not quite reached.
+		timeout := max(time.Until(until), 0)
+		n, err := unix.EpollWait(e.epfd, events, int((timeout+time.Millisecond-1)/time.Millisecond))
 		if err != nil && err != unix.EINTR {
 			s.log.Error("waiting for listener and process events", "err", err)
 			return
@@ -108,20 +204,33 @@ func (e *eventLoop) run(s *Supervisor) {
 		for _, ev := range events[:max(n, 0)] {
 			fd := int(ev.Fd)
 			if fd == e.wake {
-				return
+				if e.stopping.Load() {
+					return
+				}
+				unix.Read(e.wake, drain[:])
+				continue
 			}
 			e.mu.Lock()
 			l := e.listeners[fd]
 			p := e.procs[fd]
+			c := e.conns[fd]
 			e.mu.Unlock()
 			switch {
+			case c != nil:
+				s.sniffMore(c)
 			case l != nil:
 				s.pump(l)
 			case p != nil:
 				s.forgetProc(p)
 			}
 		}
-		if time.Now().After(nextSweep) {
+		now := time.Now()
+		if due, _ := e.due(now); len(due) > 0 {
+			for _, l := range due {
+				s.expire(l, now)
+			}
+		}
+		if now.After(nextSweep) {
 			e.sweep(s)
 			nextSweep = time.Now().Add(sweepEvery)
 		}

@@ -38,6 +38,17 @@ type Classifier interface {
 	// listener bound to bound can ever produce, when the table lets the
 	// listener's address alone decide (a specific address, no name rules).
 	ClassifyListener(bound netip.AddrPort) (Decision, bool)
+	// NamesApply reports whether the host name a client sends (HTTP Host,
+	// TLS SNI) may decide the class of a connection to local; only then
+	// does the supervisor wait for the client's first bytes.
+	NamesApply(local netip.AddrPort) bool
+	// ClassifyName returns the Decision for a connection to local whose
+	// client asked for host; a name no rule claims falls back to the
+	// address.
+	ClassifyName(host string, local netip.AddrPort) Decision
+	// SniffLimits bound the wait for a client's first bytes: how long,
+	// and how many bytes are looked at.
+	SniffLimits() (timeout time.Duration, bytes int)
 }
 
 // classifierGen is one table with the generation it was installed as, so
@@ -95,6 +106,9 @@ type Supervisor struct {
 	groupStats sync.Map // group name -> *GroupStats
 
 	placementLog rateLimit
+
+	peekBufs     peekBuffers
+	pendingCount atomic.Int64
 
 	// testHookBeforeDeliver, when set by a test, runs after a connection
 	// was accepted and before it is handed over: the window a signal must
@@ -362,6 +376,9 @@ type Stats struct {
 	Requeued        atomic.Uint64 // connections kept for another accept because the first caller went away
 	PlacementErrors atomic.Uint64
 	Errors          atomic.Uint64
+	NamesFound      atomic.Uint64 // connections classified by the host name the client sent
+	NameFallbacks   atomic.Uint64 // ... by address because the first bytes named no host
+	NameTimeouts    atomic.Uint64 // ... by address because no name came in time
 }
 
 // GroupStats count connections per class.

@@ -30,6 +30,8 @@ func TestMain(m *testing.M) {
 		os.Exit(testChildMain())
 	case "pollchild":
 		os.Exit(testPollChildMain())
+	case "pollsumchild":
+		os.Exit(testPollSumChildMain())
 	}
 	os.Exit(m.Run())
 }
@@ -86,6 +88,14 @@ func (c portClassifier) ClassifyListener(bound netip.AddrPort) (Decision, bool) 
 	return c.ClassifyAddr(bound), true
 }
 
+func (portClassifier) NamesApply(netip.AddrPort) bool { return false }
+
+func (c portClassifier) ClassifyName(_ string, local netip.AddrPort) Decision {
+	return c.ClassifyAddr(local)
+}
+
+func (portClassifier) SniffLimits() (time.Duration, int) { return time.Second, 16384 }
+
 type harness struct {
 	t      *testing.T
 	sup    *Supervisor
@@ -95,6 +105,9 @@ type harness struct {
 	in     io.Writer
 	out    *bufio.Reader
 	pid    int
+	// names, when set before the first connection, classifies by host
+	// name too.
+	names Classifier
 }
 
 // The two ways an accept is answered: emulated by the supervisor, or left
@@ -109,6 +122,13 @@ var acceptPaths = []struct {
 // whose classifier marks this server's port as "shop"; emulate turns the
 // listener shortcut off.
 func startServer(t *testing.T, listenAddr string, emulate bool) *harness {
+	t.Helper()
+	return startServerWith(t, listenAddr, emulate, nil)
+}
+
+// startServerWith is startServer with a classifier that also decides by
+// host name.
+func startServerWith(t *testing.T, listenAddr string, emulate bool, names Classifier) *harness {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: pidfd_getfd into the server and the seccomp filter without no_new_privs")
@@ -136,7 +156,7 @@ func startServer(t *testing.T, listenAddr string, emulate bool) *harness {
 		t.Fatalf("starting the test server: %v", err)
 	}
 	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
-	h := &harness{t: t, placer: placer, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid()}
+	h := &harness{t: t, placer: placer, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid(), names: names}
 	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: &lateClassifier{h: h}, Placer: placer, EmulateAlways: emulate, ListenerIdle: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -177,11 +197,38 @@ func startServer(t *testing.T, listenAddr string, emulate bool) *harness {
 type lateClassifier struct{ h *harness }
 
 func (c *lateClassifier) ClassifyAddr(local netip.AddrPort) Decision {
+	if c.h.names != nil {
+		return c.h.names.ClassifyAddr(local)
+	}
 	return portClassifier{shopPort: uint16(c.h.port)}.ClassifyAddr(local)
 }
 
 func (c *lateClassifier) ClassifyListener(bound netip.AddrPort) (Decision, bool) {
+	if c.h.names != nil {
+		return c.h.names.ClassifyListener(bound)
+	}
 	return portClassifier{shopPort: uint16(c.h.port)}.ClassifyListener(bound)
+}
+
+func (c *lateClassifier) NamesApply(local netip.AddrPort) bool {
+	if c.h.names == nil {
+		return false
+	}
+	return c.h.names.NamesApply(local)
+}
+
+func (c *lateClassifier) ClassifyName(host string, local netip.AddrPort) Decision {
+	if c.h.names == nil {
+		return c.ClassifyAddr(local)
+	}
+	return c.h.names.ClassifyName(host, local)
+}
+
+func (c *lateClassifier) SniffLimits() (time.Duration, int) {
+	if c.h.names == nil {
+		return time.Second, 16384
+	}
+	return c.h.names.SniffLimits()
 }
 
 func (h *harness) command(cmd string) {

@@ -8,6 +8,7 @@ package supervisor
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -144,13 +145,26 @@ func testServerMain() int {
 				}
 			}
 			fmt.Println("ok")
+		case "serve":
+			// Serve N connections one after the other in this one
+			// process, each read to EOF and answered with a checksum.
+			n, _ := strconv.Atoi(f[1])
+			for range n {
+				fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+				if e != 0 {
+					fmt.Println("error", e)
+					break
+				}
+				serveSum(int(fd))
+			}
+			fmt.Println("ok")
 		case "nonblock":
 			unix.SetNonblock(lfd, true)
 			fmt.Println("ok")
 		case "tid":
 			fmt.Println(unix.Gettid())
-		case "children", "pollchildren":
-			mode := map[string]string{"children": "child", "pollchildren": "pollchild"}[f[0]]
+		case "children", "pollchildren", "pollsumchildren":
+			mode := map[string]string{"children": "child", "pollchildren": "pollchild", "pollsumchildren": "pollsumchild"}[f[0]]
 			n, _ := strconv.Atoi(f[1])
 			for i := 0; i < n; i++ {
 				c := exec.Command("/proc/self/exe")
@@ -196,6 +210,46 @@ func testPollChildMain() int {
 			return 1
 		}
 	}
+}
+
+// testPollSumChildMain is testPollChildMain answering with serveSum.
+func testPollSumChildMain() int {
+	unix.SetNonblock(3, true)
+	for {
+		pfd := []unix.PollFd{{Fd: 3, Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+			return 1
+		}
+		fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, 3, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+		switch e {
+		case 0:
+			serveSum(int(fd))
+		case unix.EAGAIN, unix.EINTR:
+		default:
+			return 1
+		}
+	}
+}
+
+// serveSum reads a connection to EOF and answers "PID SHA256 TOS": who
+// served it, a checksum of every byte the server received, and the mark
+// its socket carried.
+func serveSum(fd int) {
+	h := sha256.New()
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if n <= 0 {
+			break
+		}
+		h.Write(buf[:n])
+	}
+	tos, _ := unix.GetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TOS)
+	unix.Write(fd, fmt.Appendf(nil, "%d %x %d\n", os.Getpid(), h.Sum(nil), tos))
+	unix.Close(fd)
 }
 
 func listenFromEnvPort(port int) (int, int, error) {

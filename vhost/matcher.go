@@ -10,6 +10,10 @@ import (
 type Rule struct {
 	VHost   int
 	Pattern Pattern
+	// Listen, for a name pattern, restricts it to connections whose local
+	// address matches one of these address patterns (the vhost's listen
+	// list); empty means any address. Address patterns ignore it.
+	Listen []Pattern
 }
 
 // nameRules are the rules for one name (or wildcard suffix): the vhost for
@@ -19,15 +23,20 @@ type nameRules struct {
 	byPort  map[uint16]int
 }
 
-// match prefers the rule bound to the connection's port.
-func (r *nameRules) match(port uint16) (int, bool) {
+// match prefers the rule bound to the connection's port; a rule whose
+// vhost does not listen on local is passed over.
+func (r *nameRules) match(m *Matcher, local netip.AddrPort) (int, bool) {
 	if r == nil {
 		return -1, false
 	}
-	if v, ok := r.byPort[port]; ok && port != 0 {
+	port := local.Port()
+	if v, ok := r.byPort[port]; ok && port != 0 && m.listensOn(v, local) {
 		return v, true
 	}
-	return r.anyPort, r.anyPort >= 0
+	if r.anyPort >= 0 && m.listensOn(r.anyPort, local) {
+		return r.anyPort, true
+	}
+	return -1, false
 }
 
 // addName records a name rule; the first rule for a name and port wins.
@@ -64,6 +73,10 @@ type Matcher struct {
 	ports          map[uint16]int
 	names          map[string]*nameRules // exact names
 	wild           map[string]*nameRules // "*.suffix" stored as suffix
+	// listen holds, per vhost with a listen list, the addresses its names
+	// apply to; openNames says some name rule applies on every address.
+	listen    map[int]*Matcher
+	openNames bool
 }
 
 // NewMatcher builds a Matcher. When two rules have the same pattern the
@@ -77,6 +90,25 @@ func NewMatcher(rules []Rule) *Matcher {
 		ports:    map[uint16]int{},
 		names:    map[string]*nameRules{},
 		wild:     map[string]*nameRules{},
+		listen:   map[int]*Matcher{},
+	}
+	for _, r := range rules {
+		if r.Pattern.Kind != KindName {
+			continue
+		}
+		if len(r.Listen) == 0 {
+			m.openNames = true
+			continue
+		}
+		if _, done := m.listen[r.VHost]; !done {
+			addrRules := make([]Rule, 0, len(r.Listen))
+			for _, lp := range r.Listen {
+				if lp.Kind != KindName {
+					addrRules = append(addrRules, Rule{VHost: r.VHost, Pattern: lp})
+				}
+			}
+			m.listen[r.VHost] = NewMatcher(addrRules)
+		}
 	}
 	for _, r := range rules {
 		p := r.Pattern
@@ -172,11 +204,14 @@ func (m *Matcher) HasAddressRules() bool {
 // decides only if no rule names an address. ok is false when names are in
 // play, since then the client's first bytes decide.
 func (m *Matcher) ListenerDecides(bound netip.AddrPort) (vhost int, ok bool) {
-	if m.HasNames() {
-		return -1, false
-	}
 	if !bound.Addr().IsUnspecified() {
+		if m.NamesApply(bound) {
+			return -1, false
+		}
 		return m.MatchAddr(bound), true
+	}
+	if m.HasNames() && (m.openNames || m.listenMayMatchPort(bound.Port())) {
+		return -1, false
 	}
 	if m.HasAddressRules() {
 		return -1, false
@@ -188,6 +223,50 @@ func (m *Matcher) ListenerDecides(bound netip.AddrPort) (vhost int, ok bool) {
 		return v, true
 	}
 	return -1, true
+}
+
+// NamesApply reports whether a name rule can decide a connection whose
+// local address is local: only then is it worth waiting for the client's
+// first bytes.
+func (m *Matcher) NamesApply(local netip.AddrPort) bool {
+	if !m.HasNames() {
+		return false
+	}
+	if m.openNames {
+		return true
+	}
+	for _, lm := range m.listen {
+		if lm.MatchAddr(local) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// listensOn reports whether vhost's names apply to connections to local.
+func (m *Matcher) listensOn(vhost int, local netip.AddrPort) bool {
+	lm, restricted := m.listen[vhost]
+	return !restricted || lm.MatchAddr(local) >= 0
+}
+
+// listenMayMatchPort reports whether some listen list could match an
+// address on port, as seen from a wildcard listener that does not know
+// which of its addresses a client will connect to.
+func (m *Matcher) listenMayMatchPort(port uint16) bool {
+	for _, lm := range m.listen {
+		if len(lm.addr)+len(lm.prefixes) > 0 {
+			return true
+		}
+		if _, ok := lm.ports[port]; ok {
+			return true
+		}
+		for ap := range lm.addrPort {
+			if ap.Port() == port {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // MatchName returns the vhost whose name rule matches host most
@@ -207,8 +286,7 @@ func (m *Matcher) MatchName(host string, local netip.AddrPort) int {
 	if !ok {
 		return -1
 	}
-	port := local.Port()
-	if v, ok := m.names[string(buf[:n])].match(port); ok {
+	if v, ok := m.names[string(buf[:n])].match(m, local); ok {
 		return v
 	}
 	// Cutting at each dot from the left tries the longest suffix first. A
@@ -216,7 +294,7 @@ func (m *Matcher) MatchName(host string, local netip.AddrPort) int {
 	// example.com.
 	for i := 0; i < n; i++ {
 		if buf[i] == '.' {
-			if v, ok := m.wild[string(buf[i+1:n])].match(port); ok {
+			if v, ok := m.wild[string(buf[i+1:n])].match(m, local); ok {
 				return v
 			}
 		}

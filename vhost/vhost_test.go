@@ -436,3 +436,82 @@ func FuzzParsePattern(f *testing.F) {
 		}
 	})
 }
+
+// A name vhost restricted to some listening addresses ("listen") only
+// claims connections to those; elsewhere the name falls through to a less
+// specific rule or to the address rules, and listeners whose connections
+// no name can claim still decide alone.
+func TestListenRestriction(t *testing.T) {
+	parse := func(list ...string) []Pattern {
+		var out []Pattern
+		for _, s := range list {
+			p, err := ParsePattern(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+	var rules []Rule
+	add := func(vhost int, match []string, listen []string) {
+		for _, p := range parse(match...) {
+			rules = append(rules, Rule{VHost: vhost, Pattern: p, Listen: parse(listen...)})
+		}
+	}
+	add(0, []string{"shop.example.com"}, []string{"192.0.2.10", "*:8443"})
+	add(1, []string{"*.example.com"}, []string{"192.0.2.0/24"})
+	add(2, []string{"198.51.100.7"}, nil)
+	m := NewMatcher(rules)
+
+	names := []struct {
+		host, local string
+		want        int
+	}{
+		{"shop.example.com", "192.0.2.10:80", 0},
+		{"shop.example.com", "203.0.113.5:8443", 0},  // listen *:8443
+		{"shop.example.com", "192.0.2.11:80", 1},     // not 0's address: the wildcard's
+		{"shop.example.com", "198.51.100.7:80", -1},  // neither listens there
+		{"blog.example.com", "192.0.2.99:443", 1},    // wildcard inside its /24
+		{"blog.example.com", "203.0.113.5:8443", -1}, // wildcard outside
+	}
+	for _, tc := range names {
+		if got := m.MatchName(tc.host, netip.MustParseAddrPort(tc.local)); got != tc.want {
+			t.Errorf("MatchName(%s at %s) = %d, want %d", tc.host, tc.local, got, tc.want)
+		}
+	}
+	applies := []struct {
+		local string
+		want  bool
+	}{
+		{"192.0.2.10:80", true},
+		{"192.0.2.77:80", true},
+		{"203.0.113.5:8443", true},
+		{"203.0.113.5:80", false},
+		{"198.51.100.7:80", false},
+	}
+	for _, tc := range applies {
+		if got := m.NamesApply(netip.MustParseAddrPort(tc.local)); got != tc.want {
+			t.Errorf("NamesApply(%s) = %v, want %v", tc.local, got, tc.want)
+		}
+	}
+	decides := []struct {
+		bound  string
+		want   int
+		wantOK bool
+	}{
+		{"198.51.100.7:80", 2, true}, // no name listens there: the address decides
+		{"203.0.113.5:80", -1, true},
+		{"192.0.2.10:80", -1, false},
+		{"0.0.0.0:80", -1, false}, // a wildcard listener may see 192.0.2.x
+	}
+	for _, tc := range decides {
+		got, ok := m.ListenerDecides(netip.MustParseAddrPort(tc.bound))
+		if got != tc.want || ok != tc.wantOK {
+			t.Errorf("ListenerDecides(%s) = %d %v, want %d %v", tc.bound, got, ok, tc.want, tc.wantOK)
+		}
+	}
+	if !matcherOf(t, []string{"shop.example.com"}).NamesApply(netip.MustParseAddrPort("203.0.113.5:80")) {
+		t.Error("an unrestricted name must apply on every address")
+	}
+}

@@ -331,6 +331,15 @@ func (c tableClassifier) ClassifyListener(bound netip.AddrPort) (supervisor.Deci
 	return supervisor.Decision{Group: groupName(class, c.t), DSCP: class.DSCP}, true
 }
 
+func (c tableClassifier) NamesApply(local netip.AddrPort) bool { return c.t.Matcher.NamesApply(local) }
+
+func (c tableClassifier) ClassifyName(host string, local netip.AddrPort) supervisor.Decision {
+	class := c.t.ClassifyName(host, local)
+	return supervisor.Decision{Group: groupName(class, c.t), DSCP: class.DSCP}
+}
+
+func (c tableClassifier) SniffLimits() (time.Duration, int) { return c.t.Settings.SniffLimits() }
+
 // summarizeFallbacks logs, once per interval and only when there were any,
 // how many connections matched no vhost: a line per connection would
 // flood the log, none would hide a mistyped address in the table.
