@@ -18,10 +18,13 @@ import (
 	"time"
 )
 
-// VHost is one IP-based virtual host of a test Apache.
+// VHost is one virtual host of a test Apache. Several vhosts on one Addr
+// are told apart by name, as Apache does.
 type VHost struct {
 	Name string // ServerName and the first field of each access log line
 	Addr string // address:port it listens on, "127.0.0.2:8080", "[::1]:8080"
+	// Aliases are more names it answers to (ServerAlias), e.g. "*.example".
+	Aliases []string
 }
 
 // Apache is Debian's Apache httpd (prefork MPM) with a configuration made
@@ -64,6 +67,10 @@ type ApacheConfig struct {
 	ListenAll string
 	// Extra is appended to the configuration.
 	Extra string
+	// TLSAddr, when set, serves every vhost over HTTPS too, on this
+	// address:port, with the certificate and key in the PEM files
+	// CertFile and KeyFile (mod_ssl; MakeCertificate makes a pair).
+	TLSAddr, CertFile, KeyFile string
 }
 
 // IndexHTML is the content of /index.html.
@@ -159,14 +166,33 @@ DirectoryIndex index.html
     Require all granted
 </Directory>
 `, dir, servers, servers*2)
+	listening := map[string]bool{}
+	listen := func(addr string) {
+		if !listening[addr] {
+			listening[addr] = true
+			fmt.Fprintf(&b, "Listen %s\n", addr)
+		}
+	}
 	if cfg.ListenAll != "" {
-		fmt.Fprintf(&b, "Listen %s\n", cfg.ListenAll)
+		listen(cfg.ListenAll)
+	}
+	if cfg.TLSAddr != "" {
+		b.WriteString("LoadModule ssl_module /usr/lib/apache2/modules/mod_ssl.so\n")
+		listen(cfg.TLSAddr)
 	}
 	for _, v := range cfg.VHosts {
 		if cfg.ListenAll == "" {
-			fmt.Fprintf(&b, "Listen %s\n", v.Addr)
+			listen(v.Addr)
 		}
-		fmt.Fprintf(&b, "<VirtualHost %s>\n    ServerName %s\n    CustomLog %s vhost_pid\n</VirtualHost>\n", v.Addr, v.Name, a.AccessLog)
+		aliases := ""
+		if len(v.Aliases) > 0 {
+			aliases = "\n    ServerAlias " + strings.Join(v.Aliases, " ")
+		}
+		fmt.Fprintf(&b, "<VirtualHost %s>\n    ServerName %s%s\n    CustomLog %s vhost_pid\n</VirtualHost>\n", v.Addr, v.Name, aliases, a.AccessLog)
+		if cfg.TLSAddr != "" {
+			fmt.Fprintf(&b, "<VirtualHost %s>\n    ServerName %s%s\n    CustomLog %s vhost_pid\n    SSLEngine on\n    SSLCertificateFile %s\n    SSLCertificateKeyFile %s\n</VirtualHost>\n",
+				cfg.TLSAddr, v.Name, aliases, a.AccessLog, cfg.CertFile, cfg.KeyFile)
+		}
 	}
 	b.WriteString(cfg.Extra)
 	if err := os.WriteFile(a.Conf, []byte(b.String()), 0o644); err != nil {
@@ -196,8 +222,15 @@ DirectoryIndex index.html
 		a.Remove()
 		return nil, fmt.Errorf("%w; output:\n%s", err, out)
 	}
+	addrs := []string{cfg.TLSAddr}
 	for _, v := range cfg.VHosts {
-		if err := waitListening(ctx, v.Addr, exited); err != nil {
+		addrs = append(addrs, v.Addr)
+	}
+	for _, addr := range addrs {
+		if addr == "" {
+			continue
+		}
+		if err := waitListening(ctx, addr, exited); err != nil {
 			a.Stop()
 			a.KillLeftovers()
 			out := a.Output()
@@ -206,6 +239,24 @@ DirectoryIndex index.html
 		}
 	}
 	return a, nil
+}
+
+// MakeCertificate writes a self-signed certificate for names, and its key,
+// into dir with openssl, and returns the two PEM files.
+func MakeCertificate(dir string, names ...string) (cert, key string, err error) {
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	san := make([]string, len(names))
+	for i, n := range names {
+		san[i] = "DNS:" + n
+	}
+	out, err := exec.Command("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+		"-keyout", key, "-out", cert, "-subj", "/CN="+names[0], "-addext", "subjectAltName="+strings.Join(san, ","), "-addext", "basicConstraints=critical,CA:FALSE").CombinedOutput()
+	if err != nil {
+		return "", "", fmt.Errorf("making a certificate with openssl: %w: %s", err, out)
+	}
+	// Apache reads the key as root before dropping privileges; the
+	// scratch directory is world-readable, the key need not be.
+	return cert, key, os.Chmod(key, 0o600)
 }
 
 // RunApache is StartApache for a test: it fails the test if Apache does not

@@ -61,11 +61,11 @@ func testApacheAddressVhosts(t *testing.T, listenAll string) {
 		group string
 		dscp  int
 	}{
-		{VHost{"shop", "127.0.0.2:8080"}, "vhost-shop", 46},
-		{VHost{"blog", "127.0.0.3:8080"}, "vhost-blog", 18},
-		{VHost{"static", "127.0.0.4:8080"}, "vhost-static", 8},
-		{VHost{"nobody", "127.0.0.5:8080"}, "default", 0},
-		{VHost{"six", "[::1]:8080"}, "vhost-six", 34},
+		{VHost{Name: "shop", Addr: "127.0.0.2:8080"}, "vhost-shop", 46},
+		{VHost{Name: "blog", Addr: "127.0.0.3:8080"}, "vhost-blog", 18},
+		{VHost{Name: "static", Addr: "127.0.0.4:8080"}, "vhost-static", 8},
+		{VHost{Name: "nobody", Addr: "127.0.0.5:8080"}, "default", 0},
+		{VHost{Name: "six", Addr: "[::1]:8080"}, "vhost-six", 34},
 	}
 	var cfg ApacheConfig
 	for _, v := range vhosts {
@@ -135,7 +135,7 @@ cpu_max = "20%"
 // 20% uses at most 25% of a CPU.
 func TestCPUWeightsAndCap(t *testing.T) {
 	a := startUnderVhqos(t, cpuQoS, ApacheConfig{
-		VHosts: []VHost{{"heavy", "127.0.0.2:8080"}, {"light", "127.0.0.3:8080"}, {"capped", "127.0.0.4:8080"}},
+		VHosts: []VHost{{Name: "heavy", Addr: "127.0.0.2:8080"}, {Name: "light", Addr: "127.0.0.3:8080"}, {Name: "capped", Addr: "127.0.0.4:8080"}},
 		Wrap:   []string{"taskset", "-c", "0"},
 	})
 	vhqosPid := a.Cmd.Process.Pid
@@ -183,7 +183,7 @@ func TestCPUWeightsAndCap(t *testing.T) {
 // When the server dies, even by SIGKILL, vhqos exits with its status and
 // leaves no process and no cgroup (checked in the cleanup).
 func TestServerKilled(t *testing.T) {
-	a := startUnderVhqos(t, addressQoS, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}})
+	a := startUnderVhqos(t, addressQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}})
 	request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
 	data, err := readFileEventually(a.Dir+"/httpd.pid", 10*time.Second)
 	if err != nil {
@@ -206,7 +206,7 @@ func TestServerKilled(t *testing.T) {
 // SIGTERM to vhqos stops the server through it; vhqos exits with the
 // server's status (0 for Apache) and cleans up.
 func TestStopBySIGTERM(t *testing.T) {
-	a := startUnderVhqos(t, addressQoS, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}})
+	a := startUnderVhqos(t, addressQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}})
 	request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
 	if st := a.Stop(); st.ExitCode() != 0 {
 		t.Errorf("vhqos exited with %d after SIGTERM, want Apache's 0", st.ExitCode())
@@ -216,7 +216,7 @@ func TestStopBySIGTERM(t *testing.T) {
 // Signals sent to vhqos reach the server: SIGUSR1 makes Apache restart
 // gracefully, and it goes on serving under vhqos.
 func TestSignalsForwarded(t *testing.T) {
-	a := startUnderVhqos(t, addressQoS, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}})
+	a := startUnderVhqos(t, addressQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}})
 	request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
 	if err := a.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
 		t.Fatal(err)

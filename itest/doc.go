@@ -22,7 +22,7 @@
 //
 // Servers:
 //
-//	a := RunApache(t, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, ...}})
+//	a := RunApache(t, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}, ...}})
 //	a := RunApache(t, ApacheConfig{VHosts: ..., Prefix: []string{bin, "run", "--config", qos, "--"}})
 //
 // runs Debian's apache2 (prefork) with one IP-based vhost per address, in a

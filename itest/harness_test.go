@@ -81,8 +81,8 @@ func TestHarnessApacheNative(t *testing.T) {
 	}
 	defer capture.Stop()
 	vhosts := []VHost{
-		{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}, {"static", "127.0.0.4:8080"},
-		{"nomatch", "127.0.0.5:8080"}, {"six", "[::1]:8080"},
+		{Name: "shop", Addr: "127.0.0.2:8080"}, {Name: "blog", Addr: "127.0.0.3:8080"}, {Name: "static", Addr: "127.0.0.4:8080"},
+		{Name: "nomatch", Addr: "127.0.0.5:8080"}, {Name: "six", Addr: "[::1]:8080"},
 	}
 	a := RunApache(t, ApacheConfig{VHosts: vhosts})
 
@@ -282,7 +282,7 @@ func TestHarnessCaptureSeesMarks(t *testing.T) {
 func TestHarnessLeftovers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, err := StartApache(ctx, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}, Servers: 1})
+	a, err := StartApache(ctx, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, Servers: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,7 @@ func TestReload(t *testing.T) {
 	defer capture.Stop()
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(reloadBefore), 0o644)
-	a := startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}}})
+	a := startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}, {Name: "blog", Addr: "127.0.0.3:8080"}}})
 	pid := a.Cmd.Process.Pid
 	client := func(s served) netip.AddrPort {
 		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.clientPort)
@@ -156,7 +156,7 @@ func TestReloadRemarksEstablishedConnections(t *testing.T) {
 	defer capture.Stop()
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(reloadBefore), 0o644)
-	startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}})
+	startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}})
 	c, err := net.DialTimeout("tcp", "127.0.0.2:8080", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)

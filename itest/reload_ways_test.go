@@ -64,7 +64,7 @@ func TestReloadEveryWayOfChangingTheFile(t *testing.T) {
 	for _, way := range ways {
 		t.Run(way.name, func(t *testing.T) {
 			path := way.setup(t, t.TempDir(), reloadBefore)
-			a := startUnderVhqosFile(t, path, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}})
+			a := startUnderVhqosFile(t, path, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}})
 			pid := a.Cmd.Process.Pid
 			if got := cpuQuota(t, pid, "vhost-shop"); got != "50000" {
 				t.Fatalf("cap before = %s, want 50000", got)
@@ -139,7 +139,7 @@ io_read_bps = { "259:999" = "1M" }
 // the change already written to aaa's cgroup is rolled back.
 func TestReloadFailingHalfWayRollsBack(t *testing.T) {
 	path := plainFile(t, t.TempDir(), strings.Replace(reloadBefore, "shop", "aaa", 1))
-	a := startUnderVhqosFile(t, path, ApacheConfig{VHosts: []VHost{{"aaa", "127.0.0.2:8080"}, {"zzz", "127.0.0.3:8080"}}})
+	a := startUnderVhqosFile(t, path, ApacheConfig{VHosts: []VHost{{Name: "aaa", Addr: "127.0.0.2:8080"}, {Name: "zzz", Addr: "127.0.0.3:8080"}}})
 	pid := a.Cmd.Process.Pid
 	writeByRename(t, path, rollbackTable)
 	eventually(t, 2*time.Second, "the failure reported", func() bool {
@@ -161,7 +161,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Fatal("wrk is needed: apt-get install wrk")
 	}
 	path := plainFile(t, t.TempDir(), loadBefore)
-	startUnderVhqosFile(t, path, ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}}, Servers: 12})
+	startUnderVhqosFile(t, path, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}, {Name: "blog", Addr: "127.0.0.3:8080"}}, Servers: 12})
 	type run struct {
 		out []byte
 		err error

@@ -49,7 +49,7 @@ func TestStatus(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "status.sock")
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
-	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}}}
+	cfg := ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}, {Name: "blog", Addr: "127.0.0.3:8080"}}}
 	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", socket, "--metrics-listen", metricsAddr, "--"}
 	a := startWith(t, cfg)
 	const shopRequests, blogRequests = 7, 3
@@ -174,7 +174,7 @@ func TestStatusRefusesNonRoot(t *testing.T) {
 	os.Chmod(filepath.Dir(filepath.Dir(socket)), 0o755)
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
-	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}}
+	cfg := ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}}
 	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", socket, "--"}
 	startWith(t, cfg)
 	bin := vhqosBinary(t)
@@ -204,7 +204,7 @@ func TestStatusWithoutSupervisor(t *testing.T) {
 func TestJSONLogs(t *testing.T) {
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
-	cfg := ApacheConfig{VHosts: []VHost{{"shop", "127.0.0.2:8080"}}}
+	cfg := ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}}
 	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", statusSocket(t), "--log-format", "json", "--"}
 	a := startWith(t, cfg)
 	for i := 0; i < 5; i++ {

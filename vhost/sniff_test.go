@@ -446,47 +446,79 @@ func validSniffedName(name string) bool {
 	return ok && string(buf[:n]) == name
 }
 
-func FuzzSniffName(f *testing.F) {
+// sniffSeeds adds the captures in testdata whose first byte passes keep,
+// TLS ones also cut into 50-byte records, to f's corpus.
+func sniffSeeds(f *testing.F, keep func(first byte) bool) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "*", "*.bin"))
 	for _, file := range files {
 		data, err := os.ReadFile(file)
 		if err != nil {
 			f.Fatal(err)
 		}
+		if !keep(data[0]) {
+			continue
+		}
 		f.Add(data)
 		if data[0] == 0x16 {
 			f.Add(records(handshakeOf(f, data), 50))
 		}
 	}
+}
+
+func isTLS(first byte) bool { return first == 0x16 }
+
+func FuzzSniffName(f *testing.F) {
+	sniffSeeds(f, func(byte) bool { return true })
 	for _, c := range httpCases {
 		f.Add([]byte(c.req))
 	}
 	f.Add(hello(greaseA, sniExt("1=x", "a.example"), ech, supVers, greaseB))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		name, r := SniffName(data)
-		switch r {
-		case Found:
-			if !validSniffedName(name) {
-				t.Fatalf("Found invalid name %q", name)
-			}
-		case NeedMore, NoName:
-			if name != "" {
-				t.Fatalf("%v with name %q", r, name)
-			}
-		default:
-			t.Fatalf("result %d", r)
+	f.Fuzz(func(t *testing.T, data []byte) { checkSniffer(t, SniffName, data) })
+}
+
+// FuzzSniffHTTP aims at the request-line and Host parser alone.
+func FuzzSniffHTTP(f *testing.F) {
+	sniffSeeds(f, func(b byte) bool { return !isTLS(b) })
+	for _, c := range httpCases {
+		f.Add([]byte(c.req))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkSniffer(t, sniffHTTP, data) })
+}
+
+// FuzzSniffTLS aims at the ClientHello reassembly and SNI parser alone.
+func FuzzSniffTLS(f *testing.F) {
+	sniffSeeds(f, isTLS)
+	f.Add(hello(greaseA, sniExt("1=x", "a.example"), ech, supVers, greaseB))
+	f.Fuzz(func(t *testing.T, data []byte) { checkSniffer(t, sniffTLS, data) })
+}
+
+// checkSniffer holds a sniffer to what the supervisor relies on: a Found
+// name is a valid host name, and deciding never depends on how many bytes
+// have arrived beyond the deciding ones.
+func checkSniffer(t *testing.T, sniff func([]byte) (string, Sniff), data []byte) {
+	name, r := sniff(data)
+	switch r {
+	case Found:
+		if !validSniffedName(name) {
+			t.Fatalf("Found invalid name %q", name)
 		}
-		// More bytes never change a decision, nor fewer bytes make one
-		// that the whole does not confirm.
-		if r != NeedMore {
-			more := append(bytes.Clone(data), data...)
-			if name2, r2 := SniffName(more); r2 != r || name2 != name {
-				t.Fatalf("appending changed %q, %v to %q, %v", name, r, name2, r2)
-			}
+	case NeedMore, NoName:
+		if name != "" {
+			t.Fatalf("%v with name %q", r, name)
 		}
-		half := data[:len(data)/2]
-		if name2, r2 := SniffName(half); r2 != NeedMore && (r2 != r || name2 != name) {
-			t.Fatalf("first half gives %q, %v, the whole %q, %v", name2, r2, name, r)
+	default:
+		t.Fatalf("result %d", r)
+	}
+	// More bytes never change a decision, nor fewer bytes make one that
+	// the whole does not confirm.
+	if r != NeedMore {
+		more := append(bytes.Clone(data), data...)
+		if name2, r2 := sniff(more); r2 != r || name2 != name {
+			t.Fatalf("appending changed %q, %v to %q, %v", name, r, name2, r2)
 		}
-	})
+	}
+	half := data[:len(data)/2]
+	if name2, r2 := sniff(half); r2 != NeedMore && (r2 != r || name2 != name) {
+		t.Fatalf("first half gives %q, %v, the whole %q, %v", name2, r2, name, r)
+	}
 }

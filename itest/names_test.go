@@ -1,0 +1,181 @@
+package itest
+
+import (
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const nameQoS = `
+[[vhost]]
+name = "shop"
+match = ["shop.example"]
+dscp = "EF"
+
+[[vhost]]
+name = "blog"
+match = ["blog.example", "*.blog.example"]
+dscp = "AF21"
+
+[[vhost]]
+name = "static"
+match = ["static.example"]
+listen = ["127.0.0.2"]
+dscp = "CS1"
+`
+
+// Apache prefork with three name-based vhosts on one address, over HTTP
+// and HTTPS: the process serving each request sits in the cgroup of the
+// vhost the client named (HTTP Host, TLS SNI), the server's packets carry
+// that vhost's DSCP, and an unknown name or none at all gets the defaults.
+// Clients are curl (--resolve) and openssl s_client, as an operator would
+// test by hand.
+func TestApacheNameVhosts(t *testing.T) {
+	for _, tool := range []string{"curl", "openssl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed (make deps installs it): %v", tool, err)
+		}
+	}
+	capture, err := StartCapture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer capture.Stop()
+	cert, key, err := MakeCertificate(t.TempDir(), "shop.example", "blog.example", "*.blog.example", "static.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const httpAddr, tlsAddr, otherAddr = "127.0.0.2:8080", "127.0.0.2:8443", "127.0.0.3:8080"
+	cfg := ApacheConfig{
+		VHosts: []VHost{
+			{Name: "shop.example", Addr: httpAddr},
+			{Name: "blog.example", Addr: httpAddr, Aliases: []string{"*.blog.example"}},
+			{Name: "static.example", Addr: httpAddr},
+			{Name: "static.example", Addr: otherAddr},
+		},
+		TLSAddr: tlsAddr, CertFile: cert, KeyFile: key,
+	}
+	a := startUnderVhqos(t, nameQoS, cfg)
+	vhqosPid := a.Cmd.Process.Pid
+	cases := []struct {
+		host  string // "" sends no Host header (HTTP) and no SNI (TLS)
+		group string
+		dscp  int
+	}{
+		{"shop.example", "vhost-shop", 46},
+		{"www.blog.example", "vhost-blog", 18},
+		{"BLOG.example.", "vhost-blog", 18},
+		{"static.example", "vhost-static", 8},
+		{"unknown.example", "default", 0},
+		{"", "default", 0},
+	}
+	clients := []struct {
+		name string
+		get  func(t *testing.T, addr, host string) Whoami
+	}{
+		{"http curl", func(t *testing.T, addr, host string) Whoami { return curlWhoami(t, "http", addr, host) }},
+		{"https curl", func(t *testing.T, addr, host string) Whoami { return curlWhoami(t, "https", addr, host) }},
+		{"https openssl s_client", opensslWhoami},
+	}
+	for _, cl := range clients {
+		addr := httpAddr
+		if strings.HasPrefix(cl.name, "https") {
+			addr = tlsAddr
+		}
+		for _, tc := range cases {
+			if tc.host == "" && cl.name == "https curl" {
+				continue // curl always sends SNI for a name; openssl covers none
+			}
+			w := cl.get(t, addr, tc.host)
+			if err := capture.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("/vhqos.%d/%s", vhqosPid, tc.group)
+			if !strings.HasSuffix(w.Cgroup(), want) {
+				t.Errorf("%s, host %q: served by pid %d in cgroup %q, want …%s", cl.name, tc.host, w.PID, w.Cgroup(), want)
+			}
+			server := addrPort(t, addr)
+			dscp := capture.DSCP(server, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), w.Remote.Port()))
+			if len(dscp) != 1 || dscp[tc.dscp] == 0 {
+				t.Errorf("%s, host %q: server packets carried DSCP %v, want only %d", cl.name, tc.host, dscp, tc.dscp)
+			}
+		}
+	}
+	// static's names count only on the address it listens on; elsewhere
+	// the name is no one's and the address decides.
+	w := curlWhoami(t, "http", otherAddr, "static.example")
+	if want := fmt.Sprintf("/vhqos.%d/default", vhqosPid); !strings.HasSuffix(w.Cgroup(), want) {
+		t.Errorf("static.example on %s, outside its listen list: served in %q, want …%s", otherAddr, w.Cgroup(), want)
+	}
+	// Apache agrees about which vhost served: its log's %v is the
+	// ServerName the request was routed to.
+	entries, err := a.Log()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != len(cases)*len(clients) {
+		t.Errorf("access log has %d entries, want %d", len(entries), len(cases)*len(clients))
+	}
+}
+
+// curlWhoami asks for the whoami CGI with curl: over HTTP with host as
+// the Host header, over HTTPS resolving host to addr's IP (--resolve) so
+// that the name travels in SNI and Host as in real life.
+func curlWhoami(t *testing.T, scheme, addr, host string) Whoami {
+	t.Helper()
+	ap := addrPort(t, addr)
+	args := []string{"-sS", "-k", "--max-time", "20", "-H", "Connection: close"}
+	url := fmt.Sprintf("%s://%s/cgi-bin/whoami", scheme, addr)
+	switch {
+	case host == "":
+		args = append(args, "-H", "Host:", "--http1.0")
+	case scheme == "http":
+		// The Host header exactly as given (trailing dot and all).
+		args = append(args, "-H", "Host: "+host)
+	default:
+		name := strings.TrimSuffix(host, ".")
+		args = append(args, "--resolve", fmt.Sprintf("%s:%d:%s", name, ap.Port(), ap.Addr()))
+		url = fmt.Sprintf("%s://%s:%d/cgi-bin/whoami", scheme, name, ap.Port())
+	}
+	out, err := exec.Command("curl", append(args, url)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl %s: %v: %s", url, err, out)
+	}
+	w, err := ParseWhoami(string(out))
+	if err != nil {
+		t.Fatalf("curl %s: %v", url, err)
+	}
+	return w
+}
+
+// opensslWhoami sends the request through openssl s_client, with SNI host
+// (or none) and the same Host header.
+func opensslWhoami(t *testing.T, addr, host string) Whoami {
+	t.Helper()
+	args := []string{"s_client", "-connect", addr, "-quiet", "-ign_eof"}
+	req := "GET /cgi-bin/whoami HTTP/1.0\r\n"
+	if host != "" {
+		args = append(args, "-servername", strings.TrimSuffix(host, "."))
+		req += "Host: " + host + "\r\n"
+	} else {
+		args = append(args, "-noservername")
+	}
+	req += "\r\n"
+	cmd := exec.Command("openssl", args...)
+	cmd.Stdin = strings.NewReader(req)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("openssl %v: %v: %s", args, err, out)
+	}
+	body := string(out)
+	if i := strings.Index(body, "\r\n\r\n"); i >= 0 {
+		body = body[i+4:]
+	}
+	w, err := ParseWhoami(body)
+	if err != nil {
+		t.Fatalf("openssl %v: %v", args, err)
+	}
+	return w
+}
