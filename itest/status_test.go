@@ -144,7 +144,7 @@ func TestStatus(t *testing.T) {
 	if got := value("vhqos_cpu_throttled_periods_total", "vhost", "blog"); got == 0 {
 		t.Error("the capped vhost shows no throttled periods in the metrics")
 	}
-	if got := value("vhqos_classifications_total", "outcome", "address"); got < shopRequests+blogRequests {
+	if got := value("vhqos_classifications_total", "outcome", "vhost"); got < shopRequests+blogRequests {
 		t.Errorf("classifications by address = %v, want at least %d", got, shopRequests+blogRequests)
 	}
 	accepts := 0.0

@@ -116,7 +116,7 @@ func aliasOf(word string) string {
 		return "io_write_iops"
 	case "tos", "traffic_class", "tclass", "diffserv", "mark":
 		return "dscp"
-	case "matches", "hosts", "addresses", "address", "names", "server_name", "server_names", "listen":
+	case "matches", "hosts", "addresses", "address", "names", "server_name", "server_names":
 		return "match"
 	case "vhosts", "virtualhost", "virtual_host", "host", "server":
 		return "vhost"

@@ -43,7 +43,8 @@ func (m *Metrics) Observe(syscall string, d time.Duration) {
 
 var (
 	descConns      = prometheus.NewDesc("vhqos_connections_total", "Connections handed to the server, by vhost (\"default\": matched no vhost).", []string{"vhost"}, nil)
-	descClassified = prometheus.NewDesc("vhqos_classifications_total", "Connections by how their vhost was decided: by address, or fallback to the defaults.", []string{"outcome"}, nil)
+	descClassified = prometheus.NewDesc("vhqos_classifications_total", "Connections by outcome: a vhost matched (by address or host name), or fallback to the defaults.", []string{"outcome"}, nil)
+	descSniffs     = prometheus.NewDesc("vhqos_host_name_sniffs_total", "Connections whose first bytes were read for a host name, by result: found, none (not HTTP/TLS, no Host/SNI, byte limit), timeout.", []string{"result"}, nil)
 	descLive       = prometheus.NewDesc("vhqos_connections_live", "Established connections the server's processes hold, by vhost.", []string{"vhost"}, nil)
 	descProcs      = prometheus.NewDesc("vhqos_processes", "Processes in the vhost's cgroup.", []string{"vhost"}, nil)
 	descCPU        = prometheus.NewDesc("vhqos_cpu_seconds_total", "CPU time used by the vhost's cgroup.", []string{"vhost"}, nil)
@@ -58,7 +59,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConns, descClassified, descLive, descProcs, descCPU, descThrottled, descFaults, descIORead, descIOWrite, descReloads, descGeneration, descErrors} {
+	for _, d := range []*prometheus.Desc{descConns, descClassified, descLive, descProcs, descCPU, descThrottled, descFaults, descIORead, descIOWrite, descReloads, descGeneration, descErrors, descSniffs} {
 		ch <- d
 	}
 }
@@ -88,7 +89,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			byAddress += float64(c.Connections)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(descClassified, prometheus.CounterValue, byAddress, "address")
+	ch <- prometheus.MustNewConstMetric(descClassified, prometheus.CounterValue, byAddress, "vhost")
+	ch <- prometheus.MustNewConstMetric(descSniffs, prometheus.CounterValue, float64(r.Supervisor.NamesFound), "found")
+	ch <- prometheus.MustNewConstMetric(descSniffs, prometheus.CounterValue, float64(r.Supervisor.NameFallbacks), "none")
+	ch <- prometheus.MustNewConstMetric(descSniffs, prometheus.CounterValue, float64(r.Supervisor.NameTimeouts), "timeout")
 	ch <- prometheus.MustNewConstMetric(descClassified, prometheus.CounterValue, fallback, "fallback")
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.Supervisor.Reloads), "applied")
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.Supervisor.ReloadsRefused), "refused")

@@ -52,6 +52,9 @@ type Counters struct {
 	Requeued        uint64 `json:"requeued"`
 	PlacementErrors uint64 `json:"placement_errors"`
 	Errors          uint64 `json:"errors"`
+	NamesFound      uint64 `json:"names_found"`
+	NameFallbacks   uint64 `json:"name_fallbacks"`
+	NameTimeouts    uint64 `json:"name_timeouts"`
 	Reloads         uint64 `json:"reloads"`
 	ReloadsRefused  uint64 `json:"reloads_refused"`
 }
@@ -80,6 +83,10 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 	s := r.Supervisor
 	fmt.Fprintf(w, "supervisor: %d notifications, %d accepted, %d left to the kernel, %d requeued, %d placement errors, %d errors, %d reloads (%d refused)\n",
 		s.Notifications, s.Accepted, s.Continued, s.Requeued, s.PlacementErrors, s.Errors, s.Reloads, s.ReloadsRefused)
+	if s.NamesFound+s.NameFallbacks+s.NameTimeouts > 0 {
+		fmt.Fprintf(w, "host names: %d found, %d connections without one, %d timed out waiting for one\n",
+			s.NamesFound, s.NameFallbacks, s.NameTimeouts)
+	}
 }
 
 func (c Class) limits() string {
