@@ -23,6 +23,9 @@ type acceptCall struct {
 	// deadline, for a non-blocking accept held while a connection's first
 	// bytes arrive, is when it gets EAGAIN; zero for a blocking wait.
 	deadline time.Time
+	// waitingSince is when a blocking accept began to wait; one that
+	// waits long is moved home (see goHome).
+	waitingSince time.Time
 }
 
 // conn is a connection the supervisor accepted and has not yet handed over.
@@ -475,8 +478,12 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 		s.events.after(young, l)
 		return true
 	}
-	// A process waiting for a connection serves nobody: it waits at home.
-	s.place(call.proc, HomeGroup)
+	// A process waiting for a connection serves nobody, but it stays
+	// where it is for now: a busy server's next connection comes within
+	// moments, and moving home and back costs two cgroup migrations per
+	// connection. The sweep moves long waiters home (goHome); a blocked
+	// process uses no CPU where it sits.
+	call.waitingSince = time.Now()
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -568,19 +575,35 @@ func (l *listener) hasBlockingWaiter() bool {
 }
 
 // dropStaleWaiters forgets waiting accepts whose caller was interrupted or
-// died, so the waiter list stays bounded with no traffic at all.
+// died, so the waiter list stays bounded with no traffic at all, and moves
+// processes that have waited longer than goHome into the home cgroup.
 func (s *Supervisor) dropStaleWaiters(l *listener) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	kept := l.waiters[:0]
+	var idle []*proc
+	cutoff := time.Now().Add(-goHome)
 	for _, w := range l.waiters {
 		if idValid(s.notifyFd, w.id) {
 			kept = append(kept, w)
+			if !w.waitingSince.IsZero() && w.waitingSince.Before(cutoff) {
+				idle = append(idle, w.proc)
+			}
 		}
 	}
 	clear(l.waiters[len(kept):])
 	l.waiters = kept
+	// Under l.mu: a waiter cannot be handed a connection (and placed in
+	// its vhost) between the check and the move.
+	for _, p := range idle {
+		s.place(p, HomeGroup)
+	}
+	l.mu.Unlock()
 }
+
+// goHome is how long a process waits in an emulated accept before it is
+// moved to the home cgroup: an idle process should not count as the
+// vhost's, a busy one should not pay two migrations per connection.
+const goHome = time.Second
 
 // deliverOrRequeue delivers c to call; if call went away, c goes to the next
 // waiter or the stash.

@@ -35,6 +35,28 @@ match = ["127.0.0.2"]
 dscp = "EF"
 `
 
+// nameQoS tells the vhosts of one address apart by HTTP Host and TLS SNI.
+const nameQoS = `
+[[vhost]]
+name = "shop"
+match = ["shop.example"]
+dscp = "EF"
+
+[[vhost]]
+name = "blog"
+match = ["blog.example"]
+dscp = "AF21"
+`
+
+// setup is one server configuration to measure, and where wrk sends its
+// requests.
+type setup struct {
+	name      string
+	url       string
+	listenAll string
+	names     bool // name-based vhosts, HTTP on :8080 and HTTPS on :8443
+}
+
 func main() {
 	pairs := flag.Int("pairs", 5, "native/wrapped pairs per measurement")
 	pin := flag.Bool("pin", false, "run the server (and vhqos) on CPU 0 and wrk on CPU 1, so the client does not compete with the server")
@@ -42,6 +64,7 @@ func main() {
 	conns := flag.Int("c", 16, "wrk connections")
 	vhqos := flag.String("vhqos", "build/vhqos", "the vhqos binary")
 	reload := flag.Bool("reload", false, "measure QoS table reload latency instead")
+	names := flag.Bool("names", false, "measure name-based vhosts (HTTP Host, TLS SNI) over HTTP and HTTPS instead of address-based ones")
 	flag.Parse()
 	if os.Getenv(nsEnv) == "" {
 		// A network namespace of its own: any loopback address and port,
@@ -67,8 +90,23 @@ func main() {
 		}
 		return
 	}
+	table := qos
+	setups := []setup{
+		{name: "listener per address (kernel accepts)", url: "http://127.0.0.2:8080/index.html"},
+		{name: "wildcard listener (vhqos emulates accept)", url: "http://127.0.0.2:8080/index.html", listenAll: "8080"},
+	}
+	if *names {
+		table = nameQoS
+		setups = []setup{
+			{name: "name-based, HTTP (Host header)", url: "http://shop.example:8080/index.html", names: true},
+			{name: "name-based, HTTPS (TLS SNI)", url: "https://shop.example:8443/index.html", names: true},
+		}
+		if err := privateHosts("127.0.0.2 shop.example blog.example\n"); err != nil {
+			fail(err)
+		}
+	}
 	qosFile := filepath.Join(os.TempDir(), "vhqos-bench-qos.toml")
-	os.WriteFile(qosFile, []byte(qos), 0o644)
+	os.WriteFile(qosFile, []byte(table), 0o644)
 	defer os.Remove(qosFile)
 
 	cg, err := cgroup.New(context.Background(), cgroup.Options{Name: "vhqos-bench." + strconv.Itoa(os.Getpid())})
@@ -82,10 +120,7 @@ func main() {
 		}
 	}
 	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating pairs; %s\n", *conns, *duration, *pairs, kernel())
-	for _, path := range []struct{ name, listenAll string }{
-		{"listener per address (kernel accepts)", ""},
-		{"wildcard listener (vhqos emulates accept)", "8080"},
-	} {
+	for _, path := range setups {
 		fmt.Printf("\n%s\n", path.name)
 		for _, close := range []bool{true, false} {
 			var ratios []float64
@@ -95,11 +130,11 @@ func main() {
 				if *pin {
 					pinServer = []string{"taskset", "-c", "0"}
 				}
-				native, _, err := measure(cg, pinServer, *pin, path.listenAll, close, *conns, *duration)
+				native, _, err := measure(cg, pinServer, *pin, path, close, *conns, *duration)
 				if err != nil {
 					fail(err)
 				}
-				wrapped, cpu, err := measure(cg, append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), "vhqos-bench.sock"), "--"), *pin, path.listenAll, close, *conns, *duration)
+				wrapped, cpu, err := measure(cg, append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), "vhqos-bench.sock"), "--"), *pin, path, close, *conns, *duration)
 				if err != nil {
 					fail(err)
 				}
@@ -142,17 +177,26 @@ var (
 // under vhqos the server's processes sit in a cgroup too, and the CPU
 // scheduler treats a cgroup as one entity, so without this the two runs
 // would differ in how CPU is shared rather than in what vhqos costs.
-func measure(cg *cgroup.Manager, prefix []string, pin bool, listenAll string, close bool, conns int, d time.Duration) (result, time.Duration, error) {
+func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool, conns int, d time.Duration) (result, time.Duration, error) {
 	wrapped := len(prefix) > 0 && prefix[len(prefix)-1] == "--"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, err := itest.StartApache(ctx, itest.ApacheConfig{
+	cfg := itest.ApacheConfig{
 		VHosts:    []itest.VHost{{Name: "shop", Addr: "127.0.0.2:8080"}},
 		Prefix:    prefix,
-		ListenAll: listenAll,
+		ListenAll: su.listenAll,
 		// Enough processes for every keep-alive connection from the start.
 		Servers: conns + 4,
-	})
+	}
+	if su.names {
+		cert, key, err := itest.MakeCertificate(os.TempDir(), "shop.example", "blog.example")
+		if err != nil {
+			return result{}, 0, err
+		}
+		cfg.VHosts = []itest.VHost{{Name: "shop.example", Addr: "127.0.0.2:8080"}, {Name: "blog.example", Addr: "127.0.0.2:8080"}}
+		cfg.TLSAddr, cfg.CertFile, cfg.KeyFile = "127.0.0.2:8443", cert, key
+	}
+	a, err := itest.StartApache(ctx, cfg)
 	if err != nil {
 		return result{}, 0, err
 	}
@@ -174,7 +218,7 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, listenAll string, cl
 	if pin {
 		script = `for f in ` + strings.Join(procs, " ") + `; do echo $$ > $f; done; exec taskset -c 1 wrk "$@"`
 	}
-	out, err := exec.Command("sh", append([]string{"-c", script, "sh"}, append(args, "http://127.0.0.2:8080/index.html")...)...).CombinedOutput()
+	out, err := exec.Command("sh", append([]string{"-c", script, "sh"}, append(args, su.url)...)...).CombinedOutput()
 	var cpu time.Duration
 	if wrapped {
 		cpu = processCPU(a.Cmd.Process.Pid)
@@ -198,6 +242,24 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, listenAll string, cl
 	rps, _ := strconv.ParseFloat(string(m[1]), 64)
 	reqs, _ := strconv.Atoi(string(n[1]))
 	return result{rps: rps, requests: reqs}, cpu, nil
+}
+
+// privateHosts makes this mount namespace's /etc/hosts say hosts, so that
+// wrk resolves the vhosts' names (and sends them as SNI) without touching
+// the machine's file: mounts are made private first, so the bind mount
+// stays in here.
+func privateHosts(hosts string) error {
+	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making mounts private: %w", err)
+	}
+	f := filepath.Join(os.TempDir(), "vhqos-bench-hosts")
+	if err := os.WriteFile(f, []byte(hosts), 0o644); err != nil {
+		return err
+	}
+	if err := syscall.Mount(f, "/etc/hosts", "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mounting %s on /etc/hosts: %w", f, err)
+	}
+	return nil
 }
 
 // processGroup lists the processes in process group pgid.
