@@ -21,6 +21,9 @@ func (t *Table) Marshal() []byte {
 		if st.CgroupParent != "" {
 			fmt.Fprintf(&b, "cgroup_parent = %s\n", tomlString(st.CgroupParent))
 		}
+		if st.Track != "" {
+			fmt.Fprintf(&b, "track = %s\n", tomlString(st.Track))
+		}
 		if st.SniffTimeout != 0 {
 			fmt.Fprintf(&b, "sniff_timeout = %s\n", tomlString(st.SniffTimeout.String()))
 		}

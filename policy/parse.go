@@ -15,8 +15,10 @@ import (
 
 // The keys of each section. Functions rather than package variables: the
 // lists are handed to callers that could otherwise change them.
-func topKeys() []string      { return []string{"settings", "defaults", "vhost"} }
-func settingsKeys() []string { return []string{"cgroup_parent", "sniff_timeout", "sniff_bytes"} }
+func topKeys() []string { return []string{"settings", "defaults", "vhost"} }
+func settingsKeys() []string {
+	return []string{"cgroup_parent", "track", "sniff_timeout", "sniff_bytes"}
+}
 func limitKeys() []string {
 	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp"}
 }
@@ -190,6 +192,17 @@ func (p *parser) settings(m map[string]any, st *Settings) {
 		case k == "cgroup_parent":
 			if v, ok := p.cgroupParent(s, key, m[k]); ok {
 				st.CgroupParent = v
+			}
+		case k == "track":
+			switch v := m[k].(type) {
+			case string:
+				if v == "accept" || v == "fork" || v == "full" {
+					st.Track = v
+				} else {
+					p.valueProblem(s, key, "%q is not a tracking mode; use \"accept\" (prefork servers), \"fork\" (servers that fork a child per connection: inetd, socat fork) or \"full\" (also follows reads)", v)
+				}
+			default:
+				p.valueProblem(s, key, "is %s; write \"accept\", \"fork\" or \"full\"", typeName(v))
 			}
 		case k == "sniff_timeout":
 			if d, ok := p.duration(s, key, m[k], minSniffTimeout, maxSniffTimeout); ok {

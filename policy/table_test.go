@@ -38,6 +38,7 @@ func parse(t *testing.T, src string) (*Table, error) {
 const fullTable = `# a full table
 [settings]
 cgroup_parent = "/vhqos.slice"
+track = "fork"
 sniff_timeout = "750ms"
 sniff_bytes = 8192
 
@@ -192,6 +193,7 @@ func TestMarshalCanonical(t *testing.T) {
 	}
 	want := `[settings]
 cgroup_parent = "/vhqos.slice"
+track = "fork"
 sniff_timeout = "750ms"
 sniff_bytes = 8192
 
@@ -260,6 +262,7 @@ func TestProblems(t *testing.T) {
 		{"sniff_timeout not a duration", "[settings]\nsniff_timeout = \"2 seconds\"\n", 2, 17, "settings.sniff_timeout", `"2 seconds" is not a duration`},
 		{"sniff_timeout a number", "[settings]\nsniff_timeout = 2\n", 2, 17, "settings.sniff_timeout", "write a duration as a string"},
 		{"sniff_timeout too long", "[settings]\nsniff_timeout = \"5m\"\n", 2, 17, "settings.sniff_timeout", "out of range: from 10ms to 1m0s"},
+		{"unknown track mode", "[settings]\ntrack = \"forks\"\n", 2, 9, "settings.track", `"forks" is not a tracking mode`},
 		{"sniff_bytes too small", "[settings]\nsniff_bytes = 10\n", 2, 15, "settings.sniff_bytes", "out of range: use 512..65536"},
 		{"wrong type", vh + "cpu_weight = \"lots\"\n", 4, 14, "vhost[0].cpu_weight", `is a string ("lots"); write a whole number from 1 to 10000`},
 		{"number in quotes", vh + "cpu_weight = \"800\"\n", 4, 14, "vhost[0].cpu_weight", "write the number without quotes"},

@@ -646,7 +646,7 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 			return false
 		}
 	}
-	err := sendFd(s.notifyFd, call.id, c.fd, call.flags&unix.SOCK_CLOEXEC != 0)
+	err := s.handOver(call, c)
 	if err == nil {
 		c.close()
 		s.stats.Accepted.Add(1)

@@ -249,4 +249,5 @@ func (e *eventLoop) sweep(s *Supervisor) {
 		s.pump(l)
 	}
 	s.listeners.expire(s.idle, e)
+	s.pruneTracked()
 }

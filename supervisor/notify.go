@@ -72,16 +72,16 @@ func respondErrno(notifyFd int, id uint64, val int64, errno unix.Errno) error {
 // in which the process owns the fd but has not been answered. On failure
 // nothing was installed and the notification, if it still exists, is
 // unanswered.
-func sendFd(notifyFd int, id uint64, srcfd int, cloexec bool) error {
+func sendFd(notifyFd int, id uint64, srcfd int, cloexec bool) (newfd int, err error) {
 	a := notifAddfd{ID: id, Flags: unix.SECCOMP_ADDFD_FLAG_SEND, Srcfd: uint32(srcfd)}
 	if cloexec {
 		a.NewfdFlags = unix.O_CLOEXEC
 	}
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(notifyFd), unix.SECCOMP_IOCTL_NOTIF_ADDFD, uintptr(unsafe.Pointer(&a)))
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(notifyFd), unix.SECCOMP_IOCTL_NOTIF_ADDFD, uintptr(unsafe.Pointer(&a)))
 	if errno != 0 {
-		return errno
+		return -1, errno
 	}
-	return nil
+	return int(r), nil
 }
 
 // idValid reports whether the notifying thread is still blocked in the

@@ -28,6 +28,9 @@ type proc struct {
 	// the entry is gone and its pidfd closed (both under procTable.mu).
 	tids      []int
 	forgotten bool
+	// track is the process's fd table as far as fork and full tracking
+	// follow it (under mu).
+	track trackState
 }
 
 // procTable maps the thread ids in notifications to processes.

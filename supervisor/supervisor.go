@@ -78,6 +78,10 @@ type Options struct {
 	// Observe, if set, is told how long answering each notification took,
 	// by syscall name (for the metrics' latency histogram).
 	Observe func(syscall string, d time.Duration)
+	// Track is how far connections are followed after accept; the shim's
+	// filter must send the syscalls Track.Syscalls lists. Fork and full
+	// tracking emulate every accept, to know each connection's socket.
+	Track Track
 	// Receivers is how many threads wait for notifications; 0 means one
 	// per CPU, at least two.
 	Receivers int
@@ -99,6 +103,9 @@ type Supervisor struct {
 	idle       time.Duration
 	kcmpWorks  bool
 	shortcut   bool
+	track      Track
+	tracked    *trackTable
+	debug      bool // the logger takes debug lines: log each placement
 	receivers  int
 	observe    func(string, time.Duration)
 	selfPid    int
@@ -142,13 +149,16 @@ func New(opts Options) (*Supervisor, error) {
 		events:    events,
 		idle:      idle,
 		selfPid:   unix.Getpid(),
-		shortcut:  !opts.EmulateAlways,
+		shortcut:  !opts.EmulateAlways && opts.Track == TrackAccept,
+		track:     opts.Track,
+		tracked:   newTrackTable(),
 		receivers: opts.Receivers,
 		observe:   opts.Observe,
 	}
 	if err := syncWakeUp(s.notifyFd); err != nil {
 		log.Debug("synchronous wake-up of the supervisor is not available (Linux 6.6+)", "err", err)
 	}
+	s.debug = log.Enabled(context.Background(), slog.LevelDebug)
 	s.kcmpWorks = kcmpAvailable()
 	if !s.kcmpWorks {
 		log.Warn("kcmp(2) is not available; every accept re-reads the listening socket (slower)")
@@ -315,6 +325,13 @@ func (s *Supervisor) dispatch(n notification) {
 	case unix.SYS_ACCEPT4:
 		name = "accept4"
 		s.handleAccept(&n, true)
+	case unix.SYS_CLOSE, unix.SYS_DUP, unix.SYS_DUP2, unix.SYS_DUP3, unix.SYS_FCNTL,
+		unix.SYS_CLONE, unix.SYS_FORK, unix.SYS_VFORK:
+		name = "fork"
+		s.handleTracked(&n)
+	case unix.SYS_READ, unix.SYS_READV, unix.SYS_RECVFROM, unix.SYS_RECVMSG:
+		name = "read"
+		s.handleTracked(&n)
 	default:
 		s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
 	}
@@ -337,8 +354,16 @@ func (s *Supervisor) respond(id uint64, err error) {
 func (s *Supervisor) place(p *proc, group string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	s.placeLocked(p, group)
+}
+
+// placeLocked is place with p.mu held.
+func (s *Supervisor) placeLocked(p *proc, group string) {
 	if p.group == group {
 		return
+	}
+	if s.debug {
+		s.log.Debug("moving a server process", "pid", p.tgid, "from", p.group, "to", group)
 	}
 	if err := s.placer.Place(group, p.tgid); err != nil {
 		if errors.Is(err, unix.ESRCH) {
@@ -411,8 +436,8 @@ func (s *Supervisor) countConnection(group string) {
 
 // Tables reports the sizes of the supervisor's tables, so tests can check
 // that nothing grows without bound.
-func (s *Supervisor) Tables() (procs, listeners int) {
-	return s.procs.size(), s.listeners.size()
+func (s *Supervisor) Tables() (procs, listeners, connections int) {
+	return s.procs.size(), s.listeners.size(), s.tracked.size()
 }
 
 // ForgetPlacements drops what the supervisor remembers of where it put each

@@ -133,6 +133,9 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 	if next.Settings.CgroupParent != r.current.Settings.CgroupParent {
 		return nil, nil, nil, errors.New("settings.cgroup_parent cannot change while vhqos runs; restart it to move its cgroups")
 	}
+	if next.Settings.Track != r.current.Settings.Track {
+		return nil, nil, nil, errors.New("settings.track cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
+	}
 	old := classes(r.current)
 	neu := classes(next)
 	var undo []func()

@@ -173,9 +173,13 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 		return 0, err
 	}
 
+	track, err := supervisor.ParseTrack(table.Settings.Track)
+	if err != nil {
+		return 0, err
+	}
 	proc, err := shim.Start(ctx, shim.Config{
 		Argv:     opts.argv,
-		Syscalls: []string{"accept", "accept4"},
+		Syscalls: track.Syscalls(),
 		Env:      os.Environ(),
 		Stdin:    os.Stdin,
 		Stdout:   os.Stdout,
@@ -194,6 +198,7 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 		Classifier: tableClassifier{table},
 		Placer:     cg,
 		Logger:     log,
+		Track:      track,
 	}
 	if metrics != nil {
 		supOpts.Observe = metrics.Observe
@@ -212,7 +217,7 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 		return 0, fmt.Errorf("starting %s: %w", opts.argv[0], err)
 	}
 	log.Info("server started", "pid", proc.Pid(), "command", opts.argv, "config", opts.config,
-		"vhosts", len(table.VHosts), "cgroup_version", cg.Version())
+		"vhosts", len(table.VHosts), "cgroup_version", cg.Version(), "track", track)
 
 	exited := make(chan struct{})
 	go func() {

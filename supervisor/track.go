@@ -1,0 +1,347 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Track says how far the supervisor follows connections after accept. The
+// filter is fixed when the server starts, so this is chosen once, in the
+// QoS table's [settings] track.
+type Track int
+
+const (
+	// TrackAccept intercepts accept and accept4 only: the accepting
+	// process serves (prefork servers). A child forked after an accept is
+	// born in its parent's cgroup.
+	TrackAccept Track = iota
+	// TrackFork also follows fork, dup and close: a process that closes
+	// its last connection goes home, so a parent that accepts and forks
+	// children to serve (inetd, socat fork, busybox httpd) sits home,
+	// and each child is born in the class of the one connection it holds.
+	TrackFork
+	// TrackFull also intercepts the read family, the patent's read
+	// wrapper: a process holding connections of several vhosts follows
+	// the one it reads from, and is placed at its first read.
+	TrackFull
+)
+
+// ParseTrack reads a tracking mode as the QoS table writes it.
+func ParseTrack(s string) (Track, error) {
+	switch s {
+	case "", "accept":
+		return TrackAccept, nil
+	case "fork":
+		return TrackFork, nil
+	case "full":
+		return TrackFull, nil
+	}
+	return 0, fmt.Errorf("unknown tracking mode %q: use accept, fork or full", s)
+}
+
+func (t Track) String() string {
+	return [...]string{"accept", "fork", "full"}[t]
+}
+
+// Syscalls lists what the filter must send to the supervisor for mode t.
+func (t Track) Syscalls() []string {
+	list := []string{"accept", "accept4"}
+	if t >= TrackFork {
+		list = append(list, "fork", "vfork", "clone", "clone3", "dup", "dup2", "dup3", "fcntl", "close")
+	}
+	if t >= TrackFull {
+		list = append(list, "read", "readv", "recvfrom", "recvmsg")
+	}
+	return list
+}
+
+// trackedConn is a connection the supervisor handed to the server and
+// follows by its socket's inode, whichever fds and processes view it.
+type trackedConn struct {
+	ino      uint64
+	decision Decision
+}
+
+// trackTable holds every followed connection by socket inode. An entry
+// lives as long as the socket does: the sweep drops entries whose socket
+// the kernel no longer has (sock_diag), so the table returns to empty when
+// the server has closed everything, however its processes passed the
+// connections around.
+type trackTable struct {
+	mu    sync.Mutex
+	byIno map[uint64]*trackedConn
+}
+
+func newTrackTable() *trackTable { return &trackTable{byIno: map[uint64]*trackedConn{}} }
+
+func (t *trackTable) add(ino uint64, d Decision) {
+	t.mu.Lock()
+	t.byIno[ino] = &trackedConn{ino: ino, decision: d}
+	t.mu.Unlock()
+}
+
+func (t *trackTable) get(ino uint64) *trackedConn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byIno[ino]
+}
+
+func (t *trackTable) size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byIno)
+}
+
+// prune drops the entries whose inode is not in live.
+func (t *trackTable) prune(live map[uint64]bool) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for ino := range t.byIno {
+		if !live[ino] {
+			delete(t.byIno, ino)
+			n++
+		}
+	}
+	return n
+}
+
+// trackState is what the supervisor knows of one process's fds, under
+// proc.mu.
+type trackState struct {
+	// fds maps the process's fds to the followed connections they view.
+	// It is exact only while dirty is false: a birth, a dup or an exec
+	// changes the table in ways the supervisor does not follow one by
+	// one; the next decision rescans /proc/PID/fd, the kernel's truth.
+	fds   map[int]uint64
+	dirty bool
+	// read holds the fds whose first read was seen (full mode): later
+	// reads from them pass at once. close resets an fd's flag, so a
+	// reused fd number is looked at afresh, as in the patent.
+	read map[int]bool
+}
+
+// socketInode parses a /proc/PID/fd link target "socket:[INODE]".
+func socketInode(target string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(target, "socket:[")
+	if !ok || !strings.HasSuffix(rest, "]") {
+		return 0, false
+	}
+	ino, err := strconv.ParseUint(rest[:len(rest)-1], 10, 64)
+	return ino, err == nil
+}
+
+// rescan rebuilds p's view of which fds hold followed connections from
+// /proc/PID/fd. Called with p.mu held.
+func (s *Supervisor) rescan(p *proc) {
+	dir := "/proc/" + strconv.Itoa(p.tgid) + "/fd"
+	f, err := os.Open(dir)
+	if err != nil {
+		p.track.fds = nil
+		p.track.dirty = false
+		return
+	}
+	names, _ := f.Readdirnames(-1)
+	f.Close()
+	fds := make(map[int]uint64)
+	for _, name := range names {
+		target, err := os.Readlink(dir + "/" + name)
+		if err != nil {
+			continue
+		}
+		ino, ok := socketInode(target)
+		if !ok || s.tracked.get(ino) == nil {
+			continue
+		}
+		if fd, err := strconv.Atoi(name); err == nil {
+			fds[fd] = ino
+		}
+	}
+	p.track.fds = fds
+	p.track.dirty = false
+}
+
+// fdInode reads what one fd of p is, from /proc.
+func fdInode(p *proc, fd int) (uint64, bool) {
+	target, err := os.Readlink("/proc/" + strconv.Itoa(p.tgid) + "/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return 0, false
+	}
+	return socketInode(target)
+}
+
+// classes returns the distinct classes of the followed connections p holds.
+// Called with p.mu held.
+func (s *Supervisor) classes(p *proc) []Decision {
+	if p.track.dirty {
+		s.rescan(p)
+	}
+	var out []Decision
+	seen := map[uint64]bool{}
+	for _, ino := range p.track.fds {
+		if seen[ino] {
+			continue
+		}
+		seen[ino] = true
+		if c := s.tracked.get(ino); c != nil {
+			out = append(out, c.decision)
+		}
+	}
+	return out
+}
+
+// handleTracked answers the syscalls of fork and full tracking. Each is let
+// through unchanged (continue); the supervisor only updates its tables and
+// moves the process first where the call changes what it serves.
+func (s *Supervisor) handleTracked(n *notification) {
+	defer s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
+	p, isNew, err := s.procs.lookup(s.notifyFd, int(n.Pid), n.ID)
+	if err != nil {
+		return
+	}
+	if isNew {
+		s.events.watchExit(p)
+	}
+	fd := int(int32(n.Data.Args[0]))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if isNew {
+		// Born with its parent's fds, or exec'd: learn them when needed.
+		p.track.dirty = true
+	}
+	switch n.Data.Nr {
+	case unix.SYS_CLOSE:
+		s.trackClose(p, fd)
+	case unix.SYS_DUP2, unix.SYS_DUP3:
+		// The target fd is closed first, and now views the source.
+		newfd := int(int32(n.Data.Args[1]))
+		if newfd != fd {
+			delete(p.track.fds, newfd)
+			delete(p.track.read, newfd)
+			p.track.dirty = true
+		}
+	case unix.SYS_DUP, unix.SYS_FCNTL:
+		if len(p.track.fds) > 0 {
+			p.track.dirty = true
+		}
+	case unix.SYS_CLONE, unix.SYS_FORK, unix.SYS_VFORK:
+		s.trackFork(p)
+	case unix.SYS_READ, unix.SYS_READV, unix.SYS_RECVFROM, unix.SYS_RECVMSG:
+		s.trackRead(p, fd)
+	}
+}
+
+// trackClose ends p's lease on a connection when fd was its last view of
+// it, and sends p home when that was the last connection it held. The
+// move happens just before the close itself: the process is done serving.
+// Called with p.mu held.
+func (s *Supervisor) trackClose(p *proc, fd int) {
+	delete(p.track.read, fd)
+	if len(p.track.fds) == 0 && !p.track.dirty {
+		return
+	}
+	if p.track.dirty {
+		s.rescan(p)
+	}
+	if _, held := p.track.fds[fd]; !held {
+		return
+	}
+	delete(p.track.fds, fd)
+	if len(p.track.fds) == 0 {
+		s.placeLocked(p, HomeGroup)
+	}
+}
+
+// trackFork puts p where its child must be born: a process holding exactly
+// one connection forks a child to serve it, which is born in its class; one
+// holding several (in full mode) forks children that start home and are
+// placed at their first read. Called with p.mu held.
+func (s *Supervisor) trackFork(p *proc) {
+	classes := s.classes(p)
+	switch {
+	case len(classes) == 1:
+		s.placeLocked(p, classes[0].Group)
+	case len(classes) > 1 && s.track == TrackFull:
+		s.placeLocked(p, HomeGroup)
+	}
+}
+
+// trackRead places p in the class of the connection it starts reading
+// from: the first read per fd decides, later ones pass. Called with p.mu
+// held.
+func (s *Supervisor) trackRead(p *proc, fd int) {
+	if p.track.read[fd] {
+		return
+	}
+	if p.track.read == nil {
+		p.track.read = map[int]bool{}
+	}
+	p.track.read[fd] = true
+	ino, ok := fdInode(p, fd)
+	if !ok {
+		return
+	}
+	c := s.tracked.get(ino)
+	if c == nil {
+		return
+	}
+	if p.track.fds == nil {
+		p.track.fds = map[int]uint64{}
+	}
+	p.track.fds[fd] = ino
+	s.placeLocked(p, c.decision.Group)
+}
+
+// handOver installs c in the caller as the result of its accept. When
+// connections are followed, the caller's fd table is recorded with the
+// process locked across the hand-over: the caller runs on the moment the fd
+// is in, and its next fork or close must find the record already there.
+func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
+	cloexec := call.flags&unix.SOCK_CLOEXEC != 0
+	if s.track == TrackAccept {
+		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(c.fd, &st); err != nil {
+		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
+		return err
+	}
+	s.tracked.add(st.Ino, c.decision)
+	p := call.proc
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	newfd, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
+	if err != nil {
+		return err
+	}
+	if p.track.fds == nil {
+		p.track.fds = map[int]uint64{}
+	}
+	p.track.fds[newfd] = st.Ino
+	delete(p.track.read, newfd)
+	return nil
+}
+
+// pruneTracked drops followed connections whose socket is gone.
+func (s *Supervisor) pruneTracked() {
+	if s.tracked.size() == 0 {
+		return
+	}
+	live, err := liveSocketInodes()
+	if err != nil {
+		s.log.Debug("listing the sockets that are still open", "err", err)
+		return
+	}
+	s.tracked.prune(live)
+}
+
+// trackSweepEvery is how often followed connections are checked against
+// the kernel's sockets.
+const trackSweepEvery = time.Second
