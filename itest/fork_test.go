@@ -2,7 +2,9 @@ package itest
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -10,14 +12,18 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vhqos/vhqos/status"
 )
 
 const forkQoS = `
 [settings]
-track = "fork"
+track = "TRACK"
 
 [[vhost]]
 name = "shop"
@@ -96,12 +102,21 @@ func forkDir(t *testing.T) string {
 // vhqos and the server's own (listening) process.
 func runForkServer(t *testing.T, qos string, argv []string) (vhqos *exec.Cmd, serverPid int) {
 	t.Helper()
+	vhqos, serverPid, _ = runForkServerStatus(t, qos, argv)
+	return vhqos, serverPid
+}
+
+// runForkServerStatus is runForkServer that also returns vhqos's status
+// socket.
+func runForkServerStatus(t *testing.T, qos string, argv []string) (vhqos *exec.Cmd, serverPid int, socket string) {
+	t.Helper()
 	if _, err := exec.LookPath(argv[0]); err != nil {
 		t.Fatalf("%s is needed (make deps installs it): %v", argv[0], err)
 	}
 	qosFile := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qosFile, []byte(qos), 0o644)
-	full := append([]string{vhqosBinary(t), "run", "--log-level", "debug", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", statusSocket(t), "--"}, argv...)
+	socket = statusSocket(t)
+	full := append([]string{vhqosBinary(t), "run", "--log-level", "debug", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", socket, "--"}, argv...)
 	cmd := exec.Command(full[0], full[1:]...)
 	out, _ := os.Create(filepath.Join(t.TempDir(), "out"))
 	cmd.Stdout, cmd.Stderr = out, out
@@ -128,7 +143,7 @@ func runForkServer(t *testing.T, qos string, argv []string) (vhqos *exec.Cmd, se
 		data, _ := os.ReadFile(out.Name())
 		t.Fatalf("%v; vhqos said:\n%s", err, data)
 	}
-	return cmd, childOf(t, cmd.Process.Pid)
+	return cmd, childOf(t, cmd.Process.Pid), socket
 }
 
 // childOf returns the one child process of pid (vhqos's: the server).
@@ -151,43 +166,54 @@ func childOf(t *testing.T, pid int) int {
 	return child
 }
 
-// Fork-after-accept servers under track = "fork": every connection is
+// Fork-after-accept servers under track = "fork" and "full": every connection is
 // served by a child sitting in its vhost's cgroup, also after it dup2'd the
 // socket onto stdin and stdout and exec'd a shell, the server's packets
 // carry the vhost's DSCP, and the listening parent stays home.
 func TestForkAfterAcceptServers(t *testing.T) {
-	for _, srv := range forkServers() {
-		t.Run(srv.name, func(t *testing.T) {
-			capture, err := StartCapture()
-			if err != nil {
-				t.Fatal(err)
+	for _, mode := range []string{"fork", "full"} {
+		for _, srv := range forkServers() {
+			t.Run(mode+"/"+srv.name, func(t *testing.T) { testForkServer(t, mode, srv) })
+		}
+	}
+}
+
+func testForkServer(t *testing.T, mode string, srv forkServer) {
+	capture, err := StartCapture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer capture.Stop()
+	vhqos, parent := runForkServer(t, strings.Replace(forkQoS, "TRACK", mode, 1), srv.argv(forkDir(t)))
+	for i := 0; i < 6; i++ {
+		for _, v := range []struct {
+			addr, group string
+			dscp        int
+		}{{"127.0.0.2:8080", "vhost-shop", 46}, {"127.0.0.3:8080", "vhost-blog", 18}} {
+			pid, cgroup, port := forkRequest(t, v.addr, srv.request)
+			want := fmt.Sprintf("/vhqos.%d/%s", vhqos.Process.Pid, v.group)
+			if !strings.HasSuffix(cgroup, want) {
+				t.Errorf("%s: served by pid %d in %q, want …%s", v.addr, pid, cgroup, want)
 			}
-			defer capture.Stop()
-			vhqos, parent := runForkServer(t, forkQoS, srv.argv(forkDir(t)))
-			for i := 0; i < 6; i++ {
-				for _, v := range []struct {
-					addr, group string
-					dscp        int
-				}{{"127.0.0.2:8080", "vhost-shop", 46}, {"127.0.0.3:8080", "vhost-blog", 18}} {
-					pid, cgroup, port := forkRequest(t, v.addr, srv.request)
-					want := fmt.Sprintf("/vhqos.%d/%s", vhqos.Process.Pid, v.group)
-					if !strings.HasSuffix(cgroup, want) {
-						t.Errorf("%s: served by pid %d in %q, want …%s", v.addr, pid, cgroup, want)
-					}
-					if pid == parent {
-						t.Errorf("%s: served by the listening parent, not a child", v.addr)
-					}
-					client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
-					if d := capture.DSCP(addrPort(t, v.addr), client); len(d) != 1 || d[v.dscp] == 0 {
-						t.Errorf("%s: DSCP on the wire %v, want %d", v.addr, d, v.dscp)
-					}
-				}
+			if pid == parent {
+				t.Errorf("%s: served by the listening parent, not a child", v.addr)
 			}
-			want := fmt.Sprintf("/vhqos.%d/home", vhqos.Process.Pid)
-			if got := procCgroup(t, parent); !strings.HasSuffix(got, want) {
-				t.Errorf("the listening parent %d sits in %q, want …%s", parent, got, want)
+			client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+			if d := capture.DSCP(addrPort(t, v.addr), client); len(d) != 1 || d[v.dscp] == 0 {
+				t.Errorf("%s: DSCP on the wire %v, want %d", v.addr, d, v.dscp)
 			}
-		})
+		}
+	}
+	// The parent goes home when it next waits for a connection,
+	// or within a second.
+	want := fmt.Sprintf("/vhqos.%d/home", vhqos.Process.Pid)
+	deadline := time.Now().Add(3 * time.Second)
+	for got := procCgroup(t, parent); !strings.HasSuffix(got, want); got = procCgroup(t, parent) {
+		if time.Now().After(deadline) {
+			t.Errorf("the listening parent %d sits in %q, want …%s", parent, got, want)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -238,4 +264,151 @@ func forkRequest(t *testing.T, addr, request string) (pid int, cgroup string, po
 		t.Fatalf("no report from %s", addr)
 	}
 	return pid, cgroup, port
+}
+
+// soakConnections is how many connections TestForkSoak makes:
+// VHQOS_SOAK_CONNECTIONS, or 100,000. The cgroup v2 VM runs under software
+// emulation, where a fork and exec per connection is some fifty times
+// slower: make test-vm sets a smaller count there.
+func soakConnections(t *testing.T) int {
+	if v := os.Getenv("VHQOS_SOAK_CONNECTIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("VHQOS_SOAK_CONNECTIONS=%q: want a positive number", v)
+		}
+		return n
+	}
+	return 100000
+}
+
+// Many connections through a forking server (socat fork, a child and an
+// exec'd cat per connection) under fork tracking: every table of the
+// supervisor returns to its size before the traffic, and its memory stays
+// bounded.
+func TestForkSoak(t *testing.T) {
+	total := soakConnections(t)
+	vhqos, _, socket := runForkServerStatus(t, strings.Replace(forkQoS, "TRACK", "fork", 1), []string{"socat", "TCP-LISTEN:8080,fork,reuseaddr,backlog=512", "EXEC:/bin/cat"})
+	report := func() status.Report {
+		t.Helper()
+		out, code := vhqosStatus(t, socket, nil)
+		if code != 0 {
+			t.Fatalf("vhqos status exited %d: %s", code, out)
+		}
+		var r status.Report
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("vhqos status --json: %v\n%s", err, out)
+		}
+		return r
+	}
+	// settled waits until no connection is followed any more and the
+	// server's exited children are forgotten.
+	settled := func() status.Report {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			r := report()
+			if r.Supervisor.FollowedConnections == 0 && r.Supervisor.KnownProcesses <= 1 || time.Now().After(deadline) {
+				return r
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	var done, failed atomic.Int64
+	var firstErr atomic.Value
+	run := func(n int) {
+		var wg sync.WaitGroup
+		var next atomic.Int64
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for next.Add(1) <= int64(n) {
+					addr := "127.0.0.2:8080"
+					if next.Load()%2 == 0 {
+						addr = "127.0.0.3:8080"
+					}
+					if err := echoOnce(addr); err != nil {
+						failed.Add(1)
+						firstErr.CompareAndSwap(nil, err)
+						continue
+					}
+					done.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	// A first batch brings the supervisor to its working size.
+	warm := min(total/10, 5000)
+	run(warm)
+	base := settled()
+	baseRSS := rssKiB(t, vhqos.Process.Pid)
+	start := time.Now()
+	run(total - warm)
+	took := time.Since(start)
+	after := settled()
+	afterRSS := rssKiB(t, vhqos.Process.Pid)
+	t.Logf("%d connections (%d failed) in %v, %.0f/s; supervisor RSS %d KiB after %d, %d KiB after all; tables after: %d processes, %d listener copies, %d followed connections",
+		done.Load(), failed.Load(), took.Round(time.Second), float64(total-warm)/took.Seconds(), baseRSS, warm, afterRSS,
+		after.Supervisor.KnownProcesses, after.Supervisor.ListenerCopies, after.Supervisor.FollowedConnections)
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d connections failed, the first: %v", n, firstErr.Load())
+	}
+	b, a := base.Supervisor, after.Supervisor
+	if a.FollowedConnections != 0 || a.KnownProcesses > b.KnownProcesses || a.ListenerCopies > max(b.ListenerCopies, 1) {
+		t.Errorf("tables did not return to their size before the traffic: before %d processes, %d listener copies, %d followed connections; after %d, %d, %d",
+			b.KnownProcesses, b.ListenerCopies, b.FollowedConnections, a.KnownProcesses, a.ListenerCopies, a.FollowedConnections)
+	}
+	if t.Failed() {
+		out, _ := vhqosStatus(t, socket, nil)
+		ps, _ := exec.Command("ps", "-eo", "pid,ppid,stat,wchan:20,cmd", "--forest").CombinedOutput()
+		t.Logf("status:\n%s\nprocesses:\n%s", out, ps)
+	}
+	// Go's heap may grow to twice what is live before a collection; what
+	// must not happen is growth with the number of connections.
+	if afterRSS > baseRSS+16*1024 {
+		t.Errorf("supervisor RSS grew from %d KiB to %d KiB over %d connections", baseRSS, afterRSS, total-warm)
+	}
+	if got := a.Accepted - b.Accepted; got < uint64(total-warm) {
+		t.Errorf("supervisor accepted %d connections, want %d", got, total-warm)
+	}
+}
+
+// echoOnce sends a line through the echo server and checks it comes back.
+func echoOnce(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write([]byte("soak\n")); err != nil {
+		return err
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if string(got) != "soak\n" {
+		return fmt.Errorf("echo from %s: %q", addr, got)
+	}
+	return nil
+}
+
+// rssKiB reads a process's resident set size.
+func rssKiB(t *testing.T, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n
+		}
+	}
+	t.Fatalf("no VmRSS for %d", pid)
+	return 0
 }

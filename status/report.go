@@ -57,6 +57,14 @@ type Counters struct {
 	NameTimeouts    uint64 `json:"name_timeouts"`
 	Reloads         uint64 `json:"reloads"`
 	ReloadsRefused  uint64 `json:"reloads_refused"`
+	// Track is the tracking mode; the table sizes that follow show that
+	// nothing grows without bound: server processes the supervisor knows,
+	// its copies of listening sockets, connections it follows (fork and
+	// full tracking).
+	Track               string `json:"track"`
+	KnownProcesses      int    `json:"known_processes"`
+	ListenerCopies      int    `json:"listener_copies"`
+	FollowedConnections int    `json:"followed_connections"`
 }
 
 // WriteTable prints r for a terminal. With prev (an earlier report of the
@@ -83,6 +91,8 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 	s := r.Supervisor
 	fmt.Fprintf(w, "supervisor: %d notifications, %d accepted, %d left to the kernel, %d requeued, %d placement errors, %d errors, %d reloads (%d refused)\n",
 		s.Notifications, s.Accepted, s.Continued, s.Requeued, s.PlacementErrors, s.Errors, s.Reloads, s.ReloadsRefused)
+	fmt.Fprintf(w, "tracking %s: %d processes known, %d listening sockets, %d connections followed\n",
+		s.Track, s.KnownProcesses, s.ListenerCopies, s.FollowedConnections)
 	if s.NamesFound+s.NameFallbacks+s.NameTimeouts > 0 {
 		fmt.Fprintf(w, "host names: %d found, %d connections without one, %d timed out waiting for one\n",
 			s.NamesFound, s.NameFallbacks, s.NameTimeouts)

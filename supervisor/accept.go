@@ -465,6 +465,10 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 		young := l.youngestPending().Add(shortWait)
 		if l.closed || !time.Now().Before(young) {
 			l.mu.Unlock()
+			if s.track >= TrackFork {
+				// Back to poll() with nothing in hand.
+				s.goHomeIfIdle(call.proc)
+			}
 			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, unix.EAGAIN))
 			return true
 		}
@@ -484,6 +488,9 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 	// connection. The sweep moves long waiters home (goHome); a blocked
 	// process uses no CPU where it sits.
 	call.waitingSince = time.Now()
+	if s.track >= TrackFork {
+		s.goHomeIfIdle(call.proc)
+	}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()

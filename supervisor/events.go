@@ -250,4 +250,5 @@ func (e *eventLoop) sweep(s *Supervisor) {
 	}
 	s.listeners.expire(s.idle, e)
 	s.pruneTracked()
+	s.leaseBackstop()
 }

@@ -54,17 +54,30 @@ func (t *procTable) lookup(notifyFd int, tid int, id uint64) (p *proc, isNew boo
 	if p != nil {
 		return p, false, nil
 	}
-	tgid, err := readTgid(tid)
-	if err != nil {
+	// Most notifications come from a process's main thread, whose id is
+	// the process id: pidfd_open accepts only those, so its success
+	// answers the question without reading /proc, which is slow for a
+	// process in the middle of a fork or an exec (and forking servers
+	// bring a new process per connection).
+	tgid, pidfd := tid, -1
+	if fd, err := unix.PidfdOpen(tid, 0); err == nil {
+		pidfd = fd
+	} else if tgid, err = readTgid(tid); err != nil {
 		return nil, false, err
 	}
 	t.mu.Lock()
 	p = t.byTgid[tgid]
 	t.mu.Unlock()
+	if p != nil && pidfd >= 0 {
+		unix.Close(pidfd)
+	}
 	if p == nil {
-		pidfd, err := unix.PidfdOpen(tgid, 0)
-		if err != nil {
-			return nil, false, fmt.Errorf("opening pidfd of process %d: %w", tgid, err)
+		if pidfd < 0 {
+			fd, err := unix.PidfdOpen(tgid, 0)
+			if err != nil {
+				return nil, false, fmt.Errorf("opening pidfd of process %d: %w", tgid, err)
+			}
+			pidfd = fd
 		}
 		p = &proc{tgid: tgid, pidfd: pidfd, listeners: map[int]*listener{}}
 		isNew = true

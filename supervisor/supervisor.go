@@ -411,6 +411,9 @@ type GroupStats struct {
 	Connections atomic.Uint64
 }
 
+// Track returns how far connections are followed.
+func (s *Supervisor) Track() Track { return s.track }
+
 // Stats returns the supervisor's live counters.
 func (s *Supervisor) Stats() *Stats { return &s.stats }
 

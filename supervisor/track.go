@@ -21,14 +21,22 @@ const (
 	// process serves (prefork servers). A child forked after an accept is
 	// born in its parent's cgroup.
 	TrackAccept Track = iota
-	// TrackFork also follows fork, dup and close: a process that closes
-	// its last connection goes home, so a parent that accepts and forks
-	// children to serve (inetd, socat fork, busybox httpd) sits home,
-	// and each child is born in the class of the one connection it holds.
+	// TrackFork also intercepts process creation: a child is born in the
+	// class of the one connection its parent holds, and a process that
+	// holds no connection any more goes home when it next waits in
+	// accept, or within a second (the sweep, for servers that poll before
+	// they accept). For servers that accept in a parent and fork a child
+	// per connection: inetd, socat fork, busybox httpd. What a process
+	// holds is read from /proc/PID/fd when it matters, not followed
+	// call by call, which keeps the cost to a few notifications per
+	// connection.
 	TrackFork
-	// TrackFull also intercepts the read family, the patent's read
-	// wrapper: a process holding connections of several vhosts follows
-	// the one it reads from, and is placed at its first read.
+	// TrackFull also intercepts the dup family, close and the read family,
+	// the patent's tables and read wrapper: a process goes home the moment
+	// it closes its last connection, one holding connections of several
+	// vhosts follows the one it reads from, and a child holding several
+	// is placed at its first read. Every close and read costs a
+	// notification.
 	TrackFull
 )
 
@@ -53,10 +61,10 @@ func (t Track) String() string {
 func (t Track) Syscalls() []string {
 	list := []string{"accept", "accept4"}
 	if t >= TrackFork {
-		list = append(list, "fork", "vfork", "clone", "clone3", "dup", "dup2", "dup3", "fcntl", "close")
+		list = append(list, "fork", "vfork", "clone", "clone3")
 	}
 	if t >= TrackFull {
-		list = append(list, "read", "readv", "recvfrom", "recvmsg")
+		list = append(list, "dup", "dup2", "dup3", "fcntl", "close", "read", "readv", "recvfrom", "recvmsg")
 	}
 	return list
 }
@@ -179,7 +187,8 @@ func fdInode(p *proc, fd int) (uint64, bool) {
 // classes returns the distinct classes of the followed connections p holds.
 // Called with p.mu held.
 func (s *Supervisor) classes(p *proc) []Decision {
-	if p.track.dirty {
+	if p.track.dirty || s.track == TrackFork {
+		// Fork tracking does not see close and dup: only /proc knows.
 		s.rescan(p)
 	}
 	var out []Decision
@@ -200,7 +209,9 @@ func (s *Supervisor) classes(p *proc) []Decision {
 // through unchanged (continue); the supervisor only updates its tables and
 // moves the process first where the call changes what it serves.
 func (s *Supervisor) handleTracked(n *notification) {
-	defer s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
+	// The answer goes last: the tables and the placement must be right
+	// before the call goes on.
+	defer func() { s.respond(n.ID, respondContinue(s.notifyFd, n.ID)) }()
 	p, isNew, err := s.procs.lookup(s.notifyFd, int(n.Pid), n.ID)
 	if err != nil {
 		return
@@ -327,6 +338,40 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 	p.track.fds[newfd] = st.Ino
 	delete(p.track.read, newfd)
 	return nil
+}
+
+// leaseBackstop sends home the processes that hold no followed connection
+// any more but were not seen to let go of the last one: in fork tracking
+// closes are not intercepted, and a server that polls before it accepts
+// never waits in accept. Runs in the sweep.
+func (s *Supervisor) leaseBackstop() {
+	if s.track < TrackFork {
+		return
+	}
+	s.procs.mu.Lock()
+	list := make([]*proc, 0, len(s.procs.byTgid))
+	for _, p := range s.procs.byTgid {
+		list = append(list, p)
+	}
+	s.procs.mu.Unlock()
+	for _, p := range list {
+		p.mu.Lock()
+		if p.group != "" && p.group != HomeGroup && len(s.classes(p)) == 0 {
+			s.placeLocked(p, HomeGroup)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// goHomeIfIdle sends p home when it holds no followed connection: a
+// process waiting in accept with nothing in hand (the parent of a forking
+// server) serves nobody.
+func (s *Supervisor) goHomeIfIdle(p *proc) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.group != HomeGroup && len(s.classes(p)) == 0 {
+		s.placeLocked(p, HomeGroup)
+	}
 }
 
 // pruneTracked drops followed connections whose socket is gone.

@@ -56,6 +56,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) int {
 func buildReport(started time.Time, serverPid int, path string, r *reloader, cg *cgroup.Manager, sup *supervisor.Supervisor) *status.Report {
 	table, gen := r.table()
 	st := sup.Stats()
+	procs, listeners, followed := sup.Tables()
 	rep := &status.Report{
 		PID: os.Getpid(), ServerPID: serverPid, Config: path, Started: started, Now: time.Now(),
 		Generation: gen, Cgroup: cg.Version(),
@@ -64,6 +65,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 			Requeued: st.Requeued.Load(), PlacementErrors: st.PlacementErrors.Load(), Errors: st.Errors.Load(),
 			NamesFound: st.NamesFound.Load(), NameFallbacks: st.NameFallbacks.Load(), NameTimeouts: st.NameTimeouts.Load(),
 			Reloads: r.reloads.Load(), ReloadsRefused: r.refused.Load(),
+			Track: sup.Track().String(), KnownProcesses: procs, ListenerCopies: listeners, FollowedConnections: followed,
 		},
 	}
 	conns := sup.GroupConnections()
