@@ -65,6 +65,7 @@ func main() {
 	vhqos := flag.String("vhqos", "build/vhqos", "the vhqos binary")
 	reload := flag.Bool("reload", false, "measure QoS table reload latency instead")
 	names := flag.Bool("names", false, "measure name-based vhosts (HTTP Host, TLS SNI) over HTTP and HTTPS instead of address-based ones")
+	fork := flag.Bool("fork", false, "measure fork-after-accept servers (socat, busybox httpd) in connections/s instead, native and under each track setting")
 	flag.Parse()
 	if os.Getenv(nsEnv) == "" {
 		// A network namespace of its own: any loopback address and port,
@@ -86,6 +87,12 @@ func main() {
 	bin, _ := filepath.Abs(*vhqos)
 	if *reload {
 		if err := reloadBench(bin); err != nil {
+			fail(err)
+		}
+		return
+	}
+	if *fork {
+		if err := forkBench(bin, *pairs, *conns, *duration); err != nil {
 			fail(err)
 		}
 		return
