@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"fmt"
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -72,12 +74,28 @@ func respondErrno(notifyFd int, id uint64, val int64, errno unix.Errno) error {
 // in which the process owns the fd but has not been answered. On failure
 // nothing was installed and the notification, if it still exists, is
 // unanswered.
+//
+// The ioctl runs with every signal blocked on its thread. It waits for the
+// target to take the fd; a signal ending that wait (the Go runtime
+// preempts with SIGURG all the time) would withdraw the fd after the
+// kernel already marked the notification answered, and the restarted
+// ioctl then finds it answered (EINPROGRESS): the target's syscall
+// returns 0 with no fd installed (seen as accept returning fd 0 that is
+// not open, in a forking server under load).
 func sendFd(notifyFd int, id uint64, srcfd int, cloexec bool) (newfd int, err error) {
 	a := notifAddfd{ID: id, Flags: unix.SECCOMP_ADDFD_FLAG_SEND, Srcfd: uint32(srcfd)}
 	if cloexec {
 		a.NewfdFlags = unix.O_CLOEXEC
 	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	all := unix.Sigset_t{Val: [len(unix.Sigset_t{}.Val)]uint64{^uint64(0)}}
+	var old unix.Sigset_t
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, &old); err != nil {
+		return -1, fmt.Errorf("blocking signals around SECCOMP_IOCTL_NOTIF_ADDFD: %w", err)
+	}
 	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(notifyFd), unix.SECCOMP_IOCTL_NOTIF_ADDFD, uintptr(unsafe.Pointer(&a)))
+	unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
 	if errno != 0 {
 		return -1, errno
 	}
