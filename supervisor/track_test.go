@@ -1,0 +1,361 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vhqos/vhqos/shim"
+)
+
+// fdLab is a small Python program that runs under the real filter and does
+// to its fd table what the test tells it, one command per line on stdin,
+// answering one line each on stdout. Python, because it forks and execs
+// plainly, which a Go test binary cannot.
+const fdLab = `
+import os, socket, sys, threading, time
+lst = []
+for _ in range(2):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    lst.append(s)
+# The protocol runs on copies of stdin and stdout, so that the commands
+# may replace fds 0, 1 and 2.
+cmds = os.fdopen(os.dup(0), "r")
+out = os.fdopen(os.dup(1), "w")
+def say(*a):
+    out.write(" ".join(str(x) for x in a) + "\n"); out.flush()
+def do(cmd):
+    f = cmd.split()
+    if f[0] == "accept":
+        c, _ = lst[int(f[1])].accept()
+        fd = c.detach()
+        os.set_inheritable(fd, True)
+        return fd
+    if f[0] == "dup2":
+        os.dup2(int(f[1]), int(f[2])); return "ok"
+    if f[0] == "close":
+        os.close(int(f[1])); return "ok"
+    if f[0] == "read":
+        return os.read(int(f[1]), 1).decode()
+    if f[0] == "pid":
+        return os.getpid()
+    if f[0] == "sleep":
+        time.sleep(float(f[1])); return "ok"
+    return "unknown " + cmd
+if len(sys.argv) > 1:
+    # Exec'd again: the listeners are gone, fds named on the command line
+    # are what the process was handed.
+    lst = []
+say("ready", *[s.getsockname()[1] for s in lst])
+kids = []
+for line in cmds:
+    line = line.strip()
+    if line.startswith("fork "):
+        # fork CMD; CMD; ...: a child runs the commands, says "child PID
+        # RESULT..." and lives as long as its parent (a pipe's EOF).
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            for _, w2 in kids:
+                os.close(w2)
+            res = [str(do(c.strip())) for c in line[5:].split(";")]
+            say("child", os.getpid(), *res)
+            os.read(r, 1)
+            os._exit(0)
+        os.close(r)
+        kids.append((pid, w))
+        say(pid)
+    elif line == "reap":
+        # The children see EOF on their pipes, exit, and are waited for.
+        for pid, w in kids:
+            os.close(w)
+            os.waitpid(pid, 0)
+        kids = []
+        say("ok")
+    elif line.startswith("thread "):
+        r = []
+        t = threading.Thread(target=lambda: r.append(do(line[7:])))
+        t.start(); t.join()
+        say(r[0])
+    elif line == "exec":
+        out.flush()
+        os.execv(sys.executable, [sys.executable, sys.argv[0], "again"])
+    else:
+        say(do(line))
+`
+
+// labClassifier puts connections to the lab's first listener in "shop"
+// and to its second in "blog".
+type labClassifier struct{ shop, blog uint16 }
+
+func (c *labClassifier) ClassifyAddr(local netip.AddrPort) Decision {
+	switch local.Port() {
+	case c.shop:
+		return Decision{Group: "shop", DSCP: -1}
+	case c.blog:
+		return Decision{Group: "blog", DSCP: -1}
+	}
+	return Decision{Group: "default", DSCP: -1}
+}
+func (c *labClassifier) ClassifyListener(netip.AddrPort) (Decision, bool) { return Decision{}, false }
+func (c *labClassifier) NamesApply(netip.AddrPort) bool                   { return false }
+func (c *labClassifier) ClassifyName(_ string, l netip.AddrPort) Decision { return c.ClassifyAddr(l) }
+func (c *labClassifier) SniffLimits() (time.Duration, int)                { return time.Second, 16384 }
+
+type lab struct {
+	t      *testing.T
+	sup    *Supervisor
+	placer *recordingPlacer
+	in     io.Writer
+	out    *bufio.Reader
+	pid    int
+	ports  [2]int
+}
+
+func startLab(t *testing.T, track Track) *lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: pidfd_getfd into the server and the seccomp filter without no_new_privs")
+	}
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatalf("python3 is needed (make deps installs it): %v", err)
+	}
+	self, _ := os.Executable()
+	script := filepath.Join(t.TempDir(), "fdlab.py")
+	if err := os.WriteFile(script, []byte(fdLab), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdinR, stdinW, _ := os.Pipe()
+	stdoutR, stdoutW, _ := os.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := shim.Start(ctx, shim.Config{
+		Self: self, Argv: []string{python, script}, Syscalls: track.Syscalls(),
+		Env: os.Environ(), Stdin: stdinR, Stdout: stdoutW, Stderr: os.Stderr,
+	})
+	stdinR.Close()
+	stdoutW.Close()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	lb := &lab{t: t, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid()}
+	lb.placer = &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
+	cl := &labClassifier{}
+	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: cl, Placer: lb.placer, Track: track})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb.sup = sup
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	if err := p.Exec(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdinW.Close()
+		p.Cmd.Process.Kill()
+		p.Cmd.Wait()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("supervisor did not stop")
+		}
+		cancel()
+	})
+	f := strings.Fields(lb.line())
+	if len(f) != 3 || f[0] != "ready" {
+		t.Fatalf("lab did not start: %q", f)
+	}
+	lb.ports[0], _ = strconv.Atoi(f[1])
+	lb.ports[1], _ = strconv.Atoi(f[2])
+	cl.shop, cl.blog = uint16(lb.ports[0]), uint16(lb.ports[1])
+	return lb
+}
+
+func (lb *lab) line() string {
+	lb.t.Helper()
+	ch := make(chan string, 1)
+	go func() {
+		s, _ := lb.out.ReadString('\n')
+		ch <- strings.TrimSpace(s)
+	}()
+	select {
+	case s := <-ch:
+		return s
+	case <-time.After(10 * time.Second):
+		lb.t.Fatal("the lab did not answer in 10 s")
+	}
+	return ""
+}
+
+// do sends one command and returns the answer.
+func (lb *lab) do(cmd string) string {
+	lb.t.Helper()
+	fmt.Fprintln(lb.in, cmd)
+	return lb.line()
+}
+
+// connect makes a connection to listener i, sends one byte on it (for the
+// lab to read) and has the lab accept it; it returns the lab's fd.
+func (lb *lab) connect(i int) int {
+	lb.t.Helper()
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(lb.ports[i]))
+	if err != nil {
+		lb.t.Fatal(err)
+	}
+	lb.t.Cleanup(func() { c.Close() })
+	c.Write([]byte("x"))
+	fd, err := strconv.Atoi(lb.do("accept " + strconv.Itoa(i)))
+	if err != nil {
+		lb.t.Fatalf("accept: %v", err)
+	}
+	return fd
+}
+
+// expect checks which group the supervisor last put pid in.
+func (lb *lab) expect(pid int, group, when string) {
+	lb.t.Helper()
+	if got := lb.placer.groupOf(pid); got != group {
+		lb.t.Errorf("%s: process %d is in %q, want %q", when, pid, got, group)
+	}
+}
+
+// The tables under full tracking: a connection dup2'd onto 0, 1 and 2 is
+// held until the last of its fds closes; a reused fd number belongs to its
+// new connection; a thread's calls count for its process.
+func TestTrackFullFdTable(t *testing.T) {
+	lb := startLab(t, TrackFull)
+	fd := lb.connect(0)
+	lb.expect(lb.pid, "shop", "after accept")
+	for _, target := range []int{0, 1, 2} {
+		lb.do(fmt.Sprintf("dup2 %d %d", fd, target))
+	}
+	lb.do(fmt.Sprintf("close %d", fd))
+	lb.expect(lb.pid, "shop", "after closing the accepted fd, with copies on 0, 1, 2")
+	lb.do("close 0")
+	lb.do("close 1")
+	lb.expect(lb.pid, "shop", "with the connection still on 2")
+	lb.do("close 2")
+	lb.expect(lb.pid, HomeGroup, "after closing the last copy")
+
+	// The same fd number, now for a blog connection.
+	fd2 := lb.connect(1)
+	lb.expect(lb.pid, "blog", "after accepting a blog connection")
+	if got := lb.do(fmt.Sprintf("read %d", fd2)); got != "x" {
+		t.Fatalf("read: %q", got)
+	}
+	lb.expect(lb.pid, "blog", "after reading the blog connection")
+
+	// A thread closes it: the process goes home.
+	lb.do(fmt.Sprintf("thread close %d", fd2))
+	lb.expect(lb.pid, HomeGroup, "after a thread closed the last connection")
+	if _, _, conns := lb.sup.Tables(); conns > 2 {
+		t.Errorf("%d connections followed", conns)
+	}
+}
+
+// A child forked while its parent holds connections of two vhosts is born
+// at home (the parent is moved there first) and follows the connection it
+// reads from; one forked holding a single connection is born in its class.
+// When the children exit, the process table returns to its size before.
+func TestTrackFullFork(t *testing.T) {
+	lb := startLab(t, TrackFull)
+	procsBefore, _, _ := lb.sup.Tables()
+	shop := lb.connect(0)
+	blog := lb.connect(1)
+	lb.expect(lb.pid, "blog", "after the second accept")
+	fmt.Fprintf(lb.in, "fork read %d; sleep 0.2; read %d\n", shop, blog)
+	var child int
+	for range 2 {
+		f := strings.Fields(lb.line())
+		if f[0] == "child" {
+			child, _ = strconv.Atoi(f[1])
+		}
+	}
+	lb.expect(lb.pid, HomeGroup, "parent, after forking with two vhosts' connections")
+	if !lb.placer.wasIn(child, "shop") {
+		t.Errorf("child %d was never placed in shop, where its first read went", child)
+	}
+	lb.expect(child, "blog", "child, after reading from blog last")
+
+	// A single connection: the parent is in its class at the fork.
+	lb.do(fmt.Sprintf("close %d", shop))
+	lb.do(fmt.Sprintf("close %d", blog))
+	lb.expect(lb.pid, HomeGroup, "parent, after closing both")
+	one := lb.connect(0)
+	lb.do("fork sleep 0")
+	lb.line()
+	lb.expect(lb.pid, "shop", "parent forking with one shop connection (its child is born there)")
+	lb.do(fmt.Sprintf("close %d", one))
+
+	// When the children exit, the supervisor forgets them.
+	if procs, _, _ := lb.sup.Tables(); procs <= procsBefore {
+		t.Errorf("process table has %d entries with two children alive, %d before", procs, procsBefore)
+	}
+	lb.do("reap")
+	deadline := time.Now().Add(3 * time.Second)
+	procs, _, _ := lb.sup.Tables()
+	for ; procs > procsBefore && time.Now().Before(deadline); procs, _, _ = lb.sup.Tables() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if procs != procsBefore {
+		t.Errorf("process table has %d entries after the children exited, %d before", procs, procsBefore)
+	}
+}
+
+// After exec the process keeps the connections its fds hold; the first
+// read from one places it (the supervisor reads the fd from /proc, since
+// exec closed others behind its back).
+func TestTrackFullExec(t *testing.T) {
+	lb := startLab(t, TrackFull)
+	fd := lb.connect(1)
+	lb.do(fmt.Sprintf("dup2 %d 20", fd))
+	lb.do(fmt.Sprintf("close %d", fd))
+	fmt.Fprintln(lb.in, "exec")
+	if f := strings.Fields(lb.line()); len(f) == 0 || f[0] != "ready" {
+		t.Fatalf("after exec: %q", f)
+	}
+	// Pretend it went elsewhere meanwhile: the read must put it back.
+	lb.placer.Place(HomeGroup, lb.pid)
+	lb.sup.ForgetPlacements()
+	if got := lb.do("read 20"); got != "x" {
+		t.Fatalf("read after exec: %q", got)
+	}
+	lb.expect(lb.pid, "blog", "after exec and a read of the inherited connection")
+}
+
+// Fork tracking does not see close: a process that holds no connection
+// goes home when it next waits in accept.
+func TestTrackForkHomeAtAccept(t *testing.T) {
+	lb := startLab(t, TrackFork)
+	fd := lb.connect(0)
+	lb.expect(lb.pid, "shop", "after accept")
+	lb.do(fmt.Sprintf("close %d", fd))
+	fmt.Fprintln(lb.in, "accept 0") // blocks: nobody connects yet
+	deadline := time.Now().Add(3 * time.Second)
+	for lb.placer.groupOf(lb.pid) != HomeGroup && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	lb.expect(lb.pid, HomeGroup, "waiting in accept with nothing in hand")
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(lb.ports[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	lb.line()
+	lb.expect(lb.pid, "shop", "after the next accept")
+}
