@@ -236,8 +236,12 @@ func (s *Supervisor) expire(l *listener, now time.Time) {
 	}
 	cl := s.classifier.Load()
 	for _, c := range late {
-		s.stats.NameTimeouts.Add(1)
-		s.finishAddr(c, cl)
+		// Bytes that came while the loop was busy still count: look once
+		// more before falling back.
+		if !s.sniff(c, cl) {
+			s.stats.NameTimeouts.Add(1)
+			s.finishAddr(c, cl)
+		}
 		s.settle(l, c)
 	}
 }
