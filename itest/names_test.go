@@ -179,3 +179,54 @@ func opensslWhoami(t *testing.T, addr, host string) Whoami {
 	}
 	return w
 }
+
+// With track = "full" the server's reads go through vhqos: a keep-alive
+// connection whose second request names another vhost moves there, its
+// serving process and its packets' mark with it. (With "accept" and "fork"
+// the first request decides.)
+func TestKeepAliveReclassifiedInFullMode(t *testing.T) {
+	capture, err := StartCapture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer capture.Stop()
+	const addr = "127.0.0.2:8080"
+	cfg := ApacheConfig{VHosts: []VHost{
+		{Name: "shop.example", Addr: addr},
+		{Name: "blog.example", Addr: addr, Aliases: []string{"*.blog.example"}},
+	}}
+	a := startUnderVhqos(t, "[settings]\ntrack = \"full\"\n"+nameQoS, cfg)
+	vhqosPid := a.Cmd.Process.Pid
+	k, err := DialKeepAlive(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	var client, server netip.AddrPort
+	for i, step := range []struct{ host, group string }{
+		{"shop.example", "vhost-shop"},
+		{"www.blog.example", "vhost-blog"},
+		{"shop.example", "vhost-shop"},
+	} {
+		r, err := k.Get("http://" + step.host + "/cgi-bin/whoami")
+		if err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+		client, server = r.Client, r.Server
+		w, err := ParseWhoami(r.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("/vhqos.%d/%s", vhqosPid, step.group)
+		if !strings.HasSuffix(w.Cgroup(), want) {
+			t.Errorf("request %d for %s on one keep-alive connection: served in %q, want …%s", i+1, step.host, w.Cgroup(), want)
+		}
+	}
+	k.Close()
+	if err := capture.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if d := capture.DSCP(server, client); d[46] == 0 || d[18] == 0 {
+		t.Errorf("marks on the keep-alive connection: %v, want both EF (46) and AF21 (18)", d)
+	}
+}

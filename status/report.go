@@ -55,6 +55,7 @@ type Counters struct {
 	NamesFound      uint64 `json:"names_found"`
 	NameFallbacks   uint64 `json:"name_fallbacks"`
 	NameTimeouts    uint64 `json:"name_timeouts"`
+	Reclassified    uint64 `json:"reclassified"`
 	Reloads         uint64 `json:"reloads"`
 	ReloadsRefused  uint64 `json:"reloads_refused"`
 	// Track is the tracking mode; the table sizes that follow show that
@@ -94,8 +95,8 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 	fmt.Fprintf(w, "tracking %s: %d processes known, %d listening sockets, %d connections followed\n",
 		s.Track, s.KnownProcesses, s.ListenerCopies, s.FollowedConnections)
 	if s.NamesFound+s.NameFallbacks+s.NameTimeouts > 0 {
-		fmt.Fprintf(w, "host names: %d found, %d connections without one, %d timed out waiting for one\n",
-			s.NamesFound, s.NameFallbacks, s.NameTimeouts)
+		fmt.Fprintf(w, "host names: %d found, %d connections without one, %d timed out waiting for one, %d keep-alive connections moved by a later request\n",
+			s.NamesFound, s.NameFallbacks, s.NameTimeouts, s.Reclassified)
 	}
 }
 

@@ -404,6 +404,7 @@ type Stats struct {
 	NamesFound      atomic.Uint64 // connections classified by the host name the client sent
 	NameFallbacks   atomic.Uint64 // ... by address because the first bytes named no host
 	NameTimeouts    atomic.Uint64 // ... by address because no name came in time
+	Reclassified    atomic.Uint64 // keep-alive connections moved by a later request for another vhost (full tracking)
 }
 
 // GroupStats count connections per class.

@@ -2,12 +2,14 @@ package supervisor
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/vhqos/vhqos/vhost"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,6 +76,12 @@ func (t Track) Syscalls() []string {
 type trackedConn struct {
 	ino      uint64
 	decision Decision
+	// local is the connection's local address; names says a host name
+	// may classify it, so full tracking looks at each later request's
+	// name too (keep-alive).
+	local  netip.AddrPort
+	family uint16
+	names  bool
 }
 
 // trackTable holds every followed connection by socket inode. An entry
@@ -88,10 +96,28 @@ type trackTable struct {
 
 func newTrackTable() *trackTable { return &trackTable{byIno: map[uint64]*trackedConn{}} }
 
-func (t *trackTable) add(ino uint64, d Decision) {
+func (t *trackTable) add(c *trackedConn) {
 	t.mu.Lock()
-	t.byIno[ino] = &trackedConn{ino: ino, decision: d}
+	t.byIno[c.ino] = c
 	t.mu.Unlock()
+}
+
+// setDecision changes a followed connection's class (keep-alive
+// reclassification) and reports whether it changed.
+func (t *trackTable) setDecision(c *trackedConn, d Decision) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if c.decision == d {
+		return false
+	}
+	c.decision = d
+	return true
+}
+
+func (t *trackTable) decision(c *trackedConn) Decision {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return c.decision
 }
 
 func (t *trackTable) get(ino uint64) *trackedConn {
@@ -199,7 +225,7 @@ func (s *Supervisor) classes(p *proc) []Decision {
 		}
 		seen[ino] = true
 		if c := s.tracked.get(ino); c != nil {
-			out = append(out, c.decision)
+			out = append(out, s.tracked.decision(c))
 		}
 	}
 	return out
@@ -284,10 +310,18 @@ func (s *Supervisor) trackFork(p *proc) {
 }
 
 // trackRead places p in the class of the connection it starts reading
-// from: the first read per fd decides, later ones pass. Called with p.mu
-// held.
+// from: the first read per fd decides. Later reads pass, except on a
+// connection a host name may classify: there each read that finds a whole
+// new request head waiting (keep-alive) is classified again, and a request
+// for another vhost moves the connection and its process there. Called
+// with p.mu held.
 func (s *Supervisor) trackRead(p *proc, fd int) {
 	if p.track.read[fd] {
+		if ino, ok := p.track.fds[fd]; ok {
+			if c := s.tracked.get(ino); c != nil && c.names {
+				s.resniff(p, fd, c)
+			}
+		}
 		return
 	}
 	if p.track.read == nil {
@@ -306,7 +340,43 @@ func (s *Supervisor) trackRead(p *proc, fd int) {
 		p.track.fds = map[int]uint64{}
 	}
 	p.track.fds[fd] = ino
-	s.placeLocked(p, c.decision.Group)
+	s.placeLocked(p, s.tracked.decision(c).Group)
+}
+
+// resniff looks at the bytes waiting on p's fd (a copy of it, peeked) and
+// reclassifies the connection when they are a request for another vhost.
+// Called with p.mu held.
+func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
+	copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(copyFd)
+	cl := s.classifier.Load()
+	_, limit := cl.SniffLimits()
+	bufp := s.peekBufs.get(limit)
+	defer s.peekBufs.put(bufp)
+	n, _, err := unix.Recvfrom(copyFd, *bufp, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	if err != nil || n == 0 {
+		return
+	}
+	name, res := vhost.SniffName((*bufp)[:n])
+	if res != vhost.Found {
+		return // the rest of a request, a TLS record, or not all there yet
+	}
+	d := cl.ClassifyName(name, c.local)
+	if !s.tracked.setDecision(c, d) {
+		s.placeLocked(p, d.Group)
+		return
+	}
+	s.stats.Reclassified.Add(1)
+	if d.DSCP >= 0 {
+		if err := markDSCP(copyFd, c.family, d.DSCP); err != nil {
+			s.log.Warn("setting DSCP on a reclassified connection", "local", c.local, "err", err)
+		}
+	}
+	s.countConnection(d.Group)
+	s.placeLocked(p, d.Group)
 }
 
 // handOver installs c in the caller as the result of its accept. When
@@ -324,7 +394,8 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err
 	}
-	s.tracked.add(st.Ino, c.decision)
+	s.tracked.add(&trackedConn{ino: st.Ino, decision: c.decision, local: c.local, family: c.family,
+		names: s.classifier.Load().NamesApply(c.local)})
 	p := call.proc
 	p.mu.Lock()
 	defer p.mu.Unlock()

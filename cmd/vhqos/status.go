@@ -63,7 +63,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 		Supervisor: status.Counters{
 			Notifications: st.Notifications.Load(), Accepted: st.Accepted.Load(), Continued: st.Continued.Load(),
 			Requeued: st.Requeued.Load(), PlacementErrors: st.PlacementErrors.Load(), Errors: st.Errors.Load(),
-			NamesFound: st.NamesFound.Load(), NameFallbacks: st.NameFallbacks.Load(), NameTimeouts: st.NameTimeouts.Load(),
+			NamesFound: st.NamesFound.Load(), NameFallbacks: st.NameFallbacks.Load(), NameTimeouts: st.NameTimeouts.Load(), Reclassified: st.Reclassified.Load(),
 			Reloads: r.reloads.Load(), ReloadsRefused: r.refused.Load(),
 			Track: sup.Track().String(), KnownProcesses: procs, ListenerCopies: listeners, FollowedConnections: followed,
 		},
