@@ -23,22 +23,28 @@ const (
 	// process serves (prefork servers). A child forked after an accept is
 	// born in its parent's cgroup.
 	TrackAccept Track = iota
-	// TrackFork also intercepts process creation: a child is born in the
-	// class of the one connection its parent holds, and a process that
-	// holds no connection any more goes home when it next waits in
-	// accept, or within a second (the sweep, for servers that poll before
-	// they accept). For servers that accept in a parent and fork a child
-	// per connection: inetd, socat fork, busybox httpd. What a process
-	// holds is read from /proc/PID/fd when it matters, not followed
-	// call by call, which keeps the cost to a few notifications per
-	// connection.
+	// TrackFork intercepts what TrackAccept does, but follows every
+	// connection (every accept is emulated, the socket recorded): the
+	// accepting parent is in the connection's class when it forks, so
+	// the child is born there, and a process that holds no connection any
+	// more goes home when it next waits in accept, or within a second
+	// (the sweep, for servers that poll before they accept). For servers
+	// that accept in a parent and fork a child per connection: inetd,
+	// socat fork, busybox httpd. What a process holds is read from
+	// /proc/PID/fd when it matters. Process creation itself is not
+	// intercepted: a fork that waited for the supervisor could fail with
+	// EINTR in a server whose SIGCHLD handler lacks SA_RESTART (socat),
+	// where natively it never does.
 	TrackFork
-	// TrackFull also intercepts the dup family, close and the read family,
-	// the patent's tables and read wrapper: a process goes home the moment
-	// it closes its last connection, one holding connections of several
-	// vhosts follows the one it reads from, and a child holding several
-	// is placed at its first read. Every close and read costs a
-	// notification.
+	// TrackFull also intercepts process creation, the dup family, close
+	// and the read family, the patent's tables and read wrapper: a
+	// process goes home the moment it closes its last connection, one
+	// holding connections of several vhosts follows the one it reads
+	// from, a child forked holding several is born home and placed at its
+	// first read, and keep-alive requests for another vhost move their
+	// connection. Every close and read costs a notification, and each of
+	// these calls can fail with EINTR when a signal whose handler lacks
+	// SA_RESTART arrives while the supervisor decides.
 	TrackFull
 )
 
@@ -62,11 +68,9 @@ func (t Track) String() string {
 // Syscalls lists what the filter must send to the supervisor for mode t.
 func (t Track) Syscalls() []string {
 	list := []string{"accept", "accept4"}
-	if t >= TrackFork {
-		list = append(list, "fork", "vfork", "clone", "clone3")
-	}
 	if t >= TrackFull {
-		list = append(list, "dup", "dup2", "dup3", "fcntl", "close", "read", "readv", "recvfrom", "recvmsg")
+		list = append(list, "fork", "vfork", "clone", "clone3",
+			"dup", "dup2", "dup3", "fcntl", "close", "read", "readv", "recvfrom", "recvmsg")
 	}
 	return list
 }
