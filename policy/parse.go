@@ -339,26 +339,38 @@ func (p *parser) name(s scope, key string, v any) (string, bool) {
 	return "", false
 }
 
-func (p *parser) match(s scope, key string, v any, c *Class) {
+// patternKey holds what the messages about one list-of-patterns key say.
+type patternKey struct {
+	name     string // "match", "listen"
+	one      string // "pattern", "address"
+	example  string // a whole list, as TOML
+	whyEmpty string
+}
+
+// patterns reads a list of patterns, reporting each bad one; keep refuses
+// a well-formed pattern the key does not take. It returns the good ones
+// with their indices in the file's list.
+func (p *parser) patterns(s scope, key string, v any, k patternKey, keep func(ikey, raw string, pat vhost.Pattern) bool) ([]vhost.Pattern, []int) {
 	list, ok := v.([]any)
 	if !ok {
 		if str, isStr := v.(string); isStr {
-			p.valueProblem(s, key, "must be a list, even of one pattern: match = [%s]", tomlString(str))
+			p.valueProblem(s, key, "must be a list, even of one %s: %s = [%s]", k.one, k.name, tomlString(str))
 		} else {
-			p.valueProblem(s, key, "is %s; write a list of patterns, e.g. match = [\"192.0.2.10\", \"198.51.100.0/24\"]", typeName(v))
+			p.valueProblem(s, key, "is %s; write a list, e.g. %s = %s", typeName(v), k.name, k.example)
 		}
-		return
+		return nil, nil
 	}
 	if len(list) == 0 {
-		p.valueProblem(s, key, "is empty: a vhost that matches nothing never applies; list its addresses or names, or remove the vhost")
-		return
+		p.valueProblem(s, key, "is empty: %s", k.whyEmpty)
+		return nil, nil
 	}
-	c.Match = make([]vhost.Pattern, 0, len(list))
+	pats := make([]vhost.Pattern, 0, len(list))
+	var idx []int
 	for i, item := range list {
 		ikey := key + "[" + strconv.Itoa(i) + "]"
 		str, ok := item.(string)
 		if !ok {
-			p.valueProblem(s, ikey, "is %s; each pattern is a string, e.g. \"192.0.2.10\"", typeName(item))
+			p.valueProblem(s, ikey, "is %s; each %s is a string, e.g. \"192.0.2.10\"", typeName(item), k.one)
 			continue
 		}
 		pat, err := vhost.ParsePattern(str)
@@ -366,45 +378,34 @@ func (p *parser) match(s scope, key string, v any, c *Class) {
 			p.valueProblem(s, ikey, "%v", err)
 			continue
 		}
-		c.Match = append(c.Match, pat)
-		p.matchIdx[s.vhost] = append(p.matchIdx[s.vhost], i)
+		if !keep(ikey, str, pat) {
+			continue
+		}
+		pats = append(pats, pat)
+		idx = append(idx, i)
 	}
+	return pats, idx
+}
+
+func (p *parser) match(s scope, key string, v any, c *Class) {
+	c.Match, p.matchIdx[s.vhost] = p.patterns(s, key, v, patternKey{
+		name: "match", one: "pattern", example: `["192.0.2.10", "198.51.100.0/24"]`,
+		whyEmpty: "a vhost that matches nothing never applies; list its addresses or names, or remove the vhost",
+	}, func(string, string, vhost.Pattern) bool { return true })
 }
 
 // listen reads the local addresses a vhost's host names are restricted to.
 func (p *parser) listen(s scope, key string, v any, c *Class) {
-	list, ok := v.([]any)
-	if !ok {
-		if str, isStr := v.(string); isStr {
-			p.valueProblem(s, key, "must be a list, even of one address: listen = [%s]", tomlString(str))
-		} else {
-			p.valueProblem(s, key, "is %s; write a list of local addresses, e.g. listen = [\"192.0.2.10\", \"*:443\"]", typeName(v))
-		}
-		return
-	}
-	if len(list) == 0 {
-		p.valueProblem(s, key, "is empty: leave listen out to let this vhost's names count on every address")
-		return
-	}
-	c.Listen = make([]vhost.Pattern, 0, len(list))
-	for i, item := range list {
-		ikey := key + "[" + strconv.Itoa(i) + "]"
-		str, ok := item.(string)
-		if !ok {
-			p.valueProblem(s, ikey, "is %s; each entry is a string, e.g. \"192.0.2.10\"", typeName(item))
-			continue
-		}
-		pat, err := vhost.ParsePattern(str)
-		if err != nil {
-			p.valueProblem(s, ikey, "%v", err)
-			continue
-		}
+	c.Listen, _ = p.patterns(s, key, v, patternKey{
+		name: "listen", one: "address", example: `["192.0.2.10", "*:443"]`,
+		whyEmpty: "leave listen out to let this vhost's names count on every address",
+	}, func(ikey, raw string, pat vhost.Pattern) bool {
 		if pat.IsName() {
-			p.valueProblem(s, ikey, "%q is a host name; listen lists local addresses (IP, IP:port, CIDR or *:PORT) the vhost's names apply to", str)
-			continue
+			p.valueProblem(s, ikey, "%q is a host name; listen lists local addresses (IP, IP:port, CIDR or *:PORT) the vhost's names apply to", raw)
+			return false
 		}
-		c.Listen = append(c.Listen, pat)
-	}
+		return true
+	})
 }
 
 // duration reads a Go-style duration ("2s", "500ms") within [lo, hi].

@@ -140,6 +140,17 @@ func (t *procTable) forget(p *proc) {
 	unix.Close(p.pidfd)
 }
 
+// all returns the processes known now, to work on without the table lock.
+func (t *procTable) all() []*proc {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	list := make([]*proc, 0, len(t.byTgid))
+	for _, p := range t.byTgid {
+		list = append(list, p)
+	}
+	return list
+}
+
 func (t *procTable) size() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()

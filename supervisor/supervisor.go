@@ -448,12 +448,7 @@ func (s *Supervisor) Tables() (procs, listeners, connections int) {
 // process, so the next connection of each is placed afresh: after a table
 // change moved processes between cgroups behind its back.
 func (s *Supervisor) ForgetPlacements() {
-	s.procs.mu.Lock()
-	list := make([]*proc, 0, len(s.procs.byTgid))
-	for _, p := range s.procs.byTgid {
-		list = append(list, p)
-	}
-	s.procs.mu.Unlock()
+	list := s.procs.all()
 	for _, p := range list {
 		p.mu.Lock()
 		p.group = ""
@@ -479,12 +474,7 @@ func (s *Supervisor) Remark() int {
 // eachSocket calls f once per socket the known server processes hold
 // (a socket shared by several fds or processes counts once).
 func (s *Supervisor) eachSocket(f func(p *proc, fd int)) {
-	s.procs.mu.Lock()
-	list := make([]*proc, 0, len(s.procs.byTgid))
-	for _, p := range s.procs.byTgid {
-		list = append(list, p)
-	}
-	s.procs.mu.Unlock()
+	list := s.procs.all()
 	seen := map[string]bool{}
 	for _, p := range list {
 		dir := "/proc/" + strconv.Itoa(p.tgid) + "/fd"

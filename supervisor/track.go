@@ -423,12 +423,7 @@ func (s *Supervisor) leaseBackstop() {
 	if s.track < TrackFork {
 		return
 	}
-	s.procs.mu.Lock()
-	list := make([]*proc, 0, len(s.procs.byTgid))
-	for _, p := range s.procs.byTgid {
-		list = append(list, p)
-	}
-	s.procs.mu.Unlock()
+	list := s.procs.all()
 	for _, p := range list {
 		p.mu.Lock()
 		if p.group != "" && p.group != HomeGroup && len(s.classes(p)) == 0 {
