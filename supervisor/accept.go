@@ -91,15 +91,15 @@ type listener struct {
 	// doorbell is the supervisor's own connection, queued on the listener
 	// to make it readable for a server that polls before it accepts, after
 	// a connection went to the stash (the kernel's queue no longer shows
-	// it); -1 when none. doorbellAddr is its local address, to recognise
+	// it); -1 when none. bell is its two ends, to recognise
 	// and drop it when it is accepted.
-	doorbell     int
-	doorbellAddr netip.AddrPort
-	doorbellAt   time.Time
+	doorbell   int
+	bell       bell
+	doorbellAt time.Time
 	// retiredBells are doorbells closed unanswered; one may still be
 	// queued, and is dropped like a current one if the supervisor
-	// accepts it.
-	retiredBells []netip.AddrPort
+	// accepts it within retiredBellTTL.
+	retiredBells []bell
 	// drain counts the connections that were already queued when the
 	// listener's mark changed: they were created with the old mark, so
 	// that many accepts are emulated (and each connection marked).
@@ -724,7 +724,8 @@ func (s *Supervisor) ringDoorbell(l *listener) {
 		return
 	}
 	l.doorbell = fd
-	l.doorbellAddr, _ = sockaddrAddrPort(local)
+	from, _ := sockaddrAddrPort(local)
+	l.bell = bell{from: from, to: target}
 	l.doorbellAt = time.Now()
 	s.events.after(l.doorbellAt.Add(doorbellTimeout), l)
 }
@@ -732,7 +733,7 @@ func (s *Supervisor) ringDoorbell(l *listener) {
 // isDoorbell reports whether c is the supervisor's own wake-up connection,
 // and if so closes both its ends. Called with l.mu held.
 func (l *listener) isDoorbell(c *conn) bool {
-	current, retired := l.isBell(sockaddrToAddrPort(&c.peer))
+	current, retired := l.isBell(c)
 	switch {
 	case current:
 		l.closeDoorbell()
@@ -751,10 +752,14 @@ func (l *listener) retireDoorbell() {
 	if l.doorbell < 0 {
 		return
 	}
+	now := time.Now()
+	l.retiredBells = slices.DeleteFunc(l.retiredBells, func(b bell) bool { return now.Sub(b.retired) > retiredBellTTL })
 	if len(l.retiredBells) == 4 {
 		l.retiredBells = l.retiredBells[1:]
 	}
-	l.retiredBells = append(l.retiredBells, l.doorbellAddr)
+	b := l.bell
+	b.retired = now
+	l.retiredBells = append(l.retiredBells, b)
 	l.closeDoorbell()
 }
 

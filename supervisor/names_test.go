@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,8 +12,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/vhqos/vhqos/vhost"
+	"golang.org/x/sys/unix"
 )
 
 // nameClassifier decides by host name as a QoS table with two name-based
@@ -265,4 +268,59 @@ func TestSilentClientDoesNotBlockOthers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A client's connection that comes from the address and port of the
+// doorbell (possible: to another local address of a wildcard listener) is a
+// client's, not the doorbell: both ends must match.
+func TestDoorbellNeedsBothEnds(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	f, _ := server.(*net.TCPConn).File()
+	defer f.Close()
+	c := &conn{fd: int(f.Fd()), peerLen: unix.SizeofSockaddrAny}
+	from := client.LocalAddr().(*net.TCPAddr).AddrPort()
+	sa, _ := unix.Getpeername(c.fd)
+	c.peer = *toRaw(t, sa)
+	listenAddr := ln.Addr().(*net.TCPAddr).AddrPort()
+	other := netip.MustParseAddrPort("127.0.0.9:" + strconv.Itoa(int(listenAddr.Port())))
+	for _, tc := range []struct {
+		bell bell
+		want bool
+	}{
+		{bell{from: from, to: listenAddr}, true},
+		{bell{from: from, to: other}, false},
+		{bell{from: netip.AddrPortFrom(from.Addr(), from.Port()+1), to: listenAddr}, false},
+	} {
+		l := &listener{doorbell: 1, bell: tc.bell}
+		if got, _ := l.isBell(c); got != tc.want {
+			t.Errorf("bell %v, connection %v -> %v: isBell %v, want %v", tc.bell, from, listenAddr, got, tc.want)
+		}
+	}
+}
+
+func toRaw(t *testing.T, sa unix.Sockaddr) *unix.RawSockaddrAny {
+	in, ok := sa.(*unix.SockaddrInet4)
+	if !ok {
+		t.Fatalf("peer %v is not IPv4", sa)
+	}
+	var raw unix.RawSockaddrAny
+	r4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&raw))
+	r4.Family = unix.AF_INET
+	r4.Addr = in.Addr
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&r4.Port))[:], uint16(in.Port))
+	return &raw
 }

@@ -284,11 +284,42 @@ func (s *Supervisor) finish(c *conn, d Decision) {
 	}
 }
 
-// isBell reports whether addr is one of l's doorbells, current or retired.
+// bell is a doorbell connection by its two ends: the supervisor's socket
+// (from) and the listener's address it connected to (to). A client's
+// connection may come from the same address and port (to another local
+// address of a wildcard listener), so both ends must match.
+type bell struct {
+	from, to netip.AddrPort
+	retired  time.Time
+}
+
+// retiredBellTTL is how long a retired doorbell is looked out for: one
+// still queued is accepted within moments, or was taken by a kernel accept.
+const retiredBellTTL = 5 * time.Second
+
+// isBell reports whether c is one of l's doorbells, current or retired.
 // Called with l.mu held.
-func (l *listener) isBell(addr netip.AddrPort) (current bool, retired int) {
-	if l.doorbell >= 0 && addr == l.doorbellAddr {
+func (l *listener) isBell(c *conn) (current bool, retired int) {
+	peer := sockaddrToAddrPort(&c.peer)
+	matches := func(b bell) bool {
+		if peer != b.from {
+			return false
+		}
+		local, err := unix.Getsockname(c.fd)
+		if err != nil {
+			return false
+		}
+		ap, _ := sockaddrAddrPort(local)
+		return ap == b.to
+	}
+	if l.doorbell >= 0 && matches(l.bell) {
 		return true, -1
 	}
-	return false, slices.Index(l.retiredBells, addr)
+	now := time.Now()
+	for i, b := range l.retiredBells {
+		if now.Sub(b.retired) <= retiredBellTTL && matches(b) {
+			return false, i
+		}
+	}
+	return false, -1
 }
