@@ -287,7 +287,9 @@ func soakConnections(t *testing.T) int {
 // bounded.
 func TestForkSoak(t *testing.T) {
 	total := soakConnections(t)
-	vhqos, _, socket := runForkServerStatus(t, strings.Replace(forkQoS, "TRACK", "fork", 1), []string{"socat", "TCP-LISTEN:8080,fork,reuseaddr,backlog=512", "EXEC:/bin/cat"})
+	// -t 30: after the client's half-close socat waits only 0.5 s for
+	// cat's answer by default, which a slow machine (the VM) overruns.
+	vhqos, _, socket := runForkServerStatus(t, strings.Replace(forkQoS, "TRACK", "fork", 1), []string{"socat", "-t", "30", "TCP-LISTEN:8080,fork,reuseaddr,backlog=512", "EXEC:/bin/cat"})
 	report := func() status.Report {
 		t.Helper()
 		out, code := vhqosStatus(t, socket, nil)

@@ -50,8 +50,11 @@ func forkServers() []forkServer {
 				// socat listens with a backlog of 5 by default: 16
 				// clients overflow it, and the kernel answers with SYN
 				// cookies, 1 s SYN retransmits and resets, which would
-				// measure the backlog rather than the server.
-				return []string{"socat", "TCP-LISTEN:8080,bind=127.0.0.2,fork,reuseaddr,backlog=128", "EXEC:/bin/cat"}
+				// measure the backlog rather than the server. -t 30:
+				// after the client's half-close socat waits only 0.5 s
+				// for cat's answer by default, which a loaded machine
+				// overruns (empty answers).
+				return []string{"socat", "-t", "30", "TCP-LISTEN:8080,bind=127.0.0.2,fork,reuseaddr,backlog=128", "EXEC:/bin/cat"}
 			},
 			request:    "hello\n",
 			closeWrite: true,
