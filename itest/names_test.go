@@ -2,10 +2,14 @@ package itest
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 const nameQoS = `
@@ -228,5 +232,53 @@ func TestKeepAliveReclassifiedInFullMode(t *testing.T) {
 	}
 	if d := capture.DSCP(server, client); d[46] == 0 || d[18] == 0 {
 		t.Errorf("marks on the keep-alive connection: %v, want both EF (46) and AF21 (18)", d)
+	}
+}
+
+// A fork-after-accept server (socat fork) with name-based vhosts: a client
+// that connects and sends nothing holds up nobody, the next client is
+// served at once in its vhost's cgroup, and the silent one is handed over
+// after sniff_timeout with the defaults.
+func TestSilentClientForkServer(t *testing.T) {
+	const qos = `
+[settings]
+track = "fork"
+sniff_timeout = "1s"
+
+[[vhost]]
+name = "shop"
+match = ["shop.example"]
+dscp = "EF"
+`
+	dir := forkDir(t)
+	vhqos, _ := runForkServer(t, qos, []string{"socat", "-t", "30", "TCP-LISTEN:8080,fork,reuseaddr", "EXEC:/bin/sh " + filepath.Join(dir, "report.sh")})
+	silent, err := net.Dial("tcp", "127.0.0.2:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silentAt := time.Now()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	pid, cgroup, _ := forkRequest(t, "127.0.0.2:8080", "GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+	if d := time.Since(start); d > 700*time.Millisecond {
+		t.Errorf("the talking client waited %v behind the silent one", d)
+	}
+	if want := fmt.Sprintf("/vhqos.%d/vhost-shop", vhqos.Process.Pid); !strings.HasSuffix(cgroup, want) {
+		t.Errorf("talking client served by %d in %q, want …%s", pid, cgroup, want)
+	}
+	// After the bound the silent client is served, by the defaults.
+	time.Sleep(time.Until(silentAt.Add(1300 * time.Millisecond)))
+	silent.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := silent.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := io.ReadAll(silent)
+	if err != nil {
+		t.Fatalf("silent client: %v", err)
+	}
+	want := fmt.Sprintf("/vhqos.%d/default", vhqos.Process.Pid)
+	if !strings.Contains(string(reply), want) {
+		t.Errorf("silent client's answer %q does not show the defaults' cgroup …%s", reply, want)
 	}
 }
