@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/supervisor"
 	"github.com/vhqos/vhqos/vhost"
 )
 
@@ -21,8 +22,8 @@ func (t *Table) Marshal() []byte {
 		if st.CgroupParent != "" {
 			fmt.Fprintf(&b, "cgroup_parent = %s\n", tomlString(st.CgroupParent))
 		}
-		if st.Track != "" {
-			fmt.Fprintf(&b, "track = %s\n", tomlString(st.Track))
+		if st.Track != supervisor.TrackAccept {
+			fmt.Fprintf(&b, "track = %s\n", tomlString(st.Track.String()))
 		}
 		if st.SniffTimeout != 0 {
 			fmt.Fprintf(&b, "sniff_timeout = %s\n", tomlString(st.SniffTimeout.String()))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/supervisor"
 	"github.com/vhqos/vhqos/vhost"
 )
 
@@ -196,8 +197,8 @@ func (p *parser) settings(m map[string]any, st *Settings) {
 		case k == "track":
 			switch v := m[k].(type) {
 			case string:
-				if v == "accept" || v == "fork" || v == "full" {
-					st.Track = v
+				if t, err := supervisor.ParseTrack(v); err == nil {
+					st.Track = t
 				} else {
 					p.valueProblem(s, key, "%q is not a tracking mode; use \"accept\" (prefork servers), \"fork\" (servers that fork a child per connection: inetd, socat fork) or \"full\" (also follows reads)", v)
 				}

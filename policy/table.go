@@ -10,6 +10,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/supervisor"
 	"github.com/vhqos/vhqos/vhost"
 )
 
@@ -32,9 +33,9 @@ type Settings struct {
 	// CgroupParent is the absolute cgroup path vhqos nests its cgroups
 	// under; "" means vhqos's own cgroup.
 	CgroupParent string
-	// Track is how far connections are followed after accept: "accept"
-	// (or "", the default), "fork" or "full".
-	Track string
+	// Track is how far connections are followed after accept; the zero
+	// value is supervisor.TrackAccept.
+	Track supervisor.Track
 	// SniffTimeout is how long vhqos waits for a client's first bytes
 	// (HTTP request head, TLS ClientHello) when a host name may decide its
 	// vhost; 0 means DefaultSniffTimeout.

@@ -37,10 +37,11 @@ type conn struct {
 	peerLen  uint32
 	local    netip.AddrPort
 	family   uint16
-	decided  bool
 	decision Decision
-	// name is the host name the client asked for, if one was found.
-	name string
+	// namesApply says a host name may classify the connection (so its
+	// first bytes were looked at, and full tracking looks at later
+	// requests too).
+	namesApply bool
 	// accepted and deadline bound the wait for the client's first bytes.
 	accepted, deadline time.Time
 }
@@ -465,10 +466,10 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 		young := l.youngestPending().Add(shortWait)
 		if l.closed || !time.Now().Before(young) {
 			l.mu.Unlock()
-			if s.track >= TrackFork {
-				// Back to poll() with nothing in hand.
-				s.goHomeIfIdle(call.proc)
-			}
+			// A forking parent going back to poll() with nothing in hand
+			// goes home in the sweep: checking here would read /proc for
+			// every EAGAIN, which prefork servers racing for one
+			// connection produce by the dozen.
 			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, unix.EAGAIN))
 			return true
 		}
@@ -629,9 +630,6 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 	if s.testHookBeforeDeliver != nil {
 		s.testHookBeforeDeliver(call.proc.tgid)
 	}
-	if !c.decided {
-		s.finish(c, s.classify(c.local))
-	}
 	s.place(call.proc, c.decision.Group)
 	if want := call.flags&unix.SOCK_NONBLOCK != 0; want != c.nonblock {
 		if err := unix.SetNonblock(c.fd, want); err == nil {
@@ -761,6 +759,49 @@ func (l *listener) retireDoorbell() {
 	b.retired = now
 	l.retiredBells = append(l.retiredBells, b)
 	l.closeDoorbell()
+}
+
+// bell is a doorbell connection by its two ends: the supervisor's socket
+// (from) and the listener's address it connected to (to). A client's
+// connection may come from the same address and port (to another local
+// address of a wildcard listener), so both ends must match.
+type bell struct {
+	from, to netip.AddrPort
+	retired  time.Time
+}
+
+// retiredBellTTL is how long a retired doorbell is looked out for: one
+// still queued is accepted within moments, or was taken by a kernel accept.
+const retiredBellTTL = 5 * time.Second
+
+// isBell reports whether c is one of l's doorbells, current or retired.
+// Called with l.mu held.
+func (l *listener) isBell(c *conn) (current bool, retired int) {
+	peer := sockaddrToAddrPort(&c.peer)
+	matches := func(b bell) bool {
+		if peer != b.from {
+			return false
+		}
+		local, err := unix.Getsockname(c.fd)
+		if err != nil {
+			return false
+		}
+		ap, _ := sockaddrAddrPort(local)
+		return ap == b.to
+	}
+	if l.doorbell >= 0 && matches(l.bell) {
+		return true, -1
+	}
+	if len(l.retiredBells) == 0 {
+		return false, -1 // every accepted connection passes here
+	}
+	now := time.Now()
+	for i, b := range l.retiredBells {
+		if now.Sub(b.retired) <= retiredBellTTL && matches(b) {
+			return false, i
+		}
+	}
+	return false, -1
 }
 
 func (l *listener) closeDoorbell() {

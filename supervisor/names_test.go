@@ -310,6 +310,29 @@ func TestDoorbellNeedsBothEnds(t *testing.T) {
 			t.Errorf("bell %v, connection %v -> %v: isBell %v, want %v", tc.bell, from, listenAddr, got, tc.want)
 		}
 	}
+
+	// A doorbell nobody answered is closed and still recognised for a
+	// while (it may be queued yet), then no longer: its address and port
+	// may belong to a client by then.
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &listener{doorbell: fd, bell: bell{from: from, to: listenAddr}}
+	l.retireDoorbell()
+	if l.doorbell != -1 {
+		t.Fatal("retiring left the doorbell open")
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+		t.Errorf("the retired doorbell's socket is still open (fcntl: %v)", err)
+	}
+	if current, retired := l.isBell(c); current || retired != 0 {
+		t.Errorf("a just retired doorbell: isBell = %v, %d; want false, 0", current, retired)
+	}
+	l.retiredBells[0].retired = time.Now().Add(-retiredBellTTL - time.Second)
+	if _, retired := l.isBell(c); retired != -1 {
+		t.Errorf("a doorbell retired %v ago is still taken for one", retiredBellTTL+time.Second)
+	}
 }
 
 func toRaw(t *testing.T, sa unix.Sockaddr) *unix.RawSockaddrAny {

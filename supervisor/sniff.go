@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -69,7 +68,8 @@ func (s *Supervisor) prepare(l *listener, c *conn) bool {
 		c.family = sa.Addr.Family
 	}
 	cl := s.classifier.Load()
-	if !cl.NamesApply(c.local) {
+	c.namesApply = cl.NamesApply(c.local)
+	if !c.namesApply {
 		s.finish(c, cl.ClassifyAddr(c.local))
 		return true
 	}
@@ -133,7 +133,6 @@ func (s *Supervisor) sniff(c *conn, cl *classifierGen) bool {
 	switch res {
 	case vhost.Found:
 		s.stats.NamesFound.Add(1)
-		c.name = name
 		s.finish(c, cl.ClassifyName(name, c.local))
 		return true
 	case vhost.NoName:
@@ -261,7 +260,6 @@ func (l *listener) youngestPending() time.Time {
 // finish records c's class and gives its socket the class's mark; a class
 // without a mark gets the listener's own. Called without c.l.mu held.
 func (s *Supervisor) finish(c *conn, d Decision) {
-	c.decided = true
 	c.decision = d
 	dscp := d.DSCP
 	if dscp < 0 {
@@ -282,44 +280,4 @@ func (s *Supervisor) finish(c *conn, d Decision) {
 			s.log.Warn("setting DSCP on a connection", "local", c.local, "dscp", d.DSCP, "err", err)
 		}
 	}
-}
-
-// bell is a doorbell connection by its two ends: the supervisor's socket
-// (from) and the listener's address it connected to (to). A client's
-// connection may come from the same address and port (to another local
-// address of a wildcard listener), so both ends must match.
-type bell struct {
-	from, to netip.AddrPort
-	retired  time.Time
-}
-
-// retiredBellTTL is how long a retired doorbell is looked out for: one
-// still queued is accepted within moments, or was taken by a kernel accept.
-const retiredBellTTL = 5 * time.Second
-
-// isBell reports whether c is one of l's doorbells, current or retired.
-// Called with l.mu held.
-func (l *listener) isBell(c *conn) (current bool, retired int) {
-	peer := sockaddrToAddrPort(&c.peer)
-	matches := func(b bell) bool {
-		if peer != b.from {
-			return false
-		}
-		local, err := unix.Getsockname(c.fd)
-		if err != nil {
-			return false
-		}
-		ap, _ := sockaddrAddrPort(local)
-		return ap == b.to
-	}
-	if l.doorbell >= 0 && matches(l.bell) {
-		return true, -1
-	}
-	now := time.Now()
-	for i, b := range l.retiredBells {
-		if now.Sub(b.retired) <= retiredBellTTL && matches(b) {
-			return false, i
-		}
-	}
-	return false, -1
 }

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/vhqos/vhqos/vhost"
 	"golang.org/x/sys/unix"
@@ -137,17 +136,14 @@ func (t *trackTable) size() int {
 }
 
 // prune drops the entries whose inode is not in live.
-func (t *trackTable) prune(live map[uint64]bool) int {
+func (t *trackTable) prune(live map[uint64]bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n := 0
 	for ino := range t.byIno {
 		if !live[ino] {
 			delete(t.byIno, ino)
-			n++
 		}
 	}
-	return n
 }
 
 // trackState is what the supervisor knows of one process's fds, under
@@ -399,7 +395,7 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 		return err
 	}
 	s.tracked.add(&trackedConn{ino: st.Ino, decision: c.decision, local: c.local, family: c.family,
-		names: s.classifier.Load().NamesApply(c.local)})
+		names: c.namesApply})
 	p := call.proc
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -456,7 +452,3 @@ func (s *Supervisor) pruneTracked() {
 	}
 	s.tracked.prune(live)
 }
-
-// trackSweepEvery is how often followed connections are checked against
-// the kernel's sockets.
-const trackSweepEvery = time.Second

@@ -173,10 +173,7 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 		return 0, err
 	}
 
-	track, err := supervisor.ParseTrack(table.Settings.Track)
-	if err != nil {
-		return 0, err
-	}
+	track := table.Settings.Track
 	proc, err := shim.Start(ctx, shim.Config{
 		Argv:     opts.argv,
 		Syscalls: track.Syscalls(),
