@@ -121,6 +121,8 @@ func TestReload(t *testing.T) {
 	for _, bad := range []struct{ name, content, says string }{
 		{"syntax error", reloadAfter + "\ncpu_weight = = 3\n", "TOML syntax"},
 		{"invalid value", strings.Replace(reloadAfter, `cpu_max = "20%"`, `cpu_max = "0%"`, 1), "out of range"},
+		// Valid, but the seccomp filter cannot change under a running server.
+		{"new tracking mode", "[settings]\ntrack = \"fork\"\n" + reloadAfter, "settings.track cannot change while vhqos runs"},
 	} {
 		os.WriteFile(qosFile, []byte(bad.content), 0o644) // in place
 		eventually(t, 2*time.Second, "the refusal of the "+bad.name+" logged", func() bool {
