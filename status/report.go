@@ -60,8 +60,9 @@ type Counters struct {
 	ReloadsRefused  uint64 `json:"reloads_refused"`
 	// Track is the tracking mode; the table sizes that follow show that
 	// nothing grows without bound: server processes the supervisor knows,
-	// its copies of listening sockets, connections it follows (fork and
-	// full tracking).
+	// its copies of listening sockets, connections it follows (every one
+	// in fork and full tracking; in accept tracking those a host name
+	// decided, remembered for reloads).
 	Track               string `json:"track"`
 	KnownProcesses      int    `json:"known_processes"`
 	ListenerCopies      int    `json:"listener_copies"`

@@ -42,6 +42,8 @@ type conn struct {
 	// first bytes were looked at, and full tracking looks at later
 	// requests too).
 	namesApply bool
+	// host is the name the client asked for, when one was found.
+	host string
 	// accepted and deadline bound the wait for the client's first bytes.
 	accepted, deadline time.Time
 }
@@ -86,8 +88,10 @@ type listener struct {
 	markedDSCP int
 	ownDSCP    int
 	everMarked bool
-	// continued says an accept on this socket was ever left to the kernel
-	// (remembered across expiry of the copy, in listenerTable.continued).
+	// continued says an accept on this socket was ever left to the kernel.
+	// It and the marks are remembered across expiry of the copy (in
+	// listenerTable.remembered): the socket keeps its mark and its blocked
+	// accepts when the supervisor's copy goes.
 	continued bool
 	// doorbell is the supervisor's own connection, queued on the listener
 	// to make it readable for a server that polls before it accepts, after
@@ -119,13 +123,20 @@ func (l *listener) touch() { l.lastUsed.Store(time.Now().UnixNano()) }
 type listenerTable struct {
 	mu    sync.Mutex
 	byKey map[fileKey]*listener
-	// continued remembers sockets whose expired copy had accepts left to
-	// the kernel: processes may still be blocked in those accepts.
-	continued map[fileKey]bool
+	// remembered keeps what an expired copy knew that the socket itself
+	// does not say: that processes may still be blocked in accepts left
+	// to the kernel, and which mark is vhqos's and which the server's own.
+	// Entries go when the socket does (the sweep's sock_diag dump).
+	remembered map[fileKey]listenerMemory
+}
+
+type listenerMemory struct {
+	continued, everMarked bool
+	markedDSCP, ownDSCP   int
 }
 
 func newListenerTable() *listenerTable {
-	return &listenerTable{byKey: map[fileKey]*listener{}, continued: map[fileKey]bool{}}
+	return &listenerTable{byKey: map[fileKey]*listener{}, remembered: map[fileKey]listenerMemory{}}
 }
 
 // adopt returns the listener for key, taking ownership of fd when it is the
@@ -137,13 +148,45 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 		unix.Close(fd)
 		return l
 	}
-	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1, continued: t.continued[key], doorbell: -1}
+	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1, doorbell: -1}
+	if m, ok := t.remembered[key]; ok {
+		l.continued, l.everMarked, l.markedDSCP, l.ownDSCP = m.continued, m.everMarked, m.markedDSCP, m.ownDSCP
+		delete(t.remembered, key)
+	}
 	if sa, err := unix.Getsockname(fd); err == nil {
 		l.bound, l.family = sockaddrAddrPort(sa)
 	}
 	l.touch()
 	t.byKey[key] = l
 	return l
+}
+
+// all returns the current copies.
+func (t *listenerTable) all() []*listener {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*listener, 0, len(t.byKey))
+	for _, l := range t.byKey {
+		out = append(out, l)
+	}
+	return out
+}
+
+// forgetGone drops the memory of sockets that no longer exist.
+func (t *listenerTable) forgetGone(live map[uint64]bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key := range t.remembered {
+		if !live[key.ino] {
+			delete(t.remembered, key)
+		}
+	}
+}
+
+func (t *listenerTable) rememberedCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.remembered)
 }
 
 func (t *listenerTable) size() int {
@@ -172,8 +215,8 @@ func (t *listenerTable) expire(idle time.Duration, ev *eventLoop) {
 			l.closeDoorbell()
 			unix.Close(l.fd)
 			delete(t.byKey, key)
-			if l.continued {
-				t.continued[key] = true
+			if l.continued || l.everMarked {
+				t.remembered[key] = listenerMemory{continued: l.continued, everMarked: l.everMarked, markedDSCP: l.markedDSCP, ownDSCP: l.ownDSCP}
 			}
 		}
 		l.mu.Unlock()

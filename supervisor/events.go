@@ -249,6 +249,6 @@ func (e *eventLoop) sweep(s *Supervisor) {
 		s.pump(l)
 	}
 	s.listeners.expire(s.idle, e)
-	s.pruneTracked()
+	s.pruneGone()
 	s.leaseBackstop()
 }

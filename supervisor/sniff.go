@@ -133,6 +133,7 @@ func (s *Supervisor) sniff(c *conn, cl *classifierGen) bool {
 	switch res {
 	case vhost.Found:
 		s.stats.NamesFound.Add(1)
+		c.host = name
 		s.finish(c, cl.ClassifyName(name, c.local))
 		return true
 	case vhost.NoName:

@@ -456,21 +456,6 @@ func (s *Supervisor) ForgetPlacements() {
 	}
 }
 
-// Remark gives every TCP connection the server's processes hold the mark
-// the current table decides for it: after a table change, established
-// connections (keep-alive ones especially) carry the new DSCP from their
-// next packet on. Classes without a DSCP leave their sockets alone. It
-// returns how many connections it marked.
-func (s *Supervisor) Remark() int {
-	marked := 0
-	s.eachSocket(func(p *proc, fd int) {
-		if s.remarkOne(p, fd) {
-			marked++
-		}
-	})
-	return marked
-}
-
 // eachSocket calls f once per socket the known server processes hold
 // (a socket shared by several fds or processes counts once).
 func (s *Supervisor) eachSocket(f func(p *proc, fd int)) {
@@ -529,23 +514,6 @@ func connectedTCP(fd int) (netip.AddrPort, uint16, bool) {
 	}
 	local, family := sockaddrAddrPort(sa)
 	return local, family, family != 0
-}
-
-func (s *Supervisor) remarkOne(p *proc, fd int) bool {
-	copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(copyFd)
-	local, family, ok := connectedTCP(copyFd) // listeners are re-marked at their next accept
-	if !ok {
-		return false
-	}
-	d := s.classify(local)
-	if d.DSCP < 0 {
-		return false
-	}
-	return markDSCP(copyFd, family, d.DSCP) == nil
 }
 
 // rateLimit lets one event through per interval (10 s).

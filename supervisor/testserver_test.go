@@ -46,7 +46,9 @@ type acceptResult struct {
 // obeys commands:
 //
 //	accept MODE | accept4 FLAGS MODE    one accept on the listener; MODE is
-//	                                    full, null, short, neg or fault
+//	                                    full, null, short, neg or fault;
+//	                                    keep is full without closing the
+//	                                    connection (ret is its fd)
 //	on KIND accept4 FLAGS               accept on another kind of fd:
 //	                                    badfd, pipe, unconnected, udp
 //	nonblock                            make the listener non-blocking
@@ -383,7 +385,7 @@ func doAccept(lfd int, is4 bool, flags int, mode string) acceptResult {
 	if mode == "full" || mode == "short" {
 		r.Guard = fmt.Sprintf("%x", buf[limit:limit+guardLen])
 	}
-	if mode == "full" {
+	if mode == "full" || mode == "keep" {
 		r.Family = int(binary.NativeEndian.Uint16(buf[0:2]))
 		r.Port = int(binary.BigEndian.Uint16(buf[2:4]))
 	}
@@ -401,6 +403,8 @@ func doAccept(lfd int, is4 bool, flags int, mode string) acceptResult {
 	}
 	unix.SetNonblock(fd, false)
 	unix.Write(fd, []byte(strconv.Itoa(os.Getpid())+"\n"))
-	unix.Close(fd)
+	if mode != "keep" {
+		unix.Close(fd)
+	}
 	return r
 }

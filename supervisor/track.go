@@ -85,6 +85,9 @@ type trackedConn struct {
 	local  netip.AddrPort
 	family uint16
 	names  bool
+	// host is the name the client asked for, "" when none decided: a new
+	// table classifies the connection again from it.
+	host string
 }
 
 // trackTable holds every followed connection by socket inode. An entry
@@ -105,16 +108,34 @@ func (t *trackTable) add(c *trackedConn) {
 	t.mu.Unlock()
 }
 
-// setDecision changes a followed connection's class (keep-alive
-// reclassification) and reports whether it changed.
-func (t *trackTable) setDecision(c *trackedConn, d Decision) bool {
+// setDecision changes a followed connection's class, decided from the
+// host name in a later request (keep-alive reclassification), and reports
+// whether it changed.
+func (t *trackTable) setDecision(c *trackedConn, host string, d Decision) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	c.host = host
 	if c.decision == d {
 		return false
 	}
 	c.decision = d
 	return true
+}
+
+// reclassify decides every followed connection again under cl, from the
+// host name it was decided by or else its local address, as a new
+// connection with the same first request would be.
+func (t *trackTable) reclassify(cl Classifier) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.byIno {
+		c.names = cl.NamesApply(c.local)
+		if c.host != "" {
+			c.decision = cl.ClassifyName(c.host, c.local)
+		} else {
+			c.decision = cl.ClassifyAddr(c.local)
+		}
+	}
 }
 
 func (t *trackTable) decision(c *trackedConn) Decision {
@@ -365,13 +386,13 @@ func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
 		return // the rest of a request, a TLS record, or not all there yet
 	}
 	d := cl.ClassifyName(name, c.local)
-	if !s.tracked.setDecision(c, d) {
+	if !s.tracked.setDecision(c, name, d) {
 		s.placeLocked(p, d.Group)
 		return
 	}
 	s.stats.Reclassified.Add(1)
-	if d.DSCP >= 0 {
-		if err := markDSCP(copyFd, c.family, d.DSCP); err != nil {
+	if dscp, ok := s.markFor(d, c.local); ok {
+		if err := markDSCP(copyFd, c.family, dscp); err != nil {
 			s.log.Warn("setting DSCP on a reclassified connection", "local", c.local, "err", err)
 		}
 	}
@@ -385,7 +406,10 @@ func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
 // is in, and its next fork or close must find the record already there.
 func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 	cloexec := call.flags&unix.SOCK_CLOEXEC != 0
-	if s.track == TrackAccept {
+	// A connection a host name decided is recorded in every mode: only
+	// the record knows its class when a new table comes.
+	follow := s.track != TrackAccept
+	if !follow && !c.namesApply {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err
 	}
@@ -395,7 +419,11 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 		return err
 	}
 	s.tracked.add(&trackedConn{ino: st.Ino, decision: c.decision, local: c.local, family: c.family,
-		names: c.namesApply})
+		names: c.namesApply, host: c.host})
+	if !follow {
+		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
+		return err
+	}
 	p := call.proc
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -440,9 +468,10 @@ func (s *Supervisor) goHomeIfIdle(p *proc) {
 	}
 }
 
-// pruneTracked drops followed connections whose socket is gone.
-func (s *Supervisor) pruneTracked() {
-	if s.tracked.size() == 0 {
+// pruneGone drops followed connections, and what expired listener copies
+// left to remember, whose socket is gone.
+func (s *Supervisor) pruneGone() {
+	if s.tracked.size() == 0 && s.listeners.rememberedCount() == 0 {
 		return
 	}
 	live, err := liveSocketInodes()
@@ -451,4 +480,5 @@ func (s *Supervisor) pruneTracked() {
 		return
 	}
 	s.tracked.prune(live)
+	s.listeners.forgetGone(live)
 }

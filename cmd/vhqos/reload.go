@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -91,6 +92,15 @@ func (r *reloader) watch(ctx context.Context, hup <-chan struct{}) error {
 
 // reload reads the file and applies it if it changed (or if forced).
 func (r *reloader) reload(since time.Time, force bool) {
+	// A bug in applying a table must not take the supervisor down: the
+	// server's accepts would fail from then on.
+	defer func() {
+		if v := recover(); v != nil {
+			r.log.Error("internal error while applying the QoS table; please report it", "path", r.path,
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			r.refused.Add(1)
+		}
+	}()
 	data, err := os.ReadFile(r.path)
 	if err != nil {
 		// Between a delete and the re-create, or a broken symlink swap.
@@ -148,7 +158,7 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 		c := neu[name]
 		prev, existed := old[name]
 		if existed && reflect.DeepEqual(prev.Resources, c.Resources) {
-			if prev.DSCP != c.DSCP || !reflect.DeepEqual(prev.Match, c.Match) {
+			if !sameClassification(prev, c) {
 				changed = append(changed, c.Name)
 			}
 			continue
@@ -171,6 +181,14 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 	r.current = next
 	r.generation++
 	r.mu.Unlock()
+	if classificationChanged(old, neu) {
+		// Before the removed groups go: processes still to be moved
+		// find their new groups, and nothing is moved into a group
+		// about to be removed.
+		n := r.sup.Reclassify()
+		r.log.Debug("applied the new classes to what the server holds", "listeners_remarked", n.Listeners,
+			"connections_remarked", n.Connections, "processes_moved", n.Processes)
+	}
 	var errs []error
 	for _, name := range sortedNames(old) {
 		if _, kept := neu[name]; kept {
@@ -183,10 +201,6 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 	}
 	if len(removed) > 0 {
 		r.sup.ForgetPlacements()
-	}
-	if marksChanged(old, neu) {
-		n := r.sup.Remark()
-		r.log.Debug("re-marked established connections", "connections", n)
 	}
 	if len(errs) > 0 {
 		r.log.Warn("removing the cgroups of removed vhosts", "err", errors.Join(errs...))
@@ -212,17 +226,24 @@ func sortedNames(m map[string]*policy.Class) []string {
 	return names
 }
 
-// marksChanged reports whether any connection may now need another DSCP:
-// a class's mark or its match list changed, or classes came or went.
-func marksChanged(old, neu map[string]*policy.Class) bool {
+// classificationChanged reports whether any connection may now belong to
+// another class or need another mark: a class's mark, names, addresses or
+// listen restriction changed, or classes came or went.
+func classificationChanged(old, neu map[string]*policy.Class) bool {
 	if len(old) != len(neu) {
 		return true
 	}
 	for name, c := range neu {
 		o, ok := old[name]
-		if !ok || o.DSCP != c.DSCP || !reflect.DeepEqual(o.Match, c.Match) {
+		if !ok || !sameClassification(o, c) {
 			return true
 		}
 	}
 	return false
+}
+
+// sameClassification reports whether two versions of a class claim the
+// same connections and mark them alike.
+func sameClassification(a, b *policy.Class) bool {
+	return a.DSCP == b.DSCP && reflect.DeepEqual(a.Match, b.Match) && reflect.DeepEqual(a.Listen, b.Listen)
 }

@@ -1,0 +1,332 @@
+package supervisor
+
+import (
+	"bytes"
+	"net/netip"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Reclassified counts what Reclassify changed.
+type Reclassified struct {
+	// Listeners whose mark changed: connections made from now on
+	// carry the new one from their SYN-ACK.
+	Listeners int
+	// Connections established before the change whose mark changed.
+	Connections int
+	// Processes moved: ones blocked in an accept the kernel performs,
+	// and (fork and full tracking) ones serving connections whose class
+	// changed.
+	Processes int
+}
+
+// Reclassify brings what the server holds in line with the table that
+// SetClassifier just installed, without waiting for the next accept:
+//
+//   - listeners whose address alone decides get the new class's mark at
+//     once, so no connection is made with the old one;
+//   - processes blocked in an accept left to the kernel move to the
+//     class of the connection that accept will return;
+//   - established connections get the mark their class has now, decided
+//     from the host name that decided them (recorded for every such
+//     connection) or else from their local address; a class without a
+//     mark gives back the listener's own;
+//   - in fork and full tracking, a process serving connections of a
+//     single class moves when that class changed.
+//
+// A connection accepted before the change but not yet handed over keeps
+// the decision it was accepted with.
+func (s *Supervisor) Reclassify() Reclassified {
+	var r Reclassified
+	cl := s.classifier.Load()
+	s.tracked.reclassify(cl)
+	procs := s.procs.all()
+
+	// Listeners first, so that connections find the listener that made
+	// them, and with it the mark to give back when their class has none.
+	type heldSocket struct {
+		p   *proc
+		fd  int
+		ino uint64
+	}
+	var conns []heldSocket
+	byIno := map[uint64]*listener{}
+	seen := map[uint64]bool{}
+	heldListeners := map[*proc]map[int]*listener{}
+	for _, p := range procs {
+		held := map[int]*listener{}
+		heldListeners[p] = held
+		for fd, ino := range socketFds(p.tgid) {
+			if seen[ino] {
+				if l := byIno[ino]; l != nil {
+					held[fd] = l
+				}
+				continue
+			}
+			seen[ino] = true
+			copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+			if err != nil {
+				continue // closed meanwhile, or the process is gone
+			}
+			if !isTCPListener(copyFd) {
+				unix.Close(copyFd)
+				conns = append(conns, heldSocket{p, fd, ino})
+				continue
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(copyFd, &st); err != nil {
+				unix.Close(copyFd)
+				continue
+			}
+			l := s.listeners.adopt(fileKey{dev: st.Dev, ino: st.Ino}, copyFd)
+			byIno[ino] = l
+			held[fd] = l
+			if s.relisten(l, cl) {
+				r.Listeners++
+			}
+		}
+	}
+	for _, c := range conns {
+		if s.remark(c.p, c.fd, c.ino, cl) {
+			r.Connections++
+		}
+	}
+
+	if s.shortcut {
+		for _, p := range procs {
+			if s.placeBlockedAccepts(p, heldListeners[p]) {
+				r.Processes++
+			}
+		}
+	}
+	if s.track >= TrackFork {
+		for _, p := range procs {
+			if s.replaceServing(p) {
+				r.Processes++
+			}
+		}
+	}
+	return r
+}
+
+// socketFds lists the fds of process tgid that are sockets, with the
+// sockets' inodes.
+func socketFds(tgid int) map[int]uint64 {
+	dir := "/proc/" + strconv.Itoa(tgid) + "/fd"
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil // exited
+	}
+	names, _ := f.Readdirnames(-1)
+	f.Close()
+	out := make(map[int]uint64)
+	for _, name := range names {
+		target, err := os.Readlink(dir + "/" + name)
+		if err != nil {
+			continue
+		}
+		ino, ok := socketInode(target)
+		if !ok {
+			continue
+		}
+		if fd, err := strconv.Atoi(name); err == nil {
+			out[fd] = ino
+		}
+	}
+	return out
+}
+
+func isTCPListener(fd int) bool {
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil || domain != unix.AF_INET && domain != unix.AF_INET6 {
+		return false
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || typ != unix.SOCK_STREAM {
+		return false
+	}
+	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	return err == nil && listening != 0
+}
+
+// relisten decides l's class again under cl and gives the listener the
+// class's mark, or its own when connections from it are classified one by
+// one. It reports whether the mark changed.
+func (s *Supervisor) relisten(l *listener, cl *classifierGen) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.fixed, l.fixedOK = cl.ClassifyListener(l.bound)
+	l.fixedGen = cl.gen
+	want := -1
+	if l.fixedOK {
+		want = l.fixed.DSCP
+	}
+	if want == l.markedDSCP {
+		return false
+	}
+	s.markListener(l, want)
+	return true
+}
+
+// remark gives one established connection the mark its class has under
+// cl. Only connections made by a listener of the server count: a
+// connection the server opened itself (to a database, say) is not a
+// virtual host's. It reports whether the mark changed.
+func (s *Supervisor) remark(p *proc, fd int, ino uint64, cl *classifierGen) bool {
+	copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(copyFd)
+	local, family, ok := connectedTCP(copyFd)
+	if !ok || s.listeners.serving(local) == nil {
+		return false
+	}
+	var d Decision
+	if c := s.tracked.get(ino); c != nil {
+		d = s.tracked.decision(c)
+	} else {
+		d = cl.ClassifyAddr(local)
+	}
+	dscp, ok := s.markFor(d, local)
+	if !ok || currentDSCP(copyFd, family) == dscp {
+		return false
+	}
+	if err := markDSCP(copyFd, family, dscp); err != nil {
+		s.log.Warn("re-marking an established connection", "local", local, "dscp", dscp, "err", err)
+		return false
+	}
+	return true
+}
+
+// markFor returns the mark a connection to local of class d must carry:
+// the class's, or else the mark of the listener that made it, which is
+// the server's own unless vhqos marked the listener. It reports false
+// when neither is known.
+func (s *Supervisor) markFor(d Decision, local netip.AddrPort) (int, bool) {
+	if d.DSCP >= 0 {
+		return d.DSCP, true
+	}
+	l := s.listeners.serving(local)
+	if l == nil {
+		return 0, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.everMarked {
+		return l.ownDSCP, true
+	}
+	return currentDSCP(l.fd, l.family), true
+}
+
+// serving returns the listener copy whose connections have local as their
+// local address: one bound to it exactly, else one bound to the wildcard
+// address on its port.
+func (t *listenerTable) serving(local netip.AddrPort) *listener {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var wildcard *listener
+	for _, l := range t.byKey {
+		switch {
+		case l.bound == local:
+			return l
+		case l.bound.Port() == local.Port() && l.bound.Addr().IsUnspecified() &&
+			(l.bound.Addr().Is6() || local.Addr().Is4()):
+			wildcard = l
+		}
+	}
+	return wildcard
+}
+
+// placeBlockedAccepts moves p to the class of the listener one of its
+// threads is blocked accepting on, when the kernel performs that accept
+// (the listener's address decides its class): the connection it returns
+// was made under the new table. It reports whether p moved.
+func (s *Supervisor) placeBlockedAccepts(p *proc, held map[int]*listener) bool {
+	if len(held) == 0 {
+		return false
+	}
+	dir := "/proc/" + strconv.Itoa(p.tgid) + "/task"
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	tids, _ := f.Readdirnames(-1)
+	f.Close()
+	for _, tid := range tids {
+		fd, ok := blockedAcceptFd(dir + "/" + tid + "/syscall")
+		if !ok {
+			continue
+		}
+		l := held[fd]
+		if l == nil {
+			continue
+		}
+		l.mu.Lock()
+		d, fixed := l.fixed, l.fixedOK
+		l.mu.Unlock()
+		if !fixed {
+			continue
+		}
+		p.mu.Lock()
+		moved := p.group != d.Group
+		s.placeLocked(p, d.Group)
+		p.mu.Unlock()
+		return moved
+	}
+	return false
+}
+
+// blockedAcceptFd reads a thread's /proc/.../syscall ("NR ARG0 ARG1 ..."
+// while it is in a system call) and returns the fd it is accepting on.
+func blockedAcceptFd(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	f := bytes.Fields(b)
+	if len(f) < 2 {
+		return 0, false
+	}
+	nr, err := strconv.Atoi(string(f[0]))
+	if err != nil || nr != unix.SYS_ACCEPT && nr != unix.SYS_ACCEPT4 {
+		return 0, false
+	}
+	fd, err := strconv.ParseUint(string(bytes.TrimPrefix(f[1], []byte("0x"))), 16, 32)
+	if err != nil {
+		return 0, false
+	}
+	return int(int32(fd)), true
+}
+
+// replaceServing moves p when every followed connection it holds now
+// belongs to one class other than the one p is in. A process holding none
+// is left to the lease rules; one holding several classes keeps following
+// its reads.
+func (s *Supervisor) replaceServing(p *proc) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.group == "" || p.group == HomeGroup {
+		return false
+	}
+	classes := s.classes(p)
+	if len(classes) == 0 {
+		return false
+	}
+	group := classes[0].Group
+	for _, d := range classes[1:] {
+		if d.Group != group {
+			return false
+		}
+	}
+	if group == p.group {
+		return false
+	}
+	s.placeLocked(p, group)
+	return true
+}
