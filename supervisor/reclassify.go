@@ -44,25 +44,39 @@ func (s *Supervisor) Reclassify() Reclassified {
 	s.tracked.reclassify(cl)
 	procs := s.procs.all()
 
-	// Listeners first, so that connections find the listener that made
-	// them, and with it the mark to give back when their class has none.
-	type heldSocket struct {
-		p   *proc
-		fd  int
-		ino uint64
+	known := map[uint64]*listener{}
+	for _, l := range s.listeners.all() {
+		known[l.key.ino] = l
 	}
-	var conns []heldSocket
-	byIno := map[uint64]*listener{}
+	relistened := map[*listener]bool{}
+	relisten := func(l *listener) {
+		if !relistened[l] {
+			relistened[l] = true
+			if s.relisten(l, cl) {
+				r.Listeners++
+			}
+		}
+	}
+	// A connection is re-marked from the copy that told it from a
+	// listener, unless the listener that made it is not known yet: then
+	// it waits until every socket was seen.
+	type heldSocket struct {
+		p  *proc
+		fd int
+	}
+	var later []heldSocket
 	seen := map[uint64]bool{}
 	heldListeners := map[*proc]map[int]*listener{}
 	for _, p := range procs {
 		held := map[int]*listener{}
 		heldListeners[p] = held
 		for fd, ino := range socketFds(p.tgid) {
+			if l := known[ino]; l != nil {
+				held[fd] = l
+				relisten(l)
+				continue
+			}
 			if seen[ino] {
-				if l := byIno[ino]; l != nil {
-					held[fd] = l
-				}
 				continue
 			}
 			seen[ino] = true
@@ -70,28 +84,39 @@ func (s *Supervisor) Reclassify() Reclassified {
 			if err != nil {
 				continue // closed meanwhile, or the process is gone
 			}
-			if !isTCPListener(copyFd) {
-				unix.Close(copyFd)
-				conns = append(conns, heldSocket{p, fd, ino})
+			if isTCPListener(copyFd) {
+				var st unix.Stat_t
+				if err := unix.Fstat(copyFd, &st); err != nil {
+					unix.Close(copyFd)
+					continue
+				}
+				l := s.listeners.adopt(fileKey{dev: st.Dev, ino: st.Ino}, copyFd)
+				known[ino] = l
+				held[fd] = l
+				relisten(l)
 				continue
 			}
-			var st unix.Stat_t
-			if err := unix.Fstat(copyFd, &st); err != nil {
-				unix.Close(copyFd)
-				continue
-			}
-			l := s.listeners.adopt(fileKey{dev: st.Dev, ino: st.Ino}, copyFd)
-			byIno[ino] = l
-			held[fd] = l
-			if s.relisten(l, cl) {
-				r.Listeners++
+			marked, done := s.remark(copyFd, ino)
+			unix.Close(copyFd)
+			if marked {
+				r.Connections++
+			} else if !done {
+				later = append(later, heldSocket{p, fd})
 			}
 		}
 	}
-	for _, c := range conns {
-		if s.remark(c.p, c.fd, c.ino, cl) {
-			r.Connections++
+	for _, c := range later {
+		copyFd, err := unix.PidfdGetfd(c.p.pidfd, c.fd, 0)
+		if err != nil {
+			continue
 		}
+		var st unix.Stat_t
+		if unix.Fstat(copyFd, &st) == nil {
+			if marked, _ := s.remark(copyFd, st.Ino); marked {
+				r.Connections++
+			}
+		}
+		unix.Close(copyFd)
 	}
 
 	if s.shortcut {
@@ -173,35 +198,35 @@ func (s *Supervisor) relisten(l *listener, cl *classifierGen) bool {
 	return true
 }
 
-// remark gives one established connection the mark its class has under
-// cl. Only connections made by a listener of the server count: a
-// connection the server opened itself (to a database, say) is not a
-// virtual host's. It reports whether the mark changed.
-func (s *Supervisor) remark(p *proc, fd int, ino uint64, cl *classifierGen) bool {
-	copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
-	if err != nil {
-		return false
+// remark gives the established connection fd (the supervisor's copy, of
+// socket ino) the mark its class has now. Only connections made by a
+// listener of the server count: one the server opened itself (to a
+// database, say) is not a virtual host's. It reports whether it marked the
+// connection, and whether the connection was seen to be done with: false
+// when the listener that made it is not known (yet).
+func (s *Supervisor) remark(fd int, ino uint64) (marked, done bool) {
+	local, family, ok := connectedTCP(fd)
+	if !ok {
+		return false, true
 	}
-	defer unix.Close(copyFd)
-	local, family, ok := connectedTCP(copyFd)
-	if !ok || s.listeners.serving(local) == nil {
-		return false
+	if s.listeners.serving(local) == nil {
+		return false, false
 	}
 	var d Decision
 	if c := s.tracked.get(ino); c != nil {
 		d = s.tracked.decision(c)
 	} else {
-		d = cl.ClassifyAddr(local)
+		d = s.classify(local)
 	}
 	dscp, ok := s.markFor(d, local)
-	if !ok || currentDSCP(copyFd, family) == dscp {
-		return false
+	if !ok {
+		return false, true
 	}
-	if err := markDSCP(copyFd, family, dscp); err != nil {
+	if err := markDSCP(fd, family, dscp); err != nil {
 		s.log.Warn("re-marking an established connection", "local", local, "dscp", dscp, "err", err)
-		return false
+		return false, true
 	}
-	return true
+	return true, true
 }
 
 // markFor returns the mark a connection to local of class d must carry:
@@ -248,7 +273,21 @@ func (t *listenerTable) serving(local netip.AddrPort) *listener {
 // (the listener's address decides its class): the connection it returns
 // was made under the new table. It reports whether p moved.
 func (s *Supervisor) placeBlockedAccepts(p *proc, held map[int]*listener) bool {
-	if len(held) == 0 {
+	// Only a process whose group differs from the class of a listener it
+	// holds can be in the wrong place; most hold one listener and either
+	// already sit in its class or are not in accept at all.
+	p.mu.Lock()
+	group := p.group
+	p.mu.Unlock()
+	elsewhere := false
+	for _, l := range held {
+		l.mu.Lock()
+		if l.fixedOK && l.fixed.Group != group {
+			elsewhere = true
+		}
+		l.mu.Unlock()
+	}
+	if !elsewhere {
 		return false
 	}
 	dir := "/proc/" + strconv.Itoa(p.tgid) + "/task"
