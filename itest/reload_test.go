@@ -155,39 +155,56 @@ func reloadsLogged(a *Apache) int {
 }
 
 // A keep-alive connection established before a reload carries the new
-// DSCP on its next response.
+// DSCP on its next response, whether its vhost was found by address or by
+// the Host name (which the table is asked again: the address alone would
+// give the defaults).
 func TestReloadRemarksEstablishedConnections(t *testing.T) {
-	capture, err := StartCapture()
-	if err != nil {
-		t.Fatal(err)
+	const byName = `
+[[vhost]]
+name = "shop"
+match = ["shop.example"]
+dscp = "%s"
+`
+	for _, tc := range []struct {
+		name, before, after, host string
+	}{
+		{"address", reloadBefore, reloadAfter, "itest"},
+		{"host name", fmt.Sprintf(byName, "EF"), fmt.Sprintf(byName, "AF41"), "shop.example"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			capture, err := StartCapture()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer capture.Stop()
+			qosFile := filepath.Join(t.TempDir(), "qos.toml")
+			os.WriteFile(qosFile, []byte(tc.before), 0o644)
+			a := startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}})
+			c, err := net.DialTimeout("tcp", "127.0.0.2:8080", 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			r := bufio.NewReader(c)
+			get := func() {
+				t.Helper()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				fmt.Fprintf(c, "GET /index.html HTTP/1.1\r\nHost: %s\r\n\r\n", tc.host)
+				resp, err := http.ReadResponse(r, nil)
+				if err != nil {
+					t.Fatalf("keep-alive request: %v", err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			server := addrPort(t, "127.0.0.2:8080")
+			client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(c.LocalAddr().(*net.TCPAddr).Port))
+			get()
+			eventually(t, time.Second, "the first response seen with DSCP 46", func() bool { return capture.Last(server, client) == 46 })
+			writeByRename(t, qosFile, tc.after)
+			eventually(t, 2*time.Second, "the reload logged", func() bool { return reloadsLogged(a) == 1 })
+			get()
+			eventually(t, time.Second, "the response after the reload carrying DSCP 34", func() bool { return capture.Last(server, client) == 34 })
+		})
 	}
-	defer capture.Stop()
-	qosFile := filepath.Join(t.TempDir(), "qos.toml")
-	os.WriteFile(qosFile, []byte(reloadBefore), 0o644)
-	startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}})
-	c, err := net.DialTimeout("tcp", "127.0.0.2:8080", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	get := func() {
-		t.Helper()
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		fmt.Fprint(c, "GET /index.html HTTP/1.1\r\nHost: itest\r\n\r\n")
-		resp, err := http.ReadResponse(r, nil)
-		if err != nil {
-			t.Fatalf("keep-alive request: %v", err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
-	server := addrPort(t, "127.0.0.2:8080")
-	client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(c.LocalAddr().(*net.TCPAddr).Port))
-	get()
-	eventually(t, time.Second, "the first response seen with DSCP 46", func() bool { return capture.Last(server, client) == 46 })
-	writeByRename(t, qosFile, reloadAfter)
-	time.Sleep(500 * time.Millisecond)
-	get()
-	eventually(t, time.Second, "the response after the reload carrying DSCP 34", func() bool { return capture.Last(server, client) == 34 })
 }
