@@ -309,7 +309,7 @@ func (s *Supervisor) listenerFor(p *proc, fd int) (l *listener, errno unix.Errno
 	if l != nil && s.kcmpWorks && sameFile(p.tgid, fd, s.selfPid, l.fd) {
 		return l, 0, false
 	}
-	copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+	copyFd, err := p.copyFd(fd)
 	if err != nil {
 		switch err {
 		case unix.EBADF:

@@ -16,6 +16,11 @@ import (
 type proc struct {
 	tgid  int
 	pidfd int
+	// pidfdMu guards the pidfd's lifetime: it is closed under the write
+	// lock when the process is forgotten, so a copy taken under the read
+	// lock never goes through a number reused for something else.
+	pidfdMu     sync.RWMutex
+	pidfdClosed bool
 
 	mu sync.Mutex
 	// group is the cgroup the supervisor last placed the process in; "" when
@@ -137,7 +142,26 @@ func (t *procTable) forget(p *proc) {
 		}
 	}
 	t.mu.Unlock()
-	unix.Close(p.pidfd)
+	p.closePidfd()
+}
+
+func (p *proc) closePidfd() {
+	p.pidfdMu.Lock()
+	defer p.pidfdMu.Unlock()
+	if !p.pidfdClosed {
+		p.pidfdClosed = true
+		unix.Close(p.pidfd)
+	}
+}
+
+// copyFd duplicates p's fd into the supervisor (pidfd_getfd).
+func (p *proc) copyFd(fd int) (int, error) {
+	p.pidfdMu.RLock()
+	defer p.pidfdMu.RUnlock()
+	if p.pidfdClosed {
+		return -1, unix.ESRCH
+	}
+	return unix.PidfdGetfd(p.pidfd, fd, 0)
 }
 
 // all returns the processes known now, to work on without the table lock.
@@ -161,7 +185,7 @@ func (t *procTable) closeAll() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, p := range t.byTgid {
-		unix.Close(p.pidfd)
+		p.closePidfd()
 	}
 	t.byTgid = map[int]*proc{}
 	t.byTid = map[int]*proc{}

@@ -80,7 +80,7 @@ func (s *Supervisor) Reclassify() Reclassified {
 				continue
 			}
 			seen[ino] = true
-			copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+			copyFd, err := p.copyFd(fd)
 			if err != nil {
 				continue // closed meanwhile, or the process is gone
 			}
@@ -106,7 +106,7 @@ func (s *Supervisor) Reclassify() Reclassified {
 		}
 	}
 	for _, c := range later {
-		copyFd, err := unix.PidfdGetfd(c.p.pidfd, c.fd, 0)
+		copyFd, err := c.p.copyFd(c.fd)
 		if err != nil {
 			continue
 		}

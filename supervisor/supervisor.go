@@ -485,7 +485,7 @@ func (s *Supervisor) eachSocket(f func(p *proc, fd int)) {
 func (s *Supervisor) LiveConnections() map[string]int {
 	out := map[string]int{}
 	s.eachSocket(func(p *proc, fd int) {
-		copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+		copyFd, err := p.copyFd(fd)
 		if err != nil {
 			return
 		}

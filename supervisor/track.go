@@ -368,7 +368,7 @@ func (s *Supervisor) trackRead(p *proc, fd int) {
 // reclassifies the connection when they are a request for another vhost.
 // Called with p.mu held.
 func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
-	copyFd, err := unix.PidfdGetfd(p.pidfd, fd, 0)
+	copyFd, err := p.copyFd(fd)
 	if err != nil {
 		return
 	}
