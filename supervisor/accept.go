@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"encoding/binary"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -165,11 +166,7 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 func (t *listenerTable) all() []*listener {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]*listener, 0, len(t.byKey))
-	for _, l := range t.byKey {
-		out = append(out, l)
-	}
-	return out
+	return slices.Collect(maps.Values(t.byKey))
 }
 
 // forgetGone drops the memory of sockets that no longer exist.

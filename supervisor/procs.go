@@ -3,7 +3,9 @@ package supervisor
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -168,11 +170,7 @@ func (p *proc) copyFd(fd int) (int, error) {
 func (t *procTable) all() []*proc {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	list := make([]*proc, 0, len(t.byTgid))
-	for _, p := range t.byTgid {
-		list = append(list, p)
-	}
-	return list
+	return slices.Collect(maps.Values(t.byTgid))
 }
 
 func (t *procTable) size() int {

@@ -195,27 +195,10 @@ func socketInode(target string) (uint64, bool) {
 // rescan rebuilds p's view of which fds hold followed connections from
 // /proc/PID/fd. Called with p.mu held.
 func (s *Supervisor) rescan(p *proc) {
-	dir := "/proc/" + strconv.Itoa(p.tgid) + "/fd"
-	f, err := os.Open(dir)
-	if err != nil {
-		p.track.fds = nil
-		p.track.dirty = false
-		return
-	}
-	names, _ := f.Readdirnames(-1)
-	f.Close()
-	fds := make(map[int]uint64)
-	for _, name := range names {
-		target, err := os.Readlink(dir + "/" + name)
-		if err != nil {
-			continue
-		}
-		ino, ok := socketInode(target)
-		if !ok || s.tracked.get(ino) == nil {
-			continue
-		}
-		if fd, err := strconv.Atoi(name); err == nil {
-			fds[fd] = ino
+	fds := socketFds(p.tgid) // nil once the process has exited
+	for fd, ino := range fds {
+		if s.tracked.get(ino) == nil {
+			delete(fds, fd)
 		}
 	}
 	p.track.fds = fds
