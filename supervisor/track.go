@@ -138,6 +138,14 @@ func (t *trackTable) reclassify(cl Classifier) {
 	}
 }
 
+// namesApply reports whether a host name may classify c (a reload can
+// change it).
+func (t *trackTable) namesApply(c *trackedConn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return c.names
+}
+
 func (t *trackTable) decision(c *trackedConn) Decision {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -322,7 +330,7 @@ func (s *Supervisor) trackFork(p *proc) {
 func (s *Supervisor) trackRead(p *proc, fd int) {
 	if p.track.read[fd] {
 		if ino, ok := p.track.fds[fd]; ok {
-			if c := s.tracked.get(ino); c != nil && c.names {
+			if c := s.tracked.get(ino); c != nil && s.tracked.namesApply(c) {
 				s.resniff(p, fd, c)
 			}
 		}
