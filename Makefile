@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps build test test-host test-vm demo bench fuzz fuzz-ci lint clean
+.PHONY: all deps build test test-host test-race test-vm demo bench fuzz fuzz-ci lint clean
 
 all: build
 
@@ -18,10 +18,15 @@ build: deps
 
 # Unit and integration tests on this kernel, then the integration tests
 # again inside a VM with Debian's kernel and unified cgroup v2.
-test: deps lint build test-host fuzz-ci test-vm
+test: deps lint build test-host test-race fuzz-ci test-vm
 
 test-host:
 	$(GO) test -count=1 ./...
+
+# The supervisor's goroutines share tables with its receivers, the event
+# loop and the reloader: its tests run again under the race detector.
+test-race:
+	$(GO) test -race -count=1 ./supervisor ./vhost ./policy
 
 # One VM boot runs the cgroup package's tests (io.max on the VM's scratch
 # disk, controller delegation, the supervisor's own leaf) and the

@@ -667,8 +667,8 @@ func (s *Supervisor) deliverOrRequeue(l *listener, c *conn, call *acceptCall) {
 // take it (interrupted, died, no fd slot), c is put back at the head of the
 // stash and deliver returns false.
 func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
-	if s.testHookBeforeDeliver != nil {
-		s.testHookBeforeDeliver(call.proc.tgid)
+	if hook := s.testHookBeforeDeliver.Load(); hook != nil {
+		(*hook)(call.proc.tgid)
 	}
 	s.place(call.proc, c.decision.Group)
 	if want := call.flags&unix.SOCK_NONBLOCK != 0; want != c.nonblock {

@@ -120,7 +120,7 @@ type Supervisor struct {
 	// testHookBeforeDeliver, when set by a test, runs after a connection
 	// was accepted and before it is handed over: the window a signal must
 	// hit to exercise the requeue path deterministically.
-	testHookBeforeDeliver func(callerPid int)
+	testHookBeforeDeliver atomic.Pointer[func(callerPid int)]
 }
 
 // New prepares a Supervisor; Run starts answering.

@@ -188,6 +188,9 @@ func startServerWith(t *testing.T, listenAddr string, emulate bool, names Classi
 		t.Fatalf("test server did not start: %q %v", line, err)
 	}
 	h.port, _ = strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "ready ")))
+	// Installed again now that the port is known, so that the supervisor's
+	// goroutines read it after this write (SetClassifier is an atomic store).
+	sup.SetClassifier(&lateClassifier{h: h})
 	host := strings.TrimSuffix(strings.TrimPrefix(listenAddr[:strings.LastIndex(listenAddr, ":")], "["), "]")
 	h.addr = net.JoinHostPort(host, strconv.Itoa(h.port))
 	return h
@@ -496,12 +499,12 @@ func TestSignalAfterAccept(t *testing.T) {
 			h := startServer(t, "127.0.0.1:0", true)
 			accepted, release := make(chan struct{}), make(chan struct{})
 			var once sync.Once
-			h.sup.testHookBeforeDeliver = func(int) {
+			h.sup.setTestHookBeforeDeliver(func(int) {
 				once.Do(func() {
 					close(accepted)
 					<-release
 				})
-			}
+			})
 			h.command("tid")
 			tid, _ := strconv.Atoi(h.line())
 			h.command("accept4 0 " + mode)
@@ -625,13 +628,13 @@ func TestStashedConnectionWakesPollingServer(t *testing.T) {
 	h := startServer(t, "127.0.0.1:0", true)
 	var once sync.Once
 	killed := make(chan int, 1)
-	h.sup.testHookBeforeDeliver = func(pid int) {
+	h.sup.setTestHookBeforeDeliver(func(pid int) {
 		once.Do(func() {
 			unix.Kill(pid, unix.SIGKILL)
 			time.Sleep(100 * time.Millisecond)
 			killed <- pid
 		})
-	}
+	})
 	h.command("pollchildren 2")
 	if l := h.line(); l != "ok" {
 		t.Fatal(l)
@@ -678,4 +681,8 @@ func TestEMFILEKeepsConnection(t *testing.T) {
 			}
 		})
 	}
+}
+
+func (s *Supervisor) setTestHookBeforeDeliver(f func(callerPid int)) {
+	s.testHookBeforeDeliver.Store(&f)
 }
