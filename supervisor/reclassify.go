@@ -14,7 +14,8 @@ type Reclassified struct {
 	// Listeners whose mark changed: connections made from now on
 	// carry the new one from their SYN-ACK.
 	Listeners int
-	// Connections established before the change whose mark changed.
+	// Connections established before the change, given the mark
+	// their class has now.
 	Connections int
 	// Processes moved: ones blocked in an accept the kernel performs,
 	// and (fork and full tracking) ones serving connections whose class
@@ -57,9 +58,9 @@ func (s *Supervisor) Reclassify() Reclassified {
 			}
 		}
 	}
-	// A connection is re-marked from the copy that told it from a
-	// listener, unless the listener that made it is not known yet: then
-	// it waits until every socket was seen.
+	// A connection is re-marked through the copy taken to tell it from a
+	// listener; one whose listener is not known yet waits until every
+	// socket was seen.
 	type heldSocket struct {
 		p  *proc
 		fd int
