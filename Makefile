@@ -35,11 +35,13 @@ test-vm: build
 	$(GO) build -o build/vmrun ./itest/vm/cmd/vmrun
 	$(GO) test -c -o build/cgroup.test ./cgroup
 	$(GO) test -c -o build/itest.test ./itest
+	# -test.v and -test.timeout: a test that hangs there names itself and
+	# dumps its goroutines instead of waiting for vmrun's 20 minutes.
 	# Under software emulation a fork and exec per connection is slow: the
 	# soak test makes fewer connections there (100,000 on the host; 3,000
 	# took ~4 of the VM's 8 minutes).
 	build/vmrun -C $(CURDIR) -env VHQOS_BIN=$(CURDIR)/$(BIN) -env VHQOS_SOAK_CONNECTIONS=1000 -- /bin/sh -c \
-		'cd cgroup && ../build/cgroup.test -test.count=1 && cd ../itest && ../build/itest.test -test.v -test.count=1'
+		'cd cgroup && ../build/cgroup.test -test.v -test.count=1 -test.timeout 3m && cd ../itest && ../build/itest.test -test.v -test.count=1 -test.timeout 15m'
 
 
 demo: build
