@@ -1,5 +1,7 @@
 package cgroup
 
+import "slices"
+
 // Resources are the limits of one class of traffic (a vhost or the defaults),
 // in the units operators write them in; each backend translates them to its
 // own files. A zero field means "not set": the kernel's default applies.
@@ -15,6 +17,13 @@ type Resources struct {
 	IOWeight uint64
 	// Devices holds per-device bandwidth and IOPS caps.
 	Devices []DeviceLimit
+}
+
+// Equal reports whether r and o set the same limits (a reload leaves a
+// group alone when they do).
+func (r Resources) Equal(o Resources) bool {
+	return r.CPUWeight == o.CPUWeight && r.CPUQuotaPercent == o.CPUQuotaPercent &&
+		r.IOWeight == o.IOWeight && slices.Equal(r.Devices, o.Devices)
 }
 
 // DeviceLimit caps IO on one block device. Zero fields are not capped.

@@ -85,7 +85,12 @@ func (s *Supervisor) Reclassify() Reclassified {
 			if err != nil {
 				continue // closed meanwhile, or the process is gone
 			}
-			if isTCPListener(copyFd) {
+			isListener, local, family, ok := socketKind(copyFd)
+			if !ok {
+				unix.Close(copyFd)
+				continue
+			}
+			if isListener {
 				var st unix.Stat_t
 				if err := unix.Fstat(copyFd, &st); err != nil {
 					unix.Close(copyFd)
@@ -97,7 +102,7 @@ func (s *Supervisor) Reclassify() Reclassified {
 				relisten(l)
 				continue
 			}
-			marked, done := s.remark(copyFd, ino)
+			marked, done := s.remark(copyFd, ino, local, family)
 			unix.Close(copyFd)
 			if marked {
 				r.Connections++
@@ -112,8 +117,9 @@ func (s *Supervisor) Reclassify() Reclassified {
 			continue
 		}
 		var st unix.Stat_t
-		if unix.Fstat(copyFd, &st) == nil {
-			if marked, _ := s.remark(copyFd, st.Ino); marked {
+		isListener, local, family, ok := socketKind(copyFd)
+		if ok && !isListener && unix.Fstat(copyFd, &st) == nil {
+			if marked, _ := s.remark(copyFd, st.Ino, local, family); marked {
 				r.Connections++
 			}
 		}
@@ -164,17 +170,32 @@ func socketFds(tgid int) map[int]uint64 {
 	return out
 }
 
-func isTCPListener(fd int) bool {
-	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
-	if err != nil || domain != unix.AF_INET && domain != unix.AF_INET6 {
-		return false
+// socketKind tells a TCP listener from an established TCP connection, and
+// returns the socket's local address, in as few calls as it can (a reload
+// asks it of every socket the server holds). ok is false for anything
+// else: other families and types, unconnected sockets.
+func socketKind(fd int) (isListener bool, local netip.AddrPort, family uint16, ok bool) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return false, local, 0, false
 	}
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil || typ != unix.SOCK_STREAM {
-		return false
+	if local, family = sockaddrAddrPort(sa); family == 0 {
+		return false, local, 0, false
+	}
+	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+		return false, local, 0, false
 	}
 	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
-	return err == nil && listening != 0
+	if err != nil {
+		return false, local, 0, false
+	}
+	if listening != 0 {
+		return true, local, family, true
+	}
+	if _, err := unix.Getpeername(fd); err != nil {
+		return false, local, 0, false
+	}
+	return false, local, family, true
 }
 
 // relisten decides l's class again under cl and gives the listener the
@@ -200,16 +221,12 @@ func (s *Supervisor) relisten(l *listener, cl *classifierGen) bool {
 }
 
 // remark gives the established connection fd (the supervisor's copy, of
-// socket ino) the mark its class has now. Only connections made by a
+// socket ino, local address local) the mark its class has now. Only connections made by a
 // listener of the server count: one the server opened itself (to a
 // database, say) is not a virtual host's. It reports whether it marked the
 // connection, and whether the connection was seen to be done with: false
 // when the listener that made it is not known (yet).
-func (s *Supervisor) remark(fd int, ino uint64) (marked, done bool) {
-	local, family, ok := connectedTCP(fd)
-	if !ok {
-		return false, true
-	}
+func (s *Supervisor) remark(fd int, ino uint64, local netip.AddrPort, family uint16) (marked, done bool) {
 	if s.listeners.serving(local) == nil {
 		return false, false
 	}

@@ -8,8 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"reflect"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -157,7 +157,7 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 	for _, name := range sortedNames(neu) {
 		c := neu[name]
 		prev, existed := old[name]
-		if existed && reflect.DeepEqual(prev.Resources, c.Resources) {
+		if existed && prev.Resources.Equal(c.Resources) {
 			if !sameClassification(prev, c) {
 				changed = append(changed, c.Name)
 			}
@@ -245,5 +245,5 @@ func classificationChanged(old, neu map[string]*policy.Class) bool {
 // sameClassification reports whether two versions of a class claim the
 // same connections and mark them alike.
 func sameClassification(a, b *policy.Class) bool {
-	return a.DSCP == b.DSCP && reflect.DeepEqual(a.Match, b.Match) && reflect.DeepEqual(a.Listen, b.Listen)
+	return a.DSCP == b.DSCP && slices.Equal(a.Match, b.Match) && slices.Equal(a.Listen, b.Listen)
 }
