@@ -163,6 +163,10 @@ func TestReclassifyEstablished(t *testing.T) {
 	if got := tosOf(t, h.pid, nameless); got != defaultDecision.DSCP<<2 {
 		t.Fatalf("nameless before the change: TOS %#x, want DSCP %d", got, defaultDecision.DSCP)
 	}
+	// Status counts the connection by its name too, not by its address.
+	if live := h.sup.LiveConnections(); live["shop"] != 1 || live["default"] != 1 {
+		t.Errorf("live connections %v, want one in shop and one in default", live)
+	}
 
 	newShop := Decision{Group: "shop", DSCP: 26}
 	h.sup.SetClassifier(renamedClassifier{nameClassifier: cl,

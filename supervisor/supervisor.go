@@ -481,7 +481,8 @@ func (s *Supervisor) eachSocket(f func(p *proc, fd int)) {
 }
 
 // LiveConnections counts, per group, the established TCP connections the
-// server's processes hold, classified by the current table.
+// server's processes hold, classified by the current table: by the host
+// name that decided them, or else by their local address.
 func (s *Supervisor) LiveConnections() map[string]int {
 	out := map[string]int{}
 	s.eachSocket(func(p *proc, fd int) {
@@ -490,9 +491,18 @@ func (s *Supervisor) LiveConnections() map[string]int {
 			return
 		}
 		defer unix.Close(copyFd)
-		if local, _, ok := connectedTCP(copyFd); ok {
-			out[s.classify(local).Group]++
+		local, _, ok := connectedTCP(copyFd)
+		if !ok {
+			return
 		}
+		var st unix.Stat_t
+		if unix.Fstat(copyFd, &st) == nil {
+			if c := s.tracked.get(st.Ino); c != nil {
+				out[s.tracked.decision(c).Group]++
+				return
+			}
+		}
+		out[s.classify(local).Group]++
 	})
 	return out
 }
