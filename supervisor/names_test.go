@@ -248,7 +248,18 @@ func TestSilentClientDoesNotBlockOthers(t *testing.T) {
 			// The silent client is handed over once the wait is up; it
 			// then sends its request, read by the server in full, in the
 			// fallback class.
-			time.Sleep(time.Until(silentAt.Add(timeout + 200*time.Millisecond)))
+			// (Waited for rather than slept: under a loaded CI the event
+			// loop's timer may fire late, but it must fire.)
+			giveUp := silentAt.Add(timeout + 10*time.Second)
+			for h.sup.Stats().NameTimeouts.Load() == 0 {
+				if time.Now().After(giveUp) {
+					t.Fatalf("the silent client's wait for a name never ended (bound %v)", timeout)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if waited := time.Since(silentAt); waited < timeout {
+				t.Errorf("the silent client was given up on after %v, before the %v bound", waited, timeout)
+			}
 			if n := h.sup.Stats().NameTimeouts.Load(); n != 1 {
 				t.Errorf("name timeouts: %d, want 1", n)
 			}
