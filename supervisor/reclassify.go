@@ -230,13 +230,7 @@ func (s *Supervisor) remark(fd int, ino uint64, local netip.AddrPort, family uin
 	if s.listeners.serving(local) == nil {
 		return false, false
 	}
-	var d Decision
-	if c := s.tracked.get(ino); c != nil {
-		d = s.tracked.decision(c)
-	} else {
-		d = s.classify(local)
-	}
-	dscp, ok := s.markFor(d, local)
+	dscp, ok := s.markFor(s.decisionOf(ino, local, s.classifier.Load()), local)
 	if !ok {
 		return false, true
 	}
@@ -245,6 +239,16 @@ func (s *Supervisor) remark(fd int, ino uint64, local netip.AddrPort, family uin
 		return false, true
 	}
 	return true, true
+}
+
+// decisionOf returns the class under cl of the established connection
+// socket ino with local address local: the one its record says (decided by
+// the host name the client asked for), or else its address's.
+func (s *Supervisor) decisionOf(ino uint64, local netip.AddrPort, cl *classifierGen) Decision {
+	if c := s.tracked.get(ino); c != nil {
+		return s.tracked.decision(c)
+	}
+	return cl.ClassifyAddr(local)
 }
 
 // markFor returns the mark a connection to local of class d must carry:

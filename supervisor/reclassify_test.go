@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -215,4 +216,40 @@ func TestReclassifyExpiredListener(t *testing.T) {
 		t.Errorf("connection after the mark was dropped: TOS %#x, want the listener's own 0", r.TOS)
 	}
 	servedBy(t, c)
+}
+
+// A connection the server opened itself (to a database, say) is not a
+// virtual host's: a reload leaves its mark alone, while the server's
+// accepted connections take their class's new one.
+func TestReclassifyLeavesOwnConnections(t *testing.T) {
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	h := startServer(t, "127.0.0.1:0", true)
+	h.command("accept4 0 keep")
+	c, _ := h.dial()
+	r := h.result()
+	if r.Ret < 0 {
+		t.Fatalf("accept: errno %v", unix.Errno(r.Errno))
+	}
+	servedBy(t, c)
+	h.command("connect " + backend.Addr().String())
+	own, err := strconv.Atoi(h.line())
+	if err != nil {
+		t.Fatalf("the server could not connect to the backend: %v", err)
+	}
+
+	blog := Decision{Group: "blog", DSCP: 10}
+	h.sup.SetClassifier(fixedClassifier{blog})
+	if got := h.sup.Reclassify(); got.Connections != 1 {
+		t.Errorf("re-marked %d connections, want only the accepted one", got.Connections)
+	}
+	if got := tosOf(t, h.pid, r.Ret); got != blog.DSCP<<2 {
+		t.Errorf("accepted connection: TOS %#x, want DSCP %d", got, blog.DSCP)
+	}
+	if got := tosOf(t, h.pid, own); got != 0 {
+		t.Errorf("the server's own connection: TOS %#x, want it untouched (0)", got)
+	}
 }

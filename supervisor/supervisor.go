@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,10 +171,6 @@ func (s *Supervisor) SetClassifier(c Classifier) {
 		gen = old.gen + 1
 	}
 	s.classifier.Store(&classifierGen{Classifier: c, gen: gen})
-}
-
-func (s *Supervisor) classify(local netip.AddrPort) Decision {
-	return s.classifier.Load().ClassifyAddr(local)
 }
 
 // Run answers notifications until every process under the filter has exited
@@ -456,74 +449,31 @@ func (s *Supervisor) ForgetPlacements() {
 	}
 }
 
-// eachSocket calls f once per socket the known server processes hold
-// (a socket shared by several fds or processes counts once).
-func (s *Supervisor) eachSocket(f func(p *proc, fd int)) {
-	list := s.procs.all()
-	seen := map[string]bool{}
-	for _, p := range list {
-		dir := "/proc/" + strconv.Itoa(p.tgid) + "/fd"
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			continue // exited
-		}
-		for _, e := range entries {
-			target, err := os.Readlink(dir + "/" + e.Name())
-			if err != nil || !strings.HasPrefix(target, "socket:") || seen[target] {
-				continue
-			}
-			seen[target] = true
-			if fd, err := strconv.Atoi(e.Name()); err == nil {
-				f(p, fd)
-			}
-		}
-	}
-}
-
 // LiveConnections counts, per group, the established TCP connections the
-// server's processes hold, classified by the current table: by the host
-// name that decided them, or else by their local address.
+// server's processes hold, classified by the current table (see
+// decisionOf).
 func (s *Supervisor) LiveConnections() map[string]int {
 	out := map[string]int{}
-	s.eachSocket(func(p *proc, fd int) {
-		copyFd, err := p.copyFd(fd)
-		if err != nil {
-			return
-		}
-		defer unix.Close(copyFd)
-		local, _, ok := connectedTCP(copyFd)
-		if !ok {
-			return
-		}
-		var st unix.Stat_t
-		if unix.Fstat(copyFd, &st) == nil {
-			if c := s.tracked.get(st.Ino); c != nil {
-				out[s.tracked.decision(c).Group]++
-				return
+	cl := s.classifier.Load()
+	seen := map[uint64]bool{}
+	for _, p := range s.procs.all() {
+		for fd, ino := range socketFds(p.tgid) {
+			if seen[ino] {
+				continue
+			}
+			seen[ino] = true
+			copyFd, err := p.copyFd(fd)
+			if err != nil {
+				continue
+			}
+			isListener, local, _, ok := socketKind(copyFd)
+			unix.Close(copyFd)
+			if ok && !isListener {
+				out[s.decisionOf(ino, local, cl).Group]++
 			}
 		}
-		out[s.classify(local).Group]++
-	})
+	}
 	return out
-}
-
-// connectedTCP returns the local address of a connected TCP socket.
-func connectedTCP(fd int) (netip.AddrPort, uint16, bool) {
-	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
-		return netip.AddrPort{}, 0, false
-	}
-	if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || listening != 0 {
-		return netip.AddrPort{}, 0, false
-	}
-	if _, err := unix.Getpeername(fd); err != nil {
-		return netip.AddrPort{}, 0, false
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return netip.AddrPort{}, 0, false
-	}
-	local, family := sockaddrAddrPort(sa)
-	return local, family, family != 0
 }
 
 // rateLimit lets one event through per interval (10 s).

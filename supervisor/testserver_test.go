@@ -51,6 +51,8 @@ type acceptResult struct {
 //	                                    connection (ret is its fd)
 //	on KIND accept4 FLAGS               accept on another kind of fd:
 //	                                    badfd, pipe, unconnected, udp
+//	connect IP:PORT                     open and keep a connection of the
+//	                                    server's own; prints its fd
 //	nonblock                            make the listener non-blocking
 //	tid                                 print the thread id accepts run on
 //	children N                          start N processes that serve forever
@@ -160,6 +162,22 @@ func testServerMain() int {
 				serveSum(int(fd))
 			}
 			fmt.Println("ok")
+		case "connect":
+			// Open a connection of the server's own (to a database,
+			// say), kept open; print its fd.
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err == nil {
+				host, portStr, _ := strings.Cut(f[1], ":")
+				port, _ := strconv.Atoi(portStr)
+				sa := &unix.SockaddrInet4{Port: port}
+				copy(sa.Addr[:], parseIP(host)[12:])
+				err = unix.Connect(fd, sa)
+			}
+			if err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			fmt.Println(fd)
 		case "nonblock":
 			unix.SetNonblock(lfd, true)
 			fmt.Println("ok")
