@@ -1,13 +1,16 @@
 // Command bench measures what vhqos costs Apache prefork: the same server
-// and configuration, native and under vhqos, alternating in one run, with
-// wrk over loopback, for Connection: close and keep-alive. It reports the
-// median ratio of requests/s (wrapped / native) and the supervisor's CPU
-// time per accepted connection. Run it as root with `make bench`.
+// and configuration native, under the floor (a minimal C supervisor, the
+// least the mechanism costs: floor/floor.c) and under vhqos, alternating
+// in one run, with wrk over loopback, for Connection: close and
+// keep-alive. It reports the median ratios of requests/s (vhqos / native,
+// floor / native, vhqos / floor) and each supervisor's CPU time per
+// accepted connection. Run it as root with `make bench`.
 package main
 
 import (
 	"bytes"
 	"context"
+	_ "embed"
 	"flag"
 	"fmt"
 	"os"
@@ -25,6 +28,12 @@ import (
 )
 
 const nsEnv = "VHQOS_BENCH_NS"
+
+// floorSource is the reference supervisor, compiled with cc when the
+// bench starts.
+//
+//go:embed floor/floor.c
+var floorSource []byte
 
 // The vhost keeps the default CPU weight: the benchmark measures what the
 // mechanism costs, not the effect of giving the server a bigger share.
@@ -55,6 +64,9 @@ type setup struct {
 	url       string
 	listenAll string
 	names     bool // name-based vhosts, HTTP on :8080 and HTTPS on :8443
+	// floorMode is how the floor answers this setup's accepts: "continue"
+	// where vhqos lets the kernel accept, "emulate" where vhqos accepts.
+	floorMode string
 }
 
 func main() {
@@ -99,14 +111,14 @@ func main() {
 	}
 	table := qos
 	setups := []setup{
-		{name: "listener per address (kernel accepts)", url: "http://127.0.0.2:8080/index.html"},
-		{name: "wildcard listener (vhqos emulates accept)", url: "http://127.0.0.2:8080/index.html", listenAll: "8080"},
+		{name: "listener per address (kernel accepts)", url: "http://127.0.0.2:8080/index.html", floorMode: "continue"},
+		{name: "wildcard listener (vhqos emulates accept)", url: "http://127.0.0.2:8080/index.html", listenAll: "8080", floorMode: "emulate"},
 	}
 	if *names {
 		table = nameQoS
 		setups = []setup{
-			{name: "name-based, HTTP (Host header)", url: "http://shop.example:8080/index.html", names: true},
-			{name: "name-based, HTTPS (TLS SNI)", url: "https://shop.example:8443/index.html", names: true},
+			{name: "name-based, HTTP (Host header)", url: "http://shop.example:8080/index.html", names: true, floorMode: "emulate"},
+			{name: "name-based, HTTPS (TLS SNI)", url: "https://shop.example:8443/index.html", names: true, floorMode: "emulate"},
 		}
 		if err := privateHosts("127.0.0.2 shop.example blog.example\n"); err != nil {
 			fail(err)
@@ -126,12 +138,16 @@ func main() {
 			fail(err)
 		}
 	}
-	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating pairs; %s\n", *conns, *duration, *pairs, kernel())
+	floorBin, err := buildFloor()
+	if err != nil {
+		fail(err)
+	}
+	defer os.Remove(floorBin)
+	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of native, floor (C reference supervisor), vhqos; %s\n", *conns, *duration, *pairs, kernel())
 	for _, path := range setups {
-		fmt.Printf("\n%s\n", path.name)
+		fmt.Printf("\n%s (floor: %s)\n", path.name, path.floorMode)
 		for _, close := range []bool{true, false} {
-			var ratios []float64
-			var cpuPerConn []float64
+			var toNative, floorToNative, toFloor, cpuPerConn, floorCPUPerConn []float64
 			for i := 0; i < *pairs; i++ {
 				var pinServer []string
 				if *pin {
@@ -141,23 +157,50 @@ func main() {
 				if err != nil {
 					fail(err)
 				}
+				floor, floorCPU, err := measure(cg, append(pinServer, floorBin, path.floorMode, "--"), *pin, path, close, *conns, *duration)
+				if err != nil {
+					fail(err)
+				}
 				wrapped, cpu, err := measure(cg, append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), "vhqos-bench.sock"), "--"), *pin, path, close, *conns, *duration)
 				if err != nil {
 					fail(err)
 				}
-				ratios = append(ratios, wrapped.rps/native.rps)
-				if close && wrapped.requests > 0 {
+				toNative = append(toNative, wrapped.rps/native.rps)
+				floorToNative = append(floorToNative, floor.rps/native.rps)
+				toFloor = append(toFloor, wrapped.rps/floor.rps)
+				if close && wrapped.requests > 0 && floor.requests > 0 {
 					cpuPerConn = append(cpuPerConn, cpu.Seconds()*1e6/float64(wrapped.requests))
+					floorCPUPerConn = append(floorCPUPerConn, floorCPU.Seconds()*1e6/float64(floor.requests))
 				}
-				fmt.Printf("  %-10s pair %d: native %8.0f req/s, wrapped %8.0f req/s, ratio %.3f\n", label(close), i+1, native.rps, wrapped.rps, wrapped.rps/native.rps)
+				fmt.Printf("  %-10s round %d: native %8.0f, floor %8.0f, vhqos %8.0f req/s; vhqos/native %.3f, floor/native %.3f, vhqos/floor %.3f\n",
+					label(close), i+1, native.rps, floor.rps, wrapped.rps, wrapped.rps/native.rps, floor.rps/native.rps, wrapped.rps/floor.rps)
 			}
-			fmt.Printf("  %-10s median ratio %.3f", label(close), median(ratios))
+			fmt.Printf("  %-10s medians: vhqos/native %.3f, floor/native %.3f, vhqos/floor %.3f", label(close), median(toNative), median(floorToNative), median(toFloor))
 			if close {
-				fmt.Printf("; supervisor CPU per connection %.1f µs (median)", median(cpuPerConn))
+				fmt.Printf("; supervisor CPU per connection: vhqos %.1f µs, floor %.1f µs", median(cpuPerConn), median(floorCPUPerConn))
 			}
 			fmt.Println()
 		}
 	}
+}
+
+// buildFloor compiles the reference supervisor into a temporary file and
+// returns its path.
+func buildFloor() (string, error) {
+	dir, err := os.MkdirTemp("", "vhqos-floor")
+	if err != nil {
+		return "", fmt.Errorf("building the floor supervisor: %w", err)
+	}
+	src := filepath.Join(dir, "floor.c")
+	if err := os.WriteFile(src, floorSource, 0o644); err != nil {
+		return "", fmt.Errorf("building the floor supervisor: %w", err)
+	}
+	bin := filepath.Join(dir, "floor")
+	if out, err := exec.Command("cc", "-O2", "-Wall", "-o", bin, src).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the floor supervisor with cc: %v\n%s", err, out)
+	}
+	os.Remove(src)
+	return bin, nil
 }
 
 func label(close bool) string {
