@@ -31,6 +31,13 @@
 //	device limits    blkio.throttle.{read,write}_         io.max = "MAJ:MIN rbps=.. wbps=..
 //	                 {bps,iops}_device = "MAJ:MIN n"        riops=.. wiops=.." (max = none)
 //
+// Device limits go by MAJ:MIN and apply to whole disks only.
+// ResolveDevice turns a path or MAJ:MIN into a disk by /sys/dev/block, and
+// tells a partition (an error naming its disk) from a device this machine
+// lacks (ErrNoDevice); the QoS table's reader uses it, so that a limit it
+// accepts is one the kernel takes. Removing the limits of a disk that has
+// gone succeeds: the kernel dropped them with the disk.
+//
 // The IO weight mappings are systemd's: a group with io weight 100 weighs
 // the same as a group that sets none (CFQ's default 500, bfq's 100); bfq(w)
 // is w up to 100, then linear to 1000 at 10000. Quotas under 1 ms are raised

@@ -24,12 +24,17 @@ type setting struct {
 	value string // what to write
 	reset string // what restores the kernel's default once the limit is dropped
 	desc  string // the limit, in the operator's words, for messages
+	dev   string // "MAJ:MIN" of a per-device line, "" for the others
 }
 
 const (
 	cfsPeriodUsec = 100000 // cpu.cfs_period_us and the period of cpu.max
 	minQuotaUsec  = 1000   // the kernel refuses quotas under 1 ms
 	maxWeight     = 10000  // CPUWeight= and IOWeight= range 1..10000
+	// minIOMax is the smallest limit v2 io.max takes: blk-throttle's
+	// tg_set_limit refuses rbps, wbps, riops and wiops of 1 with EINVAL
+	// on many kernels (Debian's 6.x among them); v1 takes 1.
+	minIOMax = 2
 )
 
 // validate rejects values no backend can express, with the field's name.
@@ -147,7 +152,7 @@ func v1Settings(r Resources, io ioWeightFiles, blkioDir string) ([]setting, erro
 			}
 			out = append(out, setting{ctrl: "blkio", file: t.file, key: t.file + " " + dev,
 				value: dev + " " + strconv.FormatUint(t.v, 10), reset: dev + " 0",
-				desc: fmt.Sprintf("%s for %s (%s)", t.what, d.Path, dev)})
+				desc: fmt.Sprintf("%s for %s (%s)", t.what, d.Path, dev), dev: dev})
 		}
 	}
 	return out, nil
@@ -192,12 +197,12 @@ func v2Settings(r Resources, io ioWeightFiles, dir string) ([]setting, error) {
 			if v == 0 {
 				return "max"
 			}
-			return strconv.FormatUint(v, 10)
+			return strconv.FormatUint(max(minIOMax, v), 10)
 		}
 		out = append(out, setting{ctrl: "io", file: "io.max", key: "io.max " + dev,
 			value: fmt.Sprintf("%s rbps=%s wbps=%s riops=%s wiops=%s", dev, lim(d.ReadBPS), lim(d.WriteBPS), lim(d.ReadIOPS), lim(d.WriteIOPS)),
 			reset: dev + " rbps=max wbps=max riops=max wiops=max",
-			desc:  fmt.Sprintf("io limits for %s (%s)", d.Path, dev)})
+			desc:  fmt.Sprintf("io limits for %s (%s)", d.Path, dev), dev: dev})
 	}
 	return out, nil
 }
@@ -266,7 +271,13 @@ func apply(applied map[string]setting, writes []write, dirOf func(ctrl string) (
 			return fmt.Errorf("%s: %w", w.s.desc, err)
 		}
 		path := filepath.Join(dir, w.s.file)
-		if err := writeFile(path, w.value); err != nil {
+		err = writeFile(path, w.value)
+		if err != nil && w.reset && w.s.dev != "" && errors.Is(err, unix.ENODEV) {
+			// The device is gone (unplugged, a loop device removed), and
+			// its limits went with it: there is nothing left to remove.
+			err = nil
+		}
+		if err != nil {
 			what := "setting " + w.s.desc
 			if w.reset {
 				what = "removing " + w.s.desc
@@ -275,8 +286,12 @@ func apply(applied map[string]setting, writes []write, dirOf func(ctrl string) (
 			switch {
 			case errors.Is(err, unix.ENOENT):
 				hint = " (the kernel offers no such file here)"
-			case errors.Is(err, unix.ENODEV):
-				hint = " (no such block device)"
+			case errors.Is(err, unix.ENODEV) && w.s.dev != "":
+				// Say why, as the QoS table's check does.
+				hint = " (the kernel has no such disk)"
+				if _, rerr := ResolveDevice(w.s.dev); rerr != nil {
+					hint = " (" + rerr.Error() + ")"
+				}
 			}
 			return fmt.Errorf("%s: writing %q to %s: %w%s", what, w.value, path, errors.Unwrap(err), hint)
 		}

@@ -194,8 +194,9 @@ func TestStatusRefusesNonRoot(t *testing.T) {
 
 func TestStatusWithoutSupervisor(t *testing.T) {
 	out, code := vhqosStatus(t, filepath.Join(t.TempDir(), "none.sock"), nil)
-	if code == 0 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "no vhqos is running") {
-		t.Errorf("exit %d, output %q; want one line saying no vhqos is running and a non-zero exit", code, out)
+	// README: "With no vhqos on the socket it says so in one line and exits 3."
+	if code != 3 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "no vhqos is running") {
+		t.Errorf("exit %d, output %q; want one line saying no vhqos is running and exit status 3", code, out)
 	}
 }
 

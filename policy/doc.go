@@ -5,8 +5,10 @@
 // connections with and swaps whole on reload.
 //
 // Parse and Load return Problems on a bad table; Table.Marshal writes a
-// table back as canonical TOML that parses to an equal Table. Block device
-// paths are resolved when the table is read (LookupBlockDevice, replaceable
-// with WithDeviceLookup), so a table naming a missing disk is refused before
-// anything is applied.
+// table back as canonical TOML that parses to an equal Table. Devices are
+// resolved when the table is read (cgroup.ResolveDevice, replaceable with
+// WithDeviceResolver), so a partition is refused before anything is applied,
+// and a limit on a device this machine lacks is skipped with a warning
+// (Table.Warnings). Files are UTF-8, with or without a byte order mark;
+// other encodings are refused by name.
 package policy

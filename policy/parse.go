@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -71,12 +72,29 @@ func (p *parser) keyProblem(s scope, key, format string, args ...any) {
 	p.addAt(s, key, false, format, args...)
 }
 
+// keyWarning is keyProblem for a problem that does not stop the table.
+func (p *parser) keyWarning(s scope, key, format string, args ...any) {
+	p.addAt(s, key, false, format, args...)
+	p.problems[len(p.problems)-1].Warning = true
+}
+
 func (p *parser) addAt(s scope, key string, atValue bool, format string, args ...any) {
 	p.problems = append(p.problems, Problem{
 		File: p.file, Key: key, Where: s.where,
 		Msg: fmt.Sprintf(format, args...),
 	})
 	p.atValue = append(p.atValue, atValue)
+}
+
+// errorCount counts the problems that are not warnings.
+func (p *parser) errorCount() int {
+	n := 0
+	for _, pr := range p.problems {
+		if !pr.Warning {
+			n++
+		}
+	}
+	return n
 }
 
 // placeProblems gives every problem its line and column.
@@ -137,7 +155,7 @@ func (p *parser) table(doc map[string]any) *Table {
 		}
 	}
 	p.crossCheck(t)
-	if len(p.problems) > 0 {
+	if p.errorCount() > 0 {
 		return t
 	}
 	var rules []vhost.Rule
@@ -461,13 +479,18 @@ func (p *parser) deviceLimits(s scope, key, which string, v any, c *Class) {
 		if err != nil {
 			p.valueProblem(s, dkey, "%v", err)
 		}
-		major, minor, derr := p.device(dev)
-		if derr != nil {
+		disk, derr := p.cfg.resolveDevice(dev)
+		switch {
+		case errors.Is(derr, cgroup.ErrNoDevice):
+			// One table may serve machines with different disks.
+			p.keyWarning(s, dkey, "%v; this %s is skipped here", derr, which)
+		case derr != nil:
 			p.keyProblem(s, dkey, "%v", derr)
 		}
 		if err != nil || derr != nil {
 			continue
 		}
+		major, minor := disk.Major, disk.Minor
 		limit, first := findDevice(&c.Resources, dev, major, minor)
 		field := deviceField(limit, which)
 		if *field != 0 {

@@ -20,11 +20,15 @@ type Problem struct {
 	Where string
 	// Msg says what is wrong and what is allowed.
 	Msg string
+	// Warning marks a problem that does not stop the table: a limit on a
+	// device this machine lacks, which is skipped here.
+	Warning bool
 }
 
 // String formats the problem like a compiler message:
 //
 //	qos.toml:12:8: vhost "shop" (vhost[1]) dscp: unknown DSCP name "AF44"; use ...
+//	qos.toml:14:17: warning: [defaults] io_read_bps."/dev/sdb": no block device ...
 func (p Problem) String() string {
 	var b strings.Builder
 	b.WriteString(p.File)
@@ -32,6 +36,9 @@ func (p Problem) String() string {
 		fmt.Fprintf(&b, ":%d:%d", p.Line, p.Column)
 	}
 	b.WriteString(": ")
+	if p.Warning {
+		b.WriteString("warning: ")
+	}
 	field := p.Key
 	if p.Where != "" {
 		b.WriteString(p.Where)
@@ -50,7 +57,8 @@ func (p Problem) String() string {
 }
 
 // Problems is every problem found in one table, in file order. It is the
-// error Parse returns; its message has one problem per line.
+// error Parse returns; its message has one problem per line. When it is
+// an error, its warnings (if any) come with the errors, in file order.
 type Problems []Problem
 
 func (ps Problems) Error() string {

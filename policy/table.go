@@ -26,6 +26,11 @@ type Table struct {
 	Matcher *vhost.Matcher
 	// Source is the file the table came from.
 	Source string
+	// Warnings are problems that did not stop the table, in file order:
+	// limits on devices this machine lacks, which are left out of
+	// Resources. Whoever reads the table shows them (check prints them,
+	// run and reload log them).
+	Warnings Problems
 }
 
 // Settings are table-wide options.
@@ -104,21 +109,24 @@ func (t *Table) ClassifyName(host string, local netip.AddrPort) *Class {
 	return t.ClassifyAddr(local)
 }
 
-// DeviceLookup resolves a block device path to its major and minor numbers.
-type DeviceLookup func(path string) (major, minor int64, err error)
+// DeviceResolver resolves a device key of the table (a path or
+// "MAJOR:MINOR") to the whole disk it names, with cgroup.ResolveDevice's
+// errors: one wrapping cgroup.ErrNoDevice makes the limit a warning and
+// skips it, any other makes it an error.
+type DeviceResolver func(spec string) (cgroup.BlockDevice, error)
 
 // Option changes how a table is read.
 type Option func(*config)
 
 type config struct {
-	lookupDevice DeviceLookup
+	resolveDevice DeviceResolver
 }
 
-// WithDeviceLookup replaces how block device paths are resolved to
-// major:minor numbers; tests use it for devices this machine lacks. The
-// default is LookupBlockDevice.
-func WithDeviceLookup(lookup DeviceLookup) Option {
-	return func(c *config) { c.lookupDevice = lookup }
+// WithDeviceResolver replaces how device keys are resolved; tests use it
+// for devices this machine lacks. The default is cgroup.ResolveDevice,
+// which vhqos check, run and reload all use, so that they agree.
+func WithDeviceResolver(resolve DeviceResolver) Option {
+	return func(c *config) { c.resolveDevice = resolve }
 }
 
 // Load reads and parses the QoS table at path.
@@ -133,11 +141,18 @@ func Load(path string, opts ...Option) (*Table, error) {
 // Parse validates a QoS table completely. A table with any problem is
 // refused whole; the error is then Problems, listing every problem found
 // in file order (only the first one for a TOML syntax error, after which
-// the parser cannot go on).
+// the parser cannot go on, or for a file that is not UTF-8). Problems that
+// need not stop the table (Problem.Warning) are in Table.Warnings when it
+// has no other. data may start with a UTF-8 byte order mark; lines and
+// columns count from after it, as editors do.
 func Parse(filename string, data []byte, opts ...Option) (*Table, error) {
-	cfg := config{lookupDevice: LookupBlockDevice}
+	cfg := config{resolveDevice: cgroup.ResolveDevice}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	data, encProblem := decodeText(filename, data)
+	if encProblem != nil {
+		return nil, Problems{*encProblem}
 	}
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {
@@ -147,8 +162,12 @@ func Parse(filename string, data []byte, opts ...Option) (*Table, error) {
 	t := p.table(doc)
 	if len(p.problems) > 0 {
 		p.placeProblems()
-		return nil, p.problems.sorted()
+		p.problems.sorted()
 	}
+	if p.errorCount() > 0 {
+		return nil, p.problems
+	}
+	t.Warnings = p.problems
 	t.Source = filename
 	return t, nil
 }

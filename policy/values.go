@@ -1,19 +1,12 @@
 package policy
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"math/big"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"unicode/utf8"
-
-	"golang.org/x/sys/unix"
 )
 
 // parsePercent reads cpu_max: "N%" or "N.N%" of one CPU, like systemd's
@@ -139,10 +132,24 @@ func sizeUnit(s string) (uint64, bool) {
 	return 0, false
 }
 
+// maxIOPS is the largest operation rate the kernel takes as a limit:
+// blk-throttle keeps IOPS limits in 32 bits, where 2^32-1 means no limit
+// (v2 io.max shows it as "max"), and v1 cuts larger numbers to their low
+// 32 bits, so that 2^32+1 would become a limit of 1.
+const maxIOPS = 1<<32 - 2
+
 // parseSize reads a byte rate (or, for IOPS, an operation rate): a whole
 // number, or a string with an optional K, M, G or T suffix, 1024-based like
 // systemd ("50M", "1.5K"). Zero is refused: an absent entry means no limit.
 func parseSize(v any, iops bool) (uint64, error) {
+	n, err := parseRate(v, iops)
+	if err == nil && iops && n > maxIOPS {
+		return 0, fmt.Errorf("%d operations per second is too many: the kernel counts them in 32 bits, the most is %d; to leave the device unlimited, remove it", n, uint64(maxIOPS))
+	}
+	return n, err
+}
+
+func parseRate(v any, iops bool) (uint64, error) {
 	what := `bytes per second: a whole number, or a string with K, M, G or T (1024-based, like systemd), e.g. "50M"`
 	if iops {
 		what = `operations per second: a whole number such as 1000, or a string with K, M, G or T (1024-based), e.g. "2K"`
@@ -204,82 +211,6 @@ func formatSize(n uint64) string {
 		}
 	}
 	return strconv.FormatUint(n, 10)
-}
-
-// Linux's dev_t has 12 bits of major and 20 of minor number.
-const (
-	maxMajor = 1<<12 - 1
-	maxMinor = 1<<20 - 1
-)
-
-// device resolves a device key: "MAJOR:MINOR" as is (a table may name
-// devices of another machine), a path through the configured lookup.
-func (p *parser) device(dev string) (major, minor int64, err error) {
-	if a, b, ok := strings.Cut(dev, ":"); ok {
-		major, err1 := strconv.ParseInt(a, 10, 64)
-		minor, err2 := strconv.ParseInt(b, 10, 64)
-		if !allDigits(a) || !allDigits(b) || err1 != nil || err2 != nil || major > maxMajor || minor > maxMinor {
-			return 0, 0, fmt.Errorf("%q is not MAJOR:MINOR; write decimal numbers, major 0..%d and minor 0..%d, as lsblk -d -o NAME,MAJ:MIN shows them", dev, maxMajor, maxMinor)
-		}
-		return major, minor, nil
-	}
-	if !strings.HasPrefix(dev, "/") {
-		return 0, 0, fmt.Errorf("%q is not a device; write the block device's path, e.g. \"/dev/vda\", or MAJOR:MINOR such as \"254:0\"", dev)
-	}
-	major, minor, err = p.cfg.lookupDevice(dev)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return 0, 0, fmt.Errorf("no block device %q on this machine (lsblk -d lists them); write MAJOR:MINOR to name a device without checking it", dev)
-	case err != nil:
-		return 0, 0, err
-	}
-	return major, minor, nil
-}
-
-// LookupBlockDevice is the real DeviceLookup: it stats path (following
-// symlinks such as /dev/disk/by-id/...) and insists on a whole block
-// device, because the kernel takes IO limits for disks, not partitions.
-func LookupBlockDevice(path string) (major, minor int64, err error) {
-	return lookupBlockDevice(path, "/sys")
-}
-
-// lookupBlockDevice takes sysfs's mount point so that tests can show it a
-// partition on machines that have none.
-func lookupBlockDevice(path, sysfs string) (major, minor int64, err error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0, 0, err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if fi.Mode()&fs.ModeDevice == 0 || fi.Mode()&fs.ModeCharDevice != 0 || !ok {
-		return 0, 0, fmt.Errorf("%q is %s, not a block device (lsblk -d lists block devices)", path, fileKind(fi.Mode()))
-	}
-	maj, mnr := unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev))
-	sys := fmt.Sprintf("%s/dev/block/%d:%d", sysfs, maj, mnr)
-	if _, err := os.Stat(sys + "/partition"); err == nil {
-		disk := "its disk"
-		if real, err := filepath.EvalSymlinks(sys); err == nil {
-			disk = strconv.Quote("/dev/" + filepath.Base(filepath.Dir(real)))
-		}
-		return 0, 0, fmt.Errorf("%q is a partition; IO limits apply to whole disks: use %s", path, disk)
-	}
-	return int64(maj), int64(mnr), nil
-}
-
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeCharDevice != 0:
-		return "a character device"
-	case m.IsDir():
-		return "a directory"
-	case m.IsRegular():
-		return "a regular file"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe"
-	}
-	return "not a device"
 }
 
 // tomlString quotes s as a TOML basic string. strconv.Quote is not TOML:

@@ -235,6 +235,10 @@ func parseName(s string) (Pattern, error) {
 	if err := checkHostName(labels); err != nil {
 		return Pattern{}, err
 	}
+	if len(name) > 253 {
+		// "*." counts too: every name the wildcard matches is longer still.
+		return Pattern{}, fmt.Errorf("wildcard of %d characters; DNS allows 253 in all, so it would match no name", len(name))
+	}
 	return Pattern{Kind: KindName, Name: name, Port: port}, nil
 }
 

@@ -31,8 +31,10 @@ func (s Sniff) String() string {
 
 const (
 	// maxHTTPHead bounds an HTTP request line and headers; a request whose
-	// head does not end within it gets NoName.
-	maxHTTPHead = 16 << 10
+	// head does not end within it gets NoName. It is the largest
+	// sniff_bytes a table may set (policy/REFERENCE.md), so that the
+	// caller's byte limit, not this one, decides which heads are read.
+	maxHTTPHead = 64 << 10
 	// maxClientHello bounds the ClientHello message (its handshake body).
 	maxClientHello = 64 << 10
 	// maxRecord is the largest TLS plaintext record (RFC 8446 §5.1).

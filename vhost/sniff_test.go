@@ -119,10 +119,10 @@ func TestSniffHTTPLimit(t *testing.T) {
 	// Pad so that the empty line ends exactly at the limit.
 	pad := maxHTTPHead - len(head) - len("X: \r\n\r\n")
 	head += "X: " + strings.Repeat("p", pad) + "\r\n"
-	checkSniff(t, "head of exactly 16 KiB", []byte(head+"\r\n"), "a.example", Found)
+	checkSniff(t, "head of exactly maxHTTPHead", []byte(head+"\r\n"), "a.example", Found)
 	checkSniff(t, "head one byte over", []byte(head+"Y\r\n\r\n"), "", NoName)
-	checkSniff(t, "16 KiB without end", []byte(head+"YY"), "", NoName)
-	checkSniff(t, "16 KiB - 1 without end", []byte(head+"Y"), "", NeedMore)
+	checkSniff(t, "maxHTTPHead without end", []byte(head+"YY"), "", NoName)
+	checkSniff(t, "maxHTTPHead - 1 without end", []byte(head+"Y"), "", NeedMore)
 	checkSniff(t, "long request line", []byte("GET /"+strings.Repeat("a", maxHTTPHead)), "", NoName)
 }
 

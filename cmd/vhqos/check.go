@@ -23,6 +23,15 @@ func checkCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
-	fmt.Fprintf(stdout, "%s: OK, %d vhost(s)\n", fs.Arg(0), len(table.VHosts))
+	// Warnings go where errors go, each on its line like them; the
+	// verdict stays on stdout.
+	for _, w := range table.Warnings {
+		fmt.Fprintln(stderr, w)
+	}
+	verdict := fmt.Sprintf("%s: OK, %d vhost(s)", fs.Arg(0), len(table.VHosts))
+	if n := len(table.Warnings); n > 0 {
+		verdict += fmt.Sprintf(", %d warning(s)", n)
+	}
+	fmt.Fprintln(stdout, verdict)
 	return 0
 }
