@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -18,10 +19,6 @@ import (
 // Arg is the hidden first argument that makes the vhqos binary act as the
 // shim; cmd/vhqos dispatches on it before parsing anything else.
 const Arg = "__shim"
-
-// controlFd is where the shim finds its end of the control socket: the first
-// of exec.Cmd.ExtraFiles.
-const controlFd = 3
 
 // Messages on the control socket (SOCK_SEQPACKET keeps them apart).
 const (
@@ -43,6 +40,16 @@ type Config struct {
 	Stdin    *os.File
 	Stdout   *os.File
 	Stderr   *os.File
+	// Inherit are fds (3 and up, sorted, as InheritedFds lists them) that
+	// the server gets at the same numbers, untouched: the listening sockets
+	// of socket activation and whatever else vhqos's parent passed on. The
+	// shim's own control socket goes above the highest of them. Start
+	// closes the caller's copies once the shim holds them, so that
+	// afterwards only the server does, as it would without vhqos.
+	Inherit []int
+	// ListenPID makes the shim set LISTEN_PID to its own pid, which
+	// becomes the server's at exec: the launcher set it to vhqos's.
+	ListenPID bool
 }
 
 // Process is a started shim that has handed over its notification fd and
@@ -65,6 +72,11 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 	if len(cfg.Argv) == 0 {
 		return nil, errors.New("no server command given")
 	}
+	for i, fd := range cfg.Inherit {
+		if fd < 3 || i > 0 && fd <= cfg.Inherit[i-1] {
+			return nil, fmt.Errorf("inherited fds %v: want distinct fds from 3 up, sorted", cfg.Inherit)
+		}
+	}
 	self := cfg.Self
 	if self == "" {
 		self = "/proc/self/exe"
@@ -83,7 +95,25 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 	theirs := os.NewFile(uintptr(pair[1]), "shim-control-child")
 	defer theirs.Close()
 
-	args := append([]string{"vhqos-shim", Arg, "--syscalls", strings.Join(cfg.Syscalls, ","), "--"}, cfg.Argv...)
+	// os.NewFile leaves the fds as they are (it does not change O_NONBLOCK
+	// of a descriptor it did not open, nor does Fd), and for a slot that
+	// holds its own number the child only clears FD_CLOEXEC, which an
+	// inherited fd does not have: the server gets the very open file
+	// descriptions, flags and all.
+	slots, controlFd := fdLayout(cfg.Inherit)
+	extra := make([]*os.File, slots)
+	for _, fd := range cfg.Inherit {
+		f := os.NewFile(uintptr(fd), "inherited-"+strconv.Itoa(fd))
+		defer f.Close()
+		extra[fd-3] = f
+	}
+	extra[controlFd-3] = theirs
+
+	args := []string{"vhqos-shim", Arg, "--control-fd", strconv.Itoa(controlFd), "--syscalls", strings.Join(cfg.Syscalls, ",")}
+	if cfg.ListenPID {
+		args = append(args, "--listen-pid")
+	}
+	args = append(append(args, "--"), cfg.Argv...)
 	cmd := &exec.Cmd{
 		Path:       self,
 		Args:       args,
@@ -92,7 +122,7 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 		Stdin:      cfg.Stdin,
 		Stdout:     cfg.Stdout,
 		Stderr:     cfg.Stderr,
-		ExtraFiles: []*os.File{theirs},
+		ExtraFiles: extra,
 		SysProcAttr: &syscall.SysProcAttr{
 			Setpgid: true,
 			// If vhqos is killed outright, the server must not run on
@@ -178,13 +208,19 @@ func receiveFd(control *os.File) (int, error) {
 	return fds[0], nil
 }
 
-// Main is the shim itself, run as `vhqos __shim --syscalls a,b -- SERVER ARGS`.
+// Main is the shim itself, run as
+// `vhqos __shim --control-fd N --syscalls a,b [--listen-pid] -- SERVER ARGS`:
+// its control socket is fd N, above every fd it passes on to the server.
 // It returns only on failure, with the exit status to use.
 func Main(args []string) int {
-	syscalls, argv, err := parseArgs(args)
+	a, err := parseArgs(args)
 	if err != nil {
-		return fail(err)
+		// Without --control-fd there is nobody to tell but stderr.
+		fmt.Fprintf(os.Stderr, "vhqos shim: %v\n", err)
+		return 127
 	}
+	controlFd, syscalls, argv := a.controlFd, a.syscalls, a.argv
+	fail := func(err error) int { return report(controlFd, err) }
 	// Everything that can fail for ordinary reasons happens before the
 	// filter is in place, so the error reaches the operator unchanged.
 	path, err := exec.LookPath(argv[0])
@@ -214,37 +250,66 @@ func Main(args []string) int {
 		// The supervisor gave up on us; exit quietly, it reports why.
 		return 1
 	}
-	err = unix.Exec(path, argv, os.Environ())
+	env := os.Environ()
+	if a.listenPID {
+		// This process becomes the server, so its pid is the server's.
+		env = withListenPID(env, os.Getpid())
+	}
+	err = unix.Exec(path, argv, env)
 	return fail(fmt.Errorf("executing %s: %w", path, err))
 }
 
-func parseArgs(args []string) (syscalls, argv []string, err error) {
+// shimArgs is the shim's command line.
+type shimArgs struct {
+	controlFd int
+	syscalls  []string
+	listenPID bool
+	argv      []string
+}
+
+func parseArgs(args []string) (shimArgs, error) {
+	a := shimArgs{controlFd: -1}
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
+		case "--control-fd":
+			if i+1 >= len(args) {
+				return a, errors.New("shim: --control-fd needs a value")
+			}
+			i++
+			fd, err := strconv.Atoi(args[i])
+			if err != nil || fd < 3 {
+				return a, fmt.Errorf("shim: --control-fd %q: want a number from 3 up", args[i])
+			}
+			a.controlFd = fd
 		case "--syscalls":
 			if i+1 >= len(args) {
-				return nil, nil, errors.New("shim: --syscalls needs a value")
+				return a, errors.New("shim: --syscalls needs a value")
 			}
 			i++
 			if args[i] != "" {
-				syscalls = strings.Split(args[i], ",")
+				a.syscalls = strings.Split(args[i], ",")
 			}
+		case "--listen-pid":
+			a.listenPID = true
 		case "--":
-			argv = args[i+1:]
-			if len(argv) == 0 {
-				return nil, nil, errors.New("shim: no server command")
+			a.argv = args[i+1:]
+			if len(a.argv) == 0 {
+				return a, errors.New("shim: no server command")
 			}
-			return syscalls, argv, nil
+			if a.controlFd < 0 {
+				return a, errors.New("shim: no --control-fd")
+			}
+			return a, nil
 		default:
-			return nil, nil, fmt.Errorf("shim: unexpected argument %q", args[i])
+			return a, fmt.Errorf("shim: unexpected argument %q", args[i])
 		}
 	}
-	return nil, nil, errors.New("shim: no server command")
+	return a, errors.New("shim: no server command")
 }
 
-// fail reports err to the supervisor over the control socket (or stderr if
+// report tells the supervisor err over the control socket (or stderr if
 // that is gone) and returns the exit status a failed exec conventionally has.
-func fail(err error) int {
+func report(controlFd int, err error) int {
 	if _, werr := unix.Write(controlFd, []byte(msgErr+err.Error())); werr != nil {
 		fmt.Fprintf(os.Stderr, "vhqos shim: %v\n", err)
 	}

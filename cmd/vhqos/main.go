@@ -23,9 +23,13 @@ Usage:
         Signals TERM INT HUP QUIT USR1 USR2 WINCH are
         forwarded to the server; vhqos exits with the server's status
         (128+N if it was killed by signal N) and leaves no process and no
-        cgroup behind.
+        cgroup behind. File descriptors vhqos inherits from 3 up (socket
+        activation: LISTEN_FDS) reach SERVER at the same numbers, and a
+        LISTEN_PID naming vhqos names SERVER.
   vhqos check FILE
         Validate a QoS table and explain every problem with its line and key.
+        Limits on disks this machine lacks are warnings (exit status 0):
+        run skips them too.
   vhqos status [--socket PATH] [--json] [--watch 2s]
         Show, per vhost, live and total connections, processes, CPU and IO
         used, how often cpu_max held it back, its DSCP and limits. Only root

@@ -41,6 +41,9 @@ type runOptions struct {
 	statusPath  string
 	metricsAddr string
 	argv        []string
+	// inherited are the fds from 3 up vhqos was started with (see
+	// shim.InheritedFds); the server gets them at the same numbers.
+	inherited []int
 }
 
 func parseRunFlags(args []string, stderr io.Writer) (runOptions, error) {
@@ -79,6 +82,13 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 }
 
 func runCommand(args []string, stderr io.Writer) int {
+	// Before vhqos opens anything: what it holds now beyond stdio came from
+	// its parent, for the server (the sockets of socket activation).
+	inherited, err := shim.InheritedFds()
+	if err != nil {
+		fmt.Fprintln(stderr, "vhqos run:", err)
+		return 1
+	}
 	opts, err := parseRunFlags(args, stderr)
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
@@ -86,6 +96,7 @@ func runCommand(args []string, stderr io.Writer) int {
 		}
 		return 2
 	}
+	opts.inherited = inherited
 	log, err := newLogger(stderr, opts.logLevel, opts.logFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos run:", err)
@@ -102,12 +113,22 @@ func runCommand(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vhqos run: refusing to start with this QoS table")
 		return 2
 	}
+	logWarnings(log, table)
 	code, err := serve(log, opts, table, raw)
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos run:", err)
 		return 1
 	}
 	return code
+}
+
+// logWarnings logs what did not stop a table but leaves it short of what
+// the file says (limits on devices this machine lacks), in vhqos check's
+// words, with file, line and column.
+func logWarnings(log *slog.Logger, t *policy.Table) {
+	for _, w := range t.Warnings {
+		log.Warn("QoS table warning", "warning", w.String())
+	}
 }
 
 // serve runs the server under supervision and returns its exit status.
@@ -174,13 +195,25 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 	}
 
 	track := table.Settings.Track
+	if len(opts.inherited) > 0 {
+		log.Info("passing inherited file descriptors to the server at the same numbers", "fds", opts.inherited)
+	}
+	activated, problem := socketActivation(os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), os.Getpid(), opts.inherited)
+	if activated {
+		log.Info("socket activation: LISTEN_PID will name the server", "LISTEN_FDS", os.Getenv("LISTEN_FDS"), "LISTEN_FDNAMES", os.Getenv("LISTEN_FDNAMES"))
+	}
+	if problem != "" {
+		log.Warn("socket activation: the server will not find the sockets it is promised", "problem", problem)
+	}
 	proc, err := shim.Start(ctx, shim.Config{
-		Argv:     opts.argv,
-		Syscalls: track.Syscalls(),
-		Env:      os.Environ(),
-		Stdin:    os.Stdin,
-		Stdout:   os.Stdout,
-		Stderr:   os.Stderr,
+		Argv:      opts.argv,
+		Syscalls:  track.Syscalls(),
+		Env:       os.Environ(),
+		Stdin:     os.Stdin,
+		Stdout:    os.Stdout,
+		Stderr:    os.Stderr,
+		Inherit:   opts.inherited,
+		ListenPID: activated,
 	})
 	if err != nil {
 		return 0, err
@@ -281,6 +314,32 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 		log.Warn("supervisor still had server processes after cleanup")
 	}
 	return status, nil
+}
+
+// socketActivation decides whether the sockets of socket activation
+// (sd_listen_fds(3): LISTEN_FDS fds from 3 up, LISTEN_PID the process meant
+// to take them) were meant for this vhqos (pid self), so that the server
+// must find its own pid in LISTEN_PID. A LISTEN_PID naming another process
+// is left alone: the server would have ignored it natively too. problem,
+// if not "", says why the server will not find what LISTEN_FDS promises.
+func socketActivation(listenPID, listenFDs string, self int, inherited []int) (forUs bool, problem string) {
+	if listenPID != strconv.Itoa(self) {
+		return false, ""
+	}
+	n, err := strconv.Atoi(listenFDs)
+	if err != nil || n < 0 {
+		return true, fmt.Sprintf("LISTEN_FDS=%q is not a count of fds", listenFDs)
+	}
+	have := 0
+	for _, fd := range inherited {
+		if fd >= 3 && fd-3 < n {
+			have++
+		}
+	}
+	if have < n {
+		return true, fmt.Sprintf("LISTEN_FDS=%d but vhqos inherited only %d of fds 3..%d (it inherited %v)", n, have, 3+n-1, inherited)
+	}
+	return true, ""
 }
 
 func exitStatus(ps *os.ProcessState) int {

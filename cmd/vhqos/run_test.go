@@ -1,0 +1,39 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestSocketActivation(t *testing.T) {
+	tests := []struct {
+		name                 string
+		listenPID, listenFDs string
+		inherited            []int
+		forUs                bool
+		problem              string // a part of it; "" for none
+	}{
+		{"not activated", "", "", nil, false, ""},
+		{"activated", "100", "1", []int{3}, true, ""},
+		{"two sockets and an extra fd", "100", "2", []int{3, 4, 9}, true, ""},
+		{"no sockets is a count too", "100", "0", nil, true, ""},
+		{"meant for another process", "99", "1", []int{3}, false, ""},
+		{"LISTEN_PID not a number", "abc", "1", []int{3}, false, ""},
+		{"a promised fd is missing", "100", "2", []int{3}, true, "LISTEN_FDS=2 but vhqos inherited only 1 of fds 3..4"},
+		{"fds elsewhere", "100", "1", []int{5}, true, "inherited only 0 of fds 3..3"},
+		{"a huge count", "100", "2000000000", []int{3}, true, "inherited only 1 of"},
+		{"LISTEN_FDS not a count", "100", "x", []int{3}, true, `LISTEN_FDS="x" is not a count`},
+		{"LISTEN_FDS negative", "100", "-1", nil, true, `LISTEN_FDS="-1" is not a count`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			forUs, problem := socketActivation(tc.listenPID, tc.listenFDs, 100, tc.inherited)
+			if forUs != tc.forUs {
+				t.Errorf("for us = %v, want %v", forUs, tc.forUs)
+			}
+			if tc.problem == "" && problem != "" || !strings.Contains(problem, tc.problem) {
+				t.Errorf("problem %q, want %q", problem, tc.problem)
+			}
+		})
+	}
+}
