@@ -94,18 +94,13 @@ type listener struct {
 	// listenerTable.remembered): the socket keeps its mark and its blocked
 	// accepts when the supervisor's copy goes.
 	continued bool
-	// doorbell is the supervisor's own connection, queued on the listener
-	// to make it readable for a server that polls before it accepts, after
-	// a connection went to the stash (the kernel's queue no longer shows
-	// it); -1 when none. bell is its two ends, to recognise
-	// and drop it when it is accepted.
-	doorbell   int
-	bell       bell
-	doorbellAt time.Time
-	// retiredBells are doorbells closed unanswered; one may still be
-	// queued, and is dropped like a current one if the supervisor
-	// accepts it within retiredBellTTL.
-	retiredBells []bell
+	// bell is the supervisor's own connection, queued on the listener to
+	// make it readable for a server that polls before it accepts, after a
+	// connection went to the stash (the kernel's queue no longer shows
+	// it); nil when none (see doorbell.go). strays counts its doorbells
+	// taken by other sockets since one was last answered here or timed out.
+	bell   *doorbell
+	strays int
 	// drain counts the connections that were already queued when the
 	// listener's mark changed: they were created with the old mark, so
 	// that many accepts are emulated (and each connection marked).
@@ -149,7 +144,7 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 		unix.Close(fd)
 		return l
 	}
-	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1, doorbell: -1}
+	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1}
 	if m, ok := t.remembered[key]; ok {
 		l.continued, l.everMarked, l.markedDSCP, l.ownDSCP = m.continued, m.everMarked, m.markedDSCP, m.ownDSCP
 		delete(t.remembered, key)
@@ -193,8 +188,9 @@ func (t *listenerTable) size() int {
 }
 
 // expire closes copies unused for longer than idle that nobody waits on, so
-// a socket the server closed is not kept open by vhqos.
-func (t *listenerTable) expire(idle time.Duration, ev *eventLoop) {
+// a socket the server closed is not kept open by vhqos. A doorbell still
+// out is retired: it stays recognisable wherever it is accepted.
+func (t *listenerTable) expire(idle time.Duration, ev *eventLoop, bells *bellTable) {
 	cutoff := time.Now().Add(-idle).UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -209,7 +205,10 @@ func (t *listenerTable) expire(idle time.Duration, ev *eventLoop) {
 				l.polling = false
 			}
 			l.closed = true
-			l.closeDoorbell()
+			if l.bell != nil {
+				bells.retire(l.bell)
+				l.bell = nil
+			}
 			unix.Close(l.fd)
 			delete(t.byKey, key)
 			if l.continued || l.everMarked {
@@ -234,7 +233,7 @@ func (t *listenerTable) closeAll() {
 		l.stash, l.pending = nil, nil
 		l.waiters = nil
 		l.closed = true
-		l.closeDoorbell()
+		l.bell = nil // closed with the bell table
 		unix.Close(l.fd)
 		l.mu.Unlock()
 		delete(t.byKey, key)
@@ -351,7 +350,10 @@ func (s *Supervisor) listenerFor(p *proc, fd int) (l *listener, errno unix.Errno
 func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 	cl := s.classifier.Load()
 	l.mu.Lock()
-	if l.closed || len(l.stash) > 0 || len(l.pending) > 0 || l.doorbell >= 0 {
+	// A doorbell queued on this socket, its own or one rung for another
+	// socket of its reuseport group, must not reach the server through a
+	// kernel accept: the supervisor accepts while one is out.
+	if l.closed || len(l.stash) > 0 || len(l.pending) > 0 || l.bell != nil || s.bells.toward(l.bound) {
 		l.mu.Unlock()
 		return false
 	}
@@ -465,7 +467,7 @@ func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
 			break
 		}
 		c, errno := acceptFrom(l.fd, call.flags&unix.SOCK_NONBLOCK != 0)
-		if errno == 0 && l.isDoorbell(c) {
+		if errno == 0 && s.isDoorbell(l, c) {
 			// Our own wake-up call: it did its job; look again.
 			continue
 		}
@@ -574,7 +576,7 @@ func (s *Supervisor) pump(l *listener) {
 				l.mu.Unlock()
 				return
 			}
-			if errno == 0 && l.isDoorbell(c) {
+			if errno == 0 && s.isDoorbell(l, c) {
 				l.mu.Unlock()
 				continue
 			}
@@ -718,137 +720,8 @@ func (s *Supervisor) requeue(l *listener, c *conn) {
 		return
 	}
 	l.stash = append([]*conn{c}, l.stash...)
-	if len(l.waiters) == 0 && l.doorbell < 0 {
-		s.ringDoorbell(l)
-	}
+	s.ringIfNeeded(l)
 	l.mu.Unlock()
-}
-
-// ringDoorbell queues a connection of the supervisor's own on l, so that a
-// server waiting in poll() or select() for l to become readable wakes up
-// and accepts, and gets the stashed connection. Without it a server whose
-// accept a signal interrupted (returning EINTR, back to poll) would leave
-// the stashed client waiting for the next client. Called with l.mu held.
-func (s *Supervisor) ringDoorbell(l *listener) {
-	target := l.bound
-	if target.Addr().IsUnspecified() {
-		lo := netip.IPv6Loopback()
-		if target.Addr().Is4() {
-			lo = netip.AddrFrom4([4]byte{127, 0, 0, 1})
-		}
-		target = netip.AddrPortFrom(lo, target.Port())
-	}
-	var sa unix.Sockaddr
-	family := unix.AF_INET
-	if target.Addr().Is4() {
-		sa = &unix.SockaddrInet4{Port: int(target.Port()), Addr: target.Addr().As4()}
-	} else {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(target.Port()), Addr: target.Addr().As16()}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		s.log.Warn("waking the server for a kept connection", "addr", target, "err", err)
-		return
-	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		s.log.Warn("waking the server for a kept connection", "addr", target, "err", err)
-		return
-	}
-	local, err := unix.Getsockname(fd)
-	if err != nil {
-		unix.Close(fd)
-		return
-	}
-	l.doorbell = fd
-	from, _ := sockaddrAddrPort(local)
-	l.bell = bell{from: from, to: target}
-	l.doorbellAt = time.Now()
-	s.events.after(l.doorbellAt.Add(doorbellTimeout), l)
-}
-
-// isDoorbell reports whether c is the supervisor's own wake-up connection,
-// and if so closes both its ends. Called with l.mu held.
-func (l *listener) isDoorbell(c *conn) bool {
-	current, retired := l.isBell(c)
-	switch {
-	case current:
-		l.closeDoorbell()
-	case retired >= 0:
-		l.retiredBells = slices.Delete(l.retiredBells, retired, retired+1)
-	default:
-		return false
-	}
-	c.close()
-	return true
-}
-
-// retireDoorbell closes a doorbell nobody answered in time, remembering its
-// address in case it is still queued. Called with l.mu held.
-func (l *listener) retireDoorbell() {
-	if l.doorbell < 0 {
-		return
-	}
-	now := time.Now()
-	l.retiredBells = slices.DeleteFunc(l.retiredBells, func(b bell) bool { return now.Sub(b.retired) > retiredBellTTL })
-	if len(l.retiredBells) == 4 {
-		l.retiredBells = l.retiredBells[1:]
-	}
-	b := l.bell
-	b.retired = now
-	l.retiredBells = append(l.retiredBells, b)
-	l.closeDoorbell()
-}
-
-// bell is a doorbell connection by its two ends: the supervisor's socket
-// (from) and the listener's address it connected to (to). A client's
-// connection may come from the same address and port (to another local
-// address of a wildcard listener), so both ends must match.
-type bell struct {
-	from, to netip.AddrPort
-	retired  time.Time
-}
-
-// retiredBellTTL is how long a retired doorbell is looked out for: one
-// still queued is accepted within moments, or was taken by a kernel accept.
-const retiredBellTTL = 5 * time.Second
-
-// isBell reports whether c is one of l's doorbells, current or retired.
-// Called with l.mu held.
-func (l *listener) isBell(c *conn) (current bool, retired int) {
-	peer := sockaddrToAddrPort(&c.peer)
-	matches := func(b bell) bool {
-		if peer != b.from {
-			return false
-		}
-		local, err := unix.Getsockname(c.fd)
-		if err != nil {
-			return false
-		}
-		ap, _ := sockaddrAddrPort(local)
-		return ap == b.to
-	}
-	if l.doorbell >= 0 && matches(l.bell) {
-		return true, -1
-	}
-	if len(l.retiredBells) == 0 {
-		return false, -1 // every accepted connection passes here
-	}
-	now := time.Now()
-	for i, b := range l.retiredBells {
-		if now.Sub(b.retired) <= retiredBellTTL && matches(b) {
-			return false, i
-		}
-	}
-	return false, -1
-}
-
-func (l *listener) closeDoorbell() {
-	if l.doorbell >= 0 {
-		unix.Close(l.doorbell)
-		l.doorbell = -1
-	}
 }
 
 // acceptFrom accepts one connection from our copy of a listener. The copy

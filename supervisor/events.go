@@ -248,7 +248,10 @@ func (e *eventLoop) sweep(s *Supervisor) {
 		s.dropStaleWaiters(l)
 		s.pump(l)
 	}
-	s.listeners.expire(s.idle, e)
+	s.listeners.expire(s.idle, e, &s.bells)
+	for _, l := range s.bells.sweep() {
+		s.expire(l, time.Now())
+	}
 	s.pruneGone()
 	s.leaseBackstop()
 }

@@ -33,11 +33,12 @@ const (
 	// beyond it new ones are classified by address at once, so a flood of
 	// silent clients cannot exhaust the supervisor's fds.
 	maxPending = 4096
-	// doorbellTimeout is how long a doorbell may stay queued. A process
-	// that accepts without asking the supervisor (one that was already
-	// blocked in the kernel's accept when a reload changed how its
-	// listener is handled) can take it; closing it then lets that process
-	// read EOF at once instead of waiting for a request that never comes.
+	// doorbellTimeout is how long a doorbell may stay queued before
+	// another is rung. A process that accepts without asking the
+	// supervisor (one that was already blocked in the kernel's accept when
+	// a reload changed how its listener is handled) can take it; shutting
+	// its sending side then lets that process read EOF at once instead of
+	// waiting for a request that never comes.
 	doorbellTimeout = time.Second
 )
 
@@ -196,15 +197,14 @@ func (s *Supervisor) settle(l *listener, c *conn) {
 		s.pump(l)
 		return
 	}
-	if l.doorbell < 0 {
-		s.ringDoorbell(l)
-	}
+	s.ringIfNeeded(l)
 	l.mu.Unlock()
 }
 
 // expire runs in the event loop when one of l's deadlines may have passed:
 // connections that sent no name in time get the address's class, short
-// waits end with EAGAIN, an old doorbell is taken back.
+// waits end with EAGAIN, an old doorbell is taken back, and one that
+// another socket took is rung again.
 func (s *Supervisor) expire(l *listener, now time.Time) {
 	l.mu.Lock()
 	var late []*conn
@@ -224,12 +224,7 @@ func (s *Supervisor) expire(l *listener, now time.Time) {
 	}
 	clear(l.waiters[len(kept):])
 	l.waiters = kept
-	if l.doorbell >= 0 && now.Sub(l.doorbellAt) >= doorbellTimeout {
-		l.retireDoorbell()
-		if len(l.stash) > 0 && len(l.waiters) == 0 {
-			s.ringDoorbell(l)
-		}
-	}
+	s.checkDoorbell(l, now)
 	l.mu.Unlock()
 	for _, w := range ended {
 		s.respond(w.id, respondErrno(s.notifyFd, w.id, 0, unix.EAGAIN))

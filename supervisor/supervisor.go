@@ -96,6 +96,7 @@ type Supervisor struct {
 	classifier atomic.Pointer[classifierGen]
 	procs      *procTable
 	listeners  *listenerTable
+	bells      bellTable // doorbells out, on every listener (doorbell.go)
 	events     *eventLoop
 	idle       time.Duration
 	kcmpWorks  bool
@@ -187,6 +188,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.events.stop()
 		wg.Wait()
 		s.listeners.closeAll()
+		s.bells.closeAll()
 		s.procs.closeAll()
 		s.events.close()
 		unix.Close(s.notifyFd)

@@ -56,6 +56,9 @@ type acceptResult struct {
 //	nonblock                            make the listener non-blocking
 //	tid                                 print the thread id accepts run on
 //	children N                          start N processes that serve forever
+//	reuseport N                         listen again with N sockets in one
+//	                                    SO_REUSEPORT group on the same port,
+//	                                    a polling child (pollsumchild) on each
 func testServerMain() int {
 	runtime.LockOSThread()
 	signal.Ignore(syscall.SIGPIPE)
@@ -98,7 +101,7 @@ func testServerMain() int {
 			// Close the listener and bind its port again, as a server
 			// does when its configuration drops and re-adds a Listen.
 			unix.Close(lfd)
-			deadline := time.Now().Add(10 * time.Second)
+			deadline := time.Now().Add(patience)
 			for {
 				fd, _, err := listenFromEnvPort(port)
 				if err == nil {
@@ -180,6 +183,35 @@ func testServerMain() int {
 			fmt.Println(fd)
 		case "nonblock":
 			unix.SetNonblock(lfd, true)
+			fmt.Println("ok")
+		case "reuseport":
+			// As nginx's "listen ... reuseport": every worker its own
+			// socket on one address, the kernel spreading connections
+			// over them. The listener so far lacks SO_REUSEPORT and
+			// must go first (before any accept: no copy of it is kept).
+			n, _ := strconv.Atoi(f[1])
+			unix.Close(lfd)
+			var err error
+			for i := 0; i < n && err == nil; i++ {
+				var fd int
+				if fd, err = listenReuseport(port); err != nil {
+					break
+				}
+				if i == 0 {
+					lfd = fd
+				}
+				c := exec.Command("/proc/self/exe")
+				c.Env = append(os.Environ(), testServerEnv+"=pollsumchild")
+				c.ExtraFiles = []*os.File{os.NewFile(uintptr(fd), "listener")}
+				c.Stdout, c.Stderr = os.Stderr, os.Stderr
+				if err = c.Start(); err == nil {
+					children = append(children, c)
+				}
+			}
+			if err != nil {
+				fmt.Println("error", err)
+				continue
+			}
 			fmt.Println("ok")
 		case "tid":
 			fmt.Println(unix.Gettid())
@@ -272,6 +304,18 @@ func serveSum(fd int) {
 	unix.Close(fd)
 }
 
+// listenReuseport listens on the test server's address and port with
+// SO_REUSEPORT.
+func listenReuseport(port int) (int, error) {
+	addr := os.Getenv("VHQOS_TESTSERVER_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	host := addr[:strings.LastIndex(addr, ":")]
+	fd, _, err := listenOn(host+":"+strconv.Itoa(port), true)
+	return fd, err
+}
+
 func listenFromEnvPort(port int) (int, int, error) {
 	addr := os.Getenv("VHQOS_TESTSERVER_ADDR")
 	if addr == "" {
@@ -288,6 +332,12 @@ func listenFromEnv() (fd, port int, err error) {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
+	return listenOn(addr, false)
+}
+
+// listenOn listens on addr ("127.0.0.1:0", "[::1]:8080"), with
+// SO_REUSEPORT if reuseport.
+func listenOn(addr string, reuseport bool) (fd, port int, err error) {
 	host, portStr, _ := strings.Cut(addr, ":")
 	if strings.HasPrefix(addr, "[") {
 		i := strings.LastIndex(addr, "]:")
@@ -311,6 +361,11 @@ func listenFromEnv() (fd, port int, err error) {
 		return 0, 0, err
 	}
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if reuseport {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return 0, 0, err
+		}
+	}
 	if err := unix.Bind(fd, sa); err != nil {
 		return 0, 0, err
 	}
