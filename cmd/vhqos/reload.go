@@ -60,6 +60,12 @@ func (r *reloader) watch(ctx context.Context, hup <-chan struct{}) error {
 	if err := w.Add(dir); err != nil {
 		return fmt.Errorf("watching %s: %w", dir, err)
 	}
+	// From here on an edit is seen; tests wait for this line.
+	r.log.Debug("watching the QoS table for changes", "path", r.path)
+	// An edit made after the table was first read but before the watch
+	// was in place sent no event: look once (nothing happens if the file
+	// is what was read).
+	r.reload(time.Now(), false)
 	// Editors write in several steps; act once they have settled.
 	const settle = 20 * time.Millisecond
 	var timer <-chan time.Time
@@ -110,7 +116,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 	if !force && bytes.Equal(data, r.raw) {
 		return
 	}
-	if len(bytes.TrimSpace(data)) == 0 {
+	if len(bytes.TrimSpace(bytes.TrimPrefix(data, []byte("\xEF\xBB\xBF")))) == 0 { // a UTF-8 byte order mark alone is empty too
 		// Writing in place truncates first: an empty file is far more
 		// likely half a write than a wish to drop every vhost.
 		r.log.Warn("QoS table is empty; keeping the one in force (write a comment into it to really run without vhosts)", "path", r.path)
@@ -133,6 +139,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 	r.reloads.Add(1)
 	r.log.Info("reloaded QoS table", "path", r.path, "added", added, "removed", removed, "changed", changed,
 		"took", time.Since(since).Round(time.Microsecond))
+	logWarnings(r.log, next)
 }
 
 // apply moves from the current table to next: limits of kept groups change

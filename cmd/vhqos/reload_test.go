@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// An edit written after vhqos read the table at start but before its watch
+// was in place produces no event the watch could see; the watch must still
+// look at the file once. The edit here is a bad one, so the verdict
+// (refused) needs no cgroups or supervisor to observe.
+func TestWatchSeesEditBeforeItStarted(t *testing.T) {
+	tests := []struct {
+		name        string
+		read, now   string
+		wantRefused uint64
+	}{
+		{"edited before the watch", "[defaults]\ncpu_weight = 100\n", "[defaults]\ncpu_weight = 0\n", 1},
+		{"unchanged", "[defaults]\ncpu_weight = 100\n", "[defaults]\ncpu_weight = 100\n", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "qos.toml")
+			if err := os.WriteFile(path, []byte(tc.now), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var logs syncBuffer
+			r := &reloader{path: path, log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), raw: []byte(tc.read)}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- r.watch(ctx, nil) }()
+			// The watch logs this line once it is in place and has
+			// looked at the file.
+			deadline := time.Now().Add(time.Minute)
+			for !strings.Contains(logs.String(), "watching the QoS table") && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			for r.refused.Load() < tc.wantRefused && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if got := r.refused.Load(); got != tc.wantRefused {
+				t.Errorf("tables refused: %d, want %d; log:\n%s", got, tc.wantRefused, logs.String())
+			}
+			if tc.wantRefused > 0 && !strings.Contains(logs.String(), "cpu_weight") {
+				t.Errorf("the refusal does not name the problem; log:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer the watch goroutine and the test share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
