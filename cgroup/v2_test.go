@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -100,13 +99,13 @@ func TestV2PlaceRemoveClose(t *testing.T) {
 	if u.Processes < 2 || u.IO && !rootHas(t, m.hier[0].root, "io") {
 		t.Errorf("Usage = %+v, want at least 2 processes (and no IO accounting without an io controller)", u)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	if err := m.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []*os.Process{keep.Process, left.Process} {
-		if err := waitExit(c.Pid, 5*time.Second); err != nil {
+		if err := waitExit(c.Pid, patience); err != nil {
 			t.Error(err)
 		}
 	}

@@ -225,13 +225,16 @@ func (c *Capture) Sync() error {
 	if err != nil {
 		return fmt.Errorf("capture sync: %w", err)
 	}
-	timeout := time.AfterFunc(10*time.Second, func() {
+	// Generous: the capture's reader shares a busy machine (or the VM's
+	// emulated CPU) with the servers it watches.
+	const wait = time.Minute
+	timeout := time.AfterFunc(wait, func() {
 		c.mu.Lock()
 		c.cond.Broadcast()
 		c.mu.Unlock()
 	})
 	defer timeout.Stop()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(wait)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.synced < seq {
@@ -242,7 +245,7 @@ func (c *Capture) Sync() error {
 			return errors.New("capture stopped")
 		}
 		if time.Now().After(deadline) {
-			return errors.New("capture sync: the capture did not see its own datagram within 10 s")
+			return fmt.Errorf("capture sync: the capture did not see its own datagram within %v", wait)
 		}
 		c.cond.Wait()
 	}

@@ -299,7 +299,7 @@ func TestHarnessLeftovers(t *testing.T) {
 		t.Errorf("Apache exited with %v", st)
 	}
 	var left []string
-	for deadline := time.Now().Add(10 * time.Second); len(left) < 2 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(patience); len(left) < 2 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond) // until sh has started sleep
 		left = a.Leftovers()
 	}

@@ -14,6 +14,12 @@ import (
 	"time"
 )
 
+// patience bounds every wait for something that must happen (a reload to
+// land, a process to start or exit, a counter to move). It is generous:
+// the tests run on busy 2-core machines and in a VM under software
+// emulation, some twenty times slower; a passing test never waits it out.
+const patience = time.Minute
+
 // cgroupV2 reports whether this kernel runs unified cgroup v2 only.
 func cgroupV2() bool { return CgroupV2() }
 
@@ -29,11 +35,30 @@ func startUnderVhqos(t *testing.T, qos string, cfg ApacheConfig) *Apache {
 }
 
 // startUnderVhqosFile is startUnderVhqos with the QoS table in a file the
-// test keeps changing.
+// test keeps changing. It returns once vhqos watches the file: vhqos starts
+// watching after it started the server, and a change made before that
+// would go unseen.
 func startUnderVhqosFile(t *testing.T, qosFile string, cfg ApacheConfig) *Apache {
 	t.Helper()
 	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", statusSocket(t), "--"}
-	return startWith(t, cfg)
+	a := startWith(t, cfg)
+	waitTableWatched(t, a.Cmd.Process.Pid)
+	return a
+}
+
+// waitTableWatched waits until the vhqos with pid has an inotify watch in
+// place (its fdinfo lists one): from then on it sees changes to its table.
+func waitTableWatched(t *testing.T, pid int) {
+	t.Helper()
+	eventually(t, patience, "vhqos watching its QoS table file", func() bool {
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", pid))
+		for _, fd := range fds {
+			if data, err := os.ReadFile(fd); err == nil && strings.Contains(string(data), "inotify wd:") {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // startWith starts Apache with a ready-made prefix and, when the test
@@ -117,30 +142,6 @@ func cgroupDir(t *testing.T, vhqosPid int, hierarchy, group string) string {
 		t.Fatalf("no cgroup %s under %s", name, root)
 	}
 	return found
-}
-
-// cpuUsage reads a group's CPU time in microseconds.
-func cpuUsage(t *testing.T, vhqosPid int, group string) float64 {
-	t.Helper()
-	if cgroupV2() {
-		data, err := os.ReadFile(filepath.Join(cgroupDir(t, vhqosPid, "", group), "cpu.stat"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
-				n, _ := strconv.ParseFloat(v, 64)
-				return n
-			}
-		}
-		t.Fatalf("no usage_usec in cpu.stat")
-	}
-	data, err := os.ReadFile(filepath.Join(cgroupDir(t, vhqosPid, "cpuacct", group), "cpuacct.usage"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := strconv.ParseFloat(strings.TrimSpace(string(data)), 64)
-	return n / 1000
 }
 
 // accessLogPids reads the access log: vhost name -> serving PIDs.

@@ -1,15 +1,19 @@
 package itest
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vhqos/vhqos/status"
 )
 
 const nameQoS = `
@@ -237,39 +241,60 @@ func TestKeepAliveReclassifiedInFullMode(t *testing.T) {
 
 // A fork-after-accept server (socat fork) with name-based vhosts: a client
 // that connects and sends nothing holds up nobody, the next client is
-// served at once in its vhost's cgroup, and the silent one is handed over
-// after sniff_timeout with the defaults.
+// served in its vhost's cgroup while the silent one still waits, and the
+// silent one is handed over after sniff_timeout with the defaults.
 func TestSilentClientForkServer(t *testing.T) {
-	const qos = `
+	// The talking client must be served within sniff_timeout for the test
+	// to tell "served beside the silent one" from "served after it": long
+	// enough for a busy machine, short enough to wait out.
+	const sniffTimeout = 3 * time.Second
+	qos := fmt.Sprintf(`
 [settings]
 track = "fork"
-sniff_timeout = "1s"
+sniff_timeout = "%v"
 
 [[vhost]]
 name = "shop"
 match = ["shop.example"]
 dscp = "EF"
-`
+`, sniffTimeout)
 	dir := forkDir(t)
-	vhqos, _ := runForkServer(t, qos, []string{"socat", "-t", "30", "TCP-LISTEN:8080,fork,reuseaddr", "EXEC:/bin/sh " + filepath.Join(dir, "report.sh")})
+	vhqos, _, socket := runForkServerStatus(t, qos, []string{"socat", "-t", "30", "TCP-LISTEN:8080,fork,reuseaddr", "EXEC:/bin/sh " + filepath.Join(dir, "report.sh")})
+	nameTimeouts := func() uint64 {
+		t.Helper()
+		out, code := vhqosStatus(t, socket, nil)
+		var r status.Report
+		if err := json.Unmarshal([]byte(out), &r); code != 0 || err != nil {
+			t.Fatalf("vhqos status: exit %d, %v: %s", code, err, out)
+		}
+		return r.Supervisor.NameTimeouts
+	}
+	// Taken before connecting: vhqos may accept, and start its clock,
+	// before Dial returns.
+	silentAt := time.Now()
 	silent, err := net.Dial("tcp", "127.0.0.2:8080")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	silentAt := time.Now()
-	time.Sleep(100 * time.Millisecond)
+	eventually(t, patience, "vhqos holding the silent client's connection", func() bool { return accepted(t, silent) })
 	start := time.Now()
 	pid, cgroup, _ := forkRequest(t, "127.0.0.2:8080", "GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-	if d := time.Since(start); d > 700*time.Millisecond {
-		t.Errorf("the talking client waited %v behind the silent one", d)
+	t.Logf("the talking client was served after %v", time.Since(start).Round(time.Millisecond))
+	if n := nameTimeouts(); n != 0 {
+		t.Errorf("the talking client was served only after the silent one's wait ran out (%d timeouts): it waited behind it", n)
 	}
 	if want := fmt.Sprintf("/vhqos.%d/vhost-shop", vhqos.Process.Pid); !strings.HasSuffix(cgroup, want) {
 		t.Errorf("talking client served by %d in %q, want …%s", pid, cgroup, want)
 	}
-	// After the bound the silent client is served, by the defaults.
-	time.Sleep(time.Until(silentAt.Add(1300 * time.Millisecond)))
-	silent.SetDeadline(time.Now().Add(30 * time.Second))
+	// After the bound the silent client is served, by the defaults. It
+	// stays silent until vhqos has given up on it, or its bytes, not the
+	// bound, would decide.
+	eventually(t, patience, "vhqos giving up on the silent client", func() bool { return nameTimeouts() == 1 })
+	if waited := time.Since(silentAt); waited < sniffTimeout {
+		t.Errorf("the silent client was given up on after %v, before sniff_timeout %v", waited, sniffTimeout)
+	}
+	silent.SetDeadline(time.Now().Add(patience))
 	if _, err := silent.Write([]byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -281,4 +306,32 @@ dscp = "EF"
 	if !strings.Contains(string(reply), want) {
 		t.Errorf("silent client's answer %q does not show the defaults' cgroup …%s", reply, want)
 	}
+}
+
+// accepted reports whether the server's end of the client's connection c
+// has left the listener's accept queue: /proc/net/tcp names a socket's
+// inode only once some process accepted it (inode 0 while it waits to be).
+// Only the IPv4 table is read.
+func accepted(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hexAddr := func(a netip.AddrPort) string {
+		b := a.Addr().As4()
+		// The address as the kernel stores it, printed as a host-order
+		// (little-endian) word; the port in plain hex.
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", b[3], b[2], b[1], b[0], a.Port())
+	}
+	local := hexAddr(c.RemoteAddr().(*net.TCPAddr).AddrPort()) // the server's end
+	remote := hexAddr(c.LocalAddr().(*net.TCPAddr).AddrPort())
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		// sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+		f := strings.Fields(line)
+		if len(f) >= 10 && f[1] == local && f[2] == remote {
+			return f[9] != "0"
+		}
+	}
+	return false
 }

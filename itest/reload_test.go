@@ -108,11 +108,11 @@ func TestReload(t *testing.T) {
 
 	start := time.Now()
 	writeByRename(t, qosFile, reloadAfter)
-	eventually(t, time.Second, "new cpu_max in the cgroup file", func() bool { return cpuQuota(t, pid, "vhost-shop") == "20000" })
+	eventually(t, patience, "new cpu_max in the cgroup file", func() bool { return cpuQuota(t, pid, "vhost-shop") == "20000" })
 	t.Logf("cgroup file changed %v after the rename", time.Since(start).Round(time.Millisecond))
 	// The limits are written first; the marks and placements follow
 	// before the reload is logged as done.
-	eventually(t, 2*time.Second, "the reload logged", func() bool { return reloadsLogged(a) == 1 })
+	eventually(t, patience, "the reload logged", func() bool { return reloadsLogged(a) == 1 })
 	if d, _ := dscpOf("127.0.0.2:8080"); d[34] == 0 || len(d) != 1 {
 		t.Errorf("DSCP after the reload = %v, want 34 (AF41)", d)
 	}
@@ -128,7 +128,7 @@ func TestReload(t *testing.T) {
 		{"new tracking mode", "[settings]\ntrack = \"fork\"\n" + reloadAfter, "settings.track cannot change while vhqos runs"},
 	} {
 		os.WriteFile(qosFile, []byte(bad.content), 0o644) // in place
-		eventually(t, 2*time.Second, "the refusal of the "+bad.name+" logged", func() bool {
+		eventually(t, patience, "the refusal of the "+bad.name+" logged", func() bool {
 			return strings.Contains(a.Output(), bad.says)
 		})
 		if got := cpuQuota(t, pid, "vhost-shop"); got != "20000" {
@@ -141,8 +141,8 @@ func TestReload(t *testing.T) {
 
 	// Fixing the file applies it: here, blog goes away again.
 	writeByRename(t, qosFile, reloadBefore)
-	eventually(t, time.Second, "cpu_max back to 50%", func() bool { return cpuQuota(t, pid, "vhost-shop") == "50000" })
-	eventually(t, 2*time.Second, "the second reload logged", func() bool { return reloadsLogged(a) == 2 })
+	eventually(t, patience, "cpu_max back to 50%", func() bool { return cpuQuota(t, pid, "vhost-shop") == "50000" })
+	eventually(t, patience, "the second reload logged", func() bool { return reloadsLogged(a) == 2 })
 	// The defaults have no DSCP: the listener gets its own mark back.
 	if d, s := dscpOf("127.0.0.3:8080"); !strings.HasSuffix(s.cgroup, "/default") || d[0] == 0 || len(d) != 1 {
 		t.Errorf("after blog was removed, 127.0.0.3 served in %q with DSCP %v, want the defaults and 0", s.cgroup, d)
@@ -180,7 +180,7 @@ dscp = "%s"
 			qosFile := filepath.Join(t.TempDir(), "qos.toml")
 			os.WriteFile(qosFile, []byte(tc.before), 0o644)
 			a := startUnderVhqosFile(t, qosFile, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}})
-			c, err := net.DialTimeout("tcp", "127.0.0.2:8080", 5*time.Second)
+			c, err := net.DialTimeout("tcp", "127.0.0.2:8080", patience)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -188,7 +188,7 @@ dscp = "%s"
 			r := bufio.NewReader(c)
 			get := func() {
 				t.Helper()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
+				c.SetDeadline(time.Now().Add(patience))
 				fmt.Fprintf(c, "GET /index.html HTTP/1.1\r\nHost: %s\r\n\r\n", tc.host)
 				resp, err := http.ReadResponse(r, nil)
 				if err != nil {
@@ -200,11 +200,11 @@ dscp = "%s"
 			server := addrPort(t, "127.0.0.2:8080")
 			client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(c.LocalAddr().(*net.TCPAddr).Port))
 			get()
-			eventually(t, time.Second, "the first response seen with DSCP 46", func() bool { return capture.Last(server, client) == 46 })
+			eventually(t, patience, "the first response seen with DSCP 46", func() bool { return capture.Last(server, client) == 46 })
 			writeByRename(t, qosFile, tc.after)
-			eventually(t, 2*time.Second, "the reload logged", func() bool { return reloadsLogged(a) == 1 })
+			eventually(t, patience, "the reload logged", func() bool { return reloadsLogged(a) == 1 })
 			get()
-			eventually(t, time.Second, "the response after the reload carrying DSCP 34", func() bool { return capture.Last(server, client) == 34 })
+			eventually(t, patience, "the response after the reload carrying DSCP 34", func() bool { return capture.Last(server, client) == 34 })
 		})
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,6 +98,120 @@ func (c portClassifier) ClassifyName(_ string, local netip.AddrPort) Decision {
 
 func (portClassifier) SniffLimits() (time.Duration, int) { return time.Second, 16384 }
 
+// patience bounds every wait for something that must happen. It is
+// generous because these tests run beside other packages' tests, under the
+// race detector and on busy CI machines: a passing test never waits it
+// out, so only a failing one pays for it.
+const patience = 60 * time.Second
+
+// within polls cond until it holds or patience runs out, and reports
+// whether it held.
+func within(cond func() bool) bool {
+	deadline := time.Now().Add(patience)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+// waitFor polls cond until it holds; the test fails if it does not within
+// patience.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	if !within(cond) {
+		t.Fatalf("not within %v: %s", patience, what)
+	}
+}
+
+// waitingAccepts returns the notification ids of the blocking accepts the
+// supervisor holds for want of a connection, whose callers are still in
+// the call (a signal ends a caller's wait, not the supervisor's record).
+func (s *Supervisor) waitingAccepts() []uint64 {
+	var ids []uint64
+	for _, l := range s.listeners.all() {
+		l.mu.Lock()
+		for _, w := range l.waiters {
+			if idValid(s.notifyFd, w.id) {
+				ids = append(ids, w.id)
+			}
+		}
+		l.mu.Unlock()
+	}
+	return ids
+}
+
+// childrenOf lists the child processes of pid (each thread lists the
+// children it started).
+func childrenOf(t testing.TB, pid int) []int {
+	t.Helper()
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("listing the threads of %d: %v", pid, err)
+	}
+	var kids []int
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		for _, field := range strings.Fields(string(data)) {
+			if k, err := strconv.Atoi(field); err == nil {
+				kids = append(kids, k)
+			}
+		}
+	}
+	return kids
+}
+
+// sleepsIn reports whether a thread of pid is asleep in one of the system
+// calls nrs: /proc/PID/task/TID/syscall names the call only while the
+// thread is blocked ("running" otherwise), so a thread that was woken, or
+// has not got there yet, does not count.
+func sleepsIn(pid int, nrs ...int) bool {
+	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", pid))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(data))
+		if len(fields) < 2 {
+			continue
+		}
+		if nr, err := strconv.Atoi(fields[0]); err == nil && slices.Contains(nrs, nr) {
+			return true
+		}
+	}
+	return false
+}
+
+// acceptQueue is how many connections wait in the accept queue of the
+// IPv4 listener at addr, as /proc/net/tcp shows it (a listener's rx_queue
+// is its accept backlog), or -1 if there is no such listener.
+func acceptQueue(t testing.TB, addr string) int {
+	t.Helper()
+	ap := netip.MustParseAddrPort(addr)
+	b := ap.Addr().As4()
+	// The address as the kernel stores it, printed as a host-order
+	// (little-endian) word; the port in plain hex.
+	local := fmt.Sprintf("%02X%02X%02X%02X:%04X", b[3], b[2], b[1], b[0], ap.Port())
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		// sl local_address rem_address st tx_queue:rx_queue ...
+		f := strings.Fields(line)
+		if len(f) < 5 || f[1] != local || f[3] != "0A" { // TCP_LISTEN
+			continue
+		}
+		_, rx, _ := strings.Cut(f[4], ":")
+		n, _ := strconv.ParseUint(rx, 16, 32)
+		return int(n)
+	}
+	return -1
+}
+
 type harness struct {
 	t      *testing.T
 	sup    *Supervisor
@@ -177,7 +293,7 @@ func startServerWith(t *testing.T, listenAddr string, emulate bool, names Classi
 			if err != nil {
 				t.Errorf("supervisor: %v", err)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Errorf("supervisor did not stop after the server exited")
 			cancel()
 		}
@@ -258,8 +374,8 @@ func (h *harness) line() string {
 			h.t.Fatalf("reading from the test server: %v", r.err)
 		}
 		return strings.TrimSpace(r.s)
-	case <-time.After(10 * time.Second):
-		h.t.Fatalf("test server did not answer in 10 s")
+	case <-time.After(patience):
+		h.t.Fatalf("test server did not answer in %v", patience)
 	}
 	return ""
 }
@@ -277,7 +393,7 @@ func (h *harness) result() acceptResult {
 // dial connects a client and returns it with its local port.
 func (h *harness) dial() (net.Conn, int) {
 	h.t.Helper()
-	c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", h.addr, patience)
 	if err != nil {
 		h.t.Fatalf("connecting to the test server: %v", err)
 	}
@@ -288,7 +404,7 @@ func (h *harness) dial() (net.Conn, int) {
 // servedBy reads the pid the server wrote on the connection.
 func servedBy(t *testing.T, c net.Conn) int {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.SetReadDeadline(time.Now().Add(patience))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
 		t.Fatalf("connection was not served: %v", err)
@@ -354,10 +470,7 @@ func testAcceptVariants(t *testing.T, emulate bool) {
 	}
 	st := h.sup.Stats()
 	// The supervisor counts after the server already has the socket.
-	deadline := time.Now().Add(2 * time.Second)
-	for st.Accepted.Load()+st.Continued.Load() < uint64(len(tests)) && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	within(func() bool { return st.Accepted.Load()+st.Continued.Load() >= uint64(len(tests)) })
 	if emulate && (st.Accepted.Load() != uint64(len(tests)) || st.Continued.Load() != 0) {
 		t.Errorf("emulated path: %d accepted, %d left to the kernel; want %d, 0", st.Accepted.Load(), st.Continued.Load(), len(tests))
 	}
@@ -438,7 +551,7 @@ func testNonBlockingListener(t *testing.T, emulate bool) {
 	}
 	c, _ := h.dial()
 	// The connection may need a moment to reach the accept queue.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		h.command("accept4 0 full")
 		r := h.result()
@@ -478,11 +591,23 @@ func TestSignalWhileWaiting(t *testing.T) {
 	h.command("tid")
 	tid, _ := strconv.Atoi(h.line())
 	h.command("accept4 0 full")
-	time.Sleep(100 * time.Millisecond) // let the accept block
+	var first uint64
+	waitFor(t, "the accept waiting in the supervisor", func() bool {
+		ids := h.sup.waitingAccepts()
+		if len(ids) == 1 {
+			first = ids[0]
+		}
+		return len(ids) == 1
+	})
 	if err := unix.Tgkill(h.pid, tid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // the restarted accept blocks again
+	// The signal ends the first call; the restarted one is a new
+	// notification, waiting beside the stale record of the first.
+	waitFor(t, "the accept restarted after the signal waiting again", func() bool {
+		ids := h.sup.waitingAccepts()
+		return len(ids) == 1 && ids[0] != first
+	})
 	c, _ := h.dial()
 	if r := h.result(); r.Ret < 0 {
 		t.Fatalf("accept after the signal: errno %d", r.Errno)
@@ -505,19 +630,26 @@ func TestSignalAfterAccept(t *testing.T) {
 					<-release
 				})
 			})
+			var releaseOnce sync.Once
+			releaseHook := func() { releaseOnce.Do(func() { close(release) }) }
+			t.Cleanup(releaseHook) // a failing test must not leave the supervisor stuck
 			h.command("tid")
 			tid, _ := strconv.Atoi(h.line())
 			h.command("accept4 0 " + mode)
-			time.Sleep(100 * time.Millisecond)
+			waitFor(t, "the accept waiting in the supervisor", func() bool { return len(h.sup.waitingAccepts()) == 1 })
 			c, _ := h.dial()
 			select {
 			case <-accepted:
-			case <-time.After(5 * time.Second):
+			case <-time.After(patience):
 				t.Fatal("supervisor never accepted the connection")
 			}
-			unix.Tgkill(h.pid, tid, unix.SIGUSR1)
-			time.Sleep(200 * time.Millisecond)
-			close(release)
+			if err := unix.Tgkill(h.pid, tid, unix.SIGUSR1); err != nil {
+				t.Fatal(err)
+			}
+			// The accepted connection is held in the hook; the caller's
+			// call is over once its restarted accept waits again.
+			waitFor(t, "the accept restarted after the signal waiting again", func() bool { return len(h.sup.waitingAccepts()) == 1 })
+			releaseHook()
 			if r := h.result(); r.Ret < 0 {
 				t.Fatalf("restarted accept: errno %d", r.Errno)
 			}
@@ -554,13 +686,13 @@ func testManyAcceptingProcesses(t *testing.T, emulate bool) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+			c, err := net.DialTimeout("tcp", h.addr, patience)
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			defer c.Close()
-			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			c.SetReadDeadline(time.Now().Add(patience))
 			line, err := bufio.NewReader(c).ReadString('\n')
 			if err != nil {
 				t.Errorf("connection not served: %v", err)
@@ -630,8 +762,15 @@ func TestStashedConnectionWakesPollingServer(t *testing.T) {
 	killed := make(chan int, 1)
 	h.sup.setTestHookBeforeDeliver(func(pid int) {
 		once.Do(func() {
+			// Gone for good, not just signalled, before the supervisor
+			// tries to hand it the connection: its exit is what a pidfd
+			// reports readable.
+			pidfd, err := unix.PidfdOpen(pid, 0)
 			unix.Kill(pid, unix.SIGKILL)
-			time.Sleep(100 * time.Millisecond)
+			if err == nil {
+				unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, int(patience.Milliseconds()))
+				unix.Close(pidfd)
+			}
 			killed <- pid
 		})
 	})
@@ -639,10 +778,19 @@ func TestStashedConnectionWakesPollingServer(t *testing.T) {
 	if l := h.line(); l != "ok" {
 		t.Fatal(l)
 	}
-	time.Sleep(200 * time.Millisecond) // both children wait in poll()
+	waitFor(t, "both children waiting in poll()", func() bool {
+		kids := childrenOf(t, h.pid)
+		return len(kids) == 2 && sleepsIn(kids[0], unix.SYS_POLL, unix.SYS_PPOLL) && sleepsIn(kids[1], unix.SYS_POLL, unix.SYS_PPOLL)
+	})
 	c, _ := h.dial()
 	pid := servedBy(t, c)
-	if dead := <-killed; pid == dead {
+	var dead int
+	select {
+	case dead = <-killed:
+	case <-time.After(patience):
+		t.Fatal("the supervisor never accepted a connection for a child")
+	}
+	if pid == dead {
 		t.Fatalf("served by the killed process %d", pid)
 	}
 	if n := h.sup.Stats().Requeued.Load(); n != 1 {
@@ -661,7 +809,7 @@ func TestEMFILEKeepsConnection(t *testing.T) {
 		t.Run(path.name, func(t *testing.T) {
 			h := startServer(t, "127.0.0.1:0", path.emulate)
 			c, _ := h.dial()
-			time.Sleep(50 * time.Millisecond) // queued before the accept
+			waitFor(t, "the connection queued before the accept", func() bool { return acceptQueue(t, h.addr) == 1 })
 			h.command("nofile")
 			if l := h.line(); l != "ok" {
 				t.Fatal(l)

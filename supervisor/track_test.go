@@ -171,7 +171,7 @@ func startLab(t *testing.T, track Track) *lab {
 		p.Cmd.Wait()
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Error("supervisor did not stop")
 		}
 		cancel()
@@ -198,8 +198,8 @@ func (lb *lab) line() string {
 	select {
 	case s := <-ch:
 		return s
-	case <-time.After(10 * time.Second):
-		lb.t.Fatal("the lab did not answer in 10 s")
+	case <-time.After(patience):
+		lb.t.Fatalf("the lab did not answer in %v", patience)
 	}
 	return ""
 }
@@ -309,11 +309,8 @@ func TestTrackFullFork(t *testing.T) {
 		t.Errorf("process table has %d entries with two children alive, %d before", procs, procsBefore)
 	}
 	lb.do("reap")
-	deadline := time.Now().Add(3 * time.Second)
-	procs, _, _ := lb.sup.Tables()
-	for ; procs > procsBefore && time.Now().Before(deadline); procs, _, _ = lb.sup.Tables() {
-		time.Sleep(20 * time.Millisecond)
-	}
+	var procs int
+	within(func() bool { procs, _, _ = lb.sup.Tables(); return procs <= procsBefore })
 	if procs != procsBefore {
 		t.Errorf("process table has %d entries after the children exited, %d before", procs, procsBefore)
 	}
@@ -348,10 +345,7 @@ func TestTrackForkHomeAtAccept(t *testing.T) {
 	lb.expect(lb.pid, "shop", "after accept")
 	lb.do(fmt.Sprintf("close %d", fd))
 	fmt.Fprintln(lb.in, "accept 0") // blocks: nobody connects yet
-	deadline := time.Now().Add(3 * time.Second)
-	for lb.placer.groupOf(lb.pid) != HomeGroup && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	within(func() bool { return lb.placer.groupOf(lb.pid) == HomeGroup })
 	lb.expect(lb.pid, HomeGroup, "waiting in accept with nothing in hand")
 	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(lb.ports[0]))
 	if err != nil {
