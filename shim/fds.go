@@ -49,15 +49,22 @@ func InheritedFds() ([]int, error) {
 }
 
 // fdLayout returns how many of exec.Cmd.ExtraFiles' slots the shim needs
-// and which fd its control socket gets: every inherited fd keeps its number
-// (fd N is slot N-3; the slots between stay nil, which the child closes,
-// and they were not inherited), and the control socket goes right above
-// the highest of them, where no inherited fd can be. inherited must be
-// sorted and hold numbers from 3 up.
+// and which fd its control socket gets: the lowest number from 3 up that
+// was not inherited. The inherited fds below it fill the slots before it,
+// each at its own number (fd N is slot N-3), so the child only clears a
+// FD_CLOEXEC they do not have; those above it are not named at all and
+// cross fork and exec untouched, since nothing set FD_CLOEXEC on them.
+// Few slots matter: Go's child moves its exec-error pipe to the first fd
+// past the slots, which fails with EBADF beyond RLIMIT_NOFILE, and an
+// inherited fd near that limit must not stop the server from starting.
+// inherited must be sorted and hold numbers from 3 up.
 func fdLayout(inherited []int) (slots, controlFd int) {
 	controlFd = 3
-	if n := len(inherited); n > 0 {
-		controlFd = inherited[n-1] + 1
+	for _, fd := range inherited {
+		if fd != controlFd {
+			break
+		}
+		controlFd++
 	}
 	return controlFd - 3 + 1, controlFd
 }

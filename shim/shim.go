@@ -43,7 +43,8 @@ type Config struct {
 	// Inherit are fds (3 and up, sorted, as InheritedFds lists them) that
 	// the server gets at the same numbers, untouched: the listening sockets
 	// of socket activation and whatever else vhqos's parent passed on. The
-	// shim's own control socket goes above the highest of them. Start
+	// shim's own control socket takes the lowest number none of them has,
+	// and is closed at exec. Start
 	// closes the caller's copies once the shim holds them, so that
 	// afterwards only the server does, as it would without vhqos.
 	Inherit []int
@@ -105,7 +106,9 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 	for _, fd := range cfg.Inherit {
 		f := os.NewFile(uintptr(fd), "inherited-"+strconv.Itoa(fd))
 		defer f.Close()
-		extra[fd-3] = f
+		if fd < controlFd {
+			extra[fd-3] = f
+		}
 	}
 	extra[controlFd-3] = theirs
 
@@ -210,7 +213,7 @@ func receiveFd(control *os.File) (int, error) {
 
 // Main is the shim itself, run as
 // `vhqos __shim --control-fd N --syscalls a,b [--listen-pid] -- SERVER ARGS`:
-// its control socket is fd N, above every fd it passes on to the server.
+// its control socket is fd N, a number no fd it passes on to the server has.
 // It returns only on failure, with the exit status to use.
 func Main(args []string) int {
 	a, err := parseArgs(args)

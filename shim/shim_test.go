@@ -3,7 +3,11 @@ package shim
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -109,8 +113,9 @@ func TestFdLayout(t *testing.T) {
 		{nil, 1, 3},
 		{[]int{3}, 2, 4},
 		{[]int{3, 4, 5}, 4, 6},
-		{[]int{3, 7}, 6, 8}, // 4..6 stay closed
-		{[]int{9}, 8, 10},
+		{[]int{3, 7}, 2, 4},       // the gap at 4; 7 is left where it is
+		{[]int{9}, 1, 3},          // 9 is left where it is
+		{[]int{1021, 1023}, 1, 3}, // near RLIMIT_NOFILE: no slot up there
 	}
 	for _, tc := range tests {
 		slots, controlFd := fdLayout(tc.inherited)
@@ -325,4 +330,68 @@ func TestStartRefusesBadInherit(t *testing.T) {
 			t.Errorf("Start with Inherit %v: error %v", inherit, err)
 		}
 	}
+}
+
+// An inherited fd just below the hard RLIMIT_NOFILE reaches the server, as
+// it would without vhqos: the shim must not need fd numbers above it (Go's
+// child moves its exec-error pipe past the last slot it is given). The
+// test runs itself again under bash with the limit lowered and the fd
+// opened there, as a launcher would pass it: lowering the limit here could
+// not be undone without CAP_SYS_RESOURCE.
+func TestInheritedFdAtDescriptorLimit(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to install the filter without no_new_privs")
+	}
+	const limit, fd = 256, 253 // bash keeps 255 for itself
+	if os.Getenv("VHQOS_SHIM_AT_LIMIT") == "1" {
+		inheritedAtLimit(t, fd)
+		return
+	}
+	file := filepath.Join(t.TempDir(), "line")
+	if err := os.WriteFile(file, []byte("near the limit\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	self, _ := os.Executable()
+	script := fmt.Sprintf(`ulimit -n %d && exec %d<"$1" && exec "$0" -test.run='^TestInheritedFdAtDescriptorLimit$' -test.v`, limit, fd)
+	cmd := exec.Command("bash", "-c", script, self, file)
+	cmd.Env = append(os.Environ(), "VHQOS_SHIM_AT_LIMIT=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "server read: near the limit") {
+		t.Errorf("with fd %d inherited under a limit of %d fds: %v\n%s", fd, limit, err, out)
+	}
+}
+
+// inheritedAtLimit is TestInheritedFdAtDescriptorLimit's child: it passes
+// what it inherited to a server that reads fd.
+func inheritedAtLimit(t *testing.T, fd int) {
+	inherit, err := InheritedFds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(inherit, fd) {
+		t.Fatalf("fd %d not inherited (have %v)", fd, inherit)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	self, _ := os.Executable()
+	p, err := Start(context.Background(), Config{
+		Self: self, Argv: []string{"/bin/sh", "-c", "head -n1 /proc/self/fd/" + strconv.Itoa(fd)}, Syscalls: []string{"accept"},
+		Env: []string{"PATH=/usr/bin:/bin"}, Stdout: w, Stderr: os.Stderr, Inherit: inherit,
+	})
+	w.Close()
+	if err != nil {
+		t.Fatalf("starting the server: %v", err)
+	}
+	defer unix.Close(p.NotifyFd)
+	if err := p.Exec(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := io.ReadAll(r)
+	t.Logf("server read: %s", strings.TrimSpace(string(line)))
 }
