@@ -7,9 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/vhqos/vhqos/status"
@@ -231,5 +233,83 @@ func TestJSONLogs(t *testing.T) {
 	}
 	if len(msgs) > 8 {
 		t.Errorf("%d kinds of log lines for 5 requests: %v", len(msgs), msgs)
+	}
+}
+
+// Apache prefork children wait in a blocking accept the kernel performs
+// (one Listen, an address vhost): vhqos counts such an accept when it lets
+// it through, before a client came. An idle server shows no connections
+// all the same, and each client counts once.
+func TestStatusCountsNoWaitingAccepts(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "status.sock")
+	qosFile := filepath.Join(t.TempDir(), "qos.toml")
+	os.WriteFile(qosFile, []byte(statusQoS), 0o644)
+	const servers = 4
+	cfg := ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, Servers: servers}
+	cfg.Prefix = []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qosFile, "--status-socket", socket, "--"}
+	a := startWith(t, cfg)
+	shop := func() uint64 {
+		t.Helper()
+		out, code := vhqosStatus(t, socket, nil)
+		if code != 0 {
+			t.Fatalf("vhqos status exited %d: %s", code, out)
+		}
+		var r status.Report
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, out)
+		}
+		for _, c := range r.Classes {
+			if c.Name == "shop" {
+				return c.Connections
+			}
+		}
+		t.Fatalf("no vhost shop in the report: %s", out)
+		return 0
+	}
+	idle := func() {
+		t.Helper()
+		waitAccepting(t, a.Cmd.Process.Pid, servers)
+	}
+	idle()
+	// The harness's readiness probe connected once.
+	if got := shop(); got != 1 {
+		t.Errorf("idle server, %d children waiting in accept: %d connections counted, want 1 (the harness's probe)", servers, got)
+	}
+	const requests = 6
+	for range requests {
+		request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	}
+	idle()
+	if got := shop(); got != 1+requests {
+		t.Errorf("after %d requests: %d connections counted, want %d", requests, got, 1+requests)
+	}
+}
+
+// waitAccepting waits until at least n processes in the cgroups of the
+// vhqos with pid vhqosPid are blocked in accept or accept4.
+func waitAccepting(t *testing.T, vhqosPid, n int) {
+	t.Helper()
+	mark := fmt.Sprintf("vhqos.%d/", vhqosPid)
+	deadline := time.Now().Add(patience)
+	for {
+		waiting := 0
+		dirs, _ := filepath.Glob("/proc/[0-9]*")
+		for _, dir := range dirs {
+			cg, err := os.ReadFile(dir + "/cgroup")
+			if err != nil || !strings.Contains(string(cg), mark) {
+				continue
+			}
+			sc, err := os.ReadFile(dir + "/syscall")
+			if f := strings.Fields(string(sc)); err == nil && len(f) > 0 && (f[0] == strconv.Itoa(syscall.SYS_ACCEPT) || f[0] == strconv.Itoa(syscall.SYS_ACCEPT4)) {
+				waiting++
+			}
+		}
+		if waiting >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d processes of vhqos %d wait in accept after %v, want %d", waiting, vhqosPid, patience, n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

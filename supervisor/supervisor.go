@@ -402,36 +402,11 @@ type Stats struct {
 	Reclassified    atomic.Uint64 // keep-alive connections moved by a later request for another vhost (full tracking)
 }
 
-// GroupStats count connections per class.
-type GroupStats struct {
-	Connections atomic.Uint64
-}
-
 // Track returns how far connections are followed.
 func (s *Supervisor) Track() Track { return s.track }
 
 // Stats returns the supervisor's live counters.
 func (s *Supervisor) Stats() *Stats { return &s.stats }
-
-// GroupConnections returns, per group, how many connections were handed
-// over: accepted by the supervisor, or accepts left to the kernel on a
-// listener that decides the group.
-func (s *Supervisor) GroupConnections() map[string]uint64 {
-	out := map[string]uint64{}
-	s.groupStats.Range(func(k, v any) bool {
-		out[k.(string)] = v.(*GroupStats).Connections.Load()
-		return true
-	})
-	return out
-}
-
-func (s *Supervisor) countConnection(group string) {
-	v, ok := s.groupStats.Load(group)
-	if !ok {
-		v, _ = s.groupStats.LoadOrStore(group, &GroupStats{})
-	}
-	v.(*GroupStats).Connections.Add(1)
-}
 
 // Tables reports the sizes of the supervisor's tables, so tests can check
 // that nothing grows without bound.
