@@ -44,7 +44,7 @@ test-vm: build
 	# dumps its goroutines instead of waiting for vmrun's -timeout.
 	# Under software emulation a fork and exec per connection is some fifty
 	# times dearer: the soak test gets at most 1,000 connections or 60 s.
-	build/vmrun -C $(CURDIR) -timeout 30m -env VHQOS_BIN=$(CURDIR)/$(BIN) -env VHQOS_SOAK_CONNECTIONS=1000 -env VHQOS_SOAK_DURATION=60s -- /bin/sh -c \
+	build/vmrun -C $(CURDIR) -timeout 30m -env VHQOS_BIN=$(CURDIR)/$(BIN) -env VHQOS_SOAK_CONNECTIONS=1000 -env VHQOS_SOAK_DURATION=60s -env VHQOS_EMULATED_CPU=1 -- /bin/sh -c \
 		'cd cgroup && ../build/cgroup.test -test.v -test.count=1 -test.timeout 5m && cd ../itest && ../build/itest.test -test.v -test.count=1 -test.timeout 20m'
 
 # The long fork soak, by hand: 100,000 connections through socat fork, or
