@@ -34,7 +34,31 @@ func decodeText(filename string, data []byte) ([]byte, *Problem) {
 			"byte 0x%02X is not UTF-8, which TOML requires: the file is in an 8-bit encoding, probably Latin-1 (ISO-8859-1) or Windows-1252; convert it: %s (if it is another encoding, name it after -f; iconv -l lists them)",
 			data[off], convertHint(filename, "WINDOWS-1252", true))}
 	}
+	if off := strayBOM(data); off >= 0 {
+		line, col := lineCol(data, off)
+		return nil, &Problem{File: filename, Line: line, Column: col, Msg: fmt.Sprintf(
+			"a byte order mark (U+FEFF) at the start of a line, as joining two files that have one leaves (cat a.toml b.toml); delete it: sed -i '1,$s/^\\xEF\\xBB\\xBF//' %s", shellWord(filename))}
+	}
 	return data, nil
+}
+
+// strayBOM returns the offset of a byte order mark that starts a line (the
+// first one was already dropped), or -1. Where a key or a table header
+// must start, the parser would only say it met an invalid character. One
+// after other text on its line (in a string or a comment) is text and left
+// alone.
+func strayBOM(data []byte) int {
+	for off := 0; off < len(data); {
+		if bytes.HasPrefix(data[off:], utf8BOM) {
+			return off
+		}
+		nl := bytes.IndexByte(data[off:], '\n')
+		if nl < 0 {
+			return -1
+		}
+		off += nl + 1
+	}
+	return -1
 }
 
 // wideEncoding recognises UTF-16 and UTF-32, with a byte order mark or

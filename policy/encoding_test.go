@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -97,6 +98,11 @@ func TestEncodings(t *testing.T) {
 			`qos.toml:1:5: byte 0xF6 is not UTF-8, which TOML requires: the file is in an 8-bit encoding, probably Latin-1 (ISO-8859-1) or Windows-1252; convert it: iconv -f WINDOWS-1252 -t UTF-8 qos.toml > qos.toml.new && mv qos.toml.new qos.toml, or in vim :set fileencoding=utf-8 nobomb | w (if it is another encoding, name it after -f; iconv -l lists them)`},
 		// Counted after the mark, as editors count.
 		{"Latin-1 with a UTF-8 byte order mark", append([]byte(bom), latin1(crlf)...), "qos.toml:1:5: byte 0xF6 is not UTF-8..."},
+		// Counted after the first mark, as editors count.
+		{"two files joined, each with a byte order mark", []byte(bom + encodingTable + bom + "[defaults]\ncpu_weight = 100\n"),
+			fmt.Sprintf(`qos.toml:%d:1: a byte order mark (U+FEFF) at the start of a line, as joining two files that have one leaves (cat a.toml b.toml); delete it: sed -i '1,$s/^\xEF\xBB\xBF//' qos.toml`, strings.Count(encodingTable, "\n")+1)},
+		{"two byte order marks", []byte(bom + bom + encodingTable), "qos.toml:1:1: a byte order mark (U+FEFF) at the start of a line..."},
+		{"a byte order mark after other text is text", []byte(encodingTable + "# a comment \xEF\xBB\xBF\n"), ""},
 		{"Windows-1252 in a string", []byte("[[vhost]]\nname = \"caf\x80\"\nmatch = [\"192.0.2.1\"]\n"), "qos.toml:2:12: byte 0x80 is not UTF-8..."},
 		{"a truncated UTF-8 sequence", []byte("[defaults]\n# \xC3"), "qos.toml:2:3: byte 0xC3 is not UTF-8..."},
 	} {
