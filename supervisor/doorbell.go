@@ -186,6 +186,10 @@ func (t *bellTable) sweep() (owners []*listener) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if len(t.bells) == 0 {
+		// n counted a doorbell being connected, which failed meanwhile.
+		return nil
+	}
 	pfds := make([]unix.PollFd, len(t.bells))
 	for i, b := range t.bells {
 		pfds[i] = unix.PollFd{Fd: int32(b.fd), Events: unix.POLLIN | unix.POLLRDHUP}
