@@ -88,6 +88,9 @@ type trackedConn struct {
 	// host is the name the client asked for, "" when none decided: a new
 	// table classifies the connection again from it.
 	host string
+	// seq numbers the entry's add (trackTable.added then), so that a
+	// prune spares what was added after its list of live sockets was read.
+	seq uint64
 }
 
 // trackTable holds every followed connection by socket inode. An entry
@@ -98,14 +101,25 @@ type trackedConn struct {
 type trackTable struct {
 	mu    sync.Mutex
 	byIno map[uint64]*trackedConn
+	added uint64 // adds so far
 }
 
 func newTrackTable() *trackTable { return &trackTable{byIno: map[uint64]*trackedConn{}} }
 
 func (t *trackTable) add(c *trackedConn) {
 	t.mu.Lock()
+	t.added++
+	c.seq = t.added
 	t.byIno[c.ino] = c
 	t.mu.Unlock()
+}
+
+// mark returns what prune needs to spare the entries added from now on:
+// take it before reading the list of live sockets.
+func (t *trackTable) mark() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.added
 }
 
 // setDecision changes a followed connection's class, decided from the
@@ -164,12 +178,15 @@ func (t *trackTable) size() int {
 	return len(t.byIno)
 }
 
-// prune drops the entries whose inode is not in live.
-func (t *trackTable) prune(live map[uint64]bool) {
+// prune drops the entries whose inode is not in live, read after mark:
+// a connection accepted while live was being read is not in it, and
+// dropping its entry would send the process serving it home (the lease
+// backstop sees it hold nothing).
+func (t *trackTable) prune(live map[uint64]bool, mark uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for ino := range t.byIno {
-		if !live[ino] {
+	for ino, c := range t.byIno {
+		if !live[ino] && c.seq <= mark {
 			delete(t.byIno, ino)
 		}
 	}
@@ -465,11 +482,12 @@ func (s *Supervisor) pruneGone() {
 	if s.tracked.size() == 0 && s.listeners.rememberedCount() == 0 {
 		return
 	}
+	mark := s.tracked.mark()
 	live, err := liveSocketInodes()
 	if err != nil {
 		s.log.Debug("listing the sockets that are still open", "err", err)
 		return
 	}
-	s.tracked.prune(live)
+	s.tracked.prune(live, mark)
 	s.listeners.forgetGone(live)
 }

@@ -355,3 +355,40 @@ func TestTrackForkHomeAtAccept(t *testing.T) {
 	lb.line()
 	lb.expect(lb.pid, "shop", "after the next accept")
 }
+
+// The sweep lists the live sockets, then prunes the followed connections
+// not among them; one accepted in between is not in the list and must
+// stay (dropping it sent its process home: TestTrackFullFork saw the
+// parent in home, not shop, under a CPU hog).
+func TestTrackTablePruneSparesLaterAdds(t *testing.T) {
+	tests := []struct {
+		name      string
+		live      map[uint64]bool
+		wantKept  []uint64
+		addedLate uint64
+	}{
+		{"gone before the list, added after it", map[uint64]bool{}, []uint64{2}, 2},
+		{"live before, added after", map[uint64]bool{1: true}, []uint64{1, 2}, 2},
+		{"nothing added after", map[uint64]bool{}, nil, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tt := newTrackTable()
+			tt.add(&trackedConn{ino: 1})
+			mark := tt.mark()
+			if tc.addedLate != 0 {
+				tt.add(&trackedConn{ino: tc.addedLate})
+			}
+			tt.prune(tc.live, mark)
+			var kept []uint64
+			for _, ino := range []uint64{1, 2} {
+				if tt.get(ino) != nil {
+					kept = append(kept, ino)
+				}
+			}
+			if fmt.Sprint(kept) != fmt.Sprint(tc.wantKept) {
+				t.Errorf("kept %v, want %v", kept, tc.wantKept)
+			}
+		})
+	}
+}
