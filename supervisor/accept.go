@@ -672,7 +672,11 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 	if hook := s.testHookBeforeDeliver.Load(); hook != nil {
 		(*hook)(call.proc.tgid)
 	}
-	s.place(call.proc, c.decision.Group)
+	if s.track == TrackAccept {
+		// Followed connections place their process in handOver, with the
+		// record (see there).
+		s.place(call.proc, c.decision.Group)
+	}
 	if want := call.flags&unix.SOCK_NONBLOCK != 0; want != c.nonblock {
 		if err := unix.SetNonblock(c.fd, want); err == nil {
 			c.nonblock = want

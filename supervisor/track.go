@@ -412,6 +412,10 @@ func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
 // connections are followed, the caller's fd table is recorded with the
 // process locked across the hand-over: the caller runs on the moment the fd
 // is in, and its next fork or close must find the record already there.
+// The caller is placed in c's class under the same lock (deliver places it
+// only when nothing is followed): the sweep's lease backstop sends home a
+// process in a class that holds no followed connection, and must not find
+// it placed but not yet recorded.
 func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 	cloexec := call.flags&unix.SOCK_CLOEXEC != 0
 	// A connection a host name decided is recorded in every mode: only
@@ -420,6 +424,12 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 	if !follow && !c.namesApply {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err
+	}
+	p := call.proc
+	if follow {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		s.placeLocked(p, c.decision.Group)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(c.fd, &st); err != nil {
@@ -432,9 +442,6 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err
 	}
-	p := call.proc
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	newfd, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 	if err != nil {
 		return err
