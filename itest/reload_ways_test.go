@@ -182,6 +182,17 @@ func TestReloadFailingHalfWayRollsBack(t *testing.T) {
 	if !strings.HasSuffix(s.cgroup, "/default") {
 		t.Errorf("127.0.0.3 served in %q after the failed reload, want the defaults", s.cgroup)
 	}
+	// Tried once, not again for the rename's own events; SIGHUP tries again.
+	if n := strings.Count(a.Output(), "applying the QoS table failed"); n != 1 {
+		t.Errorf("the refused table was applied %d times, want once", n)
+	}
+	a.Cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, patience, "the table tried again on SIGHUP", func() bool {
+		return strings.Count(a.Output(), "applying the QoS table failed") == 2
+	})
+	if got := cpuQuota(t, pid, "vhost-aaa"); got != "50000" {
+		t.Errorf("after the second failed reload aaa's cap is %s, want the old 50000", got)
+	}
 }
 
 // Reloads while wrk loads the server, with and without keep-alive, cost no

@@ -131,7 +131,11 @@ func (r *reloader) reload(since time.Time, force bool) {
 	}
 	added, removed, changed, err := r.apply(next)
 	if err != nil {
-		r.log.Error("applying the QoS table failed; the previous one stays in force", "path", r.path, "err", err)
+		r.log.Error("applying the QoS table failed; the previous one stays in force (SIGHUP tries this file again)", "path", r.path, "err", err)
+		// The same bytes are not tried again on the next event (the
+		// rename an editor does after writing, the watch's first look):
+		// each try writes the limits that fit and takes them back.
+		r.raw = data
 		r.refused.Add(1)
 		return
 	}
