@@ -112,7 +112,7 @@ func runNginx(t *testing.T, qos string, workers int, listen []string) *nginx {
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("vhqos and nginx said:\n%s\nnginx's error log (last 8 KiB):\n%s", n.read("out"), lastBytes(n.read("error.log"), 8<<10))
+			t.Logf("vhqos and nginx said:\n%s\nnginx's error log (last 8 KiB, without the lines the test's signals cause):\n%s", n.read("out"), lastBytes(withoutSignalNoise(n.read("error.log")), 8<<10))
 		}
 	})
 	if err := waitListening(testContext(t), "127.0.0.2:8080", exited); err != nil {
@@ -126,6 +126,20 @@ func runNginx(t *testing.T, qos string, workers int, listen []string) *nginx {
 func (n *nginx) read(name string) string {
 	data, _ := os.ReadFile(filepath.Join(n.dir, name))
 	return string(data)
+}
+
+// withoutSignalNoise drops the error log lines the test's SIGHUPs to the
+// workers cause by the hundred, which would push what matters (a worker
+// that died, say) out of the tail shown.
+func withoutSignalNoise(log string) string {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(log, "\n") {
+		if strings.Contains(line, "(SIGHUP) received") || strings.Contains(line, "(4: Interrupted system call)") {
+			continue
+		}
+		b.WriteString(line)
+	}
+	return b.String()
 }
 
 func lastBytes(s string, n int) string {
