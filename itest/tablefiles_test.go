@@ -244,7 +244,7 @@ func TestDeviceVerdicts(t *testing.T) {
 			t.Fatalf("read limit on %s = %q, want 1048576", d.Num, got)
 		}
 		writeTable(d.PartNum)
-		eventually(t, 10*time.Second, "the partition refused", func() bool {
+		eventually(t, patience, "the partition refused", func() bool {
 			return len(s.log.records("refused QoS table; the previous one stays in force")) == 1
 		})
 		if p := s.log.records("refused QoS table; the previous one stays in force")[0]["problems"]; !strings.Contains(fmt.Sprint(p), fmt.Sprintf("%s is partition %s of disk %s", d.PartNum, d.PartName, d.Name)) {
@@ -254,7 +254,7 @@ func TestDeviceVerdicts(t *testing.T) {
 			t.Errorf("after the refused table, read limit on %s = %q, want the old 1048576", d.Num, got)
 		}
 		writeTable("4095:1048575")
-		eventually(t, 10*time.Second, "the table with a missing disk applied", func() bool {
+		eventually(t, patience, "the table with a missing disk applied", func() bool {
 			return len(s.log.records("reloaded QoS table")) == 1
 		})
 		recs := s.log.records("QoS table warning")
@@ -331,7 +331,7 @@ func TestTableEncodings(t *testing.T) {
 		{[]byte(strings.ReplaceAll(crlf(20), "ö", "\xF6")), latin1Says},
 	} {
 		writeByRename(t, qosFile, string(bad.data))
-		eventually(t, 10*time.Second, "the refusal logged", func() bool { return len(refusals()) == i+1 })
+		eventually(t, patience, "the refusal logged", func() bool { return len(refusals()) == i+1 })
 		if p := fmt.Sprint(refusals()[i]["problems"]); !strings.Contains(p, strings.ReplaceAll(bad.says, "FILE", qosFile)) {
 			t.Errorf("refusal %d says %q\nwant %q", i, p, bad.says)
 		}
@@ -340,14 +340,18 @@ func TestTableEncodings(t *testing.T) {
 		}
 	}
 	writeByRename(t, qosFile, string(bom(20)))
-	eventually(t, 10*time.Second, "the table with a byte order mark applied", func() bool { return cpuQuota(t, pid, "default") == "20000" })
+	// The limit is written before the reload is logged: wait for the log.
+	eventually(t, patience, "the table with a byte order mark reloaded", func() bool { return len(s.log.records("reloaded QoS table")) >= 1 })
+	if got := cpuQuota(t, pid, "default"); got != "20000" {
+		t.Errorf("after the reload, cpu quota = %s, want 20000", got)
+	}
 	if n := len(s.log.records("reloaded QoS table")); n != 1 {
 		t.Errorf("%d reloads logged, want 1", n)
 	}
 	// A byte order mark alone is an empty file, as a truncating editor
 	// leaves it half way: the table in force stays.
 	writeByRename(t, qosFile, "\xEF\xBB\xBF\r\n")
-	eventually(t, 10*time.Second, "the empty file noticed", func() bool {
+	eventually(t, patience, "the empty file noticed", func() bool {
 		return len(s.log.records("QoS table is empty; keeping the one in force (write a comment into it to really run without vhosts)")) == 1
 	})
 	if got := cpuQuota(t, pid, "default"); got != "20000" {
