@@ -449,11 +449,12 @@ func testNginxReuseportCounts(t *testing.T, listen []string, names bool) {
 		}
 	}
 	// Both sockets of the reuseport group served: doorbells rung for one
-	// could land on the other. In the cgroup v2 VM under a CPU hog nginx's
-	// master twice respawned a worker mid-test (its exit had scrolled out of
-	// the log; the counts were exact): a respawned worker serves its
-	// predecessor's socket, so it counts as that socket here, and the
-	// respawn is logged for whoever looks into it.
+	// could land on the other. A respawned worker serves its predecessor's
+	// socket, so it counts as that socket here. In the cgroup v2 VM under a
+	// CPU hog a worker died of SIGSEGV mid-test (the counts were exact):
+	// a known bug, "Known bug: writing the peer address can race a signal"
+	// in docs/design-notes.md, logged here rather than failed until the
+	// accept path is redesigned.
 	respawned := false
 	for w := range served {
 		if !slices.Contains(workers, w) {
@@ -461,7 +462,7 @@ func testNginxReuseportCounts(t *testing.T, listen []string, names bool) {
 		}
 	}
 	if respawned {
-		t.Logf("nginx respawned a worker during the test (served by %v, started with %v); nginx's error log without the signal noise:\n%s",
+		t.Logf("KNOWN BUG (docs/design-notes.md, writing the peer address can race a signal): nginx respawned a worker during the test (served by %v, started with %v); nginx's error log without the signal noise:\n%s",
 			served, workers, lastBytes(withoutSignalNoise(n.read("error.log")), 8<<10))
 	}
 	if len(served) < 2 {
