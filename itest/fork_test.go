@@ -2,7 +2,6 @@ package itest
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -313,18 +312,7 @@ func TestForkSoak(t *testing.T) {
 	// -t 30: after the client's half-close socat waits only 0.5 s for
 	// cat's answer by default, which a slow machine (the VM) overruns.
 	vhqos, _, socket := runForkServerStatus(t, strings.Replace(forkQoS, "TRACK", "fork", 1), []string{"socat", "-t", "30", "TCP-LISTEN:8080,fork,reuseaddr,backlog=512", "EXEC:/bin/cat"})
-	report := func() status.Report {
-		t.Helper()
-		out, code := vhqosStatus(t, socket, nil)
-		if code != 0 {
-			t.Fatalf("vhqos status exited %d: %s", code, out)
-		}
-		var r status.Report
-		if err := json.Unmarshal([]byte(out), &r); err != nil {
-			t.Fatalf("vhqos status --json: %v\n%s", err, out)
-		}
-		return r
-	}
+	report := func() status.Report { t.Helper(); return statusReport(t, socket) }
 	// settled waits until no connection is followed any more and the
 	// server's exited children are forgotten.
 	settled := func() status.Report {

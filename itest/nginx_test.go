@@ -2,7 +2,6 @@ package itest
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -168,15 +167,7 @@ func (n *nginx) workers(t *testing.T) []int {
 // report asks vhqos status for its report.
 func (n *nginx) report(t *testing.T) status.Report {
 	t.Helper()
-	out, code := vhqosStatus(t, n.socket, nil)
-	if code != 0 {
-		t.Fatalf("vhqos status exited %d: %s", code, out)
-	}
-	var r status.Report
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("vhqos status --json: %v\n%s", err, out)
-	}
-	return r
+	return statusReport(t, n.socket)
 }
 
 // classConnections returns the connections vhqos counted, by class name.

@@ -29,6 +29,21 @@ match = ["127.0.0.3"]
 cpu_max = "10%"
 `
 
+// statusReport is `vhqos status --json` of the vhqos serving its status
+// at socket; the test fails if status does not answer.
+func statusReport(t *testing.T, socket string) status.Report {
+	t.Helper()
+	out, code := vhqosStatus(t, socket, nil)
+	if code != 0 {
+		t.Fatalf("vhqos status exited %d: %s", code, out)
+	}
+	var r status.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("vhqos status --json: %v\n%s", err, out)
+	}
+	return r
+}
+
 func vhqosStatus(t *testing.T, socket string, cred *syscall.Credential) (string, int) {
 	t.Helper()
 	cmd := exec.Command(vhqosBinary(t), "status", "--json", "--socket", socket)
@@ -250,20 +265,13 @@ func TestStatusCountsNoWaitingAccepts(t *testing.T) {
 	a := startWith(t, cfg)
 	shop := func() uint64 {
 		t.Helper()
-		out, code := vhqosStatus(t, socket, nil)
-		if code != 0 {
-			t.Fatalf("vhqos status exited %d: %s", code, out)
-		}
-		var r status.Report
-		if err := json.Unmarshal([]byte(out), &r); err != nil {
-			t.Fatalf("status --json: %v\n%s", err, out)
-		}
+		r := statusReport(t, socket)
 		for _, c := range r.Classes {
 			if c.Name == "shop" {
 				return c.Connections
 			}
 		}
-		t.Fatalf("no vhost shop in the report: %s", out)
+		t.Fatalf("no vhost shop in the report: %+v", r)
 		return 0
 	}
 	idle := func() {
