@@ -9,7 +9,15 @@ import (
 
 // utf8BOM is U+FEFF in UTF-8, which Windows Notepad and PowerShell put at
 // the start of the files they save.
-var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
+const utf8BOM = "\xEF\xBB\xBF"
+
+// Blank reports whether a table file holds nothing but white space, after
+// a byte order mark if it has one: what an editor that truncates before it
+// writes leaves half way, which a reload must not take for a wish to drop
+// every vhost.
+func Blank(data []byte) bool {
+	return len(bytes.TrimSpace(bytes.TrimPrefix(data, []byte(utf8BOM)))) == 0
+}
 
 // decodeText returns the TOML text of a file: UTF-8, as TOML requires
 // (toml.io, v1.0.0: "A TOML file must be a valid UTF-8 encoded Unicode
@@ -19,7 +27,7 @@ var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
 // encoding are refused with a Problem that names the encoding and how to
 // convert the file.
 func decodeText(filename string, data []byte) ([]byte, *Problem) {
-	if rest, ok := bytes.CutPrefix(data, utf8BOM); ok {
+	if rest, ok := bytes.CutPrefix(data, []byte(utf8BOM)); ok {
 		data = rest
 	}
 	if enc, iconvName, bom := wideEncoding(data); enc != "" {
@@ -49,7 +57,7 @@ func decodeText(filename string, data []byte) ([]byte, *Problem) {
 // alone.
 func strayBOM(data []byte) int {
 	for off := 0; off < len(data); {
-		if bytes.HasPrefix(data[off:], utf8BOM) {
+		if bytes.HasPrefix(data[off:], []byte(utf8BOM)) {
 			return off
 		}
 		nl := bytes.IndexByte(data[off:], '\n')

@@ -174,3 +174,22 @@ func TestStrayNULIsNotUTF16(t *testing.T) {
 		t.Errorf("short UTF-16LE file not recognised")
 	}
 }
+
+func TestBlank(t *testing.T) {
+	for _, tc := range []struct {
+		data string
+		want bool
+	}{
+		{"", true},
+		{" \r\n\t\n", true},
+		{"\xEF\xBB\xBF", true},
+		{"\xEF\xBB\xBF\r\n", true},
+		{"# a comment\n", false},
+		{"\xEF\xBB\xBF[defaults]\n", false},
+		{"\xEF\xBB\xBF\xEF\xBB\xBF", false}, // a second mark is content (and refused by Parse)
+	} {
+		if got := Blank([]byte(tc.data)); got != tc.want {
+			t.Errorf("Blank(%q) = %v, want %v", tc.data, got, tc.want)
+		}
+	}
+}

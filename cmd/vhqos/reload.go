@@ -116,7 +116,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 	if !force && bytes.Equal(data, r.raw) {
 		return
 	}
-	if len(bytes.TrimSpace(bytes.TrimPrefix(data, []byte("\xEF\xBB\xBF")))) == 0 { // a UTF-8 byte order mark alone is empty too
+	if policy.Blank(data) {
 		// Writing in place truncates first: an empty file is far more
 		// likely half a write than a wish to drop every vhost.
 		r.log.Warn("QoS table is empty; keeping the one in force (write a comment into it to really run without vhosts)", "path", r.path)
