@@ -7,13 +7,15 @@
 // # Layout
 //
 // A Manager owns Parent/Name (Parent defaults to the supervisor's own
-// cgroup): one child per group, "home" for the server's processes that serve
-// no vhost, and whatever groups Set creates. cgroups.Mode decides the
-// backend: unified v2 at /sys/fs/cgroup, otherwise v1 (a hybrid layout
-// counts as v1, since its controllers are bound to v1), where the subtree
-// exists once in each hierarchy carrying cpu, cpuacct or blkio (co-mounted
-// controllers share one). Path reports a group as /proc/PID/cgroup shows it:
-// the "0::" line under v2, the cpu line under v1.
+// cgroup): one child per group, named in names.go. New creates HomeGroup,
+// for the server's processes that serve no connection; Set creates the
+// others: DefaultGroup for connections matching no vhost, VHostGroup(name)
+// for each vhost. cgroups.Mode decides the backend: unified v2 at
+// /sys/fs/cgroup, otherwise v1 (a hybrid layout counts as v1, since its
+// controllers are bound to v1), where the subtree exists once in each
+// hierarchy carrying cpu, cpuacct or blkio (co-mounted controllers share
+// one). Path reports a group as /proc/PID/cgroup shows it: the "0::" line
+// under v2, the cpu line under v1.
 //
 // # Limits
 //

@@ -21,10 +21,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// HomeGroup is the group New creates for the server's processes that serve
-// no vhost. It cannot be removed.
-const HomeGroup = "home"
-
 // Options configure a Manager.
 type Options struct {
 	// Parent is the absolute cgroup path (as /proc/PID/cgroup shows it) to

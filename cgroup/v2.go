@@ -80,7 +80,7 @@ func (m *Manager) initV2(ctx context.Context, parent, mount string) error {
 		return fmt.Errorf("cgroups: %s holds processes other than vhqos (pids %v), so cgroup v2 lets it hand no controllers to vhqos's cgroups: run vhqos as a systemd service with Delegate=yes, or under `systemd-run --scope -p Delegate=yes vhqos run ...`, or set settings.cgroup_parent to a cgroup of its own", m.v2.base, head(others, 5))
 	}
 	if len(pids) > len(others) {
-		return m.moveSelf(filepath.Join(m.v2.base, m.name+".supervisor"))
+		return m.moveSelf(filepath.Join(m.v2.base, m.name+"."+supervisorLeaf))
 	}
 	return nil
 }

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
-	"github.com/vhqos/vhqos/supervisor"
+	"github.com/vhqos/vhqos/intercept"
 	"github.com/vhqos/vhqos/vhost"
 )
 
@@ -116,10 +116,10 @@ func TestKeyCgroupParent(t *testing.T) {
 // track: "accept" (default), "fork" or "full".
 func TestKeyTrack(t *testing.T) {
 	checkKey(t, "[settings]\n", "track", "%s", func(t *Table) any { return t.Settings.Track }, []keyCase{
-		{value: "", want: supervisor.TrackAccept},
-		{value: `"accept"`, want: supervisor.TrackAccept},
-		{value: `"fork"`, want: supervisor.TrackFork},
-		{value: `"full"`, want: supervisor.TrackFull},
+		{value: "", want: intercept.TrackAccept},
+		{value: `"accept"`, want: intercept.TrackAccept},
+		{value: `"fork"`, want: intercept.TrackFork},
+		{value: `"full"`, want: intercept.TrackFull},
 		{value: `"forks"`, err: `"forks" is not a tracking mode`},
 		{value: `"FULL"`, err: `"FULL" is not a tracking mode`},
 		{value: `1`, err: `write "accept", "fork" or "full"`},

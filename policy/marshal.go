@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"github.com/vhqos/vhqos/cgroup"
-	"github.com/vhqos/vhqos/supervisor"
+	"github.com/vhqos/vhqos/intercept"
 	"github.com/vhqos/vhqos/vhost"
 )
 
@@ -22,7 +22,7 @@ func (t *Table) Marshal() []byte {
 		if st.CgroupParent != "" {
 			fmt.Fprintf(&b, "cgroup_parent = %s\n", tomlString(st.CgroupParent))
 		}
-		if st.Track != supervisor.TrackAccept {
+		if st.Track != intercept.TrackAccept {
 			fmt.Fprintf(&b, "track = %s\n", tomlString(st.Track.String()))
 		}
 		if st.SniffTimeout != 0 {

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
-	"github.com/vhqos/vhqos/supervisor"
+	"github.com/vhqos/vhqos/intercept"
 	"github.com/vhqos/vhqos/vhost"
 )
 
@@ -215,7 +215,7 @@ func (p *parser) settings(m map[string]any, st *Settings) {
 		case k == "track":
 			switch v := m[k].(type) {
 			case string:
-				if t, err := supervisor.ParseTrack(v); err == nil {
+				if t, err := intercept.ParseTrack(v); err == nil {
 					st.Track = t
 				} else {
 					p.valueProblem(s, key, "%q is not a tracking mode; use \"accept\" (prefork servers), \"fork\" (servers that fork a child per connection: inetd, socat fork) or \"full\" (also follows reads)", v)
@@ -350,8 +350,8 @@ func (p *parser) name(s scope, key string, v any) (string, bool) {
 		p.valueProblem(s, key, "is %s; write the name as a string, e.g. name = \"shop\"", typeName(v))
 	case !validName(name):
 		p.valueProblem(s, key, "%q: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit (the name becomes a cgroup directory)", name)
-	case strings.EqualFold(name, DefaultsName) || strings.EqualFold(name, "home") || strings.EqualFold(name, "supervisor"):
-		p.valueProblem(s, key, "%q is reserved for vhqos's own cgroups (default, home, supervisor); pick another name", name)
+	case cgroup.Reserved(name):
+		p.valueProblem(s, key, "%q is reserved for vhqos's own cgroups (%s); pick another name", name, strings.Join(cgroup.ReservedNames(), ", "))
 	default:
 		return name, true
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/vhqos/vhqos/cgroup"
-	"github.com/vhqos/vhqos/supervisor"
+	"github.com/vhqos/vhqos/intercept"
 	"github.com/vhqos/vhqos/vhost"
 )
 
@@ -39,8 +39,8 @@ type Settings struct {
 	// under; "" means vhqos's own cgroup.
 	CgroupParent string
 	// Track is how far connections are followed after accept; the zero
-	// value is supervisor.TrackAccept.
-	Track supervisor.Track
+	// value is intercept.TrackAccept.
+	Track intercept.Track
 	// SniffTimeout is how long vhqos waits for a client's first bytes
 	// (HTTP request head, TLS ClientHello) when a host name may decide its
 	// vhost; 0 means DefaultSniffTimeout.
@@ -85,8 +85,10 @@ type Class struct {
 	DSCP int
 }
 
-// DefaultsName is the name of the class of connections matching no vhost.
-const DefaultsName = "default"
+// DefaultsName is the name of the class of connections matching no vhost:
+// the name of its cgroup, so that status shows one word for both, and one
+// that cgroup.Reserved keeps from every vhost.
+const DefaultsName = cgroup.DefaultGroup
 
 // ClassifyAddr returns the class of a connection by its local address: the
 // vhost with the most specific address rule, or the defaults. It allocates

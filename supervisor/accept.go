@@ -10,6 +10,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/intercept"
 	"golang.org/x/sys/unix"
 )
 
@@ -531,7 +533,7 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 	// connection. The sweep moves long waiters home (goHome); a blocked
 	// process uses no CPU where it sits.
 	call.waitingSince = time.Now()
-	if s.track >= TrackFork {
+	if s.track >= intercept.TrackFork {
 		s.goHomeIfIdle(call.proc)
 	}
 	l.mu.Lock()
@@ -645,7 +647,7 @@ func (s *Supervisor) dropStaleWaiters(l *listener) {
 	// Under l.mu: a waiter cannot be handed a connection (and placed in
 	// its vhost) between the check and the move.
 	for _, p := range idle {
-		s.place(p, HomeGroup)
+		s.place(p, cgroup.HomeGroup)
 	}
 	l.mu.Unlock()
 }
@@ -672,7 +674,7 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 	if hook := s.testHookBeforeDeliver.Load(); hook != nil {
 		(*hook)(call.proc.tgid)
 	}
-	if s.track == TrackAccept {
+	if s.track == intercept.TrackAccept {
 		// Followed connections place their process in handOver, with the
 		// record (see there).
 		s.place(call.proc, c.decision.Group)

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/intercept"
 	"golang.org/x/sys/unix"
 )
 
@@ -133,7 +135,7 @@ func (s *Supervisor) Reclassify() Reclassified {
 			}
 		}
 	}
-	if s.track >= TrackFork {
+	if s.track >= intercept.TrackFork {
 		for _, p := range procs {
 			if s.replaceServing(p) {
 				r.Processes++
@@ -372,7 +374,7 @@ func blockedAcceptFd(path string) (int, bool) {
 func (s *Supervisor) replaceServing(p *proc) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.group == "" || p.group == HomeGroup {
+	if p.group == "" || p.group == cgroup.HomeGroup {
 		return false
 	}
 	classes := s.classes(p)

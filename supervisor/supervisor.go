@@ -11,16 +11,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vhqos/vhqos/intercept"
 	"golang.org/x/sys/unix"
 )
 
-// HomeGroup is the cgroup of server processes that serve no connection.
-const HomeGroup = "home"
-
 // Decision is what the QoS table says about one connection.
 type Decision struct {
-	// Group is the cgroup (vhost name or "default") the serving process
-	// must be in.
+	// Group is the cgroup the serving process must be in:
+	// cgroup.VHostGroup of the vhost, or cgroup.DefaultGroup.
 	Group string
 	// DSCP is the mark for the connection's packets, 0..63, or -1 to leave
 	// the socket as the listener made it.
@@ -78,7 +76,7 @@ type Options struct {
 	// Track is how far connections are followed after accept; the shim's
 	// filter must send the syscalls Track.Syscalls lists. Fork and full
 	// tracking emulate every accept, to know each connection's socket.
-	Track Track
+	Track intercept.Track
 	// Receivers is how many threads wait for notifications; 0 means one
 	// per CPU, at least two.
 	Receivers int
@@ -101,7 +99,7 @@ type Supervisor struct {
 	idle       time.Duration
 	kcmpWorks  bool
 	shortcut   bool
-	track      Track
+	track      intercept.Track
 	tracked    *trackTable
 	debug      bool // the logger takes debug lines: log each placement
 	receivers  int
@@ -147,7 +145,7 @@ func New(opts Options) (*Supervisor, error) {
 		events:    events,
 		idle:      idle,
 		selfPid:   unix.Getpid(),
-		shortcut:  !opts.EmulateAlways && opts.Track == TrackAccept,
+		shortcut:  !opts.EmulateAlways && opts.Track == intercept.TrackAccept,
 		track:     opts.Track,
 		tracked:   newTrackTable(),
 		receivers: opts.Receivers,
@@ -306,28 +304,28 @@ func hungUp(fd int) bool {
 	return k > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
 }
 
+// dispatch answers one notification by the step intercept's table gives its
+// syscall, and tells observe how long that took under the syscall's name.
 func (s *Supervisor) dispatch(n notification) {
 	s.stats.Notifications.Add(1)
 	var start time.Time
 	if s.observe != nil {
 		start = time.Now()
 	}
-	name := "other"
-	switch n.Data.Nr {
-	case unix.SYS_ACCEPT:
-		name = "accept"
+	sc, ok := intercept.ByNr(n.Data.Nr)
+	name := sc.Name
+	if !ok {
+		name = "other"
+	}
+	switch sc.Step {
+	case intercept.StepAccept:
 		s.handleAccept(&n, false)
-	case unix.SYS_ACCEPT4:
-		name = "accept4"
+	case intercept.StepAccept4:
 		s.handleAccept(&n, true)
-	case unix.SYS_CLOSE, unix.SYS_DUP, unix.SYS_DUP2, unix.SYS_DUP3, unix.SYS_FCNTL,
-		unix.SYS_CLONE, unix.SYS_FORK, unix.SYS_VFORK:
-		name = "fork"
-		s.handleTracked(&n)
-	case unix.SYS_READ, unix.SYS_READV, unix.SYS_RECVFROM, unix.SYS_RECVMSG:
-		name = "read"
-		s.handleTracked(&n)
+	case intercept.StepFork, intercept.StepClose, intercept.StepDup, intercept.StepDupTo, intercept.StepRead:
+		s.handleTracked(&n, sc.Step)
 	default:
+		// Nothing the filter sends: let it through.
 		s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
 	}
 	if s.observe != nil {
@@ -403,7 +401,7 @@ type Stats struct {
 }
 
 // Track returns how far connections are followed.
-func (s *Supervisor) Track() Track { return s.track }
+func (s *Supervisor) Track() intercept.Track { return s.track }
 
 // Stats returns the supervisor's live counters.
 func (s *Supervisor) Stats() *Stats { return &s.stats }

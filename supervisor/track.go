@@ -1,78 +1,17 @@
 package supervisor
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/intercept"
 	"github.com/vhqos/vhqos/vhost"
 	"golang.org/x/sys/unix"
 )
-
-// Track says how far the supervisor follows connections after accept. The
-// filter is fixed when the server starts, so this is chosen once, in the
-// QoS table's [settings] track.
-type Track int
-
-const (
-	// TrackAccept intercepts accept and accept4 only: the accepting
-	// process serves (prefork servers). A child forked after an accept is
-	// born in its parent's cgroup.
-	TrackAccept Track = iota
-	// TrackFork intercepts what TrackAccept does, but follows every
-	// connection (every accept is emulated, the socket recorded): the
-	// accepting parent is in the connection's class when it forks, so
-	// the child is born there, and a process that holds no connection any
-	// more goes home when it next waits in accept, or within a second
-	// (the sweep, for servers that poll before they accept). For servers
-	// that accept in a parent and fork a child per connection: inetd,
-	// socat fork, busybox httpd. What a process holds is read from
-	// /proc/PID/fd when it matters. Process creation itself is not
-	// intercepted: a fork that waited for the supervisor could fail with
-	// EINTR in a server whose SIGCHLD handler lacks SA_RESTART (socat),
-	// where natively it never does.
-	TrackFork
-	// TrackFull also intercepts process creation, the dup family, close
-	// and the read family, the patent's tables and read wrapper: a
-	// process goes home the moment it closes its last connection, one
-	// holding connections of several vhosts follows the one it reads
-	// from, a child forked holding several is born home and placed at its
-	// first read, and keep-alive requests for another vhost move their
-	// connection. Every close and read costs a notification, and each of
-	// these calls can fail with EINTR when a signal whose handler lacks
-	// SA_RESTART arrives while the supervisor decides.
-	TrackFull
-)
-
-// ParseTrack reads a tracking mode as the QoS table writes it.
-func ParseTrack(s string) (Track, error) {
-	switch s {
-	case "", "accept":
-		return TrackAccept, nil
-	case "fork":
-		return TrackFork, nil
-	case "full":
-		return TrackFull, nil
-	}
-	return 0, fmt.Errorf("unknown tracking mode %q: use accept, fork or full", s)
-}
-
-func (t Track) String() string {
-	return [...]string{"accept", "fork", "full"}[t]
-}
-
-// Syscalls lists what the filter must send to the supervisor for mode t.
-func (t Track) Syscalls() []string {
-	list := []string{"accept", "accept4"}
-	if t >= TrackFull {
-		list = append(list, "fork", "vfork", "clone", "clone3",
-			"dup", "dup2", "dup3", "fcntl", "close", "read", "readv", "recvfrom", "recvmsg")
-	}
-	return list
-}
 
 // trackedConn is a connection the supervisor handed to the server and
 // follows by its socket's inode, whichever fds and processes view it.
@@ -242,7 +181,7 @@ func fdInode(p *proc, fd int) (uint64, bool) {
 // classes returns the distinct classes of the followed connections p holds.
 // Called with p.mu held.
 func (s *Supervisor) classes(p *proc) []Decision {
-	if p.track.dirty || s.track == TrackFork {
+	if p.track.dirty || s.track == intercept.TrackFork {
 		// Fork tracking does not see close and dup: only /proc knows.
 		s.rescan(p)
 	}
@@ -260,10 +199,11 @@ func (s *Supervisor) classes(p *proc) []Decision {
 	return out
 }
 
-// handleTracked answers the syscalls of fork and full tracking. Each is let
-// through unchanged (continue); the supervisor only updates its tables and
-// moves the process first where the call changes what it serves.
-func (s *Supervisor) handleTracked(n *notification) {
+// handleTracked answers the syscalls of full tracking, step saying which
+// (intercept's table). Each is let through unchanged (continue); the
+// supervisor only updates its tables and moves the process first where the
+// call changes what it serves.
+func (s *Supervisor) handleTracked(n *notification, step intercept.Step) {
 	// The answer goes last: the tables and the placement must be right
 	// before the call goes on.
 	defer func() { s.respond(n.ID, respondContinue(s.notifyFd, n.ID)) }()
@@ -281,10 +221,10 @@ func (s *Supervisor) handleTracked(n *notification) {
 		// Born with its parent's fds, or exec'd: learn them when needed.
 		p.track.dirty = true
 	}
-	switch n.Data.Nr {
-	case unix.SYS_CLOSE:
+	switch step {
+	case intercept.StepClose:
 		s.trackClose(p, fd)
-	case unix.SYS_DUP2, unix.SYS_DUP3:
+	case intercept.StepDupTo:
 		// The target fd is closed first, and now views the source.
 		newfd := int(int32(n.Data.Args[1]))
 		if newfd != fd {
@@ -292,13 +232,13 @@ func (s *Supervisor) handleTracked(n *notification) {
 			delete(p.track.read, newfd)
 			p.track.dirty = true
 		}
-	case unix.SYS_DUP, unix.SYS_FCNTL:
+	case intercept.StepDup:
 		if len(p.track.fds) > 0 {
 			p.track.dirty = true
 		}
-	case unix.SYS_CLONE, unix.SYS_FORK, unix.SYS_VFORK:
+	case intercept.StepFork:
 		s.trackFork(p)
-	case unix.SYS_READ, unix.SYS_READV, unix.SYS_RECVFROM, unix.SYS_RECVMSG:
+	case intercept.StepRead:
 		s.trackRead(p, fd)
 	}
 }
@@ -320,7 +260,7 @@ func (s *Supervisor) trackClose(p *proc, fd int) {
 	}
 	delete(p.track.fds, fd)
 	if len(p.track.fds) == 0 {
-		s.placeLocked(p, HomeGroup)
+		s.placeLocked(p, cgroup.HomeGroup)
 	}
 }
 
@@ -333,8 +273,8 @@ func (s *Supervisor) trackFork(p *proc) {
 	switch {
 	case len(classes) == 1:
 		s.placeLocked(p, classes[0].Group)
-	case len(classes) > 1 && s.track == TrackFull:
-		s.placeLocked(p, HomeGroup)
+	case len(classes) > 1 && s.track == intercept.TrackFull:
+		s.placeLocked(p, cgroup.HomeGroup)
 	}
 }
 
@@ -420,7 +360,7 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 	cloexec := call.flags&unix.SOCK_CLOEXEC != 0
 	// A connection a host name decided is recorded in every mode: only
 	// the record knows its class when a new table comes.
-	follow := s.track != TrackAccept
+	follow := s.track != intercept.TrackAccept
 	if !follow && !c.namesApply {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err
@@ -459,14 +399,14 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 // closes are not intercepted, and a server that polls before it accepts
 // never waits in accept. Runs in the sweep.
 func (s *Supervisor) leaseBackstop() {
-	if s.track < TrackFork {
+	if s.track < intercept.TrackFork {
 		return
 	}
 	list := s.procs.all()
 	for _, p := range list {
 		p.mu.Lock()
-		if p.group != "" && p.group != HomeGroup && len(s.classes(p)) == 0 {
-			s.placeLocked(p, HomeGroup)
+		if p.group != "" && p.group != cgroup.HomeGroup && len(s.classes(p)) == 0 {
+			s.placeLocked(p, cgroup.HomeGroup)
 		}
 		p.mu.Unlock()
 	}
@@ -478,8 +418,8 @@ func (s *Supervisor) leaseBackstop() {
 func (s *Supervisor) goHomeIfIdle(p *proc) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.group != HomeGroup && len(s.classes(p)) == 0 {
-		s.placeLocked(p, HomeGroup)
+	if p.group != cgroup.HomeGroup && len(s.classes(p)) == 0 {
+		s.placeLocked(p, cgroup.HomeGroup)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -12,9 +13,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/intercept"
 	"github.com/vhqos/vhqos/shim"
 )
 
@@ -116,16 +120,42 @@ func (c *labClassifier) ClassifyName(_ string, l netip.AddrPort) Decision { retu
 func (c *labClassifier) SniffLimits() (time.Duration, int)                { return time.Second, 16384 }
 
 type lab struct {
-	t      *testing.T
-	sup    *Supervisor
-	placer *recordingPlacer
-	in     io.Writer
-	out    *bufio.Reader
-	pid    int
-	ports  [2]int
+	t        *testing.T
+	sup      *Supervisor
+	placer   *recordingPlacer
+	observed *observedCalls
+	in       io.Writer
+	out      *bufio.Reader
+	pid      int
+	ports    [2]int
 }
 
-func startLab(t *testing.T, track Track) *lab {
+// observedCalls counts the notifications the supervisor timed, by the
+// label it gave them (Options.Observe, the metrics' latency histogram).
+type observedCalls struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *observedCalls) observe(syscall string, _ time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.n[syscall]++
+}
+
+func (o *observedCalls) snapshot() map[string]int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.n)
+}
+
+func (o *observedCalls) count(syscall string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[syscall]
+}
+
+func startLab(t *testing.T, track intercept.Track) *lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: pidfd_getfd into the server and the seccomp filter without no_new_privs")
@@ -154,8 +184,10 @@ func startLab(t *testing.T, track Track) *lab {
 	}
 	lb := &lab{t: t, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid()}
 	lb.placer = &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
+	lb.observed = &observedCalls{n: map[string]int{}}
 	cl := &labClassifier{}
-	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: cl, Placer: lb.placer, Track: track})
+	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: cl, Placer: lb.placer, Track: track,
+		Observe: lb.observed.observe})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +272,7 @@ func (lb *lab) expect(pid int, group, when string) {
 // held until the last of its fds closes; a reused fd number belongs to its
 // new connection; a thread's calls count for its process.
 func TestTrackFullFdTable(t *testing.T) {
-	lb := startLab(t, TrackFull)
+	lb := startLab(t, intercept.TrackFull)
 	fd := lb.connect(0)
 	lb.expect(lb.pid, "shop", "after accept")
 	for _, target := range []int{0, 1, 2} {
@@ -252,7 +284,7 @@ func TestTrackFullFdTable(t *testing.T) {
 	lb.do("close 1")
 	lb.expect(lb.pid, "shop", "with the connection still on 2")
 	lb.do("close 2")
-	lb.expect(lb.pid, HomeGroup, "after closing the last copy")
+	lb.expect(lb.pid, cgroup.HomeGroup, "after closing the last copy")
 
 	// The same fd number, now for a blog connection.
 	fd2 := lb.connect(1)
@@ -264,7 +296,7 @@ func TestTrackFullFdTable(t *testing.T) {
 
 	// A thread closes it: the process goes home.
 	lb.do(fmt.Sprintf("thread close %d", fd2))
-	lb.expect(lb.pid, HomeGroup, "after a thread closed the last connection")
+	lb.expect(lb.pid, cgroup.HomeGroup, "after a thread closed the last connection")
 	if _, _, conns := lb.sup.Tables(); conns > 2 {
 		t.Errorf("%d connections followed", conns)
 	}
@@ -275,7 +307,7 @@ func TestTrackFullFdTable(t *testing.T) {
 // reads from; one forked holding a single connection is born in its class.
 // When the children exit, the process table returns to its size before.
 func TestTrackFullFork(t *testing.T) {
-	lb := startLab(t, TrackFull)
+	lb := startLab(t, intercept.TrackFull)
 	procsBefore, _, _ := lb.sup.Tables()
 	shop := lb.connect(0)
 	blog := lb.connect(1)
@@ -288,7 +320,7 @@ func TestTrackFullFork(t *testing.T) {
 			child, _ = strconv.Atoi(f[1])
 		}
 	}
-	lb.expect(lb.pid, HomeGroup, "parent, after forking with two vhosts' connections")
+	lb.expect(lb.pid, cgroup.HomeGroup, "parent, after forking with two vhosts' connections")
 	if !lb.placer.wasIn(child, "shop") {
 		t.Errorf("child %d was never placed in shop, where its first read went", child)
 	}
@@ -297,7 +329,7 @@ func TestTrackFullFork(t *testing.T) {
 	// A single connection: the parent is in its class at the fork.
 	lb.do(fmt.Sprintf("close %d", shop))
 	lb.do(fmt.Sprintf("close %d", blog))
-	lb.expect(lb.pid, HomeGroup, "parent, after closing both")
+	lb.expect(lb.pid, cgroup.HomeGroup, "parent, after closing both")
 	one := lb.connect(0)
 	lb.do("fork sleep 0")
 	lb.line()
@@ -320,7 +352,7 @@ func TestTrackFullFork(t *testing.T) {
 // read from one places it (the supervisor reads the fd from /proc, since
 // exec closed others behind its back).
 func TestTrackFullExec(t *testing.T) {
-	lb := startLab(t, TrackFull)
+	lb := startLab(t, intercept.TrackFull)
 	fd := lb.connect(1)
 	lb.do(fmt.Sprintf("dup2 %d 20", fd))
 	lb.do(fmt.Sprintf("close %d", fd))
@@ -329,7 +361,7 @@ func TestTrackFullExec(t *testing.T) {
 		t.Fatalf("after exec: %q", f)
 	}
 	// Pretend it went elsewhere meanwhile: the read must put it back.
-	lb.placer.Place(HomeGroup, lb.pid)
+	lb.placer.Place(cgroup.HomeGroup, lb.pid)
 	lb.sup.ForgetPlacements()
 	if got := lb.do("read 20"); got != "x" {
 		t.Fatalf("read after exec: %q", got)
@@ -340,13 +372,13 @@ func TestTrackFullExec(t *testing.T) {
 // Fork tracking does not see close: a process that holds no connection
 // goes home when it next waits in accept.
 func TestTrackForkHomeAtAccept(t *testing.T) {
-	lb := startLab(t, TrackFork)
+	lb := startLab(t, intercept.TrackFork)
 	fd := lb.connect(0)
 	lb.expect(lb.pid, "shop", "after accept")
 	lb.do(fmt.Sprintf("close %d", fd))
 	fmt.Fprintln(lb.in, "accept 0") // blocks: nobody connects yet
-	within(func() bool { return lb.placer.groupOf(lb.pid) == HomeGroup })
-	lb.expect(lb.pid, HomeGroup, "waiting in accept with nothing in hand")
+	within(func() bool { return lb.placer.groupOf(lb.pid) == cgroup.HomeGroup })
+	lb.expect(lb.pid, cgroup.HomeGroup, "waiting in accept with nothing in hand")
 	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(lb.ports[0]))
 	if err != nil {
 		t.Fatal(err)
@@ -390,5 +422,45 @@ func TestTrackTablePruneSparesLaterAdds(t *testing.T) {
 				t.Errorf("kept %v, want %v", kept, tc.wantKept)
 			}
 		})
+	}
+}
+
+// Each intercepted call is timed under its own name, as the metrics'
+// vhqos_notification_duration_seconds{syscall} shows it: a close, a dup2
+// or a clone is not a fork.
+func TestTrackFullLatencyLabels(t *testing.T) {
+	lb := startLab(t, intercept.TrackFull)
+	fd := lb.connect(0)
+	lb.do(fmt.Sprintf("dup2 %d %d", fd, fd+10))
+	lb.do(fmt.Sprintf("read %d", fd+10))
+	lb.do(fmt.Sprintf("close %d", fd+10))
+	// The C library's fork is the clone syscall.
+	fmt.Fprintln(lb.in, "fork pid")
+	lb.line()
+	lb.line()
+	lb.do("reap")
+	// The supervisor times a call after answering it: wait for the report.
+	want := []string{"dup2", "read", "close", "clone"}
+	deadline := time.Now().Add(patience)
+	for {
+		missing := []string{}
+		for _, name := range want {
+			if lb.observed.count(name) == 0 {
+				missing = append(missing, name)
+			}
+		}
+		if accepts := lb.observed.count("accept") + lb.observed.count("accept4"); accepts == 0 {
+			missing = append(missing, "accept or accept4")
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no notification timed as %q in %v; timed: %v", missing, patience, lb.observed.snapshot())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := lb.observed.count("other"); n != 0 {
+		t.Errorf("%d notifications timed as \"other\": the filter sent a call intercept's table lacks", n)
 	}
 }

@@ -349,14 +349,13 @@ func exitStatus(ps *os.ProcessState) int {
 	return ps.ExitCode()
 }
 
-// groupName is the cgroup of a class. Vhost names get a prefix so that no
-// name an operator picks can collide with a cgroup interface file or with
-// vhqos's own groups.
+// groupName is the cgroup of a class of t: the defaults' group, or the
+// vhost's (the cgroup package owns both names).
 func groupName(c *policy.Class, t *policy.Table) string {
 	if c == &t.Defaults {
-		return "default"
+		return cgroup.DefaultGroup
 	}
-	return "vhost-" + c.Name
+	return cgroup.VHostGroup(c.Name)
 }
 
 // applyTable gives every class of the table its cgroup and limits.
@@ -413,7 +412,7 @@ func summarizeFallbacks(ctx context.Context, log *slog.Logger, sup *supervisor.S
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n := sup.GroupConnections()["default"]
+			n := sup.GroupConnections()[cgroup.DefaultGroup]
 			if n > last {
 				log.Info("connections matched no vhost and got the defaults", "connections", n-last, "interval", every)
 			}

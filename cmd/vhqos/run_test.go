@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/vhqos/vhqos/policy"
 )
 
 func TestSocketActivation(t *testing.T) {
@@ -35,5 +37,26 @@ func TestSocketActivation(t *testing.T) {
 				t.Errorf("problem %q, want %q", problem, tc.problem)
 			}
 		})
+	}
+}
+
+// The groups are what an operator finds under vhqos.PID/ (README,
+// "Cgroups"), so the expected names are literal.
+func TestGroupName(t *testing.T) {
+	tab, err := policy.Parse("qos.toml", []byte("[[vhost]]\nname = \"shop\"\nmatch = [\"192.0.2.1\"]\n\n[[vhost]]\nname = \"Default2\"\nmatch = [\"192.0.2.2\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		class *policy.Class
+		want  string
+	}{
+		{&tab.Defaults, "default"},
+		{&tab.VHosts[0], "vhost-shop"},
+		{&tab.VHosts[1], "vhost-Default2"},
+	} {
+		if got := groupName(tc.class, tab); got != tc.want {
+			t.Errorf("class %q: group %q, want %q", tc.class.Name, got, tc.want)
+		}
 	}
 }

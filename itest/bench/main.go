@@ -78,6 +78,7 @@ func main() {
 	reload := flag.Bool("reload", false, "measure QoS table reload latency instead")
 	names := flag.Bool("names", false, "measure name-based vhosts (HTTP Host, TLS SNI) over HTTP and HTTPS instead of address-based ones")
 	fork := flag.Bool("fork", false, "measure fork-after-accept servers (socat, busybox httpd) in connections/s instead, native and under each track setting")
+	profile := flag.String("profile", "", "record each supervisor's Connection: close runs with perf record -g into this directory (perf report -i FILE reads them)")
 	flag.Parse()
 	if os.Getenv(nsEnv) == "" {
 		// A network namespace of its own: any loopback address and port,
@@ -124,7 +125,7 @@ func main() {
 			fail(err)
 		}
 	}
-	qosFile := filepath.Join(os.TempDir(), "vhqos-bench-qos.toml")
+	qosFile := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-qos-%d.toml", os.Getpid()))
 	os.WriteFile(qosFile, []byte(table), 0o644)
 	defer os.Remove(qosFile)
 
@@ -143,25 +144,38 @@ func main() {
 		fail(err)
 	}
 	defer os.Remove(floorBin)
+	if *profile != "" {
+		if err := os.MkdirAll(*profile, 0o755); err != nil {
+			fail(err)
+		}
+	}
 	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of native, floor (C reference supervisor), vhqos; %s\n", *conns, *duration, *pairs, kernel())
-	for _, path := range setups {
+	for pi, path := range setups {
 		fmt.Printf("\n%s (floor: %s)\n", path.name, path.floorMode)
 		for _, close := range []bool{true, false} {
-			var toNative, floorToNative, toFloor, cpuPerConn, floorCPUPerConn []float64
+			var toNative, floorToNative, toFloor, cpuPerConn, floorCPUPerConn, switchesPerConn, floorSwitchesPerConn []float64
 			for i := 0; i < *pairs; i++ {
 				var pinServer []string
 				if *pin {
 					pinServer = []string{"taskset", "-c", "0"}
 				}
-				native, _, err := measure(cg, pinServer, *pin, path, close, *conns, *duration)
+				// Only the last round is profiled: perf's own cost must
+				// not shift the medians much.
+				perfTo := func(who string) string {
+					if *profile == "" || !close || i != *pairs-1 {
+						return ""
+					}
+					return filepath.Join(*profile, fmt.Sprintf("%d-%s.data", pi+1, who))
+				}
+				native, _, err := measure(cg, pinServer, *pin, path, close, *conns, *duration, "")
 				if err != nil {
 					fail(err)
 				}
-				floor, floorCPU, err := measure(cg, append(pinServer, floorBin, path.floorMode, "--"), *pin, path, close, *conns, *duration)
+				floor, floorSup, err := measure(cg, append(pinServer, floorBin, path.floorMode, "--"), *pin, path, close, *conns, *duration, perfTo("floor"))
 				if err != nil {
 					fail(err)
 				}
-				wrapped, cpu, err := measure(cg, append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), "vhqos-bench.sock"), "--"), *pin, path, close, *conns, *duration)
+				wrapped, sup, err := measure(cg, append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--"), *pin, path, close, *conns, *duration, perfTo("vhqos"))
 				if err != nil {
 					fail(err)
 				}
@@ -169,15 +183,18 @@ func main() {
 				floorToNative = append(floorToNative, floor.rps/native.rps)
 				toFloor = append(toFloor, wrapped.rps/floor.rps)
 				if close && wrapped.requests > 0 && floor.requests > 0 {
-					cpuPerConn = append(cpuPerConn, cpu.Seconds()*1e6/float64(wrapped.requests))
-					floorCPUPerConn = append(floorCPUPerConn, floorCPU.Seconds()*1e6/float64(floor.requests))
+					cpuPerConn = append(cpuPerConn, sup.cpu.Seconds()*1e6/float64(wrapped.requests))
+					floorCPUPerConn = append(floorCPUPerConn, floorSup.cpu.Seconds()*1e6/float64(floor.requests))
+					switchesPerConn = append(switchesPerConn, float64(sup.switches)/float64(wrapped.requests))
+					floorSwitchesPerConn = append(floorSwitchesPerConn, float64(floorSup.switches)/float64(floor.requests))
 				}
 				fmt.Printf("  %-10s round %d: native %8.0f, floor %8.0f, vhqos %8.0f req/s; vhqos/native %.3f, floor/native %.3f, vhqos/floor %.3f\n",
 					label(close), i+1, native.rps, floor.rps, wrapped.rps, wrapped.rps/native.rps, floor.rps/native.rps, wrapped.rps/floor.rps)
 			}
 			fmt.Printf("  %-10s medians: vhqos/native %.3f, floor/native %.3f, vhqos/floor %.3f", label(close), median(toNative), median(floorToNative), median(toFloor))
 			if close {
-				fmt.Printf("; supervisor CPU per connection: vhqos %.1f µs, floor %.1f µs", median(cpuPerConn), median(floorCPUPerConn))
+				fmt.Printf("; supervisor CPU per connection: vhqos %.1f µs, floor %.1f µs (%.2f); context switches per connection: vhqos %.2f, floor %.2f",
+					median(cpuPerConn), median(floorCPUPerConn), median(cpuPerConn)/median(floorCPUPerConn), median(switchesPerConn), median(floorSwitchesPerConn))
 			}
 			fmt.Println()
 		}
@@ -227,7 +244,7 @@ var (
 // under vhqos the server's processes sit in a cgroup too, and the CPU
 // scheduler treats a cgroup as one entity, so without this the two runs
 // would differ in how CPU is shared rather than in what vhqos costs.
-func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool, conns int, d time.Duration) (result, time.Duration, error) {
+func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool, conns int, d time.Duration, perfTo string) (result, supervisorCost, error) {
 	wrapped := len(prefix) > 0 && prefix[len(prefix)-1] == "--"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -241,21 +258,28 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 	if su.names {
 		cert, key, err := itest.MakeCertificate(os.TempDir(), "shop.example", "blog.example")
 		if err != nil {
-			return result{}, 0, err
+			return result{}, supervisorCost{}, err
 		}
 		cfg.VHosts = []itest.VHost{{Name: "shop.example", Addr: "127.0.0.2:8080"}, {Name: "blog.example", Addr: "127.0.0.2:8080"}}
 		cfg.TLSAddr, cfg.CertFile, cfg.KeyFile = "127.0.0.2:8443", cert, key
 	}
 	a, err := itest.StartApache(ctx, cfg)
 	if err != nil {
-		return result{}, 0, err
+		return result{}, supervisorCost{}, err
 	}
 	defer a.Remove()
 	if !wrapped {
 		for _, pid := range processGroup(a.Cmd.Process.Pid) {
 			if err := cg.Place("native", pid); err != nil {
-				return result{}, 0, err
+				return result{}, supervisorCost{}, err
 			}
+		}
+	}
+	var perf *exec.Cmd
+	if perfTo != "" {
+		perf = exec.Command("perf", "record", "-q", "-g", "-o", perfTo, "-p", strconv.Itoa(a.Cmd.Process.Pid))
+		if err := perf.Start(); err != nil {
+			return result{}, supervisorCost{}, fmt.Errorf("starting perf record: %w", err)
 		}
 	}
 	args := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + d.String()}
@@ -269,13 +293,17 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 		script = `for f in ` + strings.Join(procs, " ") + `; do echo $$ > $f; done; exec taskset -c 1 wrk "$@"`
 	}
 	out, err := exec.Command("sh", append([]string{"-c", script, "sh"}, append(args, su.url)...)...).CombinedOutput()
-	var cpu time.Duration
+	var cost supervisorCost
 	if wrapped {
-		cpu = processCPU(a.Cmd.Process.Pid)
+		cost = supervisorCost{cpu: processCPU(a.Cmd.Process.Pid), switches: processSwitches(a.Cmd.Process.Pid)}
+	}
+	if perf != nil {
+		perf.Process.Signal(syscall.SIGINT)
+		perf.Wait()
 	}
 	a.Stop()
 	if err != nil {
-		return result{}, 0, fmt.Errorf("wrk: %v: %s", err, out)
+		return result{}, supervisorCost{}, fmt.Errorf("wrk: %v: %s", err, out)
 	}
 	if e := errRe.Find(out); e != nil {
 		line := out[bytes.Index(out, e):]
@@ -287,11 +315,11 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 	m := rpsRe.FindSubmatch(out)
 	n := reqsRe.FindSubmatch(out)
 	if m == nil || n == nil {
-		return result{}, 0, fmt.Errorf("cannot read wrk's output:\n%s", out)
+		return result{}, supervisorCost{}, fmt.Errorf("cannot read wrk's output:\n%s", out)
 	}
 	rps, _ := strconv.ParseFloat(string(m[1]), 64)
 	reqs, _ := strconv.Atoi(string(n[1]))
-	return result{rps: rps, requests: reqs}, cpu, nil
+	return result{rps: rps, requests: reqs}, cost, nil
 }
 
 // privateHosts makes this mount namespace's /etc/hosts say hosts, so that
@@ -329,6 +357,37 @@ func processGroup(pgid int) []int {
 }
 
 // processCPU is the user+system time of one process (all its threads).
+// supervisorCost is what a supervisor process spent over its whole life:
+// CPU time, and context switches of all its threads (each one a wake-up
+// or a preemption, which these machines make expensive).
+type supervisorCost struct {
+	cpu      time.Duration
+	switches int
+}
+
+// processSwitches sums the voluntary and involuntary context switches of
+// every thread of pid.
+func processSwitches(pid int) int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	total := 0
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(v))
+				total += n
+			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(v))
+				total += n
+			}
+		}
+	}
+	return total
+}
+
 func processCPU(pid int) time.Duration {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
