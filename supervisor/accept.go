@@ -243,7 +243,7 @@ func (t *listenerTable) closeAll() {
 }
 
 func (s *Supervisor) handleAccept(n *notification, is4 bool) {
-	call := &acceptCall{
+	call := acceptCall{
 		id:      n.ID,
 		fd:      int(int32(n.Data.Args[0])),
 		addr:    n.Data.Args[1],
@@ -281,10 +281,10 @@ func (s *Supervisor) handleAccept(n *notification, is4 bool) {
 			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, errno))
 			return
 		}
-		if s.shortcut && s.leaveToKernel(l, call) {
+		if s.shortcut && s.leaveToKernel(l, &call) {
 			return
 		}
-		if s.acceptOn(l, call) {
+		if s.acceptOn(l, &call) {
 			return
 		}
 		// The copy was expired under us; look the socket up afresh.
@@ -521,8 +521,9 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 		// first bytes: hold the call briefly rather than send the server
 		// back to poll() for a connection it will then need a doorbell
 		// to see.
-		call.deadline = young
-		l.waiters = append(l.waiters, call)
+		waiting := *call // the call itself lives on the receiver's stack
+		waiting.deadline = young
+		l.waiters = append(l.waiters, &waiting)
 		l.mu.Unlock()
 		s.events.after(young, l)
 		return true
@@ -532,7 +533,8 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 	// moments, and moving home and back costs two cgroup migrations per
 	// connection. The sweep moves long waiters home (goHome); a blocked
 	// process uses no CPU where it sits.
-	call.waitingSince = time.Now()
+	waiting := *call // the call itself lives on the receiver's stack
+	waiting.waitingSince = time.Now()
 	if s.track >= intercept.TrackFork {
 		s.goHomeIfIdle(call.proc)
 	}
@@ -541,7 +543,7 @@ func (s *Supervisor) waitOrAgain(l *listener, call *acceptCall) bool {
 		l.mu.Unlock()
 		return false
 	}
-	l.waiters = append(l.waiters, call)
+	l.waiters = append(l.waiters, &waiting)
 	if !l.polling {
 		s.events.watchListener(l)
 		l.polling = true
@@ -699,6 +701,29 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 			return false
 		}
 	}
+	if c.decision.Quota {
+		// The caller now sits in a cgroup with a CPU quota: installing the
+		// fd completes only when it runs, which may be most of a quota
+		// period away, and the receiver must not wait for that.
+		callCopy := *call
+		l.busy.Add(1)
+		s.handOvers.Add(1)
+		go func() {
+			defer s.handOvers.Done()
+			defer l.busy.Add(-1)
+			if !s.complete(l, c, &callCopy) {
+				s.pump(l)
+			}
+		}()
+		return true
+	}
+	return s.complete(l, c, call)
+}
+
+// complete installs c in the caller as the result of its accept and counts
+// it. If the caller cannot take it (interrupted, died, no fd slot), c is
+// put back at the head of the stash and complete returns false.
+func (s *Supervisor) complete(l *listener, c *conn, call *acceptCall) bool {
 	err := s.handOver(call, c)
 	if err == nil {
 		c.close()

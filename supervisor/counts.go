@@ -4,6 +4,7 @@ import (
 	"maps"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 )
 
@@ -35,10 +36,9 @@ type GroupStats struct {
 func (s *Supervisor) GroupConnections() map[string]uint64 {
 	waiting := s.waitingKernelAccepts()
 	out := map[string]uint64{}
-	s.groupStats.Range(func(k, v any) bool {
-		g := v.(*GroupStats)
+	for name, g := range s.groupStats.all() {
 		n := g.Connections.Load()
-		n -= min(n, waiting[k.(string)])
+		n -= min(n, waiting[name])
 		for {
 			r := g.reported.Load()
 			if n <= r {
@@ -49,18 +49,54 @@ func (s *Supervisor) GroupConnections() map[string]uint64 {
 				break
 			}
 		}
-		out[k.(string)] = n
-		return true
-	})
+		out[name] = n
+	}
 	return out
 }
 
 func (s *Supervisor) countConnection(group string) {
-	v, ok := s.groupStats.Load(group)
-	if !ok {
-		v, _ = s.groupStats.LoadOrStore(group, &GroupStats{})
+	s.groupStats.get(group).Connections.Add(1)
+}
+
+// groupStatsTable maps group names to their counters. Groups are few and
+// come with table changes, connections come all the time: a lookup is one
+// atomic load and a map read, without a lock or an allocation (sync.Map
+// would allocate for the string key), and a new group copies the map.
+type groupStatsTable struct {
+	mu      sync.Mutex // serialises writers
+	current atomic.Pointer[map[string]*GroupStats]
+}
+
+func (t *groupStatsTable) get(group string) *GroupStats {
+	if m := t.current.Load(); m != nil {
+		if g := (*m)[group]; g != nil {
+			return g
+		}
 	}
-	v.(*GroupStats).Connections.Add(1)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var next map[string]*GroupStats
+	if m := t.current.Load(); m != nil {
+		if g := (*m)[group]; g != nil {
+			return g
+		}
+		next = maps.Clone(*m)
+	} else {
+		next = map[string]*GroupStats{}
+	}
+	g := &GroupStats{}
+	next[group] = g
+	t.current.Store(&next)
+	return g
+}
+
+// all returns the counters of every group seen so far; the map must not
+// be written.
+func (t *groupStatsTable) all() map[string]*GroupStats {
+	if m := t.current.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 // waitingKernelAccepts counts, per group, the server's threads blocked in

@@ -49,9 +49,9 @@ func ioctl(fd int, req uintptr, arg unsafe.Pointer) error {
 	return nil
 }
 
-// receive reads one pending notification. The kernel insists that the
+// recvNotification reads one pending notification. The kernel insists that the
 // buffer is zeroed.
-func receive(notifyFd int, n *notification) error {
+func recvNotification(notifyFd int, n *notification) error {
 	*n = notification{}
 	return ioctl(notifyFd, unix.SECCOMP_IOCTL_NOTIF_RECV, unsafe.Pointer(n))
 }

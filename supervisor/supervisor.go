@@ -3,10 +3,8 @@ package supervisor
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +21,11 @@ type Decision struct {
 	// DSCP is the mark for the connection's packets, 0..63, or -1 to leave
 	// the socket as the listener made it.
 	DSCP int
+	// Quota says the group's cgroup has a CPU quota (cpu_max): a process
+	// placed there may wait for CPU for up to a quota period before it
+	// runs, so the supervisor hands it its connection from a goroutine
+	// of its own rather than waiting on the receiving thread.
+	Quota bool
 }
 
 // Classifier maps a connection's local address to its Decision. It is
@@ -77,9 +80,6 @@ type Options struct {
 	// filter must send the syscalls Track.Syscalls lists. Fork and full
 	// tracking emulate every accept, to know each connection's socket.
 	Track intercept.Track
-	// Receivers is how many threads wait for notifications; 0 means one
-	// per CPU, at least two.
-	Receivers int
 	// ListenerIdle is how long a copy of a listening socket is kept after
 	// its last use; 0 means 5 s. The copy keeps the socket open, so it must
 	// not outlive the server's interest in it by much.
@@ -102,13 +102,16 @@ type Supervisor struct {
 	track      intercept.Track
 	tracked    *trackTable
 	debug      bool // the logger takes debug lines: log each placement
-	receivers  int
 	observe    func(string, time.Duration)
 	selfPid    int
 	stats      Stats
-	groupStats sync.Map // group name -> *GroupStats
+	groupStats groupStatsTable
 
 	placementLog rateLimit
+
+	// handOvers are the connections being installed in processes that
+	// may wait for CPU first (Decision.Quota); Run waits for them.
+	handOvers sync.WaitGroup
 
 	peekBufs     peekBuffers
 	pendingCount atomic.Int64
@@ -148,7 +151,6 @@ func New(opts Options) (*Supervisor, error) {
 		shortcut:  !opts.EmulateAlways && opts.Track == intercept.TrackAccept,
 		track:     opts.Track,
 		tracked:   newTrackTable(),
-		receivers: opts.Receivers,
 		observe:   opts.Observe,
 	}
 	if err := syncWakeUp(s.notifyFd); err != nil {
@@ -170,175 +172,6 @@ func (s *Supervisor) SetClassifier(c Classifier) {
 		gen = old.gen + 1
 	}
 	s.classifier.Store(&classifierGen{Classifier: c, gen: gen})
-}
-
-// Run answers notifications until every process under the filter has exited
-// (the notification fd hangs up) or ctx is done. Connections accepted but
-// not yet handed over are closed on return.
-func (s *Supervisor) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.events.run(s)
-	}()
-	defer func() {
-		s.events.stop()
-		wg.Wait()
-		s.listeners.closeAll()
-		s.bells.closeAll()
-		s.procs.closeAll()
-		s.events.close()
-		unix.Close(s.notifyFd)
-	}()
-
-	// Several receivers block in NOTIF_RECV at once: the kernel hands each
-	// notification to one of them, and an answer that waits for its caller
-	// (ADDFD completes only once the target installed the fd) does not
-	// hold up the others. Blocking in the ioctl directly, with no poll in
-	// front and no goroutine per notification, is what keeps the cost of a
-	// notification near the kernel's own.
-	n := s.receivers
-	if n == 0 {
-		n = max(2, runtime.NumCPU())
-	}
-	if runtime.GOMAXPROCS(0) < n+2 {
-		// A receiver woken by a notification must find a free P at once.
-		runtime.GOMAXPROCS(n + 2)
-	}
-	var stopping atomic.Bool
-	recv := make([]*receiver, n)
-	errs := make(chan error, n)
-	for i := range recv {
-		recv[i] = &receiver{tid: make(chan int, 1)}
-		go func(r *receiver) { errs <- s.receive(r, &stopping) }(recv[i])
-	}
-	for _, r := range recv {
-		r.tidValue = <-r.tid
-	}
-
-	// The watcher notices the end: ctx done, or no process left under the
-	// filter (POLLHUP). Newer kernels also end a blocked NOTIF_RECV then;
-	// older ones do not, so receivers are woken by a signal.
-	var result error
-	hup := []unix.PollFd{{Fd: int32(s.notifyFd), Events: 0}}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	running := n
-wait:
-	for {
-		select {
-		case <-ctx.Done():
-			result = ctx.Err()
-			break wait
-		case err := <-errs:
-			running--
-			if err != nil {
-				result = err
-				break wait
-			}
-			if running == 0 {
-				break wait
-			}
-		case <-tick.C:
-			hup[0].Revents = 0
-			if k, _ := unix.Poll(hup, 0); k > 0 && hup[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
-				break wait
-			}
-		}
-	}
-	stopping.Store(true)
-	for running > 0 {
-		for _, r := range recv {
-			// SIGURG is the Go runtime's own preemption signal: harmless
-			// to the process, and it ends a blocked ioctl with EINTR.
-			unix.Tgkill(unix.Getpid(), r.tidValue, unix.SIGURG)
-		}
-		select {
-		case err := <-errs:
-			running--
-			if err != nil && result == nil {
-				result = err
-			}
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return result
-}
-
-// receiver is one thread blocked in NOTIF_RECV.
-type receiver struct {
-	tid      chan int
-	tidValue int
-}
-
-func (s *Supervisor) receive(r *receiver, stopping *atomic.Bool) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	r.tid <- unix.Gettid()
-	var n notification
-	for {
-		err := receive(s.notifyFd, &n)
-		if stopping.Load() {
-			return nil
-		}
-		switch err {
-		case nil:
-			s.dispatch(n)
-		case unix.EINTR:
-		case unix.ENOENT:
-			// The caller was interrupted between the wake-up and the read,
-			// or, on newer kernels, no process is left under the filter.
-			if hungUp(s.notifyFd) {
-				return nil
-			}
-		default:
-			return fmt.Errorf("receiving a seccomp notification: %w", err)
-		}
-	}
-}
-
-func hungUp(fd int) bool {
-	p := []unix.PollFd{{Fd: int32(fd)}}
-	k, _ := unix.Poll(p, 0)
-	return k > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
-}
-
-// dispatch answers one notification by the step intercept's table gives its
-// syscall, and tells observe how long that took under the syscall's name.
-func (s *Supervisor) dispatch(n notification) {
-	s.stats.Notifications.Add(1)
-	var start time.Time
-	if s.observe != nil {
-		start = time.Now()
-	}
-	sc, ok := intercept.ByNr(n.Data.Nr)
-	name := sc.Name
-	if !ok {
-		name = "other"
-	}
-	switch sc.Step {
-	case intercept.StepAccept:
-		s.handleAccept(&n, false)
-	case intercept.StepAccept4:
-		s.handleAccept(&n, true)
-	case intercept.StepFork, intercept.StepClose, intercept.StepDup, intercept.StepDupTo, intercept.StepRead:
-		s.handleTracked(&n, sc.Step)
-	default:
-		// Nothing the filter sends: let it through.
-		s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
-	}
-	if s.observe != nil {
-		s.observe(name, time.Since(start))
-	}
-}
-
-// respond logs a failed answer unless the caller simply went away.
-func (s *Supervisor) respond(id uint64, err error) {
-	if err != nil && !notificationGone(err) {
-		s.stats.Errors.Add(1)
-		s.log.Error("answering a seccomp notification", "id", id, "err", err)
-	}
 }
 
 // place moves p into group unless the supervisor put it there already.

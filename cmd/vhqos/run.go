@@ -371,12 +371,16 @@ func applyTable(cg *cgroup.Manager, t *policy.Table) error {
 	return nil
 }
 
+// decision is what the supervisor needs to know of a class of t.
+func decision(class *policy.Class, t *policy.Table) supervisor.Decision {
+	return supervisor.Decision{Group: groupName(class, t), DSCP: class.DSCP, Quota: class.Resources.CPUQuotaPercent != 0}
+}
+
 // tableClassifier turns QoS table lookups into supervisor decisions.
 type tableClassifier struct{ t *policy.Table }
 
 func (c tableClassifier) ClassifyAddr(local netip.AddrPort) supervisor.Decision {
-	class := c.t.ClassifyAddr(local)
-	return supervisor.Decision{Group: groupName(class, c.t), DSCP: class.DSCP}
+	return decision(c.t.ClassifyAddr(local), c.t)
 }
 
 func (c tableClassifier) ClassifyListener(bound netip.AddrPort) (supervisor.Decision, bool) {
@@ -388,14 +392,13 @@ func (c tableClassifier) ClassifyListener(bound netip.AddrPort) (supervisor.Deci
 	if i >= 0 {
 		class = &c.t.VHosts[i]
 	}
-	return supervisor.Decision{Group: groupName(class, c.t), DSCP: class.DSCP}, true
+	return decision(class, c.t), true
 }
 
 func (c tableClassifier) NamesApply(local netip.AddrPort) bool { return c.t.Matcher.NamesApply(local) }
 
 func (c tableClassifier) ClassifyName(host string, local netip.AddrPort) supervisor.Decision {
-	class := c.t.ClassifyName(host, local)
-	return supervisor.Decision{Group: groupName(class, c.t), DSCP: class.DSCP}
+	return decision(c.t.ClassifyName(host, local), c.t)
 }
 
 func (c tableClassifier) SniffLimits() (time.Duration, int) { return c.t.Settings.SniffLimits() }

@@ -1,0 +1,208 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vhqos/vhqos/intercept"
+	"golang.org/x/sys/unix"
+)
+
+// Receiving notifications (the first step of the data path).
+//
+// Exactly one thread waits in SECCOMP_IOCTL_NOTIF_RECV per notification fd.
+// The kernel's wait for a notification is not exclusive (recv_wait_event
+// in kernel/seccomp.c): every notification wakes every thread waiting in
+// NOTIF_RECV and all but one go back to sleep, so each extra receiver costs
+// a wake-up per accept and buys nothing. The receiver answers at once what
+// can be answered at once (a listener whose address decides the class:
+// place, mark, "continue"); what has to wait for something else (a
+// connection that has not arrived, a client's first bytes, a process that
+// may wait for CPU before it takes its fd) is left with the event loop or
+// handed to a goroutine of its own, so that the receiver is back in
+// NOTIF_RECV without delay.
+
+// minProcs is the fewest Ps (GOMAXPROCS) the supervisor runs with: the
+// receiver and the event loop each spend their lives in blocking system
+// calls, and a P held by a thread in a system call is only handed to
+// another goroutine when the runtime's sysmon retakes it, which also
+// starts sysmon polling every 20 µs. Two spare Ps let other goroutines
+// (status, metrics, a hand-over waiting on a throttled process) run at once.
+const minProcs = 4
+
+// yieldEvery is how often a busy receiver lets the Go scheduler run (see
+// receive).
+const yieldEvery = 2 * time.Millisecond
+
+// Run answers notifications until every process under the filter has exited
+// (the notification fd hangs up) or ctx is done. Connections accepted but
+// not yet handed over are closed on return.
+func (s *Supervisor) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.events.run(s)
+	}()
+	defer func() {
+		s.events.stop()
+		wg.Wait()
+		s.handOvers.Wait()
+		s.listeners.closeAll()
+		s.bells.closeAll()
+		s.procs.closeAll()
+		s.events.close()
+		unix.Close(s.notifyFd)
+	}()
+	if runtime.GOMAXPROCS(0) < minProcs {
+		runtime.GOMAXPROCS(minProcs)
+	}
+
+	var stopping atomic.Bool
+	done := make(chan error, 1)
+	go func() { done <- s.receive(&stopping) }()
+
+	// The watcher notices the end: ctx done, or no process left under the
+	// filter (POLLHUP). Newer kernels also end a blocked NOTIF_RECV then;
+	// older ones do not, so the receiver is woken by a signal.
+	var result error
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			result = ctx.Err()
+			break wait
+		case err := <-done:
+			return firstError(result, err)
+		case <-tick.C:
+			if hungUp(s.notifyFd) {
+				break wait
+			}
+		}
+	}
+	stopping.Store(true)
+	self := unix.Getpid()
+	for {
+		// SIGURG is the Go runtime's own preemption signal: harmless to the
+		// process, and it ends a blocked ioctl with EINTR. The receiver is
+		// not locked to a thread (a locked goroutine pays two hand-offs
+		// each time it yields), so every thread gets one.
+		for _, tid := range threads(self) {
+			unix.Tgkill(self, tid, unix.SIGURG)
+		}
+		select {
+		case err := <-done:
+			return firstError(result, err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// threads lists the thread ids of process pid.
+func threads(pid int) []int {
+	entries, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	tids := make([]int, 0, len(entries))
+	for _, e := range entries {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids
+}
+
+func firstError(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// receive is the receiving goroutine: it waits in NOTIF_RECV and
+// dispatches each notification, until stopping is set or the filter has
+// no process left.
+func (s *Supervisor) receive(stopping *atomic.Bool) error {
+	var n notification
+	lastYield := time.Now()
+	for {
+		// The runtime's sysmon takes the P of a goroutine that has not
+		// been rescheduled for 10 ms (forcePreemptNS) even while it is in
+		// a short system call, and every P it takes makes it poll every
+		// 20 µs for a while: a busy receiver that never yields keeps
+		// sysmon spinning. Yielding every few milliseconds costs a
+		// couple of wake-ups; that costs hundreds per millisecond.
+		if now := time.Now(); now.Sub(lastYield) > yieldEvery {
+			runtime.Gosched()
+			lastYield = now
+		}
+		err := recvNotification(s.notifyFd, &n)
+		if stopping.Load() {
+			return nil
+		}
+		switch err {
+		case nil:
+			s.dispatch(&n)
+		case unix.EINTR:
+		case unix.ENOENT:
+			// The caller was interrupted between the wake-up and the read,
+			// or, on newer kernels, no process is left under the filter.
+			if hungUp(s.notifyFd) {
+				return nil
+			}
+		default:
+			return fmt.Errorf("receiving a seccomp notification: %w", err)
+		}
+	}
+}
+
+// hungUp reports whether the notification fd says no process is left
+// under the filter.
+func hungUp(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd)}}
+	k, _ := unix.Poll(p, 0)
+	return k > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+}
+
+// dispatch answers one notification by the step intercept's table gives its
+// syscall, and tells observe how long that took under the syscall's name.
+func (s *Supervisor) dispatch(n *notification) {
+	s.stats.Notifications.Add(1)
+	var start time.Time
+	if s.observe != nil {
+		start = time.Now()
+	}
+	sc, ok := intercept.ByNr(n.Data.Nr)
+	name := sc.Name
+	if !ok {
+		name = "other"
+	}
+	switch sc.Step {
+	case intercept.StepAccept:
+		s.handleAccept(n, false)
+	case intercept.StepAccept4:
+		s.handleAccept(n, true)
+	case intercept.StepFork, intercept.StepClose, intercept.StepDup, intercept.StepDupTo, intercept.StepRead:
+		s.handleTracked(n, sc.Step)
+	default:
+		// Nothing the filter sends: let it through.
+		s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
+	}
+	if s.observe != nil {
+		s.observe(name, time.Since(start))
+	}
+}
+
+// respond logs a failed answer unless the caller simply went away.
+func (s *Supervisor) respond(id uint64, err error) {
+	if err != nil && !notificationGone(err) {
+		s.stats.Errors.Add(1)
+		s.log.Error("answering a seccomp notification", "id", id, "err", err)
+	}
+}
