@@ -1,19 +1,25 @@
 package supervisor
 
 import (
-	"encoding/binary"
-	"maps"
 	"net/netip"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/intercept"
 	"golang.org/x/sys/unix"
 )
+
+// Answering an accept (the handler step of the data path).
+//
+// handleAccept finds the listening socket behind the caller's fd
+// (listenerFor; the copies are kept in listeners.go). When the listener's
+// address alone decides the class, the process is placed, the listener
+// marked and the accept left to the kernel (leaveToKernel). Otherwise the
+// accept is emulated: a connection is taken from the supervisor's copy
+// (acceptOn), classified (prepare, pending.go) and handed over (deliver,
+// complete). With no connection ready, a blocking accept waits among the
+// listener's waiters until the event loop pumps one to it (pump), and a
+// non-blocking one gets EAGAIN (waitOrAgain).
 
 // acceptCall is one intercepted accept or accept4, waiting to be answered.
 type acceptCall struct {
@@ -53,195 +59,7 @@ type conn struct {
 
 func (c *conn) close() { unix.Close(c.fd) }
 
-// fileKey identifies a socket independently of the fd numbers pointing to it.
-type fileKey struct{ dev, ino uint64 }
-
-// listener is the supervisor's copy of one listening socket, shared by every
-// process and fd that refers to it (prefork children inherit one listener).
-type listener struct {
-	key fileKey
-	fd  int
-
-	mu sync.Mutex
-	// stash holds classified connections no accept is waiting for: ones
-	// accepted for a caller that went away before it could take them (a
-	// signal interrupted it), and ones whose host name arrived after the
-	// accept they were taken for had been answered. The next accept on
-	// this socket gets them first, so no client is dropped.
-	stash []*conn
-	// pending are connections waiting for the first bytes that name
-	// their host (see sniff.go).
-	pending []*conn
-	// waiters are blocking accepts with nothing to accept yet, oldest first.
-	waiters []*acceptCall
-	polling bool // in the event loop's epoll set
-	closed  bool
-
-	// bound is the listener's own address. When the table decides every
-	// connection from it alone, fixed holds that decision for table
-	// generation fixedGen, and accepts are left to the kernel.
-	bound    netip.AddrPort
-	family   uint16
-	fixedGen uint64
-	fixedOK  bool
-	fixed    Decision
-	// markedDSCP is the class DSCP vhqos set on the listener itself
-	// (inherited by its connections and carried by the SYN-ACK), or -1
-	// while it carries its own mark, ownDSCP.
-	markedDSCP int
-	ownDSCP    int
-	everMarked bool
-	// continued says an accept on this socket was ever left to the kernel.
-	// It and the marks are remembered across expiry of the copy (in
-	// listenerTable.remembered): the socket keeps its mark and its blocked
-	// accepts when the supervisor's copy goes.
-	continued bool
-	// bell is the supervisor's own connection, queued on the listener to
-	// make it readable for a server that polls before it accepts, after a
-	// connection went to the stash (the kernel's queue no longer shows
-	// it); nil when none (see doorbell.go). strays counts its doorbells
-	// taken by other sockets since one was last answered here or timed out.
-	bell   *doorbell
-	strays int
-	// drain counts the connections that were already queued when the
-	// listener's mark changed: they were created with the old mark, so
-	// that many accepts are emulated (and each connection marked).
-	drain uint32
-
-	lastUsed atomic.Int64 // unix nanoseconds
-	// busy counts accepts and pumps under way, which may hold a
-	// connection outside the stash: the copy is not expired under them,
-	// or a connection they had to put back would be lost with it.
-	busy atomic.Int32
-}
-
-func (l *listener) touch() { l.lastUsed.Store(time.Now().UnixNano()) }
-
-// listenerTable holds every listening socket copy by identity.
-type listenerTable struct {
-	mu    sync.Mutex
-	byKey map[fileKey]*listener
-	// remembered keeps what an expired copy knew that the socket itself
-	// does not say: that processes may still be blocked in accepts left
-	// to the kernel, and which mark is vhqos's and which the server's own.
-	// Entries go when the socket does (the sweep's sock_diag dump).
-	remembered map[fileKey]listenerMemory
-}
-
-type listenerMemory struct {
-	continued, everMarked bool
-	markedDSCP, ownDSCP   int
-}
-
-func newListenerTable() *listenerTable {
-	return &listenerTable{byKey: map[fileKey]*listener{}, remembered: map[fileKey]listenerMemory{}}
-}
-
-// adopt returns the listener for key, taking ownership of fd when it is the
-// first copy and closing it otherwise.
-func (t *listenerTable) adopt(key fileKey, fd int) *listener {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if l := t.byKey[key]; l != nil {
-		unix.Close(fd)
-		return l
-	}
-	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1}
-	if m, ok := t.remembered[key]; ok {
-		l.continued, l.everMarked, l.markedDSCP, l.ownDSCP = m.continued, m.everMarked, m.markedDSCP, m.ownDSCP
-		delete(t.remembered, key)
-	}
-	if sa, err := unix.Getsockname(fd); err == nil {
-		l.bound, l.family = sockaddrAddrPort(sa)
-	}
-	l.touch()
-	t.byKey[key] = l
-	return l
-}
-
-// all returns the current copies.
-func (t *listenerTable) all() []*listener {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return slices.Collect(maps.Values(t.byKey))
-}
-
-// forgetGone drops the memory of sockets that no longer exist.
-func (t *listenerTable) forgetGone(live map[uint64]bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for key := range t.remembered {
-		if !live[key.ino] {
-			delete(t.remembered, key)
-		}
-	}
-}
-
-func (t *listenerTable) rememberedCount() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.remembered)
-}
-
-func (t *listenerTable) size() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.byKey)
-}
-
-// expire closes copies unused for longer than idle that nobody waits on, so
-// a socket the server closed is not kept open by vhqos. A doorbell still
-// out is retired: it stays recognisable wherever it is accepted.
-func (t *listenerTable) expire(idle time.Duration, ev *eventLoop, bells *bellTable) {
-	cutoff := time.Now().Add(-idle).UnixNano()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for key, l := range t.byKey {
-		if l.lastUsed.Load() > cutoff {
-			continue
-		}
-		l.mu.Lock()
-		if len(l.waiters) == 0 && len(l.stash) == 0 && len(l.pending) == 0 && l.busy.Load() == 0 {
-			if l.polling {
-				ev.unwatch(l.fd)
-				l.polling = false
-			}
-			l.closed = true
-			if l.bell != nil {
-				bells.retire(l.bell)
-				l.bell = nil
-			}
-			unix.Close(l.fd)
-			delete(t.byKey, key)
-			if l.continued || l.everMarked {
-				t.remembered[key] = listenerMemory{continued: l.continued, everMarked: l.everMarked, markedDSCP: l.markedDSCP, ownDSCP: l.ownDSCP}
-			}
-		}
-		l.mu.Unlock()
-	}
-}
-
-func (t *listenerTable) closeAll() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for key, l := range t.byKey {
-		l.mu.Lock()
-		for _, c := range l.stash {
-			c.close()
-		}
-		for _, c := range l.pending {
-			c.close()
-		}
-		l.stash, l.pending = nil, nil
-		l.waiters = nil
-		l.closed = true
-		l.bell = nil // closed with the bell table
-		unix.Close(l.fd)
-		l.mu.Unlock()
-		delete(t.byKey, key)
-	}
-}
-
+// handleAccept answers the accept (or, is4, accept4) notification n.
 func (s *Supervisor) handleAccept(n *notification, is4 bool) {
 	call := acceptCall{
 		id:      n.ID,
@@ -287,7 +105,7 @@ func (s *Supervisor) handleAccept(n *notification, is4 bool) {
 		if s.acceptOn(l, &call) {
 			return
 		}
-		// The copy was expired under us; look the socket up afresh.
+		// The copy was closed as idle under us; look the socket up afresh.
 		p.mu.Lock()
 		delete(p.listeners, call.fd)
 		p.mu.Unlock()
@@ -389,56 +207,6 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 	}
 	s.respond(call.id, err)
 	return true
-}
-
-// markListener gives the listener the class's DSCP, or back its own mark
-// when the class has none (a vhost lost its dscp or left the table). Called
-// with l.mu held.
-func (s *Supervisor) markListener(l *listener, dscp int) {
-	if !l.everMarked {
-		l.ownDSCP = currentDSCP(l.fd, l.family)
-		l.everMarked = true
-	}
-	target := dscp
-	if target < 0 {
-		target = l.ownDSCP
-	}
-	if err := markDSCP(l.fd, l.family, target); err != nil {
-		s.log.Warn("setting DSCP on a listening socket", "addr", l.bound, "err", err)
-		return
-	}
-	l.markedDSCP = dscp
-	// Connections already queued were made with the old mark. Only a
-	// non-blocking listener can be drained safely: on a blocking one a
-	// process the kernel is already accepting for may win a queued
-	// connection after our poll saw it, and our accept would block. Before
-	// the first "continue" on it no kernel accept can be under way, so the
-	// first marking always drains.
-	if flags, err := unix.FcntlInt(uintptr(l.fd), unix.F_GETFL, 0); !l.continued || err == nil && flags&unix.O_NONBLOCK != 0 {
-		l.drain = acceptQueueLen(l.fd)
-	}
-}
-
-func currentDSCP(fd int, family uint16) int {
-	level, opt := unix.IPPROTO_IP, unix.IP_TOS
-	if family == unix.AF_INET6 {
-		level, opt = unix.IPPROTO_IPV6, unix.IPV6_TCLASS
-	}
-	v, err := unix.GetsockoptInt(fd, level, opt)
-	if err != nil {
-		return 0
-	}
-	return v >> 2
-}
-
-func sockaddrAddrPort(sa unix.Sockaddr) (netip.AddrPort, uint16) {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)), unix.AF_INET
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)), unix.AF_INET6
-	}
-	return netip.AddrPort{}, 0
 }
 
 // acceptOn answers call from l: a stashed connection first, then one from
@@ -594,7 +362,7 @@ func (s *Supervisor) pump(l *listener) {
 			c.l = l
 			l.mu.Unlock()
 			if !s.prepare(l, c) {
-				continue // pending; the event loop settles it
+				continue // pending; the event loop hands it on (pendingReady)
 			}
 			l.mu.Lock()
 			if len(l.waiters) == 0 || l.closed {
@@ -628,24 +396,39 @@ func (l *listener) hasBlockingWaiter() bool {
 	return false
 }
 
+// dropWaiters takes the waiting accepts drop picks out of l's waiters,
+// keeping the others in order, and returns them. Called with l.mu held.
+func (l *listener) dropWaiters(drop func(*acceptCall) bool) (dropped []*acceptCall) {
+	kept := l.waiters[:0]
+	for _, w := range l.waiters {
+		if drop(w) {
+			dropped = append(dropped, w)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	clear(l.waiters[len(kept):])
+	l.waiters = kept
+	return dropped
+}
+
+// callerWaits reports whether the caller of w is still in its accept: a
+// signal or its death ends the call, not the supervisor's record of it.
+func (s *Supervisor) callerWaits(w *acceptCall) bool { return idValid(s.notifyFd, w.id) }
+
 // dropStaleWaiters forgets waiting accepts whose caller was interrupted or
 // died, so the waiter list stays bounded with no traffic at all, and moves
 // processes that have waited longer than goHome into the home cgroup.
 func (s *Supervisor) dropStaleWaiters(l *listener) {
 	l.mu.Lock()
-	kept := l.waiters[:0]
+	l.dropWaiters(func(w *acceptCall) bool { return !s.callerWaits(w) })
 	var idle []*proc
 	cutoff := time.Now().Add(-goHome)
 	for _, w := range l.waiters {
-		if idValid(s.notifyFd, w.id) {
-			kept = append(kept, w)
-			if !w.waitingSince.IsZero() && w.waitingSince.Before(cutoff) {
-				idle = append(idle, w.proc)
-			}
+		if !w.waitingSince.IsZero() && w.waitingSince.Before(cutoff) {
+			idle = append(idle, w.proc)
 		}
 	}
-	clear(l.waiters[len(kept):])
-	l.waiters = kept
 	// Under l.mu: a waiter cannot be handed a connection (and placed in
 	// its vhost) between the check and the move.
 	for _, p := range idle {
@@ -693,7 +476,7 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 			s.requeue(l, c)
 			return false
 		}
-		if errno := writePeer(call, c); errno != 0 {
+		if errno := writePeer(call.proc.tgid, call.addr, call.addrlen, &c.peer, c.peerLen); errno != 0 {
 			// The kernel would drop the connection here; keep it for the
 			// next accept instead and report what the kernel reports.
 			s.respond(call.id, respondErrno(s.notifyFd, call.id, 0, errno))
@@ -742,121 +525,34 @@ func (s *Supervisor) complete(l *listener, c *conn, call *acceptCall) bool {
 	return false
 }
 
+// requeue keeps c, accepted for a caller that could not take it, for the
+// next accept on l: at the head of the stash, since it has waited longest,
+// counted in Stats.Requeued. Unlike pendingReady it does not pump: every
+// path that requeues pumps l itself afterwards (deliverOrRequeue, pump's
+// own loop, the hand-over goroutine) or has just found no accept waiting.
 func (s *Supervisor) requeue(l *listener, c *conn) {
 	s.stats.Requeued.Add(1)
 	l.mu.Lock()
-	if l.closed {
+	if !l.stashLocked(c, true) {
 		l.mu.Unlock()
 		c.close()
 		return
 	}
-	l.stash = append([]*conn{c}, l.stash...)
 	s.ringIfNeeded(l)
 	l.mu.Unlock()
 }
 
-// acceptFrom accepts one connection from our copy of a listener. The copy
-// is always close-on-exec on our side; O_NONBLOCK is the caller's choice.
-func acceptFrom(lfd int, nonblock bool) (*conn, unix.Errno) {
-	c := &conn{peerLen: unix.SizeofSockaddrAny, nonblock: nonblock}
-	flags := unix.SOCK_CLOEXEC
-	if nonblock {
-		flags |= unix.SOCK_NONBLOCK
-	}
-	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&c.peer)), uintptr(unsafe.Pointer(&c.peerLen)), uintptr(flags), 0, 0)
-	if e != 0 {
-		return nil, e
-	}
-	c.fd = int(fd)
-	return c, 0
-}
-
-// acceptQueueLen is how many connections wait in a listener's accept
-// queue; for a listening socket TCP_INFO reports it as tcpi_unacked. On
-// error it assumes the backlog is full, so that nothing escapes a drain.
-func acceptQueueLen(fd int) uint32 {
-	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	if err != nil {
-		return 1 << 16
-	}
-	return info.Unacked
-}
-
-// readable polls fd without waiting.
-func readable(fd int) bool {
-	pfd := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, _, e := unix.Syscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&pfd[0])), 1, 0)
-	return e == 0 && n > 0 && pfd[0].Revents != 0
-}
-
-// writePeer does what the kernel's move_addr_to_user does for accept: read
-// the caller's buffer length, write as much of the address as fits, then
-// store the address's full length.
-func writePeer(call *acceptCall, c *conn) unix.Errno {
-	pid := call.proc.tgid
-	var lenBuf [4]byte
-	local := []unix.Iovec{{Base: &lenBuf[0], Len: 4}}
-	remote := []unix.RemoteIovec{{Base: uintptr(call.addrlen), Len: 4}}
-	if n, err := unix.ProcessVMReadv(pid, local, remote, 0); err != nil || n != 4 {
-		return unix.EFAULT
-	}
-	avail := int32(binary.NativeEndian.Uint32(lenBuf[:]))
-	if avail < 0 {
-		return unix.EINVAL
-	}
-	n := min(uint32(avail), c.peerLen)
-	var full [4]byte
-	binary.NativeEndian.PutUint32(full[:], c.peerLen)
-	peer := (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&c.peer))
-	local = local[:0]
-	remoteW := make([]unix.RemoteIovec, 0, 2)
-	if n > 0 {
-		local = append(local, unix.Iovec{Base: &peer[0], Len: uint64(n)})
-		remoteW = append(remoteW, unix.RemoteIovec{Base: uintptr(call.addr), Len: int(n)})
-	}
-	local = append(local, unix.Iovec{Base: &full[0], Len: 4})
-	remoteW = append(remoteW, unix.RemoteIovec{Base: uintptr(call.addrlen), Len: 4})
-	if w, err := unix.ProcessVMWritev(pid, local, remoteW, 0); err != nil || w != int(n)+4 {
-		return unix.EFAULT
-	}
-	return 0
-}
-
-func sockaddrToAddrPort(sa *unix.RawSockaddrAny) netip.AddrPort {
-	switch sa.Addr.Family {
-	case unix.AF_INET:
-		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&in.Port))[:])
-		return netip.AddrPortFrom(netip.AddrFrom4(in.Addr), port)
-	case unix.AF_INET6:
-		in6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
-		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&in6.Port))[:])
-		return netip.AddrPortFrom(netip.AddrFrom16(in6.Addr).Unmap(), port)
-	}
-	return netip.AddrPort{}
-}
-
-// sameFile asks kcmp(2) whether fd in process pid and ourFd here are the
-// same open file.
-func sameFile(pid, fd, self, ourFd int) bool {
-	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(self), kcmpFile, uintptr(fd), uintptr(ourFd), 0)
-	return e == 0 && r == 0
-}
-
-const kcmpFile = 0 // KCMP_FILE
-
-func kcmpAvailable() bool {
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+// stashLocked puts c, classified and ready to hand over, in l's stash for
+// the next accept: at the head when first, else at the tail. It reports
+// false, keeping nothing, when l is closed. Called with l.mu held.
+func (l *listener) stashLocked(c *conn, first bool) bool {
+	if l.closed {
 		return false
 	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	dup, err := unix.FcntlInt(uintptr(p[0]), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return false
+	if first {
+		l.stash = append([]*conn{c}, l.stash...)
+	} else {
+		l.stash = append(l.stash, c)
 	}
-	defer unix.Close(dup)
-	self := unix.Getpid()
-	return sameFile(self, p[0], self, dup) && !sameFile(self, p[0], self, p[1])
+	return true
 }

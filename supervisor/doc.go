@@ -2,4 +2,27 @@
 // processes: it emulates accept and accept4 so that every new connection is
 // classified, marked with its vhost's DSCP and handed to a process already in
 // its vhost's cgroup before the server sees it.
+//
+// The data path, a step a line, with the file that takes it:
+//
+//   - receive a notification, one goroutine in NOTIF_RECV per notification
+//     fd, and dispatch it by package intercept's syscall table: receive.go
+//     (the kernel's structures and ioctls: notify.go)
+//   - answer an accept, left to the kernel or emulated: accept.go
+//   - the caller's process (pidfd, cached) and the listening socket behind
+//     its fd (the supervisor's copy, one per socket): procs.go, listeners.go
+//   - classify the connection by its address, or hold it until its first
+//     bytes name a host: pending.go, from the table installed by
+//     SetClassifier (supervisor.go)
+//   - mark its socket with the class's DSCP: mark.go; put the process in
+//     the class's cgroup: place (supervisor.go)
+//   - hand the connection over and answer: deliver, complete (accept.go),
+//     handOver (track.go)
+//   - follow connections after accept (track = "fork", "full"): track.go
+//
+// Beside it: the event loop for what is not a notification (a listener or
+// a connection becoming readable, a process exiting, deadlines): events.go;
+// waking a server that polls: doorbell.go; a new table applied at once:
+// reclassify.go; connection counts: counts.go; the system calls and /proc
+// files underneath: kernel.go, sockdiag.go.
 package supervisor

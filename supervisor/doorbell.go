@@ -48,6 +48,14 @@ type doorbell struct {
 	answered atomic.Bool
 }
 
+// doorbellTimeout is how long a doorbell may stay queued before another
+// is rung. A process that accepts without asking the supervisor (one that
+// was already blocked in the kernel's accept when a reload changed how its
+// listener is handled) can take it; shutting its sending side then lets
+// that process read EOF at once instead of waiting for a request that
+// never comes.
+const doorbellTimeout = time.Second
+
 // maxStrays bounds how often a listener is rung for again at once, within
 // doorbellTimeout, because its doorbell was taken by another socket of its
 // reuseport group; after that it waits for the doorbell's timer. With N
@@ -83,11 +91,10 @@ func (t *bellTable) connect(fd int, sa unix.Sockaddr, to netip.AddrPort, owner *
 	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
 		return nil, err
 	}
-	local, err := unix.Getsockname(fd)
+	from, _, err := localAddrOf(fd)
 	if err != nil {
 		return nil, err
 	}
-	from, _ := sockaddrAddrPort(local)
 	b := &doorbell{fd: fd, from: from, to: to, owner: owner, rung: time.Now()}
 	t.bells = append(t.bells, b)
 	return b, nil
@@ -111,7 +118,7 @@ func (t *bellTable) take(c *conn) (b *doorbell, current bool) {
 	if t.n.Load() == 0 {
 		return nil, false
 	}
-	peer := sockaddrToAddrPort(&c.peer)
+	peer, _ := addrPortOf(&c.peer)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for i, b := range t.bells {
@@ -122,11 +129,11 @@ func (t *bellTable) take(c *conn) (b *doorbell, current bool) {
 		if b.from != peer {
 			continue
 		}
-		local, err := unix.Getsockname(c.fd)
+		local, _, err := localAddrOf(c.fd)
 		if err != nil {
 			return nil, false
 		}
-		if ap, _ := sockaddrAddrPort(local); ap != b.to {
+		if local != b.to {
 			continue
 		}
 		current := !b.retired

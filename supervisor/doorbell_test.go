@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,9 +9,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,8 +40,7 @@ func TestDoorbellNeedsBothEnds(t *testing.T) {
 	defer f.Close()
 	c := &conn{fd: int(f.Fd()), peerLen: unix.SizeofSockaddrAny}
 	from := client.LocalAddr().(*net.TCPAddr).AddrPort()
-	sa, _ := unix.Getpeername(c.fd)
-	c.peer = *toRaw(t, sa)
+	c.peer = *rawSockaddr(t, from, unix.AF_INET)
 	listenAddr := ln.Addr().(*net.TCPAddr).AddrPort()
 	other := netip.MustParseAddrPort("127.0.0.9:" + strconv.Itoa(int(listenAddr.Port())))
 	for _, tc := range []struct {
@@ -82,19 +80,6 @@ func TestDoorbellNeedsBothEnds(t *testing.T) {
 			bells.closeAll()
 		})
 	}
-}
-
-func toRaw(t *testing.T, sa unix.Sockaddr) *unix.RawSockaddrAny {
-	in, ok := sa.(*unix.SockaddrInet4)
-	if !ok {
-		t.Fatalf("peer %v is not IPv4", sa)
-	}
-	var raw unix.RawSockaddrAny
-	r4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&raw))
-	r4.Family = unix.AF_INET
-	r4.Addr = in.Addr
-	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&r4.Port))[:], uint16(in.Port))
-	return &raw
 }
 
 // nginx's "listen ... reuseport": two sockets on one address, a process
@@ -255,14 +240,14 @@ func testDoorbellTakenElsewhere(t *testing.T, otherAddr string, strays int, call
 		t.Fatalf("its own listener called back at once: %v, want %v", !called, called)
 	}
 	if called {
-		s.expire(own, now)
+		s.checkDeadlines(own, now)
 		if again := bell() != first; again != rungAgain {
 			t.Fatalf("rung for again at once: %v, want %v", again, rungAgain)
 		}
 	}
 	if !rungAgain {
 		// The doorbell's timer.
-		s.expire(own, first.rung.Add(doorbellTimeout))
+		s.checkDeadlines(own, first.rung.Add(doorbellTimeout))
 	}
 	second := bell()
 	if second == nil || second == first {
@@ -287,4 +272,56 @@ func TestSweepAfterFailedConnect(t *testing.T) {
 	if owners := bells.sweep(); owners != nil {
 		t.Errorf("sweep of an empty table returned %v", owners)
 	}
+}
+
+// A server that polls its listener before accepting cannot see a
+// connection vhqos kept for it after the process it was accepted for went
+// away: the kernel's queue no longer holds it. vhqos then queues a
+// connection of its own to make the listener readable, and drops it when it
+// is accepted. Here the process vhqos accepted for is killed before it gets
+// the connection; the other one must serve it.
+func TestStashedConnectionWakesPollingServer(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0", true)
+	var once sync.Once
+	killed := make(chan int, 1)
+	h.sup.setTestHookBeforeDeliver(func(pid int) {
+		once.Do(func() {
+			// Gone for good, not just signalled, before the supervisor
+			// tries to hand it the connection: its exit is what a pidfd
+			// reports readable.
+			pidfd, err := unix.PidfdOpen(pid, 0)
+			unix.Kill(pid, unix.SIGKILL)
+			if err == nil {
+				unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, int(patience.Milliseconds()))
+				unix.Close(pidfd)
+			}
+			killed <- pid
+		})
+	})
+	h.command("pollchildren 2")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	waitFor(t, "both children waiting in poll()", func() bool {
+		kids := childrenOf(t, h.pid)
+		return len(kids) == 2 && sleepsIn(kids[0], unix.SYS_POLL, unix.SYS_PPOLL) && sleepsIn(kids[1], unix.SYS_POLL, unix.SYS_PPOLL)
+	})
+	c, _ := h.dial()
+	pid := servedBy(t, c)
+	var dead int
+	select {
+	case dead = <-killed:
+	case <-time.After(patience):
+		t.Fatal("the supervisor never accepted a connection for a child")
+	}
+	if pid == dead {
+		t.Fatalf("served by the killed process %d", pid)
+	}
+	if n := h.sup.Stats().Requeued.Load(); n != 1 {
+		t.Errorf("requeued %d connections, want 1", n)
+	}
+	// The wake-up connection is dropped, not served: the next client is
+	// served normally.
+	c2, _ := h.dial()
+	servedBy(t, c2)
 }

@@ -56,7 +56,7 @@ func (h *timerHeap) Pop() any {
 	return t
 }
 
-// after makes the loop call s.expire(l) at when.
+// after makes the loop call s.checkDeadlines(l) at when.
 func (e *eventLoop) after(when time.Time, l *listener) {
 	e.mu.Lock()
 	heap.Push(&e.timers, timer{when: when, l: l})
@@ -83,7 +83,7 @@ func (e *eventLoop) due(now time.Time) (due []*listener, next time.Time) {
 	return due, next
 }
 
-// watchConn makes the loop sniff c again whenever more bytes arrive (or the
+// watchConn makes the loop look at c again whenever more bytes arrive (or the
 // client hangs up). Edge-triggered: peeking leaves the bytes queued, so a
 // level-triggered watch would fire without end.
 func (e *eventLoop) watchConn(c *conn) error {
@@ -217,7 +217,7 @@ func (e *eventLoop) run(s *Supervisor) {
 			e.mu.Unlock()
 			switch {
 			case c != nil:
-				s.sniffMore(c)
+				s.bytesArrived(c)
 			case l != nil:
 				s.pump(l)
 			case p != nil:
@@ -227,7 +227,7 @@ func (e *eventLoop) run(s *Supervisor) {
 		now := time.Now()
 		if due, _ := e.due(now); len(due) > 0 {
 			for _, l := range due {
-				s.expire(l, now)
+				s.checkDeadlines(l, now)
 			}
 		}
 		if now.After(nextSweep) {
@@ -248,9 +248,9 @@ func (e *eventLoop) sweep(s *Supervisor) {
 		s.dropStaleWaiters(l)
 		s.pump(l)
 	}
-	s.listeners.expire(s.idle, e, &s.bells)
+	s.listeners.closeIdle(s.idle, e, &s.bells)
 	for _, l := range s.bells.sweep() {
-		s.expire(l, time.Now())
+		s.checkDeadlines(l, time.Now())
 	}
 	s.pruneGone()
 	s.leaseBackstop()

@@ -2,9 +2,48 @@ package supervisor
 
 import (
 	"fmt"
+	"net/netip"
 
 	"golang.org/x/sys/unix"
 )
+
+// Marks: which DSCP a socket carries, decided in one place (decideMark)
+// for every socket vhqos marks: a listener whose address decides its class
+// (markListener), a connection it accepted (finish), and an established
+// connection that a reload (remark) or a keep-alive request for another
+// vhost (resniff) reclassified (markFor).
+
+// decideMark returns the DSCP a socket must carry for a class whose DSCP
+// is classDSCP (-1: the class has none), given own, the mark of the
+// listener the socket belongs to (the server's: the one it had before
+// vhqos first marked it), and marked, whether the socket may carry a mark
+// vhqos gave it: true for a listener vhqos marks and for an established
+// connection (marked when it was accepted, perhaps), and for a connection
+// just accepted, whether vhqos ever marked its listener (it inherits the
+// listener's mark). write false means the socket keeps what it carries.
+//
+// The class's own DSCP wins. Without one the socket gets the listener's
+// own mark back, because the mark it carries may be a class's that the
+// table has since taken away; a socket vhqos never marked carries that
+// mark already, and is not written.
+func decideMark(classDSCP, own int, marked bool) (dscp int, write bool) {
+	switch {
+	case classDSCP >= 0:
+		return classDSCP, true
+	case marked:
+		return own, true
+	}
+	return -1, false
+}
+
+// ownMark returns the listener's own mark: the one saved when vhqos first
+// marked it, or else the one it carries. Called with l.mu held.
+func (l *listener) ownMark() int {
+	if l.everMarked {
+		return l.ownDSCP
+	}
+	return currentDSCP(l.fd, l.family)
+}
 
 // markDSCP sets the DiffServ code point of every packet the socket sends
 // from now on. TOS/traffic class carry DSCP in their upper six bits; the ECN
@@ -26,4 +65,70 @@ func markDSCP(fd int, family uint16, dscp int) error {
 		}
 	}
 	return nil
+}
+
+// markListener gives the listener the class's DSCP, or back its own mark
+// when the class has none (a vhost lost its dscp or left the table). Called
+// with l.mu held.
+func (s *Supervisor) markListener(l *listener, dscp int) {
+	if !l.everMarked {
+		l.ownDSCP = currentDSCP(l.fd, l.family)
+		l.everMarked = true
+	}
+	target, _ := decideMark(dscp, l.ownDSCP, true)
+	if err := markDSCP(l.fd, l.family, target); err != nil {
+		s.log.Warn("setting DSCP on a listening socket", "addr", l.bound, "err", err)
+		return
+	}
+	l.markedDSCP = dscp
+	// Connections already queued were made with the old mark. Only a
+	// non-blocking listener can be drained safely: on a blocking one a
+	// process the kernel is already accepting for may win a queued
+	// connection after our poll saw it, and our accept would block. Before
+	// the first "continue" on it no kernel accept can be under way, so the
+	// first marking always drains.
+	if flags, err := unix.FcntlInt(uintptr(l.fd), unix.F_GETFL, 0); !l.continued || err == nil && flags&unix.O_NONBLOCK != 0 {
+		l.drain = acceptQueueLen(l.fd)
+	}
+}
+
+// finish records c's class and gives its socket the mark decideMark says.
+// Called without c.l.mu held.
+func (s *Supervisor) finish(c *conn, d Decision) {
+	c.decision = d
+	own, marked := -1, false
+	if d.DSCP < 0 {
+		// Only a class without a mark needs the listener's (and its lock).
+		// The connection was made with the mark the listener had then,
+		// perhaps a class's since taken back.
+		l := c.l
+		l.mu.Lock()
+		own, marked = l.ownDSCP, l.everMarked
+		l.mu.Unlock()
+	}
+	if dscp, write := decideMark(d.DSCP, own, marked); write {
+		if err := markDSCP(c.fd, c.family, dscp); err != nil {
+			s.stats.Errors.Add(1)
+			s.log.Warn("setting DSCP on a connection", "local", c.local, "dscp", d.DSCP, "err", err)
+		}
+	}
+}
+
+// markFor returns the mark an established connection to local of class d
+// must carry (decideMark: the class's, or else the own mark of the
+// listener that made it). It reports false when the class has no mark and
+// that listener is not known.
+func (s *Supervisor) markFor(d Decision, local netip.AddrPort) (int, bool) {
+	own := -1
+	if d.DSCP < 0 {
+		l := s.listeners.serving(local)
+		if l == nil {
+			return 0, false
+		}
+		l.mu.Lock()
+		own = l.ownMark()
+		l.mu.Unlock()
+	}
+	// vhqos may have marked the connection when it accepted it.
+	return decideMark(d.DSCP, own, true)
 }

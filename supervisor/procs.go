@@ -1,12 +1,9 @@
 package supervisor
 
 import (
-	"bytes"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -108,22 +105,6 @@ func (t *procTable) lookup(notifyFd int, tid int, id uint64) (p *proc, isNew boo
 	t.byTid[tid] = p
 	p.tids = append(p.tids, tid)
 	return p, isNew, nil
-}
-
-func readTgid(tid int) (int, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
-	if err != nil {
-		return 0, fmt.Errorf("reading the status of thread %d: %w", tid, err)
-	}
-	i := bytes.Index(data, []byte("\nTgid:"))
-	if i < 0 {
-		return 0, fmt.Errorf("no Tgid in /proc/%d/status", tid)
-	}
-	rest := bytes.TrimLeft(data[i+len("\nTgid:"):], " \t")
-	if j := bytes.IndexByte(rest, '\n'); j >= 0 {
-		rest = rest[:j]
-	}
-	return strconv.Atoi(string(rest))
 }
 
 // forget drops a process that exited (or whose pidfd turned out stale) and

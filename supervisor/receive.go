@@ -38,7 +38,7 @@ const minProcs = 4
 
 // yieldEvery is how often a busy receiver lets the Go scheduler run (see
 // receive).
-const yieldEvery = 2 * time.Millisecond
+const yieldEvery = 5 * time.Millisecond
 
 // Run answers notifications until every process under the filter has exited
 // (the notification fd hangs up) or ctx is done. Connections accepted but

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"net/netip"
 	"os"
 	"strconv"
@@ -145,61 +144,6 @@ func (s *Supervisor) Reclassify() Reclassified {
 	return r
 }
 
-// socketFds lists the fds of process tgid that are sockets, with the
-// sockets' inodes.
-func socketFds(tgid int) map[int]uint64 {
-	dir := "/proc/" + strconv.Itoa(tgid) + "/fd"
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil // exited
-	}
-	names, _ := f.Readdirnames(-1)
-	f.Close()
-	out := make(map[int]uint64)
-	for _, name := range names {
-		target, err := os.Readlink(dir + "/" + name)
-		if err != nil {
-			continue
-		}
-		ino, ok := socketInode(target)
-		if !ok {
-			continue
-		}
-		if fd, err := strconv.Atoi(name); err == nil {
-			out[fd] = ino
-		}
-	}
-	return out
-}
-
-// socketKind tells a TCP listener from an established TCP connection, and
-// returns the socket's local address, in as few calls as it can (a reload
-// asks it of every socket the server holds). ok is false for anything
-// else: other families and types, unconnected sockets.
-func socketKind(fd int) (isListener bool, local netip.AddrPort, family uint16, ok bool) {
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return false, local, 0, false
-	}
-	if local, family = sockaddrAddrPort(sa); family == 0 {
-		return false, local, 0, false
-	}
-	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
-		return false, local, 0, false
-	}
-	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
-	if err != nil {
-		return false, local, 0, false
-	}
-	if listening != 0 {
-		return true, local, family, true
-	}
-	if _, err := unix.Getpeername(fd); err != nil {
-		return false, local, 0, false
-	}
-	return false, local, family, true
-}
-
 // relisten decides l's class again under cl and gives the listener the
 // class's mark, or its own when connections from it are classified one by
 // one. It reports whether the mark changed.
@@ -253,45 +197,6 @@ func (s *Supervisor) decisionOf(ino uint64, local netip.AddrPort, cl *classifier
 	return cl.ClassifyAddr(local)
 }
 
-// markFor returns the mark a connection to local of class d must carry:
-// the class's, or else the mark of the listener that made it, which is
-// the server's own unless vhqos marked the listener. It reports false
-// when neither is known.
-func (s *Supervisor) markFor(d Decision, local netip.AddrPort) (int, bool) {
-	if d.DSCP >= 0 {
-		return d.DSCP, true
-	}
-	l := s.listeners.serving(local)
-	if l == nil {
-		return 0, false
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.everMarked {
-		return l.ownDSCP, true
-	}
-	return currentDSCP(l.fd, l.family), true
-}
-
-// serving returns the listener copy whose connections have local as their
-// local address: one bound to it exactly, else one bound to the wildcard
-// address on its port.
-func (t *listenerTable) serving(local netip.AddrPort) *listener {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var wildcard *listener
-	for _, l := range t.byKey {
-		switch {
-		case l.bound == local:
-			return l
-		case l.bound.Port() == local.Port() && l.bound.Addr().IsUnspecified() &&
-			(l.bound.Addr().Is6() || local.Addr().Is4()):
-			wildcard = l
-		}
-	}
-	return wildcard
-}
-
 // placeBlockedAccepts moves p to the class of the listener one of its
 // threads is blocked accepting on, when the kernel performs that accept
 // (the listener's address decides its class): the connection it returns
@@ -343,28 +248,6 @@ func (s *Supervisor) placeBlockedAccepts(p *proc, held map[int]*listener) bool {
 		return moved
 	}
 	return false
-}
-
-// blockedAcceptFd reads a thread's /proc/.../syscall ("NR ARG0 ARG1 ..."
-// while it is in a system call) and returns the fd it is accepting on.
-func blockedAcceptFd(path string) (int, bool) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, false
-	}
-	f := bytes.Fields(b)
-	if len(f) < 2 {
-		return 0, false
-	}
-	nr, err := strconv.Atoi(string(f[0]))
-	if err != nil || nr != unix.SYS_ACCEPT && nr != unix.SYS_ACCEPT4 {
-		return 0, false
-	}
-	fd, err := strconv.ParseUint(string(bytes.TrimPrefix(f[1], []byte("0x"))), 16, 32)
-	if err != nil {
-		return 0, false
-	}
-	return int(int32(fd)), true
 }
 
 // replaceServing moves p when every followed connection it holds now

@@ -2,9 +2,6 @@ package supervisor
 
 import (
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/vhqos/vhqos/cgroup"
@@ -142,18 +139,9 @@ type trackState struct {
 	dirty bool
 	// read holds the fds whose first read was seen (full mode): later
 	// reads from them pass at once. close resets an fd's flag, so a
-	// reused fd number is looked at afresh, as in the patent.
+	// reused fd number is looked at afresh (docs/design-notes.md,
+	// "Following connections through fork").
 	read map[int]bool
-}
-
-// socketInode parses a /proc/PID/fd link target "socket:[INODE]".
-func socketInode(target string) (uint64, bool) {
-	rest, ok := strings.CutPrefix(target, "socket:[")
-	if !ok || !strings.HasSuffix(rest, "]") {
-		return 0, false
-	}
-	ino, err := strconv.ParseUint(rest[:len(rest)-1], 10, 64)
-	return ino, err == nil
 }
 
 // rescan rebuilds p's view of which fds hold followed connections from
@@ -167,15 +155,6 @@ func (s *Supervisor) rescan(p *proc) {
 	}
 	p.track.fds = fds
 	p.track.dirty = false
-}
-
-// fdInode reads what one fd of p is, from /proc.
-func fdInode(p *proc, fd int) (uint64, bool) {
-	target, err := os.Readlink("/proc/" + strconv.Itoa(p.tgid) + "/fd/" + strconv.Itoa(fd))
-	if err != nil {
-		return 0, false
-	}
-	return socketInode(target)
 }
 
 // classes returns the distinct classes of the followed connections p holds.
@@ -297,7 +276,7 @@ func (s *Supervisor) trackRead(p *proc, fd int) {
 		p.track.read = map[int]bool{}
 	}
 	p.track.read[fd] = true
-	ino, ok := fdInode(p, fd)
+	ino, ok := fdInode(p.tgid, fd)
 	if !ok {
 		return
 	}
@@ -323,13 +302,7 @@ func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
 	defer unix.Close(copyFd)
 	cl := s.classifier.Load()
 	_, limit := cl.SniffLimits()
-	bufp := s.peekBufs.get(limit)
-	defer s.peekBufs.put(bufp)
-	n, _, err := unix.Recvfrom(copyFd, *bufp, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	if err != nil || n == 0 {
-		return
-	}
-	name, res := vhost.SniffName((*bufp)[:n])
+	name, res, _, _ := s.peekName(copyFd, limit)
 	if res != vhost.Found {
 		return // the rest of a request, a TLS record, or not all there yet
 	}
@@ -423,7 +396,7 @@ func (s *Supervisor) goHomeIfIdle(p *proc) {
 	}
 }
 
-// pruneGone drops followed connections, and what expired listener copies
+// pruneGone drops followed connections, and what listener copies closed as idle
 // left to remember, whose socket is gone.
 func (s *Supervisor) pruneGone() {
 	if s.tracked.size() == 0 && s.listeners.rememberedCount() == 0 {

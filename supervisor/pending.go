@@ -4,13 +4,14 @@ import (
 	"slices"
 	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/vhqos/vhqos/vhost"
 	"golang.org/x/sys/unix"
 )
 
-// How connections whose host name may decide their vhost are handled.
+// Connections waiting for their first bytes: how connections whose host
+// name may decide their vhost are held until it arrives (the bytes are
+// parsed by vhost.SniffName).
 //
 // The supervisor accepts such a connection and looks at the client's first
 // bytes with MSG_PEEK, so the server later reads every byte exactly as the
@@ -33,13 +34,6 @@ const (
 	// beyond it new ones are classified by address at once, so a flood of
 	// silent clients cannot exhaust the supervisor's fds.
 	maxPending = 4096
-	// doorbellTimeout is how long a doorbell may stay queued before
-	// another is rung. A process that accepts without asking the
-	// supervisor (one that was already blocked in the kernel's accept when
-	// a reload changed how its listener is handled) can take it; shutting
-	// its sending side then lets that process read EOF at once instead of
-	// waiting for a request that never comes.
-	doorbellTimeout = time.Second
 )
 
 // peekBuffers are reused for peeking: a buffer per pending connection
@@ -62,19 +56,14 @@ func (b *peekBuffers) put(p *[]byte) { b.pool.Put(p) }
 // may decide. It reports whether c is ready to hand over; if not, c waits
 // in l.pending and the event loop finishes it.
 func (s *Supervisor) prepare(l *listener, c *conn) bool {
-	var sa unix.RawSockaddrAny
-	salen := uint32(unix.SizeofSockaddrAny)
-	if _, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(c.fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen))); e == 0 {
-		c.local = sockaddrToAddrPort(&sa)
-		c.family = sa.Addr.Family
-	}
+	c.local, c.family, _ = localAddrOf(c.fd)
 	cl := s.classifier.Load()
 	c.namesApply = cl.NamesApply(c.local)
 	if !c.namesApply {
 		s.finish(c, cl.ClassifyAddr(c.local))
 		return true
 	}
-	if s.sniff(c, cl) {
+	if s.classifyByBytes(c, cl) {
 		return true
 	}
 	if s.pendingCount.Load() >= maxPending {
@@ -106,31 +95,20 @@ func (s *Supervisor) prepare(l *listener, c *conn) bool {
 	return false
 }
 
-// sniff peeks at c's first bytes and classifies c if they decide: a name
+// classifyByBytes peeks at c's first bytes and classifies c if they decide: a name
 // found, no name to be found (not HTTP/1.x or TLS, or no Host/SNI), the
 // client closed its side, or the byte limit reached. It reports whether c
 // was classified.
-func (s *Supervisor) sniff(c *conn, cl *classifierGen) bool {
+func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 	_, limit := cl.SniffLimits()
-	bufp := s.peekBufs.get(limit)
-	defer s.peekBufs.put(bufp)
-	buf := *bufp
-	n, _, err := unix.Recvfrom(c.fd, buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	switch {
-	case err == unix.EAGAIN || err == unix.EINTR:
-		n = 0
-	case err != nil:
-		// A reset or the like: the server will see the error when it
-		// reads; what class serves it hardly matters.
+	name, res, n, gone := s.peekName(c.fd, limit)
+	if gone {
+		// Closed before sending anything, or reset: the server will see
+		// that when it reads; what class serves it hardly matters.
 		s.stats.NameFallbacks.Add(1)
-		s.finishAddr(c, cl)
-		return true
-	case n == 0:
-		s.stats.NameFallbacks.Add(1) // closed before sending anything
-		s.finishAddr(c, cl)
+		s.finishByAddr(c, cl)
 		return true
 	}
-	name, res := vhost.SniffName(buf[:n])
 	switch res {
 	case vhost.Found:
 		s.stats.NamesFound.Add(1)
@@ -139,31 +117,44 @@ func (s *Supervisor) sniff(c *conn, cl *classifierGen) bool {
 		return true
 	case vhost.NoName:
 		s.stats.NameFallbacks.Add(1)
-		s.finishAddr(c, cl)
+		s.finishByAddr(c, cl)
 		return true
 	}
 	if n >= limit || peerClosed(c.fd) {
 		s.stats.NameFallbacks.Add(1)
-		s.finishAddr(c, cl)
+		s.finishByAddr(c, cl)
 		return true
 	}
 	return false
 }
 
-func (s *Supervisor) finishAddr(c *conn, cl *classifierGen) {
+// peekName peeks at the bytes waiting on fd, at most limit of them, and
+// looks in them for the host name the client asks for (vhost.SniffName):
+// the server later reads every byte as the client sent it. n is how many
+// bytes were there; none yet gives n 0 and NeedMore. gone says there is
+// nothing to read and never will be: the client closed its side before
+// sending anything (more), or the connection failed (a reset).
+func (s *Supervisor) peekName(fd, limit int) (name string, res vhost.Sniff, n int, gone bool) {
+	bufp := s.peekBufs.get(limit)
+	defer s.peekBufs.put(bufp)
+	n, _, err := unix.Recvfrom(fd, *bufp, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		n = 0
+	case err != nil || n == 0:
+		return "", vhost.NeedMore, 0, true
+	}
+	name, res = vhost.SniffName((*bufp)[:n])
+	return name, res, n, false
+}
+
+func (s *Supervisor) finishByAddr(c *conn, cl *classifierGen) {
 	s.finish(c, cl.ClassifyAddr(c.local))
 }
 
-// peerClosed reports whether the client shut down its sending side, so no
-// more bytes will come.
-func peerClosed(fd int) bool {
-	pfd := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-	n, _, e := unix.Syscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&pfd[0])), 1, 0)
-	return e == 0 && n > 0 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
-}
-
-// sniffMore runs in the event loop when a pending connection got bytes.
-func (s *Supervisor) sniffMore(c *conn) {
+// bytesArrived runs in the event loop when a pending connection got bytes
+// (or its client hung up).
+func (s *Supervisor) bytesArrived(c *conn) {
 	l := c.l
 	l.mu.Lock()
 	if !slices.Contains(l.pending, c) {
@@ -171,27 +162,28 @@ func (s *Supervisor) sniffMore(c *conn) {
 		return
 	}
 	l.mu.Unlock()
-	if !s.sniff(c, s.classifier.Load()) {
+	if !s.classifyByBytes(c, s.classifier.Load()) {
 		return
 	}
-	s.settle(l, c)
+	s.pendingReady(l, c)
 }
 
-// settle takes a classified connection out of l's pending list and hands it
-// to the first waiting accept, or stashes it and rings the doorbell.
-func (s *Supervisor) settle(l *listener, c *conn) {
+// pendingReady moves c, a pending connection now classified, from l's
+// pending list to the tail of its stash (behind connections that were
+// ready before it), then pumps it to a waiting accept or, with none, rings
+// the doorbell (compare requeue).
+func (s *Supervisor) pendingReady(l *listener, c *conn) {
 	s.events.unwatchConn(c)
 	l.mu.Lock()
 	if i := slices.Index(l.pending, c); i >= 0 {
 		l.pending = slices.Delete(l.pending, i, i+1)
 		s.pendingCount.Add(-1)
 	}
-	if l.closed {
+	if !l.stashLocked(c, false) {
 		l.mu.Unlock()
 		c.close()
 		return
 	}
-	l.stash = append(l.stash, c)
 	if len(l.waiters) > 0 {
 		l.mu.Unlock()
 		s.pump(l)
@@ -201,11 +193,11 @@ func (s *Supervisor) settle(l *listener, c *conn) {
 	l.mu.Unlock()
 }
 
-// expire runs in the event loop when one of l's deadlines may have passed:
+// checkDeadlines runs in the event loop when one of l's deadlines may have passed:
 // connections that sent no name in time get the address's class, short
 // waits end with EAGAIN, an old doorbell is taken back, and one that
 // another socket took is rung again.
-func (s *Supervisor) expire(l *listener, now time.Time) {
+func (s *Supervisor) checkDeadlines(l *listener, now time.Time) {
 	l.mu.Lock()
 	var late []*conn
 	for _, c := range l.pending {
@@ -213,17 +205,7 @@ func (s *Supervisor) expire(l *listener, now time.Time) {
 			late = append(late, c)
 		}
 	}
-	var ended []*acceptCall
-	kept := l.waiters[:0]
-	for _, w := range l.waiters {
-		if !w.deadline.IsZero() && !w.deadline.After(now) {
-			ended = append(ended, w)
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	clear(l.waiters[len(kept):])
-	l.waiters = kept
+	ended := l.dropWaiters(func(w *acceptCall) bool { return !w.deadline.IsZero() && !w.deadline.After(now) })
 	s.checkDoorbell(l, now)
 	l.mu.Unlock()
 	for _, w := range ended {
@@ -233,11 +215,11 @@ func (s *Supervisor) expire(l *listener, now time.Time) {
 	for _, c := range late {
 		// Bytes that came while the loop was busy still count: look once
 		// more before falling back.
-		if !s.sniff(c, cl) {
+		if !s.classifyByBytes(c, cl) {
 			s.stats.NameTimeouts.Add(1)
-			s.finishAddr(c, cl)
+			s.finishByAddr(c, cl)
 		}
-		s.settle(l, c)
+		s.pendingReady(l, c)
 	}
 }
 
@@ -251,29 +233,4 @@ func (l *listener) youngestPending() time.Time {
 		}
 	}
 	return t
-}
-
-// finish records c's class and gives its socket the class's mark; a class
-// without a mark gets the listener's own. Called without c.l.mu held.
-func (s *Supervisor) finish(c *conn, d Decision) {
-	c.decision = d
-	dscp := d.DSCP
-	if dscp < 0 {
-		// No mark of its own: the connection keeps the listener's. If
-		// vhqos ever marked the listener, the connection may have been
-		// made with a class's mark since taken back: give it the
-		// listener's own.
-		l := c.l
-		l.mu.Lock()
-		if l.everMarked {
-			dscp = l.ownDSCP
-		}
-		l.mu.Unlock()
-	}
-	if dscp >= 0 {
-		if err := markDSCP(c.fd, c.family, dscp); err != nil {
-			s.stats.Errors.Add(1)
-			s.log.Warn("setting DSCP on a connection", "local", c.local, "dscp", d.DSCP, "err", err)
-		}
-	}
 }
