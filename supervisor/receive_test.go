@@ -21,7 +21,10 @@ import (
 
 // receiversNow counts this process's threads blocked in NOTIF_RECV on
 // notifyFd, from /proc/self/task/*/syscall ("16 0xFD 0xREQ ..." for an
-// ioctl).
+// ioctl). The receiving goroutine is not locked to a thread, so one pass
+// over the threads may see it in NOTIF_RECV on one thread and, a moment
+// later, on the thread it moved to: threads seen in NOTIF_RECV are read
+// again, and only those still there count.
 func receiversNow(t *testing.T, notifyFd int) int {
 	t.Helper()
 	tasks, err := filepath.Glob("/proc/self/task/*/syscall")
@@ -29,10 +32,22 @@ func receiversNow(t *testing.T, notifyFd int) int {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("%d 0x%x 0x%x ", unix.SYS_IOCTL, notifyFd, uint64(unix.SECCOMP_IOCTL_NOTIF_RECV))
-	n := 0
-	for _, task := range tasks {
+	inRecv := func(task string) bool {
 		data, err := os.ReadFile(task)
-		if err == nil && strings.HasPrefix(string(data), want) {
+		return err == nil && strings.HasPrefix(string(data), want)
+	}
+	var seen []string
+	for _, task := range tasks {
+		if inRecv(task) {
+			seen = append(seen, task)
+		}
+	}
+	if len(seen) < 2 {
+		return len(seen)
+	}
+	n := 0
+	for _, task := range seen {
+		if inRecv(task) {
 			n++
 		}
 	}
