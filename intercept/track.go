@@ -26,7 +26,8 @@ const (
 	// where natively it never does.
 	TrackFork
 	// TrackFull also intercepts process creation, the dup family, close
-	// and the read family, the patent's tables and read wrapper: a
+	// and the read family (the tables and read wrapper of
+	// docs/design-notes.md, "Following connections through fork"): a
 	// process goes home the moment it closes its last connection, one
 	// holding connections of several vhosts follows the one it reads
 	// from, a child forked holding several is born home and placed at its

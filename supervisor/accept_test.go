@@ -223,9 +223,22 @@ func TestSignalWhileWaiting(t *testing.T) {
 // caller that a signal then interrupts. The connection must be handed to
 // the restarted accept, not dropped.
 func TestSignalAfterAccept(t *testing.T) {
-	for _, mode := range []string{"full", "null"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, tc := range []struct {
+		mode string
+		// capped classes are handed over by a goroutine of their own
+		// (Decision.Quota), which must put the connection back as well.
+		capped bool
+	}{{"full", false}, {"null", false}, {"full", true}, {"null", true}} {
+		name := tc.mode
+		if tc.capped {
+			name += ", class with a CPU quota"
+		}
+		mode := tc.mode
+		t.Run(name, func(t *testing.T) {
 			h := startServer(t, "127.0.0.1:0", true)
+			if tc.capped {
+				h.sup.SetClassifier(cappedClassifier{portClassifier{shopPort: uint16(h.port)}})
+			}
 			accepted, release := make(chan struct{}), make(chan struct{})
 			var once sync.Once
 			h.sup.setTestHookBeforeDeliver(func(int) {
@@ -270,12 +283,18 @@ func TestSignalAfterAccept(t *testing.T) {
 // connection's group before it answers.
 func TestManyAcceptingProcesses(t *testing.T) {
 	for _, path := range acceptPaths {
-		t.Run(path.name, func(t *testing.T) { testManyAcceptingProcesses(t, path.emulate) })
+		t.Run(path.name, func(t *testing.T) { testManyAcceptingProcesses(t, path.emulate, false) })
 	}
+	// Connections of a class with a CPU quota are handed over from
+	// goroutines of their own, concurrently.
+	t.Run("emulated, class with a CPU quota", func(t *testing.T) { testManyAcceptingProcesses(t, true, true) })
 }
 
-func testManyAcceptingProcesses(t *testing.T, emulate bool) {
+func testManyAcceptingProcesses(t *testing.T, emulate, capped bool) {
 	h := startServer(t, "127.0.0.1:0", emulate)
+	if capped {
+		h.sup.SetClassifier(cappedClassifier{portClassifier{shopPort: uint16(h.port)}})
+	}
 	h.command("children 50")
 	if l := h.line(); l != "ok" {
 		t.Fatal(l)

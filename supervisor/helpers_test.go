@@ -319,6 +319,28 @@ func startServerWith(t *testing.T, listenAddr string, emulate bool, names Classi
 	return h
 }
 
+// cappedClassifier is c with a CPU quota on every class, so that hand-overs
+// run aside from the receiver (Decision.Quota).
+type cappedClassifier struct{ Classifier }
+
+func (c cappedClassifier) ClassifyAddr(local netip.AddrPort) Decision {
+	d := c.Classifier.ClassifyAddr(local)
+	d.Quota = true
+	return d
+}
+
+func (c cappedClassifier) ClassifyListener(bound netip.AddrPort) (Decision, bool) {
+	d, ok := c.Classifier.ClassifyListener(bound)
+	d.Quota = true
+	return d, ok
+}
+
+func (c cappedClassifier) ClassifyName(host string, local netip.AddrPort) Decision {
+	d := c.Classifier.ClassifyName(host, local)
+	d.Quota = true
+	return d
+}
+
 // lateClassifier knows the port only once the server has said it.
 type lateClassifier struct{ h *harness }
 

@@ -56,7 +56,13 @@ func (b *peekBuffers) put(p *[]byte) { b.pool.Put(p) }
 // may decide. It reports whether c is ready to hand over; if not, c waits
 // in l.pending and the event loop finishes it.
 func (s *Supervisor) prepare(l *listener, c *conn) bool {
-	c.local, c.family, _ = localAddrOf(c.fd)
+	if l.bound.IsValid() && !l.bound.Addr().IsUnspecified() {
+		// Every connection of a listener bound to one address has that
+		// address: no getsockname needed.
+		c.local, c.family = l.bound, l.family
+	} else {
+		c.local, c.family, _ = localAddrOf(c.fd)
+	}
 	cl := s.classifier.Load()
 	c.namesApply = cl.NamesApply(c.local)
 	if !c.namesApply {
