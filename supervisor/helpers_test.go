@@ -241,6 +241,66 @@ var acceptPaths = []struct {
 	emulate bool
 }{{"emulated", true}, {"kernel", false}}
 
+// supervised is a process run under the real filter with a Supervisor
+// answering it.
+type supervised struct {
+	sup *Supervisor
+	pid int
+	// out reads the process's stdout.
+	out *bufio.Reader
+}
+
+// supervise starts argv (env, stdin) under the real filter for syscalls,
+// with this test binary as the shim, and a Supervisor made from opts (its
+// NotifyFd filled in) answering it. The test fails if either cannot start;
+// at cleanup the process's group is killed and the supervisor must stop.
+func supervise(t *testing.T, argv, env, syscalls []string, stdin *os.File, opts Options) supervised {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: pidfd_getfd into the server and the seccomp filter without no_new_privs")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdoutR, stdoutW, _ := os.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := shim.Start(ctx, shim.Config{Self: self, Argv: argv, Syscalls: syscalls, Env: env,
+		Stdin: stdin, Stdout: stdoutW, Stderr: os.Stderr})
+	stdoutW.Close()
+	if err != nil {
+		cancel()
+		t.Fatalf("starting %s under the filter: %v", argv[0], err)
+	}
+	opts.NotifyFd = p.NotifyFd
+	sup, err := New(opts)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	if err := p.Exec(); err != nil {
+		t.Fatalf("exec of %s: %v", argv[0], err)
+	}
+	t.Cleanup(func() {
+		// The process runs in a process group of its own, with its
+		// children.
+		unix.Kill(-p.Pid(), unix.SIGKILL)
+		p.Cmd.Wait()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("supervisor: %v", err)
+			}
+		case <-time.After(patience):
+			t.Errorf("supervisor did not stop after the server exited")
+		}
+		cancel()
+	})
+	return supervised{sup: sup, pid: p.Pid(), out: bufio.NewReader(stdoutR)}
+}
+
 // startServer runs the test server under the real filter and a Supervisor
 // whose classifier marks this server's port as "shop"; emulate turns the
 // listener shortcut off.
@@ -253,59 +313,19 @@ func startServer(t *testing.T, listenAddr string, emulate bool) *harness {
 // host name.
 func startServerWith(t *testing.T, listenAddr string, emulate bool, names Classifier) *harness {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: pidfd_getfd into the server and the seccomp filter without no_new_privs")
-	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	stdinR, stdinW, _ := os.Pipe()
-	stdoutR, stdoutW, _ := os.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := shim.Start(ctx, shim.Config{
-		Self:     self,
-		Argv:     []string{self},
-		Syscalls: []string{"accept", "accept4"},
-		Env:      append(os.Environ(), testServerEnv+"=server", "VHQOS_TESTSERVER_ADDR="+listenAddr),
-		Stdin:    stdinR,
-		Stdout:   stdoutW,
-		Stderr:   os.Stderr,
-	})
-	stdinR.Close()
-	stdoutW.Close()
-	if err != nil {
-		cancel()
-		t.Fatalf("starting the test server: %v", err)
-	}
 	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
-	h := &harness{t: t, placer: placer, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid(), names: names}
-	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: &lateClassifier{h: h}, Placer: placer, EmulateAlways: emulate, ListenerIdle: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.sup = sup
-	done := make(chan error, 1)
-	go func() { done <- sup.Run(ctx) }()
-	if err := p.Exec(); err != nil {
-		t.Fatalf("exec of the test server: %v", err)
-	}
-	t.Cleanup(func() {
-		stdinW.Close()
-		// The server runs in a process group of its own, with its children.
-		unix.Kill(-p.Pid(), unix.SIGKILL)
-		p.Cmd.Wait()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("supervisor: %v", err)
-			}
-		case <-time.After(patience):
-			t.Errorf("supervisor did not stop after the server exited")
-			cancel()
-		}
-		cancel()
-	})
+	h := &harness{t: t, placer: placer, in: stdinW, names: names}
+	run := supervise(t, []string{self}, append(os.Environ(), testServerEnv+"=server", "VHQOS_TESTSERVER_ADDR="+listenAddr),
+		[]string{"accept", "accept4"}, stdinR,
+		Options{Classifier: &lateClassifier{h: h}, Placer: placer, EmulateAlways: emulate, ListenerIdle: 300 * time.Millisecond})
+	stdinR.Close()
+	t.Cleanup(func() { stdinW.Close() }) // runs before supervise's cleanup
+	h.sup, h.pid, h.out = run.sup, run.pid, run.out
 	line, err := h.out.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "ready ") {
 		t.Fatalf("test server did not start: %q %v", line, err)
@@ -313,7 +333,7 @@ func startServerWith(t *testing.T, listenAddr string, emulate bool, names Classi
 	h.port, _ = strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "ready ")))
 	// Installed again now that the port is known, so that the supervisor's
 	// goroutines read it after this write (SetClassifier is an atomic store).
-	sup.SetClassifier(&lateClassifier{h: h})
+	h.sup.SetClassifier(&lateClassifier{h: h})
 	host := strings.TrimSuffix(strings.TrimPrefix(listenAddr[:strings.LastIndex(listenAddr, ":")], "["), "]")
 	h.addr = net.JoinHostPort(host, strconv.Itoa(h.port))
 	return h

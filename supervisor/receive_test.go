@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vhqos/vhqos/shim"
 	"golang.org/x/sys/unix"
 )
 
@@ -137,54 +135,15 @@ while True:
 // An emulated accept with no connection for seconds waits outside the
 // receiver: accepts on other listeners are answered meanwhile.
 func TestSlowEmulatedAcceptDoesNotDelayFastPath(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: pidfd_getfd into the server and the seccomp filter without no_new_privs")
-	}
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Fatalf("python3 is needed (Debian: python3): %v", err)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdoutR, stdoutW, _ := os.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p, err := shim.Start(ctx, shim.Config{
-		Self:     self,
-		Argv:     []string{python, "-c", twoListeners},
-		Syscalls: []string{"accept", "accept4"},
-		Stdout:   stdoutW,
-		Stderr:   os.Stderr,
-	})
-	stdoutW.Close()
-	if err != nil {
-		t.Fatalf("starting the server: %v", err)
-	}
 	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
-	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: portClassifier{}, Placer: placer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- sup.Run(ctx) }()
-	if err := p.Exec(); err != nil {
-		t.Fatalf("exec of the server: %v", err)
-	}
-	defer func() {
-		unix.Kill(-p.Pid(), unix.SIGKILL)
-		p.Cmd.Wait()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("supervisor: %v", err)
-			}
-		case <-time.After(patience):
-			t.Errorf("supervisor did not stop after the server exited")
-		}
-	}()
-	line, err := bufio.NewReader(stdoutR).ReadString('\n')
+	run := supervise(t, []string{python, "-c", twoListeners}, os.Environ(), []string{"accept", "accept4"}, nil,
+		Options{Classifier: portClassifier{}, Placer: placer})
+	sup := run.sup
+	line, err := run.out.ReadString('\n')
 	if err != nil {
 		t.Fatalf("server did not start: %v", err)
 	}

@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"maps"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/intercept"
-	"github.com/vhqos/vhqos/shim"
 )
 
 // fdLab is a small Python program that runs under the real filter and does
@@ -164,50 +162,20 @@ func startLab(t *testing.T, track intercept.Track) *lab {
 	if err != nil {
 		t.Fatalf("python3 is needed (make deps installs it): %v", err)
 	}
-	self, _ := os.Executable()
 	script := filepath.Join(t.TempDir(), "fdlab.py")
 	if err := os.WriteFile(script, []byte(fdLab), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	stdinR, stdinW, _ := os.Pipe()
-	stdoutR, stdoutW, _ := os.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := shim.Start(ctx, shim.Config{
-		Self: self, Argv: []string{python, script}, Syscalls: track.Syscalls(),
-		Env: os.Environ(), Stdin: stdinR, Stdout: stdoutW, Stderr: os.Stderr,
-	})
-	stdinR.Close()
-	stdoutW.Close()
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	lb := &lab{t: t, in: stdinW, out: bufio.NewReader(stdoutR), pid: p.Pid()}
+	lb := &lab{t: t, in: stdinW}
 	lb.placer = &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
 	lb.observed = &observedCalls{n: map[string]int{}}
-	cl := &labClassifier{}
-	sup, err := New(Options{NotifyFd: p.NotifyFd, Classifier: cl, Placer: lb.placer, Track: track,
-		Observe: lb.observed.observe})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb.sup = sup
-	done := make(chan error, 1)
-	go func() { done <- sup.Run(ctx) }()
-	if err := p.Exec(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stdinW.Close()
-		p.Cmd.Process.Kill()
-		p.Cmd.Wait()
-		select {
-		case <-done:
-		case <-time.After(patience):
-			t.Error("supervisor did not stop")
-		}
-		cancel()
-	})
+	run := supervise(t, []string{python, script}, os.Environ(), track.Syscalls(), stdinR,
+		Options{Classifier: &labClassifier{}, Placer: lb.placer, Track: track, Observe: lb.observed.observe})
+	stdinR.Close()
+	t.Cleanup(func() { stdinW.Close() }) // runs before supervise's cleanup
+	lb.sup, lb.pid, lb.out = run.sup, run.pid, run.out
+	sup := run.sup
 	f := strings.Fields(lb.line())
 	if len(f) != 3 || f[0] != "ready" {
 		t.Fatalf("lab did not start: %q", f)
