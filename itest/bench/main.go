@@ -134,7 +134,7 @@ func main() {
 		fail(err)
 	}
 	defer cg.Close(context.Background())
-	for _, g := range []string{"client", "native"} {
+	for _, g := range []string{"client", "native", "floor"} {
 		if err := cg.Set(g, cgroup.Resources{}); err != nil {
 			fail(err)
 		}
@@ -268,10 +268,22 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 		return result{}, supervisorCost{}, err
 	}
 	defer a.Remove()
-	if !wrapped {
+	switch {
+	case !wrapped:
 		for _, pid := range processGroup(a.Cmd.Process.Pid) {
 			if err := cg.Place("native", pid); err != nil {
 				return result{}, supervisorCost{}, err
+			}
+		}
+	case strings.Contains(prefix[len(prefix)-3], "floor"):
+		// The floor's server sits in a cgroup of its own too, as under
+		// vhqos: the floor itself stays where it was started, as vhqos
+		// does. (The floor's child leads the server's process group.)
+		for _, child := range childrenOf(a.Cmd.Process.Pid) {
+			for _, pid := range processGroup(child) {
+				if err := cg.Place("floor", pid); err != nil {
+					return result{}, supervisorCost{}, err
+				}
 			}
 		}
 	}
@@ -341,6 +353,18 @@ func privateHosts(hosts string) error {
 }
 
 // processGroup lists the processes in process group pgid.
+// childrenOf lists the children of pid's main thread.
+func childrenOf(pid int) []int {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var kids []int
+	for _, f := range strings.Fields(string(data)) {
+		if k, err := strconv.Atoi(f); err == nil {
+			kids = append(kids, k)
+		}
+	}
+	return kids
+}
+
 func processGroup(pgid int) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
@@ -356,7 +380,6 @@ func processGroup(pgid int) []int {
 	return pids
 }
 
-// processCPU is the user+system time of one process (all its threads).
 // supervisorCost is what a supervisor process spent over its whole life:
 // CPU time, and context switches of all its threads (each one a wake-up
 // or a preemption, which these machines make expensive).
@@ -388,6 +411,7 @@ func processSwitches(pid int) int {
 	return total
 }
 
+// processCPU is the user+system time of one process (all its threads).
 func processCPU(pid int) time.Duration {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
