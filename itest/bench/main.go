@@ -3,8 +3,9 @@
 // least the mechanism costs: floor/floor.c) and under vhqos, alternating
 // in one run, with wrk over loopback, for Connection: close and
 // keep-alive. It reports the median ratios of requests/s (vhqos / native,
-// floor / native, vhqos / floor) and each supervisor's CPU time per
-// accepted connection. Run it as root with `make bench`.
+// floor / native, vhqos / floor) and each supervisor's CPU time and
+// context switches per accepted connection. Run it as root with
+// `make bench`; -profile DIR also records the supervisors with perf.
 package main
 
 import (
@@ -239,11 +240,13 @@ var (
 )
 
 // measure starts Apache (under prefix, if any), runs wrk against it and
-// stops it, returning wrk's figures and vhqos's own CPU time. wrk runs in
-// cgroup "client" and native Apache in "native", siblings of equal weight:
+// stops it, returning wrk's figures and the supervisor's own cost (CPU
+// time, context switches). perfTo, if set, is where perf record writes a
+// profile of the supervisor. wrk runs in cgroup "client", native Apache in
+// "native" and the floor's Apache in "floor", siblings of equal weight:
 // under vhqos the server's processes sit in a cgroup too, and the CPU
-// scheduler treats a cgroup as one entity, so without this the two runs
-// would differ in how CPU is shared rather than in what vhqos costs.
+// scheduler treats a cgroup as one entity, so without this the runs would
+// differ in how CPU is shared rather than in what each supervisor costs.
 func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool, conns int, d time.Duration, perfTo string) (result, supervisorCost, error) {
 	wrapped := len(prefix) > 0 && prefix[len(prefix)-1] == "--"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
