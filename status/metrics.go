@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,11 +20,25 @@ import (
 type Metrics struct {
 	registry *prometheus.Registry
 	latency  *prometheus.HistogramVec
-	// observers are the latency histogram's children by syscall, made
-	// once: Observe runs for every notification, and looking a child up
-	// by its label values hashes them and takes the vector's lock.
-	observers map[string]prometheus.Observer
+	// observers are the latency histogram's children by syscall, looked
+	// up without hashing label values or taking the vector's lock:
+	// Observe runs for every notification. A child is made at its first
+	// use, so that only the calls a server makes show as series.
+	observers map[string]*lazyObserver
 	report    func() *Report
+}
+
+// lazyObserver makes its histogram child on first use.
+type lazyObserver struct {
+	once sync.Once
+	vec  *prometheus.HistogramVec
+	name string
+	o    prometheus.Observer
+}
+
+func (l *lazyObserver) get() prometheus.Observer {
+	l.once.Do(func() { l.o = l.vec.WithLabelValues(l.name) })
+	return l.o
 }
 
 // NewMetrics makes the metrics; report is called once per scrape.
@@ -32,15 +47,15 @@ func NewMetrics(report func() *Report) *Metrics {
 		registry: prometheus.NewRegistry(),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "vhqos_notification_duration_seconds",
-			Help:    "Time from receiving a seccomp notification to answering it, by syscall.",
+			Help:    "Time the receiving thread spent answering a seccomp notification, by syscall (an accept's wait for a connection or its first bytes, and hand-overs made aside for capped classes, are not included).",
 			Buckets: prometheus.ExponentialBuckets(1e-6, 2, 18), // 1 µs .. 131 ms
 		}, []string{"syscall"}),
 		report: report,
 	}
 	m.registry.MustRegister(m.latency, m)
-	m.observers = map[string]prometheus.Observer{"other": m.latency.WithLabelValues("other")}
+	m.observers = map[string]*lazyObserver{"other": {vec: m.latency, name: "other"}}
 	for _, name := range intercept.TrackFull.Syscalls() {
-		m.observers[name] = m.latency.WithLabelValues(name)
+		m.observers[name] = &lazyObserver{vec: m.latency, name: name}
 	}
 	return m
 }
@@ -48,11 +63,11 @@ func NewMetrics(report func() *Report) *Metrics {
 // Observe records one notification's handling time; syscall is the
 // syscall's name as package intercept spells it, or "other".
 func (m *Metrics) Observe(syscall string, d time.Duration) {
-	o := m.observers[syscall]
-	if o == nil {
-		o = m.latency.WithLabelValues(syscall)
+	if o := m.observers[syscall]; o != nil {
+		o.get().Observe(d.Seconds())
+		return
 	}
-	o.Observe(d.Seconds())
+	m.latency.WithLabelValues(syscall).Observe(d.Seconds())
 }
 
 var (
