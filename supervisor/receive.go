@@ -16,7 +16,7 @@ import (
 
 // Receiving notifications (the first step of the data path).
 //
-// Exactly one thread waits in SECCOMP_IOCTL_NOTIF_RECV per notification fd.
+// Exactly one goroutine waits in SECCOMP_IOCTL_NOTIF_RECV per notification fd.
 // The kernel's wait for a notification is not exclusive (recv_wait_event
 // in kernel/seccomp.c): every notification wakes every thread waiting in
 // NOTIF_RECV and all but one go back to sleep, so each extra receiver costs
@@ -136,8 +136,10 @@ func (s *Supervisor) receive(stopping *atomic.Bool) error {
 		// been rescheduled for 10 ms (forcePreemptNS) even while it is in
 		// a short system call, and every P it takes makes it poll every
 		// 20 µs for a while: a busy receiver that never yields keeps
-		// sysmon spinning. Yielding every few milliseconds costs a
-		// couple of wake-ups; that costs hundreds per millisecond.
+		// sysmon spinning (17% of the supervisor's samples under load,
+		// docs/benchmarks.md). Yielding every few milliseconds costs a
+		// couple of wake-ups each time; the spinning cost about fifty
+		// per retake.
 		if now := time.Now(); now.Sub(lastYield) > yieldEvery {
 			runtime.Gosched()
 			lastYield = now
