@@ -2,8 +2,6 @@ package supervisor
 
 import (
 	"maps"
-	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 )
@@ -112,16 +110,9 @@ func (s *Supervisor) waitingKernelAccepts() map[string]uint64 {
 		if len(held) == 0 {
 			continue
 		}
-		dir := "/proc/" + strconv.Itoa(p.tgid) + "/task"
-		f, err := os.Open(dir)
-		if err != nil {
-			continue
-		}
-		tids, _ := f.Readdirnames(-1)
-		f.Close()
 		blocked := map[int]int{} // listening fd -> threads in accept on it
-		for _, tid := range tids {
-			if fd, ok := blockedAcceptFd(dir + "/" + tid + "/syscall"); ok && held[fd] != nil {
+		for _, tid := range threads(p.tgid) {
+			if fd, ok := blockedAcceptFd(taskSyscallPath(p.tgid, tid)); ok && held[fd] != nil {
 				blocked[fd]++
 			}
 		}

@@ -289,3 +289,21 @@ func blockedAcceptFd(path string) (int, bool) {
 	}
 	return int(int32(fd)), true
 }
+
+// taskSyscallPath is /proc/PID/task/TID/syscall: the system call thread
+// tid of process pid is blocked in, with its arguments.
+func taskSyscallPath(pid, tid int) string {
+	return "/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(tid) + "/syscall"
+}
+
+// threads lists the thread ids of process pid; none once it has exited.
+func threads(pid int) []int {
+	entries, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	tids := make([]int, 0, len(entries))
+	for _, e := range entries {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids
+}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"testing"
 	"unsafe"
@@ -718,4 +719,25 @@ func TestBlockedAcceptFd(t *testing.T) {
 			t.Fatalf("the thread's accept: %v", err)
 		}
 	})
+}
+
+// threads lists every thread of a process, none of one that is gone, and
+// taskSyscallPath names the file blockedAcceptFd reads for each.
+func TestThreads(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	self, tid := unix.Getpid(), unix.Gettid()
+	if got := threads(self); !slices.Contains(got, tid) || !slices.Contains(got, self) {
+		t.Errorf("threads(%d) = %v, want the main thread %d and this one %d among them", self, got, self, tid)
+	}
+	if _, err := os.Stat(taskSyscallPath(self, tid)); err != nil {
+		t.Errorf("taskSyscallPath: %v", err)
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if got := threads(cmd.Process.Pid); len(got) != 0 {
+		t.Errorf("threads of exited process %d = %v, want none", cmd.Process.Pid, got)
+	}
 }

@@ -3,9 +3,7 @@ package supervisor
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,18 +104,6 @@ wait:
 	}
 }
 
-// threads lists the thread ids of process pid.
-func threads(pid int) []int {
-	entries, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
-	tids := make([]int, 0, len(entries))
-	for _, e := range entries {
-		if tid, err := strconv.Atoi(e.Name()); err == nil {
-			tids = append(tids, tid)
-		}
-	}
-	return tids
-}
-
 func firstError(a, b error) error {
 	if a != nil {
 		return a
@@ -132,25 +118,28 @@ func (s *Supervisor) receive(stopping *atomic.Bool) error {
 	var n notification
 	lastYield := time.Now()
 	for {
-		// The runtime's sysmon takes the P of a goroutine that has not
-		// been rescheduled for 10 ms (forcePreemptNS) even while it is in
-		// a short system call, and every P it takes makes it poll every
-		// 20 µs for a while: a busy receiver that never yields keeps
-		// sysmon spinning (17% of the supervisor's samples under load,
-		// docs/benchmarks.md). Yielding every few milliseconds costs a
-		// couple of wake-ups each time; the spinning cost about fifty
-		// per retake.
-		if now := time.Now(); now.Sub(lastYield) > yieldEvery {
-			runtime.Gosched()
-			lastYield = now
-		}
 		err := recvNotification(s.notifyFd, &n)
 		if stopping.Load() {
 			return nil
 		}
 		switch err {
 		case nil:
-			s.dispatch(&n)
+			// One clock read per notification: it times the answer and
+			// paces the yield.
+			now := time.Now()
+			s.dispatch(&n, now)
+			// The runtime's sysmon takes the P of a goroutine that has
+			// not been rescheduled for 10 ms (forcePreemptNS) even while
+			// it is in a short system call, and every P it takes makes it
+			// poll every 20 µs for a while: a busy receiver that never
+			// yields keeps sysmon spinning (17% of the supervisor's
+			// samples under load, docs/benchmarks.md). Yielding every few
+			// milliseconds costs a couple of wake-ups each time; the
+			// spinning cost about fifty per retake.
+			if now.Sub(lastYield) > yieldEvery {
+				runtime.Gosched()
+				lastYield = now
+			}
 		case unix.EINTR:
 		case unix.ENOENT:
 			// The caller was interrupted between the wake-up and the read,
@@ -173,13 +162,10 @@ func hungUp(fd int) bool {
 }
 
 // dispatch answers one notification by the step intercept's table gives its
-// syscall, and tells observe how long that took under the syscall's name.
-func (s *Supervisor) dispatch(n *notification) {
+// syscall, and tells observe how long that took since start (when the
+// notification was received) under the syscall's name.
+func (s *Supervisor) dispatch(n *notification, start time.Time) {
 	s.stats.Notifications.Add(1)
-	var start time.Time
-	if s.observe != nil {
-		start = time.Now()
-	}
 	sc, ok := intercept.ByNr(n.Data.Nr)
 	name := sc.Name
 	if !ok {

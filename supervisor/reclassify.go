@@ -2,8 +2,6 @@ package supervisor
 
 import (
 	"net/netip"
-	"os"
-	"strconv"
 
 	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/intercept"
@@ -219,15 +217,8 @@ func (s *Supervisor) placeBlockedAccepts(p *proc, held map[int]*listener) bool {
 	if !elsewhere {
 		return false
 	}
-	dir := "/proc/" + strconv.Itoa(p.tgid) + "/task"
-	f, err := os.Open(dir)
-	if err != nil {
-		return false
-	}
-	tids, _ := f.Readdirnames(-1)
-	f.Close()
-	for _, tid := range tids {
-		fd, ok := blockedAcceptFd(dir + "/" + tid + "/syscall")
+	for _, tid := range threads(p.tgid) {
+		fd, ok := blockedAcceptFd(taskSyscallPath(p.tgid, tid))
 		if !ok {
 			continue
 		}
