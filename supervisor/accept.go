@@ -494,6 +494,11 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 		go func() {
 			defer s.handOvers.Done()
 			defer l.busy.Add(-1)
+			restore, err := quietThread()
+			if err != nil {
+				s.log.Warn("handing a connection over on a thread that takes signals", "err", err)
+			}
+			defer restore()
 			if !s.complete(l, c, &callCopy) {
 				s.pump(l)
 			}

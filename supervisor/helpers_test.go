@@ -248,6 +248,9 @@ type supervised struct {
 	pid int
 	// out reads the process's stdout.
 	out *bufio.Reader
+	// stop ends the supervisor's Run with the process still running and
+	// returns Run's error, or an error if it did not return in patience.
+	stop func() error
 }
 
 // supervise starts argv (env, stdin) under the real filter for syscalls,
@@ -283,22 +286,33 @@ func supervise(t *testing.T, argv, env, syscalls []string, stdin *os.File, opts 
 	if err := p.Exec(); err != nil {
 		t.Fatalf("exec of %s: %v", argv[0], err)
 	}
+	var stopped error
+	var stopOnce sync.Once
+	wait := func(why string) error {
+		stopOnce.Do(func() {
+			select {
+			case stopped = <-done:
+			case <-time.After(patience):
+				stopped = fmt.Errorf("supervisor did not stop %s", why)
+			}
+		})
+		return stopped
+	}
 	t.Cleanup(func() {
 		// The process runs in a process group of its own, with its
 		// children.
 		unix.Kill(-p.Pid(), unix.SIGKILL)
 		p.Cmd.Wait()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("supervisor: %v", err)
-			}
-		case <-time.After(patience):
-			t.Errorf("supervisor did not stop after the server exited")
+		if err := wait("after the server exited"); err != nil && err != context.Canceled {
+			t.Errorf("supervisor: %v", err)
 		}
 		cancel()
 	})
-	return supervised{sup: sup, pid: p.Pid(), out: bufio.NewReader(stdoutR)}
+	stop := func() error {
+		cancel()
+		return wait("when told to")
+	}
+	return supervised{sup: sup, pid: p.Pid(), out: bufio.NewReader(stdoutR), stop: stop}
 }
 
 // startServer runs the test server under the real filter and a Supervisor

@@ -145,30 +145,33 @@ func addrPortOf(sa *unix.RawSockaddrAny) (netip.AddrPort, uint16) {
 // it is negative; write as much of the peer address (peerLen bytes at
 // peer) as fits at addr; then store the address's full length at addrlen.
 // An unreadable or unwritable address fails with EFAULT.
+//
+// It allocates nothing: the iovecs live on the stack and go to the
+// kernel through the raw system calls.
 func writePeer(pid int, addr, addrlen uint64, peer *unix.RawSockaddrAny, peerLen uint32) unix.Errno {
-	var lenBuf [4]byte
-	local := []unix.Iovec{{Base: &lenBuf[0], Len: 4}}
-	remote := []unix.RemoteIovec{{Base: uintptr(addrlen), Len: 4}}
-	if n, err := unix.ProcessVMReadv(pid, local, remote, 0); err != nil || n != 4 {
+	var avail int32
+	local := [2]unix.Iovec{{Base: (*byte)(unsafe.Pointer(&avail)), Len: 4}}
+	remote := [2]unix.RemoteIovec{{Base: uintptr(addrlen), Len: 4}}
+	n, _, e := unix.Syscall6(unix.SYS_PROCESS_VM_READV, uintptr(pid), uintptr(unsafe.Pointer(&local[0])), 1, uintptr(unsafe.Pointer(&remote[0])), 1, 0)
+	if e != 0 || n != 4 {
 		return unix.EFAULT
 	}
-	avail := int32(binary.NativeEndian.Uint32(lenBuf[:]))
 	if avail < 0 {
 		return unix.EINVAL
 	}
-	n := min(uint32(avail), peerLen)
-	var full [4]byte
-	binary.NativeEndian.PutUint32(full[:], peerLen)
-	peerBytes := (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(peer))
-	local = local[:0]
-	remoteW := make([]unix.RemoteIovec, 0, 2)
-	if n > 0 {
-		local = append(local, unix.Iovec{Base: &peerBytes[0], Len: uint64(n)})
-		remoteW = append(remoteW, unix.RemoteIovec{Base: uintptr(addr), Len: int(n)})
+	fits := min(uint32(avail), peerLen)
+	full := peerLen
+	count := 0
+	if fits > 0 {
+		local[count] = unix.Iovec{Base: (*byte)(unsafe.Pointer(peer)), Len: uint64(fits)}
+		remote[count] = unix.RemoteIovec{Base: uintptr(addr), Len: int(fits)}
+		count++
 	}
-	local = append(local, unix.Iovec{Base: &full[0], Len: 4})
-	remoteW = append(remoteW, unix.RemoteIovec{Base: uintptr(addrlen), Len: 4})
-	if w, err := unix.ProcessVMWritev(pid, local, remoteW, 0); err != nil || w != int(n)+4 {
+	local[count] = unix.Iovec{Base: (*byte)(unsafe.Pointer(&full)), Len: 4}
+	remote[count] = unix.RemoteIovec{Base: uintptr(addrlen), Len: 4}
+	count++
+	w, _, e := unix.Syscall6(unix.SYS_PROCESS_VM_WRITEV, uintptr(pid), uintptr(unsafe.Pointer(&local[0])), uintptr(count), uintptr(unsafe.Pointer(&remote[0])), uintptr(count), 0)
+	if e != 0 || w != uintptr(fits)+4 {
 		return unix.EFAULT
 	}
 	return 0

@@ -493,6 +493,13 @@ func TestWritePeer(t *testing.T) {
 			if rest := buf[tc.written:]; !bytes.Equal(rest, bytes.Repeat([]byte{peerGuard}, len(rest))) {
 				t.Errorf("bytes past the %d allowed were written: % x", tc.written, rest)
 			}
+			// It runs for every emulated accept.
+			if n := testing.AllocsPerRun(20, func() {
+				m.setLength(tc.avail)
+				writePeer(os.Getpid(), m.addr(addrOff), m.addr(lenOff), tc.peer, tc.peerLen)
+			}); n != 0 {
+				t.Errorf("%v allocations per call, want none", n)
+			}
 		})
 	}
 }

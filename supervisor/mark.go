@@ -67,6 +67,18 @@ func markDSCP(fd int, family uint16, dscp int) error {
 	return nil
 }
 
+// markConn marks an established connection whose local address is local
+// (as addrPortOf gives it: IPv4 even when an IPv6 socket saw it). Such a
+// connection speaks one family only: an IPv6 socket connected to an IPv4
+// peer (v4-mapped) sends IPv4 packets, which take their mark from IP_TOS
+// alone, so it needs one setsockopt where its listener needed two.
+func markConn(fd int, family uint16, local netip.Addr, dscp int) error {
+	if family == unix.AF_INET6 && local.Is4() {
+		family = unix.AF_INET
+	}
+	return markDSCP(fd, family, dscp)
+}
+
 // markListener gives the listener the class's DSCP, or back its own mark
 // when the class has none (a vhost lost its dscp or left the table). Called
 // with l.mu held.
@@ -107,7 +119,7 @@ func (s *Supervisor) finish(c *conn, d Decision) {
 		l.mu.Unlock()
 	}
 	if dscp, write := decideMark(d.DSCP, own, marked); write {
-		if err := markDSCP(c.fd, c.family, dscp); err != nil {
+		if err := markConn(c.fd, c.family, c.local.Addr(), dscp); err != nil {
 			s.stats.Errors.Add(1)
 			s.log.Warn("setting DSCP on a connection", "local", c.local, "dscp", d.DSCP, "err", err)
 		}

@@ -1,7 +1,9 @@
 package supervisor
 
 import (
+	"fmt"
 	"log/slog"
+	"net"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -82,6 +84,64 @@ func TestMarkDSCP(t *testing.T) {
 			t.Error("marking a pipe did not fail")
 		}
 	})
+}
+
+// markConn sets the one option that marks the packets a connection sends:
+// a connection to an IPv4 client through a dual-stack IPv6 listener sends
+// IPv4 packets (IP_TOS), one to an IPv6 client IPv6 packets (IPV6_TCLASS).
+func TestMarkConn(t *testing.T) {
+	lfd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Skipf("no IPv6 here: %v", err)
+	}
+	defer unix.Close(lfd)
+	if err := unix.SetsockoptInt(lfd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(lfd, &unix.SockaddrInet6{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 4); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(lfd)
+	port := sa.(*unix.SockaddrInet6).Port
+	for _, tc := range []struct {
+		name        string
+		client      string
+		tos, tclass int // afterwards (the accepted socket starts with 0); -1: not asked
+	}{
+		{"IPv4 client (v4-mapped)", fmt.Sprintf("127.0.0.1:%d", port), 46 << 2, 0},
+		// Which IP_TOS an IPv6 socket reports after IPV6_TCLASS differs
+		// between kernels; no IPv4 packet leaves it either way.
+		{"IPv6 client", fmt.Sprintf("[::1]:%d", port), -1, 46 << 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, err := net.Dial("tcp", tc.client)
+			if err != nil {
+				t.Skipf("cannot dial %s: %v", tc.client, err)
+			}
+			defer client.Close()
+			fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			local, family, err := localAddrOf(fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := markConn(fd, family, local.Addr(), 46); err != nil {
+				t.Fatal(err)
+			}
+			if tos, err := unix.GetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TOS); tc.tos >= 0 && (err != nil || tos != tc.tos) {
+				t.Errorf("IP_TOS %#x (%v), want %#x", tos, err, tc.tos)
+			}
+			if tclass, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_TCLASS); err != nil || tclass != tc.tclass {
+				t.Errorf("IPV6_TCLASS %#x (%v), want %#x", tclass, err, tc.tclass)
+			}
+		})
+	}
 }
 
 // finish gives an accepted connection what decideMark says: the socket

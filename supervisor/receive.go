@@ -35,17 +35,28 @@ import (
 const minProcs = 4
 
 // yieldEvery is how often a busy receiver lets the Go scheduler run (see
-// receive).
-const yieldEvery = 5 * time.Millisecond
+// receive): below the runtime's forcePreemptNS (10 ms), with room for the
+// gap between notifications under load. The receiver is locked to its
+// thread, so each yield hands its P to another thread and back: two
+// wake-ups.
+const yieldEvery = 8 * time.Millisecond
 
 // Run answers notifications until every process under the filter has exited
 // (the notification fd hangs up) or ctx is done. Connections accepted but
-// not yet handed over are closed on return.
+// not yet handed over are closed on return. Stopped by ctx while processes
+// remain, Run returns at once; the next notification is then answered
+// "continue" (the kernel does the syscall), and the ones after it fail
+// with ENOSYS unless another copy of the notification fd is answered.
 func (s *Supervisor) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		restore, err := quietThread()
+		if err != nil {
+			s.log.Error("the event loop's thread takes signals, which can lose a connection being handed over", "err", err)
+		}
+		defer restore()
 		s.events.run(s)
 	}()
 	defer func() {
@@ -62,13 +73,21 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		runtime.GOMAXPROCS(minProcs)
 	}
 
-	var stopping atomic.Bool
+	// The receiver waits on a copy of the notification fd of its own,
+	// which it closes when it returns: it may outlive Run (below).
+	recvFd, err := unix.FcntlInt(uintptr(s.notifyFd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("copying the notification fd for the receiver: %w", err)
+	}
+	var r receiverState
 	done := make(chan error, 1)
-	go func() { done <- s.receive(&stopping) }()
+	go func() {
+		defer unix.Close(recvFd)
+		done <- s.receive(recvFd, &r)
+	}()
 
 	// The watcher notices the end: ctx done, or no process left under the
-	// filter (POLLHUP). Newer kernels also end a blocked NOTIF_RECV then;
-	// older ones do not, so the receiver is woken by a signal.
+	// filter (POLLHUP). Newer kernels also end a blocked NOTIF_RECV then.
 	var result error
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -86,22 +105,35 @@ wait:
 			}
 		}
 	}
-	stopping.Store(true)
-	self := unix.Getpid()
+	r.stopping.Store(true)
+	// Nothing ends a NOTIF_RECV early on current kernels: their wait
+	// (recv_wait_event) restarts after a signal handler, and every handler
+	// of the Go runtime asks for restarts (SA_RESTART). A receiver waiting
+	// there is left to itself: it answers the one notification it gets
+	// next with "continue", as if no supervisor were there, and returns,
+	// or returns when no process is left. One still answering is waited
+	// for, since it uses what Run closes.
 	for {
-		// SIGURG is the Go runtime's own preemption signal: harmless to the
-		// process, and it ends a blocked ioctl with EINTR. The receiver is
-		// not locked to a thread (a locked goroutine pays two hand-offs
-		// each time it yields), so every thread gets one.
-		for _, tid := range threads(self) {
-			unix.Tgkill(self, tid, unix.SIGURG)
-		}
 		select {
 		case err := <-done:
 			return firstError(result, err)
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(time.Millisecond):
+		}
+		if r.inRecv.Load() {
+			return result
 		}
 	}
+}
+
+// receiverState is what Run and the receiver share to stop it. Run sets
+// stopping before it reads inRecv, and the receiver clears inRecv before
+// it reads stopping (both sequentially consistent): a receiver Run saw in
+// NOTIF_RECV sees stopping when its wait ends, and touches nothing of the
+// supervisor's after that.
+type receiverState struct {
+	stopping atomic.Bool
+	// inRecv says the receiver waits in NOTIF_RECV, or is about to.
+	inRecv atomic.Bool
 }
 
 func firstError(a, b error) error {
@@ -111,15 +143,30 @@ func firstError(a, b error) error {
 	return b
 }
 
-// receive is the receiving goroutine: it waits in NOTIF_RECV and
-// dispatches each notification, until stopping is set or the filter has
-// no process left.
-func (s *Supervisor) receive(stopping *atomic.Bool) error {
+// receive is the receiving goroutine: it waits in NOTIF_RECV on notifyFd
+// and dispatches each notification, until r.stopping is set or the filter
+// has no process left. It runs on a quiet thread.
+func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
+	restore, err := quietThread()
+	if err != nil {
+		return fmt.Errorf("preparing the receiving thread: %w", err)
+	}
+	defer restore()
 	var n notification
 	lastYield := time.Now()
 	for {
-		err := recvNotification(s.notifyFd, &n)
-		if stopping.Load() {
+		r.inRecv.Store(true)
+		if r.stopping.Load() {
+			return nil
+		}
+		err := recvNotification(notifyFd, &n)
+		r.inRecv.Store(false)
+		if r.stopping.Load() {
+			if err == nil {
+				// Received but not to be handled: the kernel does the
+				// syscall, as it would with no supervisor at all.
+				s.respond(n.ID, respondContinue(notifyFd, n.ID))
+			}
 			return nil
 		}
 		switch err {
@@ -144,7 +191,7 @@ func (s *Supervisor) receive(stopping *atomic.Bool) error {
 		case unix.ENOENT:
 			// The caller was interrupted between the wake-up and the read,
 			// or, on newer kernels, no process is left under the filter.
-			if hungUp(s.notifyFd) {
+			if hungUp(notifyFd) {
 				return nil
 			}
 		default:

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -17,39 +18,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// receiversNow counts this process's threads blocked in NOTIF_RECV on
-// notifyFd, from /proc/self/task/*/syscall ("16 0xFD 0xREQ ..." for an
-// ioctl). The receiving goroutine is not locked to a thread, so one pass
-// over the threads may see it in NOTIF_RECV on one thread and, a moment
-// later, on the thread it moved to: threads seen in NOTIF_RECV are read
-// again, and only those still there count.
-func receiversNow(t *testing.T, notifyFd int) int {
+// receiversNow lists this process's threads blocked in NOTIF_RECV on
+// notifyFd or a copy of it, from /proc/self/task/*/syscall ("16 0xFD
+// 0xREQ ..." for an ioctl).
+func receiversNow(t *testing.T, notifyFd int) []int {
 	t.Helper()
 	tasks, err := filepath.Glob("/proc/self/task/*/syscall")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("%d 0x%x 0x%x ", unix.SYS_IOCTL, notifyFd, uint64(unix.SECCOMP_IOCTL_NOTIF_RECV))
-	inRecv := func(task string) bool {
-		data, err := os.ReadFile(task)
-		return err == nil && strings.HasPrefix(string(data), want)
-	}
-	var seen []string
+	self := os.Getpid()
+	var tids []int
 	for _, task := range tasks {
-		if inRecv(task) {
-			seen = append(seen, task)
+		data, err := os.ReadFile(task)
+		if err != nil {
+			continue
 		}
-	}
-	if len(seen) < 2 {
-		return len(seen)
-	}
-	n := 0
-	for _, task := range seen {
-		if inRecv(task) {
-			n++
+		f := strings.Fields(string(data))
+		if len(f) < 3 || f[0] != strconv.Itoa(unix.SYS_IOCTL) || f[2] != fmt.Sprintf("0x%x", uint64(unix.SECCOMP_IOCTL_NOTIF_RECV)) {
+			continue
 		}
+		fd, err := strconv.ParseInt(strings.TrimPrefix(f[1], "0x"), 16, 32)
+		if err != nil || !sameFile(self, int(fd), self, notifyFd) {
+			continue
+		}
+		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(task)))
+		tids = append(tids, tid)
 	}
-	return n
+	return tids
 }
 
 // The kernel wakes every thread waiting in NOTIF_RECV for each
@@ -64,6 +60,10 @@ func TestOneReceiver(t *testing.T) {
 				t.Fatal(l)
 			}
 			var most, samples atomic.Int64
+			raise := func(n int64) {
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+			}
 			stop := make(chan struct{})
 			sampled := make(chan struct{})
 			go func() {
@@ -74,17 +74,18 @@ func TestOneReceiver(t *testing.T) {
 						return
 					default:
 					}
-					n := int64(receiversNow(t, h.sup.notifyFd))
-					if n > most.Load() {
-						most.Store(n)
-					}
+					raise(int64(len(receiversNow(t, h.sup.notifyFd))))
 					samples.Add(1)
 					time.Sleep(200 * time.Microsecond)
 				}
 			}()
 			// Idle first: the moment a second receiver would sit beside the
 			// first.
-			waitFor(t, "the receiver waiting in NOTIF_RECV", func() bool { return receiversNow(t, h.sup.notifyFd) == 1 })
+			waitFor(t, "the receiver waiting in NOTIF_RECV", func() bool {
+				n := len(receiversNow(t, h.sup.notifyFd))
+				raise(int64(n))
+				return n >= 1
+			})
 			var wg sync.WaitGroup
 			for i := 0; i < 8; i++ {
 				wg.Add(1)
@@ -174,5 +175,124 @@ func TestSlowEmulatedAcceptDoesNotDelayFastPath(t *testing.T) {
 	}
 	if n := sup.Stats().Continued.Load(); n < conns {
 		t.Errorf("%d accepts left to the kernel, want at least %d: the fast listener did not take the fast path", n, conns)
+	}
+}
+
+// blockedSignals reads which signals thread tid of this process blocks
+// (SigBlk in /proc/self/task/TID/status; bit n-1 is signal n).
+func blockedSignals(t *testing.T, tid int) uint64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/status", tid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if hex, ok := strings.CutPrefix(line, "SigBlk:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			if err != nil {
+				t.Fatalf("SigBlk of thread %d: %v", tid, err)
+			}
+			return mask
+		}
+	}
+	t.Fatalf("no SigBlk for thread %d", tid)
+	return 0
+}
+
+// threadIn finds the thread of this process blocked in system call nr
+// (one of nrs) with fd as its first argument.
+func threadIn(t *testing.T, what string, fd int, nrs ...int) int {
+	t.Helper()
+	var tid int
+	waitFor(t, what, func() bool {
+		tasks, _ := filepath.Glob("/proc/self/task/*/syscall")
+		for _, task := range tasks {
+			data, err := os.ReadFile(task)
+			if err != nil {
+				continue
+			}
+			for _, nr := range nrs {
+				if strings.HasPrefix(string(data), fmt.Sprintf("%d 0x%x ", nr, fd)) {
+					tid, _ = strconv.Atoi(filepath.Base(filepath.Dir(task)))
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return tid
+}
+
+// No signal can end an ADDFD wait on the threads that hand connections
+// over (sendFd): the receiver's and the event loop's threads block them
+// all.
+func TestHandOverThreadsAreQuiet(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0", true)
+	h.command("accept full")
+	conn, _ := h.dial()
+	defer conn.Close()
+	h.result()
+	var receiver int
+	waitFor(t, "the receiver in NOTIF_RECV", func() bool {
+		tids := receiversNow(t, h.sup.notifyFd)
+		if len(tids) == 1 {
+			receiver = tids[0]
+		}
+		return receiver != 0
+	})
+	for _, tc := range []struct {
+		name string
+		tid  int
+	}{
+		{"receiver", receiver},
+		{"event loop", threadIn(t, "the event loop in epoll_wait", h.sup.events.epfd, unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			blocked := blockedSignals(t, tc.tid)
+			for _, sig := range []unix.Signal{unix.SIGURG, unix.SIGCHLD, unix.SIGTERM, unix.SIGHUP, unix.SIGPROF, unix.SIGINT, unix.SIGUSR1} {
+				if blocked&(1<<(sig-1)) == 0 {
+					t.Errorf("thread %d takes %v", tc.tid, sig)
+				}
+			}
+		})
+	}
+}
+
+// Told to stop while the server runs, with an accept held waiting for a
+// connection and another blocked in the kernel, the supervisor stops at
+// once and the server is not left hanging: its next accept is the
+// kernel's.
+func TestStopWhileServing(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatalf("python3 is needed (Debian: python3): %v", err)
+	}
+	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
+	run := supervise(t, []string{python, "-c", twoListeners}, os.Environ(), []string{"accept", "accept4"}, nil,
+		Options{Classifier: portClassifier{}, Placer: placer})
+	line, err := run.out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("server did not start: %v", err)
+	}
+	ports := strings.Fields(line)
+	if len(ports) != 2 {
+		t.Fatalf("server said %q, want two ports", line)
+	}
+	waitFor(t, "the child's accept held by the supervisor", func() bool { return len(run.sup.waitingAccepts()) == 1 })
+	if err := run.stop(); err != context.Canceled {
+		t.Fatalf("Run returned %v, want %v", err, context.Canceled)
+	}
+	// The parent was in the kernel's accept on the fast listener; the
+	// accept after this connection is the one the receiver lets through.
+	for i := range 2 {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+ports[1], patience)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(patience))
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			t.Errorf("connection %d after the stop not served: %v", i, err)
+		}
+		c.Close()
 	}
 }

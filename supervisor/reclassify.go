@@ -178,7 +178,7 @@ func (s *Supervisor) remark(fd int, ino uint64, local netip.AddrPort, family uin
 	if !ok {
 		return false, true
 	}
-	if err := markDSCP(fd, family, dscp); err != nil {
+	if err := markConn(fd, family, local.Addr(), dscp); err != nil {
 		s.log.Warn("re-marking an established connection", "local", local, "dscp", dscp, "err", err)
 		return false, true
 	}

@@ -313,7 +313,7 @@ func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
 	}
 	s.stats.Reclassified.Add(1)
 	if dscp, ok := s.markFor(d, c.local); ok {
-		if err := markDSCP(copyFd, c.family, dscp); err != nil {
+		if err := markConn(copyFd, c.family, c.local.Addr(), dscp); err != nil {
 			s.log.Warn("setting DSCP on a reclassified connection", "local", c.local, "err", err)
 		}
 	}

@@ -187,7 +187,7 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 			undo = append(undo, func() { r.cg.Remove(name) })
 		}
 	}
-	r.sup.SetClassifier(tableClassifier{next})
+	r.sup.SetClassifier(newTableClassifier(next))
 	r.mu.Lock()
 	r.current = next
 	r.generation++

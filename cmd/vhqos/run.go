@@ -225,7 +225,7 @@ func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (
 	}
 	supOpts := supervisor.Options{
 		NotifyFd:   proc.NotifyFd,
-		Classifier: tableClassifier{table},
+		Classifier: newTableClassifier(table),
 		Placer:     cg,
 		Logger:     log,
 		Track:      track,
@@ -376,11 +376,34 @@ func decision(class *policy.Class, t *policy.Table) supervisor.Decision {
 	return supervisor.Decision{Group: groupName(class, t), DSCP: class.DSCP, Quota: class.Resources.CPUQuotaPercent != 0}
 }
 
-// tableClassifier turns QoS table lookups into supervisor decisions.
-type tableClassifier struct{ t *policy.Table }
+// tableClassifier turns QoS table lookups into supervisor decisions. The
+// decisions are made once per table: a lookup runs for every accepted
+// connection and must not allocate (a cgroup name is built from the
+// vhost's).
+type tableClassifier struct {
+	t        *policy.Table
+	vhosts   []supervisor.Decision // by index into t.VHosts
+	defaults supervisor.Decision
+}
+
+func newTableClassifier(t *policy.Table) tableClassifier {
+	c := tableClassifier{t: t, vhosts: make([]supervisor.Decision, len(t.VHosts)), defaults: decision(&t.Defaults, t)}
+	for i := range t.VHosts {
+		c.vhosts[i] = decision(&t.VHosts[i], t)
+	}
+	return c
+}
+
+// of returns the decision for the vhost at index i, or the defaults' for -1.
+func (c tableClassifier) of(i int) supervisor.Decision {
+	if i >= 0 {
+		return c.vhosts[i]
+	}
+	return c.defaults
+}
 
 func (c tableClassifier) ClassifyAddr(local netip.AddrPort) supervisor.Decision {
-	return decision(c.t.ClassifyAddr(local), c.t)
+	return c.of(c.t.Matcher.MatchAddr(local))
 }
 
 func (c tableClassifier) ClassifyListener(bound netip.AddrPort) (supervisor.Decision, bool) {
@@ -388,17 +411,17 @@ func (c tableClassifier) ClassifyListener(bound netip.AddrPort) (supervisor.Deci
 	if !ok {
 		return supervisor.Decision{}, false
 	}
-	class := &c.t.Defaults
-	if i >= 0 {
-		class = &c.t.VHosts[i]
-	}
-	return decision(class, c.t), true
+	return c.of(i), true
 }
 
 func (c tableClassifier) NamesApply(local netip.AddrPort) bool { return c.t.Matcher.NamesApply(local) }
 
+// ClassifyName is policy.Table.ClassifyName: a name rule, else the address.
 func (c tableClassifier) ClassifyName(host string, local netip.AddrPort) supervisor.Decision {
-	return decision(c.t.ClassifyName(host, local), c.t)
+	if i := c.t.Matcher.MatchName(host, local); i >= 0 {
+		return c.vhosts[i]
+	}
+	return c.ClassifyAddr(local)
 }
 
 func (c tableClassifier) SniffLimits() (time.Duration, int) { return c.t.Settings.SniffLimits() }

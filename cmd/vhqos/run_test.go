@@ -1,10 +1,12 @@
 package main
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/vhqos/vhqos/policy"
+	"github.com/vhqos/vhqos/supervisor"
 )
 
 func TestSocketActivation(t *testing.T) {
@@ -58,5 +60,58 @@ func TestGroupName(t *testing.T) {
 		if got := groupName(tc.class, tab); got != tc.want {
 			t.Errorf("class %q: group %q, want %q", tc.class.Name, got, tc.want)
 		}
+	}
+}
+
+// The classifier the supervisor asks for every connection answers as the
+// table does, and allocates nothing doing it.
+func TestTableClassifier(t *testing.T) {
+	tab, err := policy.Parse("qos.toml", []byte(`
+[defaults]
+dscp = "CS1"
+
+[[vhost]]
+name = "shop"
+match = ["192.0.2.1", "shop.example"]
+dscp = "EF"
+
+[[vhost]]
+name = "blog"
+match = ["blog.example"]
+cpu_max = "50%"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTableClassifier(tab)
+	for _, tc := range []struct {
+		name  string
+		host  string // "" for an address lookup
+		local string
+		want  supervisor.Decision
+	}{
+		{"address of a vhost", "", "192.0.2.1:80", supervisor.Decision{Group: "vhost-shop", DSCP: 46}},
+		{"address of none", "", "192.0.2.9:80", supervisor.Decision{Group: "default", DSCP: 8}},
+		{"name of a vhost with a CPU quota", "blog.example", "192.0.2.9:80", supervisor.Decision{Group: "vhost-blog", DSCP: -1, Quota: true}},
+		{"name of none: the address decides", "other.example", "192.0.2.1:80", supervisor.Decision{Group: "vhost-shop", DSCP: 46}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			local := netip.MustParseAddrPort(tc.local)
+			var got supervisor.Decision
+			var allocs float64
+			if tc.host == "" {
+				got = c.ClassifyAddr(local)
+				allocs = testing.AllocsPerRun(100, func() { c.ClassifyAddr(local) })
+			} else {
+				got = c.ClassifyName(tc.host, local)
+				allocs = testing.AllocsPerRun(100, func() { c.ClassifyName(tc.host, local) })
+			}
+			if got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+			if allocs != 0 {
+				t.Errorf("%v allocations per lookup, want none", allocs)
+			}
+		})
 	}
 }

@@ -80,6 +80,9 @@ func main() {
 	names := flag.Bool("names", false, "measure name-based vhosts (HTTP Host, TLS SNI) over HTTP and HTTPS instead of address-based ones")
 	fork := flag.Bool("fork", false, "measure fork-after-accept servers (socat, busybox httpd) in connections/s instead, native and under each track setting")
 	profile := flag.String("profile", "", "record each supervisor's Connection: close runs with perf record -g into this directory (perf report -i FILE reads them)")
+	syscalls := flag.String("syscalls", "", "count each supervisor's system calls in its last Connection: close run with perf trace -s into this directory (DIR/PATH-WHO.txt)")
+	only := flag.String("only", "", "measure only the paths whose name contains this text (e.g. wildcard)")
+	baseline := flag.String("baseline", "", "another vhqos binary (an earlier build) measured in each round too, for vhqos/baseline")
 	flag.Parse()
 	if os.Getenv(nsEnv) == "" {
 		// A network namespace of its own: any loopback address and port,
@@ -145,30 +148,42 @@ func main() {
 		fail(err)
 	}
 	defer os.Remove(floorBin)
-	if *profile != "" {
-		if err := os.MkdirAll(*profile, 0o755); err != nil {
+	for _, dir := range []string{*profile, *syscalls} {
+		if dir == "" {
+			continue
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			fail(err)
 		}
 	}
 	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of native, floor (C reference supervisor), vhqos; %s\n", *conns, *duration, *pairs, kernel())
 	for pi, path := range setups {
+		if !strings.Contains(path.name, *only) {
+			continue
+		}
 		fmt.Printf("\n%s (floor: %s)\n", path.name, path.floorMode)
 		for _, close := range []bool{true, false} {
 			var toNative, floorToNative, toFloor, cpuPerConn, floorCPUPerConn, switchesPerConn, floorSwitchesPerConn []float64
+			var toBaseline, baselineCPUPerConn []float64
 			for i := 0; i < *pairs; i++ {
 				var pinServer []string
 				if *pin {
 					pinServer = []string{"taskset", "-c", "0"}
 				}
-				// Only the last round is profiled: perf's own cost must
-				// not shift the medians much.
-				perfTo := func(who string) string {
-					if *profile == "" || !close || i != *pairs-1 {
-						return ""
+				// Only the last round is profiled or traced: perf's own
+				// cost must not shift the medians much.
+				perfTo := func(who string) []string {
+					switch {
+					case !close || i != *pairs-1:
+						return nil
+					case *profile != "":
+						return []string{"record", "-q", "-g", "-o", filepath.Join(*profile, fmt.Sprintf("%d-%s.data", pi+1, who))}
+					case *syscalls != "":
+						return []string{"trace", "-s", "-o", filepath.Join(*syscalls, fmt.Sprintf("%d-%s.txt", pi+1, who))}
 					}
-					return filepath.Join(*profile, fmt.Sprintf("%d-%s.data", pi+1, who))
+					return nil
 				}
-				native, _, err := measure(cg, pinServer, *pin, path, close, *conns, *duration, "")
+				native, _, err := measure(cg, pinServer, *pin, path, close, *conns, *duration, nil)
 				if err != nil {
 					fail(err)
 				}
@@ -176,9 +191,23 @@ func main() {
 				if err != nil {
 					fail(err)
 				}
-				wrapped, sup, err := measure(cg, append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--"), *pin, path, close, *conns, *duration, perfTo("vhqos"))
+				vhqosRun := func(bin string) []string {
+					return append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--")
+				}
+				wrapped, sup, err := measure(cg, vhqosRun(bin), *pin, path, close, *conns, *duration, perfTo("vhqos"))
 				if err != nil {
 					fail(err)
+				}
+				if *baseline != "" {
+					base, baseSup, err := measure(cg, vhqosRun(*baseline), *pin, path, close, *conns, *duration, nil)
+					if err != nil {
+						fail(err)
+					}
+					toBaseline = append(toBaseline, wrapped.rps/base.rps)
+					if close && base.requests > 0 {
+						baselineCPUPerConn = append(baselineCPUPerConn, baseSup.cpu.Seconds()*1e6/float64(base.requests))
+					}
+					fmt.Printf("  %-10s round %d: baseline %8.0f req/s, vhqos/baseline %.3f\n", label(close), i+1, base.rps, wrapped.rps/base.rps)
 				}
 				toNative = append(toNative, wrapped.rps/native.rps)
 				floorToNative = append(floorToNative, floor.rps/native.rps)
@@ -196,6 +225,12 @@ func main() {
 			if close {
 				fmt.Printf("; supervisor CPU per connection: vhqos %.1f µs, floor %.1f µs (%.2f); context switches per connection: vhqos %.2f, floor %.2f",
 					median(cpuPerConn), median(floorCPUPerConn), median(cpuPerConn)/median(floorCPUPerConn), median(switchesPerConn), median(floorSwitchesPerConn))
+			}
+			if len(toBaseline) > 0 {
+				fmt.Printf("; vhqos/baseline %.3f", median(toBaseline))
+				if close {
+					fmt.Printf(", baseline CPU per connection %.1f µs", median(baselineCPUPerConn))
+				}
 			}
 			fmt.Println()
 		}
@@ -241,13 +276,13 @@ var (
 
 // measure starts Apache (under prefix, if any), runs wrk against it and
 // stops it, returning wrk's figures and the supervisor's own cost (CPU
-// time, context switches). perfTo, if set, is where perf record writes a
-// profile of the supervisor. wrk runs in cgroup "client", native Apache in
+// time, context switches). perfArgs, if set, run perf (record or trace)
+// on the supervisor for the length of the run: its arguments but -p. wrk runs in cgroup "client", native Apache in
 // "native" and the floor's Apache in "floor", siblings of equal weight:
 // under vhqos the server's processes sit in a cgroup too, and the CPU
 // scheduler treats a cgroup as one entity, so without this the runs would
 // differ in how CPU is shared rather than in what each supervisor costs.
-func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool, conns int, d time.Duration, perfTo string) (result, supervisorCost, error) {
+func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool, conns int, d time.Duration, perfArgs []string) (result, supervisorCost, error) {
 	wrapped := len(prefix) > 0 && prefix[len(prefix)-1] == "--"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -291,10 +326,10 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 		}
 	}
 	var perf *exec.Cmd
-	if perfTo != "" {
-		perf = exec.Command("perf", "record", "-q", "-g", "-o", perfTo, "-p", strconv.Itoa(a.Cmd.Process.Pid))
+	if perfArgs != nil {
+		perf = exec.Command("perf", append(perfArgs, "-p", strconv.Itoa(a.Cmd.Process.Pid))...)
 		if err := perf.Start(); err != nil {
-			return result{}, supervisorCost{}, fmt.Errorf("starting perf record: %w", err)
+			return result{}, supervisorCost{}, fmt.Errorf("starting perf %s: %w", perfArgs[0], err)
 		}
 	}
 	args := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + d.String()}
