@@ -63,6 +63,22 @@
 // settings.cgroup_parent). Close gives back the controllers it enabled and
 // moves the supervisor back.
 //
+// # Owner and attached managers
+//
+// The subtree has one owner, the New without Options.Attach (vhqos's
+// long-lived keeper), which makes it and, in Close, kills what is left and
+// removes it. Another process the owner started (the supervisor, restarted
+// after a crash) works on the same subtree through a New with Attach: it
+// opens the groups that are there, reads back the limits in them so that
+// its first Set of a group drops what the table no longer has, creates
+// missing groups and enables controllers along the owner's chain (which it
+// learns from the xattr user.vhqos.base on Parent/Name when the owner had
+// to create Parent), but moves no process of its own and its Close only
+// closes files. The owner's Close gives back the controllers an attached
+// manager enabled as well, since under v2 it could not move back into base
+// otherwise. RemoveStale removes the subtrees of owners that died without
+// Close (SIGKILL): vhqos.<PID> directories whose PID is no running process.
+//
 // # Hot path
 //
 // Place runs per accepted connection: it writes the pid, with one write(2)

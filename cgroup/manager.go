@@ -30,7 +30,20 @@ type Options struct {
 	// Name is the subtree the manager owns under Parent, e.g. "vhqos.1234".
 	// An empty leftover of that name is removed; one holding processes is
 	// an error.
-	Name   string
+	Name string
+	// Attach adopts the subtree Parent/Name that another process's New
+	// made and still owns, instead of making one: New fails, naming the
+	// directory, when the subtree does not exist; it opens every group
+	// already in it (Groups lists them), moves no process, and Set creates
+	// the groups that are missing. It reads the limits it finds back, so
+	// that its first Set of a group also resets those an earlier process
+	// set and the caller no longer wants. Close then only releases what the manager holds (open
+	// files): the subtree, its processes and the controllers stay for the
+	// owner's Close. With Attach, Parent "" means the owner's cgroup: the
+	// caller's own, or under v2 the parent of the leaf <Name>.supervisor
+	// when the caller sits there (a child the owner started inherits it).
+	// Parent must be what the owner was given.
+	Attach bool
 	Logger *slog.Logger
 }
 
@@ -80,7 +93,8 @@ type group struct {
 	cg2     *cgroup2.Manager
 }
 
-// Manager owns the subtree Parent/Name and the groups in it. Place is safe
+// Manager owns the subtree Parent/Name and the groups in it (or, attached,
+// works in another process's). Place is safe
 // for concurrent use with everything; the other methods serialize.
 type Manager struct {
 	log     *slog.Logger
@@ -93,6 +107,7 @@ type Manager struct {
 	subs1    []cgroup1.Subsystem
 	created  [][]string // per hierarchy: the Parent directories New made, top-down
 	owned    bool       // Parent/Name is ours: no other vhqos had it
+	attached bool       // Options.Attach: Parent/Name is another process's
 
 	v2 v2state
 
@@ -114,8 +129,18 @@ type layout struct {
 // New detects the host's cgroup layout, creates Parent/Name and its home
 // group and, under v2 when Parent is the supervisor's own (non-root) cgroup,
 // moves the supervisor into the leaf Parent/<Name>.supervisor so that Parent
-// may hand controllers down.
+// may hand controllers down. With Options.Attach it adopts an existing
+// Parent/Name instead (see Attach).
 func New(ctx context.Context, opts Options) (*Manager, error) {
+	lay, err := hostLayout()
+	if err != nil {
+		return nil, err
+	}
+	return newManager(ctx, opts, lay)
+}
+
+// hostLayout asks cgroups.Mode which backend this host's limits use.
+func hostLayout() (layout, error) {
 	var lay layout
 	switch cgroups.Mode() {
 	case cgroups.Unified:
@@ -123,9 +148,9 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	case cgroups.Legacy, cgroups.Hybrid:
 		// Limits live in the v1 hierarchies.
 	default:
-		return nil, errors.New("cgroups: no cgroup filesystem is mounted at /sys/fs/cgroup; mount cgroup2 there (or the v1 cpu, cpuacct and blkio hierarchies)")
+		return lay, errors.New("cgroups: no cgroup filesystem is mounted at /sys/fs/cgroup; mount cgroup2 there (or the v1 cpu, cpuacct and blkio hierarchies)")
 	}
-	return newManager(ctx, opts, lay)
+	return lay, nil
 }
 
 func newManager(ctx context.Context, opts Options, lay layout) (*Manager, error) {
@@ -135,18 +160,21 @@ func newManager(ctx context.Context, opts Options, lay layout) (*Manager, error)
 	if err := validName(opts.Name); err != nil {
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
-	if opts.Parent != "" && (!path.IsAbs(opts.Parent) || path.Clean(opts.Parent) != opts.Parent || slices.Contains(splitPath(opts.Parent), "..")) {
-		return nil, fmt.Errorf("cgroups: parent %q must be a clean absolute cgroup path such as /vhqos", opts.Parent)
+	if opts.Parent != "" {
+		if err := validParent(opts.Parent); err != nil {
+			return nil, err
+		}
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Manager{
-		log:    log.With("component", "cgroup"),
-		name:   opts.Name,
-		self:   os.Getpid(),
-		groups: make(map[string]*group),
+		log:      log.With("component", "cgroup"),
+		name:     opts.Name,
+		self:     os.Getpid(),
+		attached: opts.Attach,
+		groups:   make(map[string]*group),
 	}
 	var err error
 	if lay.v2mount != "" {
@@ -156,10 +184,17 @@ func newManager(ctx context.Context, opts Options, lay layout) (*Manager, error)
 		m.version = 1
 		err = m.initV1(ctx, opts.Parent)
 	}
-	if err == nil {
+	switch {
+	case err != nil:
+	case m.attached:
+		err = m.adoptGroups()
+	default:
 		var home *group
 		if home, err = m.createGroup(HomeGroup); err == nil {
 			m.groups[HomeGroup] = home
+			if m.version == 2 {
+				m.markBase()
+			}
 		}
 	}
 	if err != nil {
@@ -168,13 +203,47 @@ func newManager(ctx context.Context, opts Options, lay layout) (*Manager, error)
 		}
 		return nil, err
 	}
-	m.log.Info("cgroups ready", "version", m.version, "subtree", m.subtreeDirs(), "supervisor_leaf", m.v2.leaf)
+	if m.attached {
+		m.log.Info("cgroups attached", "version", m.version, "subtree", m.subtreeDirs(), "groups", len(m.groups))
+	} else {
+		m.log.Info("cgroups ready", "version", m.version, "subtree", m.subtreeDirs(), "supervisor_leaf", m.v2.leaf)
+	}
 	return m, nil
 }
 
+// Attached reports whether the manager adopted another process's subtree
+// (Options.Attach), so that its Close leaves the subtree in place.
+func (m *Manager) Attached() bool { return m.attached }
+
+// Groups lists the manager's groups, sorted: HomeGroup and those Set made,
+// and for an attached manager also every group it found in the subtree,
+// such as the group of a vhost that a table applied before no longer has.
+func (m *Manager) Groups() []string {
+	m.placeMu.RLock()
+	defer m.placeMu.RUnlock()
+	out := make([]string, 0, len(m.groups))
+	for name := range m.groups {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // initV1 finds the cpu, cpuacct and blkio hierarchies, then prepares
-// Parent/Name in each.
+// Parent/Name in each (or, attaching, checks that it is there).
 func (m *Manager) initV1(ctx context.Context, parent string) error {
+	if err := m.findV1(parent); err != nil {
+		return err
+	}
+	if m.attached {
+		return m.checkSubtree()
+	}
+	return m.prepareSubtree(ctx)
+}
+
+// findV1 finds the cpu, cpuacct and blkio hierarchies and where Parent is
+// in each.
+func (m *Manager) findV1(parent string) error {
 	all, err := cgroup1.Default()
 	if err != nil {
 		return fmt.Errorf("cgroups: finding the cgroup v1 hierarchies: %w", err)
@@ -218,7 +287,51 @@ func (m *Manager) initV1(ctx context.Context, parent string) error {
 	if len(m.hier) == 0 {
 		return errors.New("cgroups: none of the cgroup v1 cpu, cpuacct and blkio hierarchies is mounted under /sys/fs/cgroup")
 	}
-	return m.prepareSubtree(ctx)
+	return nil
+}
+
+// checkSubtree makes sure, for Attach, that Parent/Name exists in every
+// hierarchy.
+func (m *Manager) checkSubtree() error {
+	for _, dir := range m.subtreeDirs() {
+		st, err := os.Stat(dir)
+		if err == nil && !st.IsDir() {
+			err = errors.New("not a directory")
+		}
+		if err != nil {
+			return fmt.Errorf("cgroups: attaching to the cgroup subtree %s: %w (the vhqos that made it must be running, with the same settings.cgroup_parent)", dir, err)
+		}
+	}
+	return nil
+}
+
+// adoptGroups opens, for Attach, every group in Parent/Name (the home
+// group too, created if it is missing) and reads back the limits an
+// earlier process set there (seedApplied), so that the first Set of each
+// removes those the caller no longer wants.
+func (m *Manager) adoptGroups() error {
+	dir := m.hier[0].dir(m.name)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("cgroups: listing the groups of %s: %w", dir, err)
+	}
+	names := []string{HomeGroup}
+	for _, e := range entries {
+		if e.IsDir() && e.Name() != HomeGroup && validName(e.Name()) == nil {
+			names = append(names, e.Name())
+		}
+	}
+	for _, name := range names {
+		g, err := m.createGroup(name)
+		if err != nil {
+			return err
+		}
+		if err := m.seedApplied(g); err != nil {
+			return err
+		}
+		m.groups[name] = g
+	}
+	return nil
 }
 
 // prepareSubtree removes an empty leftover Parent/Name and notes which
@@ -250,6 +363,14 @@ func (m *Manager) prepareSubtree(ctx context.Context) error {
 		}
 	}
 	m.owned = true
+	return nil
+}
+
+// validParent accepts a clean absolute cgroup path.
+func validParent(p string) error {
+	if !path.IsAbs(p) || path.Clean(p) != p || slices.Contains(splitPath(p), "..") {
+		return fmt.Errorf("cgroups: parent %q must be a clean absolute cgroup path such as /vhqos", p)
+	}
 	return nil
 }
 
@@ -574,7 +695,6 @@ func (g *group) delete() error {
 	return err
 }
 
-// Usage reports what group has consumed.
 // Pids lists the processes in a group.
 func (m *Manager) Pids(group string) ([]int, error) {
 	m.placeMu.RLock()
@@ -586,6 +706,7 @@ func (m *Manager) Pids(group string) ([]int, error) {
 	return readPids(g.procs[0])
 }
 
+// Usage reports what group has consumed.
 func (m *Manager) Usage(group string) (Usage, error) {
 	m.placeMu.RLock()
 	g := m.groups[group]
@@ -641,9 +762,11 @@ func (m *Manager) Usage(group string) (Usage, error) {
 
 // Close kills every process left in the subtree (v2: cgroup.kill; else
 // SIGKILL to each until none is left, bounded by ctx), removes every cgroup
-// the manager created, gives back the controllers it enabled and moves the
-// supervisor back where it was. Close is idempotent; it tries every step
-// and reports every failure.
+// the manager created, gives back the controllers it or an attached manager
+// enabled and moves the supervisor back where it was. Close is idempotent;
+// it tries every step and reports every failure. An attached manager's
+// Close only closes its files: no process is moved or killed, nothing is
+// removed, no controller is disabled.
 func (m *Manager) Close(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -663,9 +786,17 @@ func (m *Manager) Close(ctx context.Context) error {
 		}
 	}
 
+	if m.attached {
+		m.done = true
+		return nil
+	}
 	var errs []error
 	if m.owned {
-		errs = append(errs, m.killAll(ctx))
+		if m.version == 2 {
+			m.adoptEnabled()
+		}
+		_, err := m.killAll(ctx)
+		errs = append(errs, err)
 		for _, g := range m.closing {
 			if err := g.delete(); err != nil {
 				m.log.Debug("deleting a group", "group", g.name, "err", err) // removeTree decides

@@ -94,32 +94,50 @@ func removeTree(ctx context.Context, dir string) error {
 // killAll kills every process in the subtree and waits until none is left
 // or ctx ends. Under v2 one write to cgroup.kill does it (Linux 5.14+);
 // otherwise, and under v1, every process listed is sent SIGKILL, again and
-// again, so that children forked meanwhile die too.
-func (m *Manager) killAll(ctx context.Context) error {
-	useKill := false
-	if m.version == 2 {
-		switch err := writeFile(filepath.Join(m.hier[0].dir(m.name), "cgroup.kill"), "1"); {
-		case err == nil:
-			useKill = true
-		case errors.Is(err, unix.ENOENT):
-			// Before Linux 5.14, or the subtree is gone already.
-		default:
-			m.log.Warn("cgroup.kill failed; killing one by one", "err", err)
-		}
+// again, so that children forked meanwhile die too. It returns, for each
+// of subtreeDirs, how many processes it found there.
+func (m *Manager) killAll(ctx context.Context) ([]int, error) {
+	dirs := m.subtreeDirs()
+	found := make([]map[int]bool, len(dirs))
+	for i := range found {
+		found[i] = make(map[int]bool)
 	}
+	counts := func() []int {
+		n := make([]int, len(found))
+		for i, f := range found {
+			n[i] = len(f)
+		}
+		return n
+	}
+	useKill := false
 	for try := 1; ; try++ {
 		var left []int
-		for _, dir := range m.subtreeDirs() {
+		for i, dir := range dirs {
 			pids, err := procsUnder(dir)
 			if err != nil {
-				return fmt.Errorf("listing the processes left in %s: %w", dir, err)
+				return counts(), fmt.Errorf("listing the processes left in %s: %w", dir, err)
 			}
-			left = append(left, pids...)
+			for _, p := range pids {
+				if p != m.self {
+					found[i][p] = true
+					left = append(left, p)
+				}
+			}
 		}
 		slices.Sort(left)
-		left = slices.DeleteFunc(slices.Compact(left), func(p int) bool { return p == m.self })
+		left = slices.Compact(left)
 		if len(left) == 0 {
-			return nil
+			return counts(), nil
+		}
+		if try == 1 && m.version == 2 {
+			switch err := writeFile(filepath.Join(dirs[0], "cgroup.kill"), "1"); {
+			case err == nil:
+				useKill = true
+			case errors.Is(err, unix.ENOENT):
+				// Before Linux 5.14, or the subtree is gone already.
+			default:
+				m.log.Warn("cgroup.kill failed; killing one by one", "err", err)
+			}
 		}
 		if !useKill {
 			for _, pid := range left {
@@ -128,7 +146,7 @@ func (m *Manager) killAll(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("killing the processes left in %s: %d remain (pids %v): %w", m.subtreeDirs()[0], len(left), head(left, 10), ctx.Err())
+			return counts(), fmt.Errorf("killing the processes left in %s: %d remain (pids %v): %w", dirs[0], len(left), head(left, 10), ctx.Err())
 		case <-time.After(time.Duration(min(try, 20)) * time.Millisecond):
 		}
 	}

@@ -352,3 +352,88 @@ func validName(name string) error {
 	}
 	return nil
 }
+
+// limitFile is an interface file vhqos writes limits to, with the value
+// that restores the kernel's default (for per-device files, that of one
+// device).
+type limitFile struct {
+	ctrl, file string
+	reset      string
+	perDevice  func(dev string) string
+}
+
+// limitFiles lists every file v1Settings or v2Settings may write.
+func limitFiles(version int) []limitFile {
+	if version == 2 {
+		return []limitFile{
+			{ctrl: "cpu", file: "cpu.weight", reset: "100"},
+			{ctrl: "cpu", file: "cpu.max", reset: "max " + strconv.Itoa(cfsPeriodUsec)},
+			{ctrl: "io", file: "io.weight", reset: "default 100"},
+			{ctrl: "io", file: "io.bfq.weight", reset: "100"},
+			{ctrl: "io", file: "io.max", perDevice: func(dev string) string { return dev + " rbps=max wbps=max riops=max wiops=max" }},
+		}
+	}
+	zero := func(dev string) string { return dev + " 0" }
+	return []limitFile{
+		{ctrl: "cpu", file: "cpu.shares", reset: "1024"},
+		{ctrl: "cpu", file: "cpu.cfs_period_us", reset: strconv.Itoa(cfsPeriodUsec)},
+		{ctrl: "cpu", file: "cpu.cfs_quota_us", reset: "-1"},
+		{ctrl: "blkio", file: "blkio.weight", reset: "500"},
+		{ctrl: "blkio", file: "blkio.bfq.weight", reset: "100"},
+		{ctrl: "blkio", file: "blkio.throttle.read_bps_device", perDevice: zero},
+		{ctrl: "blkio", file: "blkio.throttle.write_bps_device", perDevice: zero},
+		{ctrl: "blkio", file: "blkio.throttle.read_iops_device", perDevice: zero},
+		{ctrl: "blkio", file: "blkio.throttle.write_iops_device", perDevice: zero},
+	}
+}
+
+// seedApplied reads back into g.applied the limits of a group an attached
+// manager adopts: every value in a limit file that is not the kernel's
+// default was written by the vhqos that had the group before, so the next
+// Set resets those the caller no longer wants, as it does for its own.
+// Files the kernel does not offer here (a controller not enabled, or not
+// mounted) hold no limit and are skipped.
+func (m *Manager) seedApplied(g *group) error {
+	for _, f := range limitFiles(m.version) {
+		dir := g.dirs[0]
+		if m.version == 1 {
+			i, ok := m.ctrlHier[f.ctrl]
+			if !ok {
+				continue
+			}
+			dir = g.dirs[i]
+		}
+		file := filepath.Join(dir, f.file)
+		data, err := os.ReadFile(file)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("cgroups: reading the limits of %s: %w", g.name, err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		if f.perDevice == nil {
+			v := strings.TrimSpace(lines[0])
+			if !strings.HasPrefix(f.reset, "default ") {
+				v = strings.TrimPrefix(v, "default ") // io.bfq.weight reads "default N" on newer kernels
+			}
+			if v != f.reset {
+				g.applied[f.file] = setting{ctrl: f.ctrl, file: f.file, key: f.file, value: v, reset: f.reset,
+					desc: fmt.Sprintf("%s %q, set before this process attached", f.file, v)}
+			}
+			continue
+		}
+		for _, line := range lines {
+			dev, _, ok := strings.Cut(strings.TrimSpace(line), " ")
+			if !ok || !strings.Contains(dev, ":") {
+				continue
+			}
+			line = strings.TrimSpace(line)
+			if reset := f.perDevice(dev); line != reset {
+				g.applied[f.file+" "+dev] = setting{ctrl: f.ctrl, file: f.file, key: f.file + " " + dev, value: line, reset: reset,
+					desc: fmt.Sprintf("%s %q, set before this process attached", f.file, line), dev: dev}
+			}
+		}
+	}
+	return nil
+}

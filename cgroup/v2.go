@@ -30,8 +30,16 @@ import (
 // the server's, cgroup.kill on it can never hit the supervisor, and the
 // supervisor competes with the server as a whole instead of with each vhost.
 // Other processes in base make New fail: they are not vhqos's to move.
+//
+// An attached manager (Options.Attach) moves nothing: it sits where the
+// owner started it, in the owner's leaf or cgroup. It enables controllers
+// along the same chain as the owner, which it learns from the mark
+// (baseXattr) the owner leaves on Parent/Name when it had to create Parent;
+// the owner's Close gives back what either enabled, since an attached
+// Close leaves the controllers alone.
 type v2state struct {
 	base    string          // directory of base
+	initial []string        // base's cgroup.subtree_control when the owner's New began
 	chain   []string        // directories whose cgroup.subtree_control must list our controllers, top-down
 	enabled map[string]bool // controllers enabled along the whole chain
 	undo    []subtreeEdit   // what vhqos enabled, in order
@@ -41,19 +49,24 @@ type v2state struct {
 
 type subtreeEdit struct{ dir, ctrl string }
 
+// baseXattr names the extended attribute on Parent/Name in which the owner
+// records base (as a cgroup path) when base is not Parent, i.e. when New
+// created Parent: an attached manager cannot tell the directories New
+// created from those that were there before.
+const baseXattr = "user.vhqos.base"
+
 func (m *Manager) initV2(ctx context.Context, parent, mount string) error {
-	_, self, err := cgroups.ParseCgroupFileUnified("/proc/self/cgroup")
-	if err != nil {
-		return fmt.Errorf("cgroups: reading /proc/self/cgroup: %w", err)
+	leaf := ""
+	if m.attached {
+		leaf = m.name + "." + supervisorLeaf
 	}
-	if self == "" {
-		return errors.New("cgroups: /proc/self/cgroup has no cgroup v2 (0::) line")
+	if err := m.findV2(parent, mount, leaf); err != nil {
+		return err
 	}
-	if parent == "" {
-		parent = self
+	if m.attached {
+		return m.attachV2()
 	}
-	h := &hierarchy{root: mount, parent: path.Clean(parent)}
-	m.hier = []*hierarchy{h}
+	h := m.hier[0]
 	if err := m.prepareSubtree(ctx); err != nil {
 		return err
 	}
@@ -67,6 +80,11 @@ func (m *Manager) initV2(ctx context.Context, parent, mount string) error {
 	m.v2.base = filepath.Join(mount, base)
 	m.v2.enabled = make(map[string]bool)
 	m.v2.chain = append(append([]string{m.v2.base}, m.created[0]...), h.dir(m.name))
+	initial, err := readWords(filepath.Join(m.v2.base, "cgroup.subtree_control"))
+	if err != nil {
+		return fmt.Errorf("cgroups: reading %s: %w", filepath.Join(m.v2.base, "cgroup.subtree_control"), err)
+	}
+	m.v2.initial = initial
 	if base == "/" {
 		return nil
 	}
@@ -83,6 +101,99 @@ func (m *Manager) initV2(ctx context.Context, parent, mount string) error {
 		return m.moveSelf(filepath.Join(m.v2.base, m.name+"."+supervisorLeaf))
 	}
 	return nil
+}
+
+// findV2 sets the unified hierarchy at mount and Parent in it. Parent ""
+// is the caller's cgroup, or its parent when the caller sits in a leaf
+// named leaf (one an owner made with moveSelf).
+func (m *Manager) findV2(parent, mount, leaf string) error {
+	_, self, err := cgroups.ParseCgroupFileUnified("/proc/self/cgroup")
+	if err != nil {
+		return fmt.Errorf("cgroups: reading /proc/self/cgroup: %w", err)
+	}
+	if self == "" {
+		return errors.New("cgroups: /proc/self/cgroup has no cgroup v2 (0::) line")
+	}
+	if parent == "" {
+		parent = self
+		if leaf != "" && self != "/" && path.Base(self) == leaf {
+			parent = path.Dir(self)
+		}
+	}
+	m.hier = []*hierarchy{{root: mount, parent: path.Clean(parent)}}
+	return nil
+}
+
+// attachV2 checks that the owner's subtree exists and rebuilds the
+// owner's chain of directories that hand controllers down.
+func (m *Manager) attachV2() error {
+	if err := m.checkSubtree(); err != nil {
+		return err
+	}
+	h := m.hier[0]
+	sub := h.dir(m.name)
+	base := h.parent
+	buf := make([]byte, 4096)
+	if n, err := unix.Getxattr(sub, baseXattr, buf); err == nil {
+		b := string(buf[:n])
+		if b == h.parent || path.IsAbs(b) && path.Clean(b) == b && strings.HasPrefix(h.parent, strings.TrimSuffix(b, "/")+"/") {
+			base = b
+		} else {
+			m.log.Warn("ignoring a base cgroup that is no ancestor of the parent", "xattr", baseXattr, "dir", sub, "value", b, "parent", h.parent)
+		}
+	} else if err != unix.ENODATA && err != unix.ENOTSUP {
+		m.log.Debug("reading the base cgroup mark", "dir", sub, "err", err)
+	}
+	m.v2.base = filepath.Join(h.root, base)
+	m.v2.enabled = make(map[string]bool)
+	m.v2.chain = []string{m.v2.base}
+	rel := base
+	for _, c := range splitPath(strings.TrimPrefix(h.parent, base)) {
+		rel = path.Join(rel, c)
+		m.v2.chain = append(m.v2.chain, filepath.Join(h.root, rel))
+	}
+	m.v2.chain = append(m.v2.chain, sub)
+	return nil
+}
+
+// markBase records base on Parent/Name (baseXattr) when it is not Parent,
+// for managers that attach later. Without the mark (a kernel before 5.7
+// has no user xattrs on cgroups) they take Parent for base, and may find
+// a controller unavailable that the owner could have enabled.
+func (m *Manager) markBase() {
+	h := m.hier[0]
+	if m.v2.base == h.dir() {
+		return
+	}
+	rel := "/" + strings.TrimPrefix(strings.TrimPrefix(m.v2.base, h.root), "/")
+	if err := unix.Setxattr(h.dir(m.name), baseXattr, []byte(path.Clean(rel)), 0); err != nil {
+		m.log.Info("cannot record the base cgroup for attaching managers", "dir", h.dir(m.name), "xattr", baseXattr, "err", err)
+	}
+}
+
+// adoptEnabled takes on, before the owner's Close removes the subtree, the
+// controllers an attached manager enabled for it, so that restoreV2 gives
+// them back too: each controller Parent/Name hands down that the owner did
+// not enable itself is disabled again on every directory of the chain
+// above Parent/Name that did not have it when New began.
+func (m *Manager) adoptEnabled() {
+	sub := m.hier[0].dir(m.name)
+	on, err := readWords(filepath.Join(sub, "cgroup.subtree_control"))
+	if err != nil {
+		return // the subtree is gone: nothing more to learn
+	}
+	for _, c := range on {
+		if m.v2.enabled[c] {
+			continue
+		}
+		for _, dir := range m.v2.chain[:len(m.v2.chain)-1] {
+			if dir == m.v2.base && slices.Contains(m.v2.initial, c) {
+				continue
+			}
+			m.v2.undo = append(m.v2.undo, subtreeEdit{dir, c})
+		}
+		m.v2.enabled[c] = true
+	}
 }
 
 // moveSelf moves the supervisor (every thread) into leaf.

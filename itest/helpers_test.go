@@ -46,12 +46,33 @@ func startUnderVhqosFile(t *testing.T, qosFile string, cfg ApacheConfig) *Apache
 	return a
 }
 
-// waitTableWatched waits until the vhqos with pid has an inotify watch in
-// place (its fdinfo lists one): from then on it sees changes to its table.
+// supervisorOf returns the pid of the supervisor process of the vhqos run
+// (the keeper) with pid keeper, or 0 while it has none.
+func supervisorOf(keeper int) int {
+	// Each thread lists the children it started.
+	var children []string
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", keeper))
+	for _, task := range tasks {
+		data, _ := os.ReadFile(task)
+		children = append(children, strings.Fields(string(data))...)
+	}
+	for _, f := range children {
+		cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
+		if strings.Contains(string(cmdline), "supervise\x00") && strings.Contains(string(cmdline), "--keeper-state") {
+			pid, _ := strconv.Atoi(f)
+			return pid
+		}
+	}
+	return 0
+}
+
+// waitTableWatched waits until the supervisor of the vhqos with pid has an
+// inotify watch in place (its fdinfo lists one): from then on it sees
+// changes to its table.
 func waitTableWatched(t *testing.T, pid int) {
 	t.Helper()
 	eventually(t, patience, "vhqos watching its QoS table file", func() bool {
-		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", pid))
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", supervisorOf(pid)))
 		for _, fd := range fds {
 			if data, err := os.ReadFile(fd); err == nil && strings.Contains(string(data), "inotify wd:") {
 				return true

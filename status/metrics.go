@@ -84,11 +84,19 @@ var (
 	descReloads    = prometheus.NewDesc("vhqos_reloads_total", "QoS table reloads, by result.", []string{"result"}, nil)
 	descGeneration = prometheus.NewDesc("vhqos_table_generation", "How many times a new QoS table was applied since start.", nil, nil)
 	descErrors     = prometheus.NewDesc("vhqos_supervisor_errors_total", "Errors of the supervisor, by kind.", []string{"kind"}, nil)
+
+	descRestarts        = prometheus.NewDesc("vhqos_supervisor_restarts_total", "Supervisors the keeper started again after one crashed (upgrades not counted).", nil, nil)
+	descUpgrades        = prometheus.NewDesc("vhqos_supervisor_upgrades_total", "Supervisors replaced by vhqos upgrade.", nil, nil)
+	descFailedOpenNotes = prometheus.NewDesc("vhqos_failed_open_notifications_total", "Notifications the keeper answered \"continue\" (the kernel made the call, without QoS) because no supervisor was running.", nil, nil)
+	descFailedOpenTime  = prometheus.NewDesc("vhqos_failed_open_seconds_total", "Time no supervisor was running, in which the keeper failed open.", nil, nil)
+	descLost            = prometheus.NewDesc("vhqos_connections_lost_total", "Connections a crashed supervisor had accepted but not yet handed to the server, lost with it.", nil, nil)
+	descBuildInfo       = prometheus.NewDesc("vhqos_build_info", "Always 1; labels: the part of vhqos (keeper, supervisor) and the version of its binary. A part whose version is unknown has no series.", []string{"part", "version"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConns, descClassified, descLive, descProcs, descCPU, descThrottled, descFaults, descIORead, descIOWrite, descReloads, descGeneration, descErrors, descSniffs} {
+	for _, d := range []*prometheus.Desc{descConns, descClassified, descLive, descProcs, descCPU, descThrottled, descFaults, descIORead, descIOWrite, descReloads, descGeneration, descErrors, descSniffs,
+		descRestarts, descUpgrades, descFailedOpenNotes, descFailedOpenTime, descLost, descBuildInfo} {
 		ch <- d
 	}
 }
@@ -128,6 +136,16 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(r.Generation))
 	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(r.Supervisor.PlacementErrors), "placement")
 	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(r.Supervisor.Errors), "other")
+	ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(r.SupervisorRestarts))
+	ch <- prometheus.MustNewConstMetric(descUpgrades, prometheus.CounterValue, float64(r.Upgrades))
+	ch <- prometheus.MustNewConstMetric(descFailedOpenNotes, prometheus.CounterValue, float64(r.FailedOpenNotifications))
+	ch <- prometheus.MustNewConstMetric(descFailedOpenTime, prometheus.CounterValue, r.FailedOpen.Seconds())
+	ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(r.LostConnections))
+	for _, p := range []struct{ part, version string }{{"keeper", r.KeeperVersion}, {"supervisor", r.SupervisorVersion}} {
+		if p.version != "" {
+			ch <- prometheus.MustNewConstMetric(descBuildInfo, prometheus.GaugeValue, 1, p.part, p.version)
+		}
+	}
 }
 
 // ListenAddr completes a metrics address: a bare ":port" means loopback,

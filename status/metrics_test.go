@@ -1,6 +1,8 @@
 package status
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,6 +46,72 @@ func TestLatencySeriesAppearWithFirstCall(t *testing.T) {
 		for k, v := range tc.want {
 			if got[k] != v {
 				t.Errorf("after observing %q: series %v, want %v", tc.observe, got, tc.want)
+			}
+		}
+	}
+}
+
+// The keeper's and the supervisor's figures are exported with the
+// report's values, each under its own name; build info shows each part's
+// version, and no series for a part whose version is unknown.
+func TestKeeperSupervisorMetrics(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		report *Report
+		want   map[string]float64 // series (name, or name{labels}) and value
+		absent []string
+	}{
+		{"both running", fullReport(), map[string]float64{
+			"vhqos_supervisor_restarts_total":                      2,
+			"vhqos_supervisor_upgrades_total":                      1,
+			"vhqos_failed_open_notifications_total":                31,
+			"vhqos_failed_open_seconds_total":                      0.12,
+			"vhqos_connections_lost_total":                         4,
+			`vhqos_build_info{part="keeper",version="v1.2.3"}`:     1,
+			`vhqos_build_info{part="supervisor",version="v1.2.4"}`: 1,
+		}, nil},
+		{"no supervisor, versions unknown", &Report{KeeperPID: 1}, map[string]float64{
+			"vhqos_supervisor_restarts_total":       0,
+			"vhqos_supervisor_upgrades_total":       0,
+			"vhqos_failed_open_notifications_total": 0,
+			"vhqos_failed_open_seconds_total":       0,
+			"vhqos_connections_lost_total":          0,
+		}, []string{"vhqos_build_info"}},
+	} {
+		m := NewMetrics(func() *Report { return tc.report })
+		families, err := m.registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, f := range families {
+			for _, s := range f.GetMetric() {
+				key := f.GetName()
+				if len(s.GetLabel()) > 0 {
+					var labels []string
+					for _, l := range s.GetLabel() {
+						labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+					}
+					key += "{" + strings.Join(labels, ",") + "}"
+				}
+				switch {
+				case s.GetCounter() != nil:
+					got[key] = s.GetCounter().GetValue()
+				case s.GetGauge() != nil:
+					got[key] = s.GetGauge().GetValue()
+				}
+			}
+		}
+		for k, v := range tc.want {
+			if g, ok := got[k]; !ok || g != v {
+				t.Errorf("%s: %s = %v (present: %v), want %v", tc.name, k, g, ok, v)
+			}
+		}
+		for _, name := range tc.absent {
+			for k := range got {
+				if strings.HasPrefix(k, name+"{") || k == name {
+					t.Errorf("%s: unexpected series %s", tc.name, k)
+				}
 			}
 		}
 	}

@@ -1,8 +1,10 @@
 package status
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -10,16 +12,96 @@ import (
 )
 
 // Report is a snapshot of one running vhqos.
+//
+// `vhqos run` is two processes: the keeper, which `vhqos run` started as,
+// holds the seccomp notification fd, is the server's parent and lives as
+// long as the server; and the supervisor, the keeper's child, which
+// answers the notifications. The keeper starts a new supervisor when one
+// crashes, and replaces it on `vhqos upgrade`. While none runs the keeper
+// fails open: it answers every notification "continue", the kernel makes
+// the call, and the connections of that moment get no QoS.
 type Report struct {
-	PID        int       `json:"pid"`
-	ServerPID  int       `json:"server_pid"`
-	Config     string    `json:"config"`
+	// PID is the pid of `vhqos run`, that is of the keeper: the same as
+	// KeeperPID, kept under its old name for scripts written before the
+	// keeper and the supervisor were split.
+	PID       int    `json:"pid"`
+	ServerPID int    `json:"server_pid"`
+	Config    string `json:"config"`
+	// Started is when `vhqos run` started: the same as KeeperStarted.
 	Started    time.Time `json:"started"`
 	Now        time.Time `json:"now"`
 	Generation uint64    `json:"table_generation"`
 	Cgroup     int       `json:"cgroup_version"`
 	Classes    []Class   `json:"vhosts"`
 	Supervisor Counters  `json:"supervisor"`
+
+	// KeeperPID is the keeper's pid.
+	KeeperPID int `json:"keeper_pid"`
+	// SupervisorPID is the pid of the supervisor answering notifications
+	// now; 0 while none runs (between a crash and its restart).
+	SupervisorPID int `json:"supervisor_pid"`
+	// KeeperVersion and SupervisorVersion are the versions of the two
+	// binaries as `vhqos version` prints them; they differ after a
+	// `vhqos upgrade` to a new binary, which replaces the supervisor only.
+	KeeperVersion     string `json:"keeper_version"`
+	SupervisorVersion string `json:"supervisor_version"`
+	// KeeperStarted is when the keeper started (the same as Started).
+	KeeperStarted time.Time `json:"keeper_started"`
+	// SupervisorStarted is when the running supervisor started: after a
+	// restart or an upgrade, the latest one.
+	SupervisorStarted time.Time `json:"supervisor_started"`
+	// SupervisorRestarts counts the supervisors the keeper started again
+	// after one crashed (exited without being asked to); upgrades are not
+	// counted here.
+	SupervisorRestarts uint64 `json:"supervisor_restarts"`
+	// Upgrades counts the supervisors replaced by `vhqos upgrade`.
+	Upgrades uint64 `json:"upgrades"`
+	// FailedOpen is the total time no supervisor ran since the keeper
+	// started, in which the keeper answered notifications "continue". In
+	// JSON it is failed_open_seconds, a number of seconds with a fraction
+	// (nanosecond resolution).
+	FailedOpen time.Duration `json:"-"`
+	// FailedOpenNotifications counts the notifications the keeper
+	// answered "continue" because no supervisor was there: accepts and,
+	// with fork or full tracking, the other calls vhqos intercepts, that
+	// the kernel made without QoS.
+	FailedOpenNotifications uint64 `json:"failed_open_notifications"`
+	// LostConnections counts connections a crashed supervisor held,
+	// accepted from the listener but not yet handed over to the server,
+	// that were lost with it (their clients saw them closed).
+	LostConnections uint64 `json:"connections_lost"`
+}
+
+// reportJSON is Report without its methods, so that MarshalJSON and
+// UnmarshalJSON can use encoding/json's own work for all other fields.
+type reportJSON Report
+
+// MarshalJSON writes r with FailedOpen as failed_open_seconds, a number
+// of seconds, as a script reading `vhqos status --json` expects it.
+func (r Report) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		reportJSON
+		FailedOpen float64 `json:"failed_open_seconds"`
+	}{reportJSON(r), r.FailedOpen.Seconds()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes. A failed_open_seconds that
+// is negative or too large for a time.Duration (about 292 years) is an
+// error.
+func (r *Report) UnmarshalJSON(data []byte) error {
+	aux := struct {
+		*reportJSON
+		FailedOpen float64 `json:"failed_open_seconds"`
+	}{reportJSON: (*reportJSON)(r)}
+	if err := json.Unmarshal(data, &aux); err != nil {
+		return err
+	}
+	ns := math.Round(aux.FailedOpen * float64(time.Second))
+	if ns < 0 || ns >= math.MaxInt64 {
+		return fmt.Errorf("failed_open_seconds %v is out of range (0 to %.0f seconds)", aux.FailedOpen, time.Duration(math.MaxInt64).Seconds())
+	}
+	r.FailedOpen = time.Duration(ns)
+	return nil
 }
 
 // Class is one vhost, or the defaults, with its usage.
@@ -74,6 +156,7 @@ type Counters struct {
 func (r *Report) WriteTable(w io.Writer, prev *Report) {
 	fmt.Fprintf(w, "vhqos pid %d, server pid %d, up %s, table %s (generation %d), cgroup v%d\n",
 		r.PID, r.ServerPID, r.Now.Sub(r.Started).Round(time.Second), r.Config, r.Generation, r.Cgroup)
+	r.writeParts(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "VHOST\tLIVE\tCONNS\tPROCS\tCPU%\tCPU s\tTHROTTLED s\tFAULTS\tIO READ\tIO WRITE\tDSCP\tLIMITS")
 	for _, c := range r.Classes {
@@ -99,6 +182,30 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 		fmt.Fprintf(w, "host names: %d found, %d connections without one, %d timed out waiting for one, %d keep-alive connections moved by a later request\n",
 			s.NamesFound, s.NameFallbacks, s.NameTimeouts, s.Reclassified)
 	}
+}
+
+// writeParts prints the keeper and the supervisor, and what failing open
+// cost. A report without a keeper pid comes from a vhqos older than the
+// split, which has nothing to say here.
+func (r *Report) writeParts(w io.Writer) {
+	if r.KeeperPID == 0 && r.SupervisorPID == 0 {
+		return
+	}
+	sup := "no supervisor running"
+	if r.SupervisorPID != 0 {
+		sup = fmt.Sprintf("supervisor pid %d (%s, up %s)", r.SupervisorPID, versionText(r.SupervisorVersion), r.Now.Sub(r.SupervisorStarted).Round(time.Second))
+	}
+	fmt.Fprintf(w, "keeper pid %d (%s, up %s), %s, %d restarts after a crash, %d upgrades\n",
+		r.KeeperPID, versionText(r.KeeperVersion), r.Now.Sub(r.KeeperStarted).Round(time.Second), sup, r.SupervisorRestarts, r.Upgrades)
+	fmt.Fprintf(w, "failed open %.3f s without a supervisor: %d notifications left to the kernel, %d accepted connections lost\n",
+		r.FailedOpen.Seconds(), r.FailedOpenNotifications, r.LostConnections)
+}
+
+func versionText(v string) string {
+	if v == "" {
+		return "version unknown"
+	}
+	return "version " + v
 }
 
 func (c Class) limits() string {

@@ -103,16 +103,25 @@ func Fetch(path string) (*Report, error) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	var msg struct {
-		Error string `json:"error"`
-		*Report
-	}
-	msg.Report = &Report{}
-	if err := json.NewDecoder(c).Decode(&msg); err != nil {
+	// The answer is a report or a refusal; read twice rather than into one
+	// struct embedding *Report, which would take Report's UnmarshalJSON
+	// as its own and never see the error.
+	var raw json.RawMessage
+	if err := json.NewDecoder(c).Decode(&raw); err != nil {
 		return nil, fmt.Errorf("reading the status from %s: %w", path, err)
 	}
-	if msg.Error != "" {
-		return nil, errors.New(msg.Error)
+	var refusal struct {
+		Error string `json:"error"`
 	}
-	return msg.Report, nil
+	if err := json.Unmarshal(raw, &refusal); err != nil {
+		return nil, fmt.Errorf("reading the status from %s: %w", path, err)
+	}
+	if refusal.Error != "" {
+		return nil, errors.New(refusal.Error)
+	}
+	r := &Report{}
+	if err := json.Unmarshal(raw, r); err != nil {
+		return nil, fmt.Errorf("reading the status from %s: %w", path, err)
+	}
+	return r, nil
 }

@@ -2,9 +2,11 @@ package supervisor
 
 import (
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/failopen"
 	"github.com/vhqos/vhqos/intercept"
 	"golang.org/x/sys/unix"
 )
@@ -55,9 +57,32 @@ type conn struct {
 	host string
 	// accepted and deadline bound the wait for the client's first bytes.
 	accepted, deadline time.Time
+	// held counts c until it is closed (Supervisor.held).
+	held *heldCount
 }
 
-func (c *conn) close() { unix.Close(c.fd) }
+func (c *conn) close() {
+	unix.Close(c.fd)
+	if c.held != nil {
+		c.held.add(-1)
+		c.held = nil
+	}
+}
+
+// heldCount counts the connections the supervisor holds, accepted and not
+// yet handed over or closed: the ones lost if it dies. A keeper watching
+// (Options.InFlight) sees the count in the shared table.
+type heldCount struct {
+	n     atomic.Int64
+	table *failopen.Table
+}
+
+func (h *heldCount) add(d int64) {
+	n := h.n.Add(d)
+	if h.table != nil {
+		h.table.Held(n)
+	}
+}
 
 // handleAccept answers the accept (or, is4, accept4) notification n.
 func (s *Supervisor) handleAccept(n *notification, is4 bool) {
@@ -237,6 +262,10 @@ func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
 			break
 		}
 		c, errno := acceptFrom(l.fd, call.flags&unix.SOCK_NONBLOCK != 0)
+		if errno == 0 {
+			c.held = &s.held
+			s.held.add(1)
+		}
 		if errno == 0 && s.isDoorbell(l, c) {
 			// Our own wake-up call: it did its job; look again.
 			continue
@@ -344,6 +373,10 @@ func (s *Supervisor) pump(l *listener) {
 		} else if l.hasBlockingWaiter() && readable(l.fd) {
 			var errno unix.Errno
 			c, errno = acceptFrom(l.fd, false)
+			if errno == 0 {
+				c.held = &s.held
+				s.held.add(1)
+			}
 			if errno == unix.EAGAIN {
 				l.mu.Unlock()
 				return
@@ -513,6 +546,9 @@ func (s *Supervisor) deliver(l *listener, c *conn, call *acceptCall) bool {
 // put back at the head of the stash and complete returns false.
 func (s *Supervisor) complete(l *listener, c *conn, call *acceptCall) bool {
 	err := s.handOver(call, c)
+	if s.inFlight != nil && (err == nil || notificationGone(err)) {
+		s.inFlight.Answered(call.id)
+	}
 	if err == nil {
 		c.close()
 		s.stats.Accepted.Add(1)

@@ -171,6 +171,9 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 		}
 		switch err {
 		case nil:
+			if s.inFlight != nil {
+				s.inFlight.Received(n.ID, s.stale)
+			}
 			// One clock read per notification: it times the answer and
 			// paces the yield.
 			now := time.Now()
@@ -236,6 +239,9 @@ func (s *Supervisor) dispatch(n *notification, start time.Time) {
 
 // respond logs a failed answer unless the caller simply went away.
 func (s *Supervisor) respond(id uint64, err error) {
+	if s.inFlight != nil && (err == nil || notificationGone(err)) {
+		s.inFlight.Answered(id)
+	}
 	if err != nil && !notificationGone(err) {
 		s.stats.Errors.Add(1)
 		s.log.Error("answering a seccomp notification", "id", id, "err", err)

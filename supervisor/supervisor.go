@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vhqos/vhqos/failopen"
 	"github.com/vhqos/vhqos/intercept"
 	"golang.org/x/sys/unix"
 )
@@ -84,6 +85,10 @@ type Options struct {
 	// its last use; 0 means 5 s. The copy keeps the socket open, so it must
 	// not outlive the server's interest in it by much.
 	ListenerIdle time.Duration
+	// InFlight, if set, is where every notification received and not yet
+	// answered is recorded, in memory shared with the keeper, which
+	// answers them "continue" if this supervisor dies (package failopen).
+	InFlight *failopen.Table
 }
 
 // Supervisor answers the notifications of one server and its descendants.
@@ -115,6 +120,10 @@ type Supervisor struct {
 
 	peekBufs     peekBuffers
 	pendingCount atomic.Int64
+
+	inFlight *failopen.Table // nil when no keeper watches
+	held     heldCount
+	stale    func(id uint64) bool
 
 	// testHookBeforeDeliver, when set by a test, runs after a connection
 	// was accepted and before it is handed over: the window a signal must
@@ -152,7 +161,10 @@ func New(opts Options) (*Supervisor, error) {
 		track:     opts.Track,
 		tracked:   newTrackTable(),
 		observe:   opts.Observe,
+		inFlight:  opts.InFlight,
 	}
+	s.stale = func(id uint64) bool { return !idValid(s.notifyFd, id) }
+	s.held.table = opts.InFlight
 	if err := syncWakeUp(s.notifyFd); err != nil {
 		log.Debug("synchronous wake-up of the supervisor is not available (Linux 6.6+)", "err", err)
 	}

@@ -73,6 +73,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[1] {
 	case "run":
 		return runCommand(args[2:], stderr)
+	case "supervise":
+		// Started by vhqos run (the keeper), not by hand.
+		return superviseCommand(args[2:], stdout, stderr)
 	case "check":
 		return checkCommand(args[2:], stdout, stderr)
 	case "status":

@@ -6,14 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -102,21 +98,12 @@ func runCommand(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vhqos run:", err)
 		return 2
 	}
-	raw, err := os.ReadFile(opts.config)
-	if err != nil {
-		fmt.Fprintf(stderr, "vhqos run: reading the QoS table: %v\n", err)
-		return 2
-	}
-	table, err := policy.Parse(opts.config, raw)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		fmt.Fprintln(stderr, "vhqos run: refusing to start with this QoS table")
-		return 2
-	}
-	logWarnings(log, table)
-	code, err := serve(log, opts, table, raw)
+	code, err := keep(log, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos run:", err)
+		if errors.Is(err, errRefusedTable) {
+			return 2
+		}
 		return 1
 	}
 	return code
@@ -129,191 +116,6 @@ func logWarnings(log *slog.Logger, t *policy.Table) {
 	for _, w := range t.Warnings {
 		log.Warn("QoS table warning", "warning", w.String())
 	}
-}
-
-// serve runs the server under supervision and returns its exit status.
-func serve(log *slog.Logger, opts runOptions, table *policy.Table, raw []byte) (int, error) {
-	if os.Geteuid() != 0 {
-		log.Warn("not running as root: no_new_privs is set, so setuid programs the server runs (suexec) gain no privileges")
-	}
-	// Signals are caught from the start so that none is lost between the
-	// server's start and the forwarding loop.
-	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, forwarded...)
-	defer signal.Stop(sigs)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	started := time.Now()
-	// Refused before anything starts: two vhqos on one socket would answer
-	// for each other.
-	statusListener, err := status.Listen(opts.statusPath)
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		statusListener.Close()
-		os.Remove(opts.statusPath)
-	}()
-	// The report needs everything below; it is filled in once all exists.
-	var report func() *status.Report
-	var metrics *status.Metrics
-	var metricsListener net.Listener
-	if opts.metricsAddr != "" {
-		if metricsListener, err = status.ListenMetrics(opts.metricsAddr); err != nil {
-			return 0, err
-		}
-		defer metricsListener.Close()
-		metrics = status.NewMetrics(func() *status.Report { return report() })
-	}
-	cg, err := cgroup.New(ctx, cgroup.Options{
-		Parent: table.Settings.CgroupParent,
-		Name:   "vhqos." + strconv.Itoa(os.Getpid()),
-		Logger: log,
-	})
-	if err != nil {
-		if os.Geteuid() != 0 && errors.Is(err, fs.ErrPermission) {
-			return 0, fmt.Errorf("not root and not allowed to create cgroups (%v): run vhqos as root, or give it a delegated cgroup (systemd-run --scope -p Delegate=yes) and set settings.cgroup_parent", err)
-		}
-		return 0, err
-	}
-	// Whatever happens from here on, nothing is left behind: closing the
-	// cgroups kills every process still in them.
-	var cleaned sync.Once
-	cleanup := func() {
-		cleaned.Do(func() {
-			closeCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
-			defer done()
-			if err := cg.Close(closeCtx); err != nil {
-				log.Error("removing vhqos cgroups", "err", err)
-			}
-		})
-	}
-	defer cleanup()
-	if err := applyTable(cg, table); err != nil {
-		return 0, err
-	}
-
-	track := table.Settings.Track
-	if len(opts.inherited) > 0 {
-		log.Info("passing inherited file descriptors to the server at the same numbers", "fds", opts.inherited)
-	}
-	activated, problem := socketActivation(os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), os.Getpid(), opts.inherited)
-	if activated {
-		log.Info("socket activation: LISTEN_PID will name the server", "LISTEN_FDS", os.Getenv("LISTEN_FDS"), "LISTEN_FDNAMES", os.Getenv("LISTEN_FDNAMES"))
-	}
-	if problem != "" {
-		log.Warn("socket activation: the server will not find the sockets it is promised", "problem", problem)
-	}
-	proc, err := shim.Start(ctx, shim.Config{
-		Argv:      opts.argv,
-		Syscalls:  track.Syscalls(),
-		Env:       os.Environ(),
-		Stdin:     os.Stdin,
-		Stdout:    os.Stdout,
-		Stderr:    os.Stderr,
-		Inherit:   opts.inherited,
-		ListenPID: activated,
-	})
-	if err != nil {
-		return 0, err
-	}
-	if err := cg.Place(cgroup.HomeGroup, proc.Pid()); err != nil {
-		unix.Kill(proc.Pid(), unix.SIGKILL)
-		proc.Cmd.Wait()
-		return 0, fmt.Errorf("placing the server in its cgroup: %w", err)
-	}
-	supOpts := supervisor.Options{
-		NotifyFd:   proc.NotifyFd,
-		Classifier: newTableClassifier(table),
-		Placer:     cg,
-		Logger:     log,
-		Track:      track,
-	}
-	if metrics != nil {
-		supOpts.Observe = metrics.Observe
-	}
-	sup, err := supervisor.New(supOpts)
-	if err != nil {
-		unix.Kill(proc.Pid(), unix.SIGKILL)
-		proc.Cmd.Wait()
-		return 0, err
-	}
-	supDone := make(chan error, 1)
-	go func() { supDone <- sup.Run(ctx) }()
-	if err := proc.Exec(); err != nil {
-		proc.Cmd.Wait()
-		<-supDone
-		return 0, fmt.Errorf("starting %s: %w", opts.argv[0], err)
-	}
-	log.Info("server started", "pid", proc.Pid(), "command", opts.argv, "config", opts.config,
-		"vhosts", len(table.VHosts), "cgroup_version", cg.Version(), "track", track)
-
-	exited := make(chan struct{})
-	go func() {
-		proc.Cmd.Wait()
-		close(exited)
-	}()
-	reload := &reloader{path: opts.config, log: log, cg: cg, sup: sup, current: table, raw: raw}
-	hup := make(chan struct{}, 1)
-	watchCtx, stopWatching := context.WithCancel(ctx)
-	defer stopWatching()
-	report = func() *status.Report {
-		return buildReport(started, proc.Pid(), opts.config, reload, cg, sup)
-	}
-	go status.Serve(watchCtx, statusListener, log, report)
-	go summarizeFallbacks(watchCtx, log, sup, time.Minute)
-	if metrics != nil {
-		go metrics.Serve(watchCtx, metricsListener, log)
-	}
-	go func() {
-		if err := reload.watch(watchCtx, hup); err != nil {
-			log.Error("QoS table changes will not be seen", "err", err)
-		}
-	}()
-	var killTimer <-chan time.Time
-	for {
-		select {
-		case sig := <-sigs:
-			log.Info("forwarding signal to the server", "signal", sig)
-			unix.Kill(proc.Pid(), sig.(syscall.Signal))
-			switch sig {
-			case unix.SIGHUP:
-				// `systemctl reload` reloads both the server and the table.
-				select {
-				case hup <- struct{}{}:
-				default:
-				}
-			case unix.SIGTERM, unix.SIGINT, unix.SIGQUIT:
-				if killTimer == nil {
-					killTimer = time.After(opts.stopTimeout)
-				}
-			}
-			continue
-		case <-killTimer:
-			log.Warn("server did not stop in time; killing it", "timeout", opts.stopTimeout)
-			unix.Kill(-proc.Pid(), unix.SIGKILL)
-			unix.Kill(proc.Pid(), unix.SIGKILL)
-			continue
-		case <-exited:
-		}
-		break
-	}
-	stopWatching()
-	status := exitStatus(proc.Cmd.ProcessState)
-	log.Info("server exited", "status", status, "accepted", sup.Stats().Accepted.Load())
-	// The server's remaining processes (children it left behind) die with
-	// the cgroups; then the filter has no users and the supervisor returns.
-	cleanup()
-	select {
-	case err := <-supDone:
-		if err != nil && !errors.Is(err, context.Canceled) {
-			log.Error("supervisor", "err", err)
-		}
-	case <-time.After(5 * time.Second):
-		log.Warn("supervisor still had server processes after cleanup")
-	}
-	return status, nil
 }
 
 // socketActivation decides whether the sockets of socket activation

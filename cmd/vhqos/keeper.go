@@ -1,0 +1,465 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/failopen"
+	"github.com/vhqos/vhqos/shim"
+	"github.com/vhqos/vhqos/status"
+	"golang.org/x/sys/unix"
+)
+
+// The keeper: the main process of `vhqos run`, the one a shell or systemd
+// sees. It holds what must not be lost when the supervisor dies (the
+// notification fd, the server as its child, the cgroup subtree, the status
+// and metrics sockets) and runs the supervisor as a child process it can
+// replace (supervise.go). It parses no table, classifies nothing and sniffs
+// nothing: what it needs of the table, a `vhqos supervise --settings`
+// child reads for it.
+
+// keeper is the state of one vhqos run.
+type keeper struct {
+	log     *slog.Logger
+	opts    runOptions
+	self    string // this binary, as the kernel knows it
+	started time.Time
+
+	notifyFd   int
+	inFlightFd int
+	// The fds above as files for exec.Cmd.ExtraFiles, made once: an
+	// os.File closes its fd when it is collected.
+	notifyFile, inFlightFile *os.File
+	inFlight                 *failopen.Table
+	statusListener           *os.File
+	metricsListener          *os.File
+	serverPid                int
+	cgroupParent             string
+	cgroupName               string
+	track                    string
+
+	// What happened so far, told to each new supervisor.
+	mu                      sync.Mutex
+	restarts                uint64
+	failedOpen              time.Duration // up to failingSince
+	failingSince            time.Time     // zero while a supervisor answers
+	failedOpenNotifications uint64
+	lostConnections         uint64
+}
+
+// supervisorProc is one supervisor process and its control socket.
+type supervisorProc struct {
+	cmd    *exec.Cmd
+	ctrl   *os.File
+	exited chan struct{} // closed once cmd.Wait returned
+}
+
+// Back-off between supervisor starts after crashes: doubling from
+// restartFirst to restartMost; a supervisor that stayed up for restartReset
+// resets it.
+const (
+	restartFirst = 50 * time.Millisecond
+	restartMost  = 5 * time.Second
+	restartReset = 30 * time.Second
+)
+
+// readSettings runs `vhqos supervise --settings` for what the keeper needs
+// of the table before the server starts; the child prints the table's
+// errors itself.
+func readSettings(self string, opts runOptions) (tableSettings, error) {
+	var s tableSettings
+	cmd := exec.Command(self, "supervise", "--settings", "--config", opts.config, "--log-level", opts.logLevel, "--log-format", opts.logFormat)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return s, errRefusedTable
+	}
+	if err := json.Unmarshal(out, &s); err != nil {
+		return s, fmt.Errorf("reading the table's settings from %s supervise: %w", self, err)
+	}
+	return s, nil
+}
+
+// errRefusedTable says the table was refused; the reasons are printed.
+var errRefusedTable = errors.New("refusing to start with this QoS table")
+
+// keep runs the server under supervision and returns its exit status.
+func keep(log *slog.Logger, opts runOptions) (int, error) {
+	if os.Geteuid() != 0 {
+		log.Warn("not running as root: no_new_privs is set, so setuid programs the server runs (suexec) gain no privileges")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return 0, fmt.Errorf("finding the vhqos binary: %w", err)
+	}
+	settings, err := readSettings(self, opts)
+	if err != nil {
+		return 2, err
+	}
+	// Signals are caught from the start so that none is lost between the
+	// server's start and the forwarding loop.
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+
+	k := &keeper{log: log, opts: opts, self: self, started: time.Now(), cgroupParent: settings.CgroupParent,
+		cgroupName: "vhqos." + strconv.Itoa(os.Getpid()), track: settings.Track}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Refused before anything starts: two vhqos on one socket would answer
+	// for each other.
+	statusListener, err := status.Listen(opts.statusPath)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		statusListener.Close()
+		os.Remove(opts.statusPath)
+	}()
+	if k.statusListener, err = statusListener.(*net.UnixListener).File(); err != nil {
+		return 0, fmt.Errorf("passing the status socket on: %w", err)
+	}
+	if opts.metricsAddr != "" {
+		metricsListener, err := status.ListenMetrics(opts.metricsAddr)
+		if err != nil {
+			return 0, err
+		}
+		defer metricsListener.Close()
+		if k.metricsListener, err = metricsListener.(*net.TCPListener).File(); err != nil {
+			return 0, fmt.Errorf("passing the metrics listener on: %w", err)
+		}
+	}
+	var region []byte
+	if k.inFlightFd, region, err = failopen.Create(); err != nil {
+		return 0, err
+	}
+	if k.inFlight, err = failopen.Attach(region); err != nil {
+		return 0, err
+	}
+
+	if removed, err := cgroup.RemoveStale(ctx, settings.CgroupParent, log); err != nil {
+		log.Warn("removing cgroups left by a vhqos that is gone", "err", err)
+	} else if len(removed) > 0 {
+		log.Info("removed cgroups left by a vhqos that is gone", "cgroups", removed)
+	}
+	cg, err := cgroup.New(ctx, cgroup.Options{Parent: settings.CgroupParent, Name: k.cgroupName, Logger: log})
+	if err != nil {
+		if os.Geteuid() != 0 && errors.Is(err, fs.ErrPermission) {
+			return 0, fmt.Errorf("not root and not allowed to create cgroups (%v): run vhqos as root, or give it a delegated cgroup (systemd-run --scope -p Delegate=yes) and set settings.cgroup_parent", err)
+		}
+		return 0, err
+	}
+	// Whatever happens from here on, nothing is left behind: closing the
+	// cgroups kills every process still in them.
+	var cleaned sync.Once
+	cleanup := func() {
+		cleaned.Do(func() {
+			closeCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
+			defer done()
+			if err := cg.Close(closeCtx); err != nil {
+				log.Error("removing vhqos cgroups", "err", err)
+			}
+		})
+	}
+	defer cleanup()
+
+	if len(opts.inherited) > 0 {
+		log.Info("passing inherited file descriptors to the server at the same numbers", "fds", opts.inherited)
+	}
+	activated, problem := socketActivation(os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), os.Getpid(), opts.inherited)
+	if activated {
+		log.Info("socket activation: LISTEN_PID will name the server", "LISTEN_FDS", os.Getenv("LISTEN_FDS"), "LISTEN_FDNAMES", os.Getenv("LISTEN_FDNAMES"))
+	}
+	if problem != "" {
+		log.Warn("socket activation: the server will not find the sockets it is promised", "problem", problem)
+	}
+	proc, err := shim.Start(ctx, shim.Config{
+		Argv:      opts.argv,
+		Syscalls:  settings.Syscalls,
+		Env:       os.Environ(),
+		Stdin:     os.Stdin,
+		Stdout:    os.Stdout,
+		Stderr:    os.Stderr,
+		Inherit:   opts.inherited,
+		ListenPID: activated,
+	})
+	if err != nil {
+		return 0, err
+	}
+	k.notifyFd, k.serverPid = proc.NotifyFd, proc.Pid()
+	k.notifyFile = os.NewFile(uintptr(k.notifyFd), "notify")
+	k.inFlightFile = os.NewFile(uintptr(k.inFlightFd), "in-flight")
+	killServer := func() {
+		unix.Kill(proc.Pid(), unix.SIGKILL)
+		proc.Cmd.Wait()
+	}
+	if err := cg.Place(cgroup.HomeGroup, proc.Pid()); err != nil {
+		killServer()
+		return 0, fmt.Errorf("placing the server in its cgroup: %w", err)
+	}
+	// The server runs once a supervisor answers for it.
+	sup, err := k.startSupervisor()
+	if err != nil {
+		killServer()
+		return 0, err
+	}
+	if err := sup.goAhead(); err != nil {
+		killServer()
+		return 0, err
+	}
+	if err := proc.Exec(); err != nil {
+		proc.Cmd.Wait()
+		k.stopSupervisor(sup)
+		return 0, fmt.Errorf("starting %s: %w", opts.argv[0], err)
+	}
+	log.Info("server started", "pid", proc.Pid(), "command", opts.argv, "config", opts.config,
+		"cgroup_version", cg.Version(), "track", settings.Track, "supervisor_pid", sup.cmd.Process.Pid)
+
+	exited := make(chan struct{})
+	go func() {
+		proc.Cmd.Wait()
+		close(exited)
+	}()
+	var killTimer <-chan time.Time
+	var supUp time.Time = time.Now()
+	backOff := restartFirst
+	// While no supervisor answers: the keeper does, "continue".
+	var failingOpen context.CancelFunc
+	var failedSince time.Time
+	restarted := make(chan *supervisorProc, 1)
+	restartFailed := make(chan error, 1)
+	for {
+		var supExited chan struct{}
+		if sup != nil {
+			supExited = sup.exited
+		}
+		select {
+		case sig := <-sigs:
+			log.Info("forwarding signal to the server", "signal", sig)
+			unix.Kill(proc.Pid(), sig.(syscall.Signal))
+			switch sig {
+			case unix.SIGHUP:
+				// `systemctl reload` reloads both the server and the table.
+				if sup != nil {
+					sup.cmd.Process.Signal(unix.SIGHUP)
+				}
+			case unix.SIGTERM, unix.SIGINT, unix.SIGQUIT:
+				if killTimer == nil {
+					killTimer = time.After(opts.stopTimeout)
+				}
+			}
+			continue
+		case <-killTimer:
+			log.Warn("server did not stop in time; killing it", "timeout", opts.stopTimeout)
+			unix.Kill(-proc.Pid(), unix.SIGKILL)
+			unix.Kill(proc.Pid(), unix.SIGKILL)
+			continue
+		case <-supExited:
+			state := sup.cmd.ProcessState
+			if state.Success() {
+				// It returns 0 only when no process is left under the
+				// filter: the server is gone, or going.
+				<-exited
+				sup = nil
+				break
+			}
+			sup = nil
+			answered, held := failopen.AnswerLeftovers(k.notifyFd, k.inFlight)
+			k.mu.Lock()
+			k.restarts++
+			k.failedOpenNotifications += uint64(answered)
+			if held > 0 {
+				k.lostConnections += uint64(held)
+			}
+			k.mu.Unlock()
+			log.Error("supervisor died; the server is served without QoS until a new one takes over",
+				"status", state.String(), "answered_continue", answered, "connections_lost", held)
+			failedSince = time.Now()
+			k.mu.Lock()
+			k.failingSince = failedSince
+			k.mu.Unlock()
+			var failCtx context.Context
+			failCtx, failingOpen = context.WithCancel(ctx)
+			go failopen.Serve(failCtx, k.notifyFd, 20*time.Millisecond, func() {
+				k.mu.Lock()
+				k.failedOpenNotifications++
+				k.mu.Unlock()
+			})
+			if time.Since(supUp) > restartReset {
+				backOff = restartFirst
+			}
+			wait := backOff
+			backOff = min(2*backOff, restartMost)
+			go func() {
+				time.Sleep(wait)
+				next, err := k.startSupervisor()
+				if err != nil {
+					restartFailed <- err
+					return
+				}
+				restarted <- next
+			}()
+			continue
+		case err := <-restartFailed:
+			log.Error("cannot start a new supervisor; trying again", "err", err, "in", backOff)
+			wait := backOff
+			backOff = min(2*backOff, restartMost)
+			go func() {
+				time.Sleep(wait)
+				next, err := k.startSupervisor()
+				if err != nil {
+					restartFailed <- err
+					return
+				}
+				restarted <- next
+			}()
+			continue
+		case next := <-restarted:
+			// Two receivers for a moment are harmless (each notification
+			// reaches one); no receiver at all is not.
+			failingOpen()
+			k.mu.Lock()
+			k.failedOpen += time.Since(failedSince)
+			k.failingSince = time.Time{}
+			k.mu.Unlock()
+			if err := next.goAhead(); err != nil {
+				log.Error("the new supervisor did not take over", "err", err)
+				next.cmd.Process.Kill()
+			}
+			// failopen.Serve may still answer the notification it is
+			// receiving; it returns on its own.
+			sup, supUp = next, time.Now()
+			log.Info("supervisor restarted", "supervisor_pid", sup.cmd.Process.Pid, "failed_open", time.Since(failedSince).Round(time.Millisecond))
+			continue
+		case <-exited:
+		}
+		break
+	}
+	code := exitStatus(proc.Cmd.ProcessState)
+	log.Info("server exited", "status", code)
+	// The server's remaining processes (children it left behind) die with
+	// the cgroups; then the filter has no users and the supervisor returns.
+	cleanup()
+	if failingOpen != nil {
+		failingOpen()
+	}
+	if sup != nil {
+		k.stopSupervisor(sup)
+	}
+	return code, nil
+}
+
+// startSupervisor starts a supervisor process and waits until it is ready
+// to receive (it has read the table, attached to the cgroups and made its
+// tables); goAhead then lets it.
+func (k *keeper) startSupervisor() (*supervisorProc, error) {
+	k.mu.Lock()
+	state := keeperState{
+		KeeperPID: os.Getpid(), KeeperVersion: version, KeeperStarted: k.started,
+		ServerPID: k.serverPid, CgroupParent: k.cgroupParent, CgroupName: k.cgroupName, Track: k.track,
+		Metrics: k.metricsListener != nil, Restarts: k.restarts, FailedOpen: k.failedOpen + sinceOrZero(k.failingSince),
+		FailedOpenNotifications: k.failedOpenNotifications, LostConnections: k.lostConnections,
+	}
+	k.mu.Unlock()
+	raw, _ := json.Marshal(state)
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("making the supervisor's control socket: %w", err)
+	}
+	ours, theirs := os.NewFile(uintptr(pair[0]), "control"), os.NewFile(uintptr(pair[1]), "control")
+	defer theirs.Close()
+	cmd := exec.Command(k.self, "supervise", "--config", k.opts.config, "--log-level", k.opts.logLevel,
+		"--log-format", k.opts.logFormat, "--keeper-state", string(raw))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.ExtraFiles = []*os.File{theirs, k.notifyFile, k.inFlightFile, k.statusListener}
+	if k.metricsListener != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, k.metricsListener)
+	}
+	// Its own process group: a terminal's Ctrl-C is the keeper's to
+	// forward. It dies with the keeper, as the server does.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		ours.Close()
+		return nil, fmt.Errorf("starting the supervisor: %w", err)
+	}
+	p := &supervisorProc{cmd: cmd, ctrl: ours, exited: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(p.exited)
+	}()
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(ours).ReadString('\n')
+		if err == nil && strings.TrimSpace(line) != "ready" {
+			err = fmt.Errorf("said %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err == nil {
+			return p, nil
+		}
+		cmd.Process.Kill()
+		<-p.exited
+		ours.Close()
+		return nil, fmt.Errorf("the supervisor did not get ready (%s): %w", cmd.ProcessState, err)
+	case <-time.After(supervisorReadyTimeout):
+		cmd.Process.Kill()
+		<-p.exited
+		ours.Close()
+		return nil, fmt.Errorf("the supervisor was not ready within %v", supervisorReadyTimeout)
+	}
+}
+
+// supervisorReadyTimeout bounds a supervisor's start: reading the table and
+// attaching to the cgroups take milliseconds.
+const supervisorReadyTimeout = 10 * time.Second
+
+// goAhead tells a ready supervisor to start receiving.
+func (p *supervisorProc) goAhead() error {
+	if _, err := p.ctrl.WriteString("go\n"); err != nil {
+		return fmt.Errorf("telling the supervisor to go: %w", err)
+	}
+	return nil
+}
+
+// stopSupervisor stops a supervisor once the server is gone.
+func (k *keeper) stopSupervisor(p *supervisorProc) {
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		k.log.Warn("supervisor still running after the server exited; stopping it")
+		p.cmd.Process.Signal(unix.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	}
+	p.ctrl.Close()
+}
+
+// sinceOrZero is how long ago t was, or 0 for the zero time.
+func sinceOrZero(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
+	}
+	return time.Since(t)
+}

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/failopen"
+	"github.com/vhqos/vhqos/intercept"
+	"github.com/vhqos/vhqos/policy"
+	"github.com/vhqos/vhqos/status"
+	"github.com/vhqos/vhqos/supervisor"
+	"golang.org/x/sys/unix"
+)
+
+// The supervisor process: `vhqos supervise`, started by the keeper (vhqos
+// run, keeper.go) and never by hand. The keeper holds what must outlive a
+// crash (the notification fd, the server, the cgroup subtree, the status
+// and metrics sockets) and hands it down at these fd numbers; the
+// supervisor process holds the QoS table and everything that classifies.
+
+// Fds the keeper passes to each supervisor process (exec.Cmd.ExtraFiles
+// start at 3).
+const (
+	ctrlFd     = 3 // control socket: the supervisor writes "ready", the keeper "go"
+	notifyFd   = 4 // the seccomp notification fd
+	inFlightFd = 5 // memfd of the failopen.Table
+	statusFd   = 6 // the status socket's listener
+	metricsFd  = 7 // the metrics listener, when --metrics-listen is set
+)
+
+// keeperState is what the keeper tells a supervisor process it starts
+// (--keeper-state, JSON): who it works for and what happened before it.
+type keeperState struct {
+	KeeperPID     int       `json:"keeper_pid"`
+	KeeperVersion string    `json:"keeper_version"`
+	KeeperStarted time.Time `json:"keeper_started"`
+	ServerPID     int       `json:"server_pid"`
+	CgroupParent  string    `json:"cgroup_parent"`
+	CgroupName    string    `json:"cgroup_name"`
+	// Track is the tracking the filter was installed for; a table that
+	// says otherwise cannot change it without a restart of vhqos run.
+	Track   string `json:"track"`
+	Metrics bool   `json:"metrics"`
+	// Restarts counts the supervisors started after one died.
+	Restarts                uint64        `json:"restarts"`
+	FailedOpen              time.Duration `json:"failed_open_ns"`
+	FailedOpenNotifications uint64        `json:"failed_open_notifications"`
+	LostConnections         uint64        `json:"lost_connections"`
+}
+
+// tableSettings is what `vhqos supervise --settings` prints for the keeper:
+// the parts of the table it needs before the server starts.
+type tableSettings struct {
+	CgroupParent string   `json:"cgroup_parent"`
+	Track        string   `json:"track"`
+	Syscalls     []string `json:"syscalls"`
+}
+
+func superviseCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("vhqos supervise", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config := fs.String("config", defaultConfig, "QoS table")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	settings := fs.Bool("settings", false, "print what the keeper needs of the table, as JSON, and exit")
+	state := fs.String("keeper-state", "", "what the keeper says (JSON)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, "vhqos supervise:", err)
+		return 2
+	}
+	raw, err := os.ReadFile(*config)
+	if err != nil {
+		fmt.Fprintf(stderr, "vhqos run: reading the QoS table: %v\n", err)
+		return 2
+	}
+	table, err := policy.Parse(*config, raw)
+	if err != nil {
+		// vhqos run says what it does about it.
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	if *settings {
+		logWarnings(log, table)
+		track := table.Settings.Track
+		json.NewEncoder(stdout).Encode(tableSettings{CgroupParent: table.Settings.CgroupParent, Track: track.String(), Syscalls: track.Syscalls()})
+		return 0
+	}
+	var ks keeperState
+	if err := json.Unmarshal([]byte(*state), &ks); err != nil {
+		fmt.Fprintln(stderr, "vhqos supervise: started without --keeper-state: it is started by vhqos run, not by hand")
+		return 2
+	}
+	log = log.With("supervisor_pid", os.Getpid())
+	if err := supervise(log, *config, table, raw, ks); err != nil {
+		log.Error("supervisor stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// supervise runs the supervisor for the keeper until the server is gone or
+// the keeper says stop (SIGTERM).
+func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte, ks keeperState) error {
+	started := time.Now()
+	// The keeper forwards what the operator sends; a terminal's Ctrl-C
+	// reaches the keeper, not this process group.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGHUP)
+	defer signal.Stop(sigs)
+
+	ctrl := os.NewFile(ctrlFd, "control")
+	defer ctrl.Close()
+	region, err := failopen.Map(inFlightFd)
+	if err != nil {
+		return err
+	}
+	inFlight, err := failopen.Attach(region)
+	if err != nil {
+		return err
+	}
+	statusListener, err := net.FileListener(os.NewFile(statusFd, "status"))
+	if err != nil {
+		return fmt.Errorf("taking the status socket from the keeper: %w", err)
+	}
+	defer statusListener.Close()
+	var metrics *status.Metrics
+	var metricsListener net.Listener
+	var report func() *status.Report
+	if ks.Metrics {
+		if metricsListener, err = net.FileListener(os.NewFile(metricsFd, "metrics")); err != nil {
+			return fmt.Errorf("taking the metrics listener from the keeper: %w", err)
+		}
+		defer metricsListener.Close()
+		metrics = status.NewMetrics(func() *status.Report { return report() })
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cg, err := cgroup.New(ctx, cgroup.Options{Parent: ks.CgroupParent, Name: ks.CgroupName, Logger: log, Attach: true})
+	if err != nil {
+		return err
+	}
+	defer cg.Close(context.Background())
+	if err := applyTable(cg, table); err != nil {
+		return err
+	}
+	track, err := intercept.ParseTrack(ks.Track)
+	if err != nil {
+		return fmt.Errorf("the keeper's track: %w", err)
+	}
+	if table.Settings.Track != track {
+		log.Warn("the table asks for another track than vhqos run started with; it takes effect when vhqos run restarts", "table", table.Settings.Track, "running", track)
+	}
+	supOpts := supervisor.Options{
+		NotifyFd:   notifyFd,
+		Classifier: newTableClassifier(table),
+		Placer:     cg,
+		Logger:     log,
+		Track:      track,
+		InFlight:   inFlight,
+	}
+	if metrics != nil {
+		supOpts.Observe = metrics.Observe
+	}
+	sup, err := supervisor.New(supOpts)
+	if err != nil {
+		return err
+	}
+	// Ready: the keeper stops answering for us and says go.
+	if _, err := ctrl.WriteString("ready\n"); err != nil {
+		return fmt.Errorf("telling the keeper this supervisor is ready: %w", err)
+	}
+	line, err := bufio.NewReader(ctrl).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "go" {
+		return fmt.Errorf("waiting for the keeper's go: %q %v", line, err)
+	}
+	supDone := make(chan error, 1)
+	go func() { supDone <- sup.Run(ctx) }()
+	log.Info("supervisor started", "version", version, "server_pid", ks.ServerPID, "restarts", ks.Restarts)
+
+	reload := &reloader{path: config, log: log, cg: cg, sup: sup, current: table, raw: raw}
+	hup := make(chan struct{}, 1)
+	report = func() *status.Report {
+		rep := buildReport(ks.KeeperStarted, ks.ServerPID, config, reload, cg, sup)
+		keeperReport(rep, ks, started)
+		return rep
+	}
+	go status.Serve(ctx, statusListener, log, report)
+	go summarizeFallbacks(ctx, log, sup, time.Minute)
+	if metrics != nil {
+		go metrics.Serve(ctx, metricsListener, log)
+	}
+	go func() {
+		if err := reload.watch(ctx, hup); err != nil {
+			log.Error("QoS table changes will not be seen", "err", err)
+		}
+	}()
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == unix.SIGHUP {
+				select {
+				case hup <- struct{}{}:
+				default:
+				}
+				continue
+			}
+			log.Info("supervisor stopping", "signal", sig)
+			cancel()
+			<-supDone
+			return nil
+		case err := <-supDone:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		}
+	}
+}
+
+// keeperReport fills in what the status report says of the two parts.
+func keeperReport(rep *status.Report, ks keeperState, started time.Time) {
+	rep.PID, rep.KeeperPID = ks.KeeperPID, ks.KeeperPID
+	rep.Started, rep.KeeperStarted = ks.KeeperStarted, ks.KeeperStarted
+	rep.KeeperVersion, rep.SupervisorVersion = ks.KeeperVersion, version
+	rep.SupervisorPID, rep.SupervisorStarted = os.Getpid(), started
+	rep.SupervisorRestarts = ks.Restarts
+	rep.FailedOpen, rep.FailedOpenNotifications, rep.LostConnections = ks.FailedOpen, ks.FailedOpenNotifications, ks.LostConnections
+}
