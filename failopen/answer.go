@@ -39,19 +39,20 @@ func Continue(notifyFd int, id uint64) bool {
 }
 
 // AnswerLeftovers answers with "continue" every notification a dead
-// supervisor left received and unanswered: the ids in t, and, for the one
-// it may have received but not yet recorded when it died, the few ids
-// after the newest it recorded (ids count up; a notification not yet
-// received is refused, so trying one does no harm). It returns how many
-// were answered, and clears t for the next supervisor.
-func AnswerLeftovers(notifyFd int, t *Table) (answered int, held int64) {
+// supervisor left received and unanswered: the ids in t, and, when it
+// died abruptly (crashed), for the one it may have received but not yet
+// recorded, the few ids after the newest it recorded (ids count up; a
+// notification not yet received is refused, so trying one does no harm).
+// It returns how many were answered and the connections it held, and
+// clears t.
+func AnswerLeftovers(notifyFd int, t *Table, crashed bool) (answered int, held int64) {
 	ids, last, held := t.Pending()
 	for _, id := range ids {
 		if Continue(notifyFd, id) {
 			answered++
 		}
 	}
-	if last != 0 {
+	if crashed && last != 0 {
 		for id := last + 1; id <= last+afterLast; id++ {
 			if Continue(notifyFd, id) {
 				answered++

@@ -2,9 +2,11 @@ package itest
 
 import (
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -185,4 +187,126 @@ func statusSocketOf(a *Apache) string {
 		}
 	}
 	return ""
+}
+
+// cgroupsOf lists the cgroup directories (every hierarchy) of the vhqos
+// whose keeper has pid keeper.
+func cgroupsOf(keeper int) []string {
+	var dirs []string
+	name := "vhqos." + strconv.Itoa(keeper)
+	filepath.WalkDir("/sys/fs/cgroup", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if d.Name() == name {
+			dirs = append(dirs, p)
+			return filepath.SkipDir
+		}
+		if strings.Count(p, "/") > 8 {
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	return dirs
+}
+
+// A killed keeper takes its server with it; the next vhqos run removes
+// the cgroups it left, and never those of a vhqos still running.
+func TestKeeperKilled(t *testing.T) {
+	live := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, Servers: 2})
+	doomed := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "blog", Addr: "127.0.0.3:8080"}}, Servers: 2})
+	request(t, "127.0.0.3:8080", "/cgi-bin/whoami")
+	keeper := doomed.Cmd.Process.Pid
+	left := cgroupsOf(keeper)
+	if len(left) == 0 {
+		t.Fatal("the vhqos to kill has no cgroups")
+	}
+	if err := syscall.Kill(keeper, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Second, "the killed vhqos's server gone", func() bool { return len(apachePids(doomed)) == 0 })
+	if dirs := cgroupsOf(keeper); len(dirs) == 0 {
+		t.Fatal("the killed keeper's cgroups are gone before any vhqos removed them: the test shows nothing")
+	}
+	next := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.4:8080"}}, Servers: 2})
+	if dirs := cgroupsOf(keeper); len(dirs) != 0 {
+		t.Errorf("the dead vhqos's cgroups are still there after the next vhqos run started: %v", dirs)
+	}
+	if !strings.Contains(next.Output(), "removed cgroups left by a vhqos that is gone") {
+		t.Errorf("the next vhqos run did not say what it removed:\n%s", next.Output())
+	}
+	if len(cgroupsOf(live.Cmd.Process.Pid)) == 0 {
+		t.Error("the next vhqos run removed the cgroups of a vhqos still running")
+	}
+	s := request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	if want := fmt.Sprintf("/vhqos.%d/vhost-shop", live.Cmd.Process.Pid); !strings.HasSuffix(s.cgroup, want) {
+		t.Errorf("the running vhqos served a request in %q, want …%s", s.cgroup, want)
+	}
+	request(t, "127.0.0.4:8080", "/cgi-bin/whoami")
+}
+
+// vhqos upgrade, three times in a row under load, loses nothing: no
+// request fails, the supervisor's pid changes each time, and what the
+// status counts carries on.
+func TestUpgradeUnderLoad(t *testing.T) {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		t.Fatal("wrk is needed: apt-get install wrk")
+	}
+	for _, tc := range []struct {
+		name, listenAll string
+	}{{"listener per address", ""}, {"wildcard listener", "8080"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, ListenAll: tc.listenAll, Servers: 8})
+			socket := statusSocketOf(a)
+			wrk := make(chan string, 1)
+			go func() {
+				out, _ := exec.Command("wrk", "-t1", "-c8", "-d5s", "-H", "Connection: close", "http://127.0.0.2:8080/index.html").CombinedOutput()
+				wrk <- string(out)
+			}()
+			pids := map[int]bool{supervisorOf(a.Cmd.Process.Pid): true}
+			for i := range 3 {
+				time.Sleep(time.Second) // under load
+				out, err := exec.Command(vhqosBinary(t), "upgrade", "--socket", socket).CombinedOutput()
+				if err != nil {
+					t.Fatalf("upgrade %d: %v: %s", i+1, err, out)
+				}
+				pid := supervisorOf(a.Cmd.Process.Pid)
+				if pids[pid] {
+					t.Errorf("upgrade %d: supervisor pid %d seen before (%s)", i+1, pid, out)
+				}
+				pids[pid] = true
+			}
+			out := <-wrk
+			socketErrors, non2xx := wrkErrors(t, out)
+			if socketErrors != 0 || non2xx != 0 {
+				t.Errorf("%d socket errors and %d non-2xx responses across three upgrades:\n%s", socketErrors, non2xx, out)
+			}
+			rep, err := status.Fetch(socket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Upgrades != 3 || rep.SupervisorRestarts != 0 {
+				t.Errorf("status says %d upgrades, %d restarts; want 3 and 0", rep.Upgrades, rep.SupervisorRestarts)
+			}
+			requests := 0
+			if m := regexp.MustCompile(`(\d+) requests in`).FindStringSubmatch(out); m != nil {
+				requests, _ = strconv.Atoi(m[1])
+			}
+			var shop uint64
+			for _, c := range rep.Classes {
+				if c.Name == "shop" {
+					shop = c.Connections
+				}
+			}
+			// Counted by four supervisors in turn.
+			if shop < uint64(requests)*9/10 {
+				t.Errorf("status counts %d connections for shop, wrk made %d: the counts did not carry on", shop, requests)
+			}
+			s := request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+			if want := fmt.Sprintf("/vhqos.%d/vhost-shop", a.Cmd.Process.Pid); !strings.HasSuffix(s.cgroup, want) {
+				t.Errorf("after the upgrades a request was served in %q, want …%s", s.cgroup, want)
+			}
+			t.Logf("%d requests, %d counted for shop; supervisors %v", requests, shop, pids)
+		})
+	}
 }

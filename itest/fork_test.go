@@ -145,7 +145,8 @@ func runForkServerStatus(t *testing.T, qos string, argv []string) (vhqos *exec.C
 	return cmd, childOf(t, cmd.Process.Pid), socket
 }
 
-// childOf returns the one child process of pid (vhqos's: the server).
+// childOf returns the server of the vhqos run with pid: its one child but
+// the supervisor process.
 func childOf(t *testing.T, pid int) int {
 	t.Helper()
 	// Children are listed by the thread that made them.
@@ -156,10 +157,14 @@ func childOf(t *testing.T, pid int) int {
 	var f []string
 	for _, task := range tasks {
 		data, _ := os.ReadFile(task)
-		f = append(f, strings.Fields(string(data))...)
+		for _, child := range strings.Fields(string(data)) {
+			if cmdline, _ := os.ReadFile("/proc/" + child + "/cmdline"); !strings.Contains(string(cmdline), "--keeper-state") {
+				f = append(f, child)
+			}
+		}
 	}
 	if len(f) != 1 {
-		t.Fatalf("vhqos has children %v, want one server", f)
+		t.Fatalf("vhqos has children %v besides its supervisor, want one server", f)
 	}
 	child, _ := strconv.Atoi(f[0])
 	return child

@@ -79,11 +79,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("copying the notification fd for the receiver: %w", err)
 	}
-	var r receiverState
+	r := &s.recv
 	done := make(chan error, 1)
 	go func() {
 		defer unix.Close(recvFd)
-		done <- s.receive(recvFd, &r)
+		done <- s.receive(recvFd, r)
 	}()
 
 	// The watcher notices the end: ctx done, or no process left under the
@@ -134,6 +134,11 @@ type receiverState struct {
 	stopping atomic.Bool
 	// inRecv says the receiver waits in NOTIF_RECV, or is about to.
 	inRecv atomic.Bool
+	// draining (Drain) makes the receiver keep what it receives for a
+	// successor instead of answering it.
+	draining atomic.Bool
+	mu       sync.Mutex
+	late     []HeldAccept // received while draining
 }
 
 func firstError(a, b error) error {
@@ -174,6 +179,10 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 			if s.inFlight != nil {
 				s.inFlight.Received(n.ID, s.stale)
 			}
+			if r.draining.Load() {
+				s.keepForSuccessor(&n)
+				continue
+			}
 			// One clock read per notification: it times the answer and
 			// paces the yield.
 			now := time.Now()
@@ -201,6 +210,23 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 			return fmt.Errorf("receiving a seccomp notification: %w", err)
 		}
 	}
+}
+
+// keepForSuccessor keeps an accept received while draining for the
+// successor; any other notification (fork, close... of tracking) is let
+// through, as a successor learns those processes anew.
+func (s *Supervisor) keepForSuccessor(n *notification) {
+	if !adoptable(n.Data.Nr) {
+		s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
+		return
+	}
+	flags := uint64(0)
+	if n.Data.Nr == unix.SYS_ACCEPT4 {
+		flags = n.Data.Args[3]
+	}
+	s.recv.mu.Lock()
+	s.recv.late = append(s.recv.late, HeldAccept{ID: n.ID, Pid: n.Pid, Args: [4]uint64{n.Data.Args[0], n.Data.Args[1], n.Data.Args[2], flags}})
+	s.recv.mu.Unlock()
 }
 
 // hungUp reports whether the notification fd says no process is left

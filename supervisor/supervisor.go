@@ -121,6 +121,7 @@ type Supervisor struct {
 	peekBufs     peekBuffers
 	pendingCount atomic.Int64
 
+	recv     receiverState
 	inFlight *failopen.Table // nil when no keeper watches
 	held     heldCount
 	stale    func(id uint64) bool

@@ -56,6 +56,7 @@ type keeper struct {
 	// What happened so far, told to each new supervisor.
 	mu                      sync.Mutex
 	restarts                uint64
+	upgrades                uint64
 	failedOpen              time.Duration // up to failingSince
 	failingSince            time.Time     // zero while a supervisor answers
 	failedOpenNotifications uint64
@@ -64,9 +65,15 @@ type keeper struct {
 
 // supervisorProc is one supervisor process and its control socket.
 type supervisorProc struct {
-	cmd    *exec.Cmd
-	ctrl   *os.File
-	exited chan struct{} // closed once cmd.Wait returned
+	// inFlight is its table of notifications in flight (each supervisor
+	// has its own: two run at once during an upgrade).
+	inFlight     *failopen.Table
+	inFlightFile *os.File
+	region       []byte
+	cmd          *exec.Cmd
+	ctrl         *os.File
+	said         *bufio.Reader // what it writes on ctrl
+	exited       chan struct{} // closed once cmd.Wait returned
 }
 
 // Back-off between supervisor starts after crashes: doubling from
@@ -107,6 +114,12 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("finding the vhqos binary: %w", err)
 	}
+	// The fds inherited for the server reach it through the shim, which
+	// passes them explicitly; no other child of the keeper may hold them
+	// (a listening socket held by a supervisor would outlive the server).
+	for _, fd := range opts.inherited {
+		unix.CloseOnExec(fd)
+	}
 	settings, err := readSettings(self, opts)
 	if err != nil {
 		return 2, err
@@ -116,6 +129,9 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
+	upgradeOrders := make(chan os.Signal, 1)
+	signal.Notify(upgradeOrders, upgradeSignal)
+	defer signal.Stop(upgradeOrders)
 
 	k := &keeper{log: log, opts: opts, self: self, started: time.Now(), cgroupParent: settings.CgroupParent,
 		cgroupName: "vhqos." + strconv.Itoa(os.Getpid()), track: settings.Track}
@@ -143,13 +159,6 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 		if k.metricsListener, err = metricsListener.(*net.TCPListener).File(); err != nil {
 			return 0, fmt.Errorf("passing the metrics listener on: %w", err)
 		}
-	}
-	var region []byte
-	if k.inFlightFd, region, err = failopen.Create(); err != nil {
-		return 0, err
-	}
-	if k.inFlight, err = failopen.Attach(region); err != nil {
-		return 0, err
 	}
 
 	if removed, err := cgroup.RemoveStale(ctx, settings.CgroupParent, log); err != nil {
@@ -203,7 +212,6 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	}
 	k.notifyFd, k.serverPid = proc.NotifyFd, proc.Pid()
 	k.notifyFile = os.NewFile(uintptr(k.notifyFd), "notify")
-	k.inFlightFile = os.NewFile(uintptr(k.inFlightFd), "in-flight")
 	killServer := func() {
 		unix.Kill(proc.Pid(), unix.SIGKILL)
 		proc.Cmd.Wait()
@@ -243,12 +251,86 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	var failedSince time.Time
 	restarted := make(chan *supervisorProc, 1)
 	restartFailed := make(chan error, 1)
+	// vhqos upgrade: a new supervisor from the binary on disk; the one it
+	// replaces (retiring) drains and hands off through the keeper.
+	var upgrading bool
+	var retiring *supervisorProc
+	upgradeReady := make(chan *supervisorProc, 1)
+	upgradeFailed := make(chan error, 1)
+	handoffs := make(chan string, 1)
 	for {
-		var supExited chan struct{}
+		var supExited, retired chan struct{}
 		if sup != nil {
 			supExited = sup.exited
 		}
+		if retiring != nil {
+			retired = retiring.exited
+		}
 		select {
+		case <-upgradeOrders:
+			if sup == nil || upgrading || retiring != nil {
+				log.Warn("not upgrading now: a supervisor is starting or handing over; try again in a moment")
+				continue
+			}
+			upgrading = true
+			k.mu.Lock()
+			k.upgrades++
+			k.mu.Unlock()
+			log.Info("upgrading the supervisor", "binary", k.self)
+			go func() {
+				next, err := k.startSupervisor()
+				if err != nil {
+					upgradeFailed <- err
+					return
+				}
+				upgradeReady <- next
+			}()
+			continue
+		case err := <-upgradeFailed:
+			upgrading = false
+			k.mu.Lock()
+			k.upgrades--
+			k.mu.Unlock()
+			log.Error("upgrade failed; the running supervisor carries on", "err", err)
+			continue
+		case next := <-upgradeReady:
+			upgrading = false
+			if sup == nil {
+				// The old one died meanwhile: this one simply takes over.
+				next.cmd.Process.Kill()
+				continue
+			}
+			retiring, sup, supUp = sup, next, time.Now()
+			if err := sup.goAhead(); err != nil {
+				log.Error("the new supervisor did not take over", "err", err)
+			}
+			go func(old *supervisorProc) {
+				line, err := old.said.ReadString('\n')
+				if msg, ok := strings.CutPrefix(line, "handoff "); err == nil && ok {
+					handoffs <- msg
+				}
+			}(retiring)
+			if _, err := retiring.ctrl.WriteString("drain\n"); err != nil {
+				log.Error("telling the old supervisor to hand over", "err", err)
+			}
+			continue
+		case msg := <-handoffs:
+			if sup != nil {
+				if _, err := sup.ctrl.WriteString("adopt " + msg); err != nil {
+					log.Error("passing the old supervisor's hand-off on", "err", err)
+				}
+			}
+			continue
+		case <-retired:
+			// What it received after it drained, the keeper lets through.
+			answered, _ := failopen.AnswerLeftovers(k.notifyFd, retiring.inFlight, false)
+			retiring.release()
+			k.mu.Lock()
+			k.failedOpenNotifications += uint64(answered)
+			k.mu.Unlock()
+			log.Info("supervisor upgraded", "old_pid", retiring.cmd.Process.Pid, "supervisor_pid", sup.cmd.Process.Pid, "answered_continue", answered)
+			retiring = nil
+			continue
 		case sig := <-sigs:
 			log.Info("forwarding signal to the server", "signal", sig)
 			unix.Kill(proc.Pid(), sig.(syscall.Signal))
@@ -275,11 +357,13 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 				// It returns 0 only when no process is left under the
 				// filter: the server is gone, or going.
 				<-exited
+				sup.release()
 				sup = nil
 				break
 			}
+			answered, held := failopen.AnswerLeftovers(k.notifyFd, sup.inFlight, true)
+			sup.release()
 			sup = nil
-			answered, held := failopen.AnswerLeftovers(k.notifyFd, k.inFlight)
 			k.mu.Lock()
 			k.restarts++
 			k.failedOpenNotifications += uint64(answered)
@@ -361,6 +445,9 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	if sup != nil {
 		k.stopSupervisor(sup)
 	}
+	if retiring != nil {
+		k.stopSupervisor(retiring)
+	}
 	return code, nil
 }
 
@@ -372,7 +459,7 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 	state := keeperState{
 		KeeperPID: os.Getpid(), KeeperVersion: version, KeeperStarted: k.started,
 		ServerPID: k.serverPid, CgroupParent: k.cgroupParent, CgroupName: k.cgroupName, Track: k.track,
-		Metrics: k.metricsListener != nil, Restarts: k.restarts, FailedOpen: k.failedOpen + sinceOrZero(k.failingSince),
+		Metrics: k.metricsListener != nil, Restarts: k.restarts, Upgrades: k.upgrades, FailedOpen: k.failedOpen + sinceOrZero(k.failingSince),
 		FailedOpenNotifications: k.failedOpenNotifications, LostConnections: k.lostConnections,
 	}
 	k.mu.Unlock()
@@ -386,25 +473,39 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 	cmd := exec.Command(k.self, "supervise", "--config", k.opts.config, "--log-level", k.opts.logLevel,
 		"--log-format", k.opts.logFormat, "--keeper-state", string(raw))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	cmd.ExtraFiles = []*os.File{theirs, k.notifyFile, k.inFlightFile, k.statusListener}
+	memfd, region, err := failopen.Create()
+	if err != nil {
+		ours.Close()
+		return nil, err
+	}
+	table, err := failopen.Attach(region)
+	if err != nil {
+		ours.Close()
+		return nil, err
+	}
+	inFlightFile := os.NewFile(uintptr(memfd), "in-flight")
+	cmd.ExtraFiles = []*os.File{theirs, k.notifyFile, inFlightFile, k.statusListener}
 	if k.metricsListener != nil {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, k.metricsListener)
 	}
 	// Its own process group: a terminal's Ctrl-C is the keeper's to
-	// forward. It dies with the keeper, as the server does.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// forward. When the keeper dies it is told (keeperDiedSignal) and
+	// takes the server's processes with it: they cannot run without the
+	// keeper's notification fd.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: keeperDiedSignal}
+	p := &supervisorProc{cmd: cmd, ctrl: ours, said: bufio.NewReader(ours), exited: make(chan struct{}),
+		inFlight: table, inFlightFile: inFlightFile, region: region}
 	if err := cmd.Start(); err != nil {
-		ours.Close()
+		p.release()
 		return nil, fmt.Errorf("starting the supervisor: %w", err)
 	}
-	p := &supervisorProc{cmd: cmd, ctrl: ours, exited: make(chan struct{})}
 	go func() {
 		cmd.Wait()
 		close(p.exited)
 	}()
 	ready := make(chan error, 1)
 	go func() {
-		line, err := bufio.NewReader(ours).ReadString('\n')
+		line, err := p.said.ReadString('\n')
 		if err == nil && strings.TrimSpace(line) != "ready" {
 			err = fmt.Errorf("said %q", line)
 		}
@@ -417,12 +518,14 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		}
 		cmd.Process.Kill()
 		<-p.exited
-		ours.Close()
+		failopen.AnswerLeftovers(k.notifyFd, p.inFlight, true)
+		p.release()
 		return nil, fmt.Errorf("the supervisor did not get ready (%s): %w", cmd.ProcessState, err)
 	case <-time.After(supervisorReadyTimeout):
 		cmd.Process.Kill()
 		<-p.exited
-		ours.Close()
+		failopen.AnswerLeftovers(k.notifyFd, p.inFlight, true)
+		p.release()
 		return nil, fmt.Errorf("the supervisor was not ready within %v", supervisorReadyTimeout)
 	}
 }
@@ -430,6 +533,13 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 // supervisorReadyTimeout bounds a supervisor's start: reading the table and
 // attaching to the cgroups take milliseconds.
 const supervisorReadyTimeout = 10 * time.Second
+
+// release closes what the keeper holds for a supervisor that is gone.
+func (p *supervisorProc) release() {
+	p.ctrl.Close()
+	p.inFlightFile.Close()
+	unix.Munmap(p.region)
+}
 
 // goAhead tells a ready supervisor to start receiving.
 func (p *supervisorProc) goAhead() error {
@@ -453,7 +563,7 @@ func (k *keeper) stopSupervisor(p *supervisorProc) {
 			<-p.exited
 		}
 	}
-	p.ctrl.Close()
+	p.release()
 }
 
 // sinceOrZero is how long ago t was, or 0 for the zero time.
@@ -463,3 +573,7 @@ func sinceOrZero(t time.Time) time.Duration {
 	}
 	return time.Since(t)
 }
+
+// upgradeSignal asks the keeper for a new supervisor from the binary on
+// disk (vhqos upgrade): a real-time signal, never forwarded to the server.
+const upgradeSignal = syscall.Signal(43)

@@ -34,6 +34,11 @@ Usage:
         Show, per vhost, live and total connections, processes, CPU and IO
         used, how often cpu_max held it back, its DSCP and limits. Only root
         may ask. Exit status 3 when no vhqos answers on the socket.
+  vhqos upgrade [--socket PATH] [--timeout 30s]
+        Replace the running supervisor with the vhqos binary now on disk,
+        losing nothing: the old one hands over the accepts and counters it
+        holds. The server keeps running; vhqos run (the keeper, the
+        process systemd sees) stays as it is.
   vhqos version
   vhqos help
 
@@ -76,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "supervise":
 		// Started by vhqos run (the keeper), not by hand.
 		return superviseCommand(args[2:], stdout, stderr)
+	case "upgrade":
+		return upgradeCommand(args[2:], stdout, stderr)
 	case "check":
 		return checkCommand(args[2:], stdout, stderr)
 	case "status":

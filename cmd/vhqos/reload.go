@@ -141,9 +141,10 @@ func (r *reloader) reload(since time.Time, force bool) {
 	}
 	r.raw = data
 	r.reloads.Add(1)
+	// Warnings first: whoever waits for "reloaded" finds them logged.
+	logWarnings(r.log, next)
 	r.log.Info("reloaded QoS table", "path", r.path, "added", added, "removed", removed, "changed", changed,
 		"took", time.Since(since).Round(time.Microsecond))
-	logWarnings(r.log, next)
 }
 
 // apply moves from the current table to next: limits of kept groups change

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
@@ -55,6 +56,7 @@ type keeperState struct {
 	Metrics bool   `json:"metrics"`
 	// Restarts counts the supervisors started after one died.
 	Restarts                uint64        `json:"restarts"`
+	Upgrades                uint64        `json:"upgrades"`
 	FailedOpen              time.Duration `json:"failed_open_ns"`
 	FailedOpenNotifications uint64        `json:"failed_open_notifications"`
 	LostConnections         uint64        `json:"lost_connections"`
@@ -121,8 +123,13 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	// The keeper forwards what the operator sends; a terminal's Ctrl-C
 	// reaches the keeper, not this process group.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGHUP)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGHUP, keeperDiedSignal)
 	defer signal.Stop(sigs)
+	keeper, err := unix.PidfdOpen(ks.KeeperPID, 0)
+	if err != nil {
+		return fmt.Errorf("watching the keeper (pid %d): %w", ks.KeeperPID, err)
+	}
+	defer unix.Close(keeper)
 
 	ctrl := os.NewFile(ctrlFd, "control")
 	defer ctrl.Close()
@@ -186,7 +193,8 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	if _, err := ctrl.WriteString("ready\n"); err != nil {
 		return fmt.Errorf("telling the keeper this supervisor is ready: %w", err)
 	}
-	line, err := bufio.NewReader(ctrl).ReadString('\n')
+	orders := bufio.NewReader(ctrl)
+	line, err := orders.ReadString('\n')
 	if err != nil || strings.TrimSpace(line) != "go" {
 		return fmt.Errorf("waiting for the keeper's go: %q %v", line, err)
 	}
@@ -211,8 +219,46 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 			log.Error("QoS table changes will not be seen", "err", err)
 		}
 	}()
+	// Later orders from the keeper: adopt what a predecessor handed off,
+	// or drain for a successor (vhqos upgrade).
+	drain := make(chan struct{})
+	go func() {
+		for {
+			line, err := orders.ReadString('\n')
+			if err != nil {
+				return // the keeper is gone: keeperDiedSignal says what to do
+			}
+			verb, arg, _ := strings.Cut(strings.TrimSpace(line), " ")
+			switch verb {
+			case "adopt":
+				var h handoffMessage
+				if err := json.Unmarshal([]byte(arg), &h); err != nil {
+					log.Error("reading what the previous supervisor handed over", "err", err)
+					continue
+				}
+				sup.Adopt(h.Handoff)
+				reload.reloads.Add(h.Reloads)
+				reload.refused.Add(h.ReloadsRefused)
+				log.Info("took over from the previous supervisor", "accepts", len(h.Accepts))
+			case "drain":
+				close(drain)
+				return
+			}
+		}
+	}()
 	for {
 		select {
+		case <-drain:
+			sniff, _ := table.Settings.SniffLimits()
+			h := handoffMessage{Handoff: sup.Drain(sniff + time.Second), Reloads: reload.reloads.Load(), ReloadsRefused: reload.refused.Load()}
+			raw, _ := json.Marshal(h)
+			if _, err := ctrl.WriteString("handoff " + string(raw) + "\n"); err != nil {
+				log.Error("handing over to the next supervisor", "err", err)
+			}
+			log.Info("handed over to the next supervisor", "accepts", len(h.Accepts), "connections_lost", h.Lost)
+			cancel()
+			<-supDone
+			return nil
 		case sig := <-sigs:
 			if sig == unix.SIGHUP {
 				select {
@@ -220,6 +266,17 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 				default:
 				}
 				continue
+			}
+			if sig == keeperDiedSignal {
+				if !exited(keeper, time.Second) {
+					continue // not from the kernel, or not about the keeper
+				}
+				// The keeper is gone, and with it the notification fd
+				// the server needs. What the server left running goes
+				// too; the next vhqos run removes the cgroups.
+				log.Error("the keeper died; killing the server's processes", "keeper_pid", ks.KeeperPID)
+				killSubtree(cg)
+				return errors.New("the keeper died")
 			}
 			log.Info("supervisor stopping", "signal", sig)
 			cancel()
@@ -240,6 +297,45 @@ func keeperReport(rep *status.Report, ks keeperState, started time.Time) {
 	rep.Started, rep.KeeperStarted = ks.KeeperStarted, ks.KeeperStarted
 	rep.KeeperVersion, rep.SupervisorVersion = ks.KeeperVersion, version
 	rep.SupervisorPID, rep.SupervisorStarted = os.Getpid(), started
-	rep.SupervisorRestarts = ks.Restarts
+	rep.SupervisorRestarts, rep.Upgrades = ks.Restarts, ks.Upgrades
 	rep.FailedOpen, rep.FailedOpenNotifications, rep.LostConnections = ks.FailedOpen, ks.FailedOpenNotifications, ks.LostConnections
+}
+
+// killSubtree kills every process in the cgroups of cg, until none is left
+// or a second has passed.
+func killSubtree(cg *cgroup.Manager) {
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		left := 0
+		for _, g := range cg.Groups() {
+			pids, _ := cg.Pids(g)
+			for _, pid := range pids {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+			left += len(pids)
+		}
+		if left == 0 {
+			return
+		}
+	}
+}
+
+// keeperDiedSignal is the supervisor's parent-death signal (PR_SET_PDEATHSIG):
+// a real-time signal nobody sends by hand. The kernel sends it when the
+// thread of the keeper that started the supervisor exits, which may be
+// before the keeper as a whole is gone: exited tells.
+const keeperDiedSignal = syscall.Signal(42)
+
+// exited reports whether the process of pidfd exits within wait.
+func exited(pidfd int, wait time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, int(wait/time.Millisecond))
+	return err == nil && n > 0
+}
+
+// handoffMessage is what one supervisor hands the next through the keeper
+// (vhqos upgrade).
+type handoffMessage struct {
+	supervisor.Handoff
+	Reloads        uint64 `json:"reloads"`
+	ReloadsRefused uint64 `json:"reloads_refused"`
 }
