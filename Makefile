@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps build test test-host test-race test-vm soak demo bench fuzz fuzz-ci lint clean
+.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench fuzz fuzz-ci lint clean
 
 all: build
 
@@ -56,6 +56,12 @@ soak: build
 	VHQOS_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) VHQOS_SOAK_DURATION=$(SOAK_DURATION) \
 		$(GO) test -count=1 -v -timeout 45m -run '^TestForkSoak$$' ./itest
 
+
+# Supervisors killed at random under load, the long way: 100 kills in 5
+# minutes (make test runs 15 in 30 s).
+kill-soak: build
+	VHQOS_KILL_SOAK_DURATION=5m VHQOS_KILL_SOAK_KILLS=100 \
+		$(GO) test -count=1 -v -timeout 20m -run '^TestSupervisorKillSoak$$' ./itest
 
 demo: build
 	./demo/run.sh

@@ -24,6 +24,18 @@ match = ["127.0.0.2"]
 dscp = "EF"
 `
 
+const crashNameQoS = `
+[[vhost]]
+name = "shop"
+match = ["shop.example"]
+dscp = "EF"
+
+[[vhost]]
+name = "blog"
+match = ["blog.example"]
+dscp = "AF21"
+`
+
 // wrkErrors reads wrk's error counts: socket errors (connect, read,
 // write, timeout) summed, and non-2xx responses.
 func wrkErrors(t *testing.T, out string) (socket, non2xx int) {
@@ -56,14 +68,21 @@ func TestSupervisorKilledUnderLoad(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name, listenAll string
-	}{{"listener per address", ""}, {"wildcard listener", "8080"}} {
+		qos             string
+		host            string // the Host header, "" for none
+		vhosts          []VHost
+	}{
+		{"listener per address", "", crashQoS, "", []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}},
+		{"wildcard listener", "8080", crashQoS, "", []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}},
+		{"host names", "", crashNameQoS, "shop.example", []VHost{{Name: "shop.example", Addr: "127.0.0.2:8080"}, {Name: "blog.example", Addr: "127.0.0.2:8080"}}},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			capture, err := StartCapture()
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer capture.Stop()
-			a := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, ListenAll: tc.listenAll, Servers: 8})
+			a := startUnderVhqos(t, tc.qos, ApacheConfig{VHosts: tc.vhosts, ListenAll: tc.listenAll, Servers: 8})
 			keeper := a.Cmd.Process.Pid
 			first := supervisorOf(keeper)
 			if first == 0 {
@@ -71,7 +90,11 @@ func TestSupervisorKilledUnderLoad(t *testing.T) {
 			}
 			wrk := make(chan string, 1)
 			go func() {
-				out, _ := exec.Command("wrk", "-t1", "-c8", "-d4s", "-H", "Connection: close", "http://127.0.0.2:8080/index.html").CombinedOutput()
+				args := []string{"-t1", "-c8", "-d4s", "-H", "Connection: close"}
+				if tc.host != "" {
+					args = append(args, "-H", "Host: "+tc.host)
+				}
+				out, _ := exec.Command("wrk", append(args, "http://127.0.0.2:8080/index.html")...).CombinedOutput()
 				wrk <- string(out)
 			}()
 			time.Sleep(1500 * time.Millisecond) // wrk is under way
@@ -97,10 +120,14 @@ func TestSupervisorKilledUnderLoad(t *testing.T) {
 			if non2xx != 0 {
 				t.Errorf("%d non-2xx responses across the kill:\n%s", non2xx, out)
 			}
-			if tc.listenAll == "" && socket != 0 || socket > lost {
+			if tc.listenAll == "" && tc.host == "" && socket != 0 || socket > lost {
 				t.Errorf("%d socket errors across the kill, %d connections logged as lost:\n%s", socket, lost, out)
 			}
-			s := request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+			target := "/cgi-bin/whoami"
+			if tc.host != "" {
+				target = "http://" + tc.host + target
+			}
+			s := request(t, "127.0.0.2:8080", target)
 			if want := fmt.Sprintf("/vhqos.%d/vhost-shop", keeper); !strings.HasSuffix(s.cgroup, want) {
 				t.Errorf("after the restart a request was served in %q, want …%s", s.cgroup, want)
 			}
@@ -308,5 +335,109 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			}
 			t.Logf("%d requests, %d counted for shop; supervisors %v", requests, shop, pids)
 		})
+	}
+}
+
+// killSoakBudget is how long TestSupervisorKillSoak loads three servers
+// and how many supervisor kills it spreads over that time:
+// VHQOS_KILL_SOAK_DURATION (default 30s) and VHQOS_KILL_SOAK_KILLS
+// (default 15); `make kill-soak` runs the long one (5 minutes, 100 kills).
+func killSoakBudget(t *testing.T) (time.Duration, int) {
+	d, kills := 30*time.Second, 15
+	if v := os.Getenv("VHQOS_KILL_SOAK_DURATION"); v != "" {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil || d <= 0 {
+			t.Fatalf("VHQOS_KILL_SOAK_DURATION=%q: want a positive Go duration such as 5m", v)
+		}
+	}
+	if v := os.Getenv("VHQOS_KILL_SOAK_KILLS"); v != "" {
+		var err error
+		if kills, err = strconv.Atoi(v); err != nil || kills <= 0 {
+			t.Fatalf("VHQOS_KILL_SOAK_KILLS=%q: want a positive number", v)
+		}
+	}
+	return d, kills
+}
+
+const forkTrackQoS = `
+[settings]
+track = "fork"
+
+[[vhost]]
+name = "shop"
+match = ["127.0.0.3"]
+dscp = "EF"
+`
+
+// Supervisors killed at random moments under a mixed load (a listener per
+// address, a wildcard listener followed with track = "fork", host names):
+// every request is served or among the connections vhqos logged as lost
+// with a killed supervisor; afterwards every server still serves, the
+// keepers hold the fds they held before, and nothing is left behind (the
+// cleanups check processes and cgroups).
+func TestSupervisorKillSoak(t *testing.T) {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		t.Fatal("wrk is needed: apt-get install wrk")
+	}
+	duration, kills := killSoakBudget(t)
+	type server struct {
+		a      *Apache
+		url    string
+		host   string
+		target string
+		fds    int
+	}
+	servers := []*server{
+		{a: startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, Servers: 6}),
+			url: "http://127.0.0.2:8080/index.html", target: "/cgi-bin/whoami"},
+		{a: startUnderVhqos(t, forkTrackQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.3:8081"}}, ListenAll: "8081", Servers: 6}),
+			url: "http://127.0.0.3:8081/index.html", target: "/cgi-bin/whoami"},
+		{a: startUnderVhqos(t, crashNameQoS, ApacheConfig{VHosts: []VHost{{Name: "shop.example", Addr: "127.0.0.4:8082"}, {Name: "blog.example", Addr: "127.0.0.4:8082"}}, Servers: 6}),
+			url: "http://127.0.0.4:8082/index.html", host: "shop.example", target: "http://shop.example/cgi-bin/whoami"},
+	}
+	fdCount := func(pid int) int {
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		return len(fds)
+	}
+	for _, s := range servers {
+		s.fds = fdCount(s.a.Cmd.Process.Pid)
+	}
+	outs := make([]chan string, len(servers))
+	for i, s := range servers {
+		outs[i] = make(chan string, 1)
+		go func() {
+			args := []string{"-t1", "-c3", "-d" + duration.String(), "-H", "Connection: close"}
+			if s.host != "" {
+				args = append(args, "-H", "Host: "+s.host)
+			}
+			out, _ := exec.Command("wrk", append(args, s.url)...).CombinedOutput()
+			outs[i] <- string(out)
+		}()
+	}
+	gap := duration / time.Duration(kills+1)
+	for k := range kills {
+		// A random moment within each slot of the load.
+		time.Sleep(gap/2 + time.Duration(int64(k*7919)%int64(gap/2+1)))
+		s := servers[k%len(servers)]
+		pid := supervisorOf(s.a.Cmd.Process.Pid)
+		if pid == 0 {
+			continue // still restarting from the kill before
+		}
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for i, s := range servers {
+		out := <-outs[i]
+		socket, non2xx := wrkErrors(t, out)
+		lost := loggedLost(s.a.Output())
+		t.Logf("%s: %d socket errors, %d non-2xx; %d connections logged lost", s.url, socket, non2xx, lost)
+		if non2xx != 0 || socket > lost {
+			t.Errorf("%s: %d socket errors and %d non-2xx, but vhqos logged %d connections lost:\n%s", s.url, socket, non2xx, lost, out)
+		}
+		eventually(t, patience, "a supervisor running after the kills", func() bool { return supervisorOf(s.a.Cmd.Process.Pid) != 0 })
+		addr := strings.TrimPrefix(strings.TrimSuffix(s.url, "/index.html"), "http://")
+		request(t, addr, s.target)
+		if n := fdCount(s.a.Cmd.Process.Pid); n != s.fds {
+			t.Errorf("%s: the keeper holds %d fds after the kills, %d before", s.url, n, s.fds)
+		}
 	}
 }
