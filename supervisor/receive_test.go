@@ -133,9 +133,10 @@ while True:
     c.close()
 `
 
-// An emulated accept with no connection for seconds waits outside the
-// receiver: accepts on other listeners are answered meanwhile.
-func TestSlowEmulatedAcceptDoesNotDelayFastPath(t *testing.T) {
+// startTwoListeners runs twoListeners under the filter and returns it with
+// the address of its fast listener.
+func startTwoListeners(t *testing.T) (supervised, string) {
+	t.Helper()
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Fatalf("python3 is needed (Debian: python3): %v", err)
@@ -143,7 +144,6 @@ func TestSlowEmulatedAcceptDoesNotDelayFastPath(t *testing.T) {
 	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
 	run := supervise(t, []string{python, "-c", twoListeners}, os.Environ(), []string{"accept", "accept4"}, nil,
 		Options{Classifier: portClassifier{}, Placer: placer})
-	sup := run.sup
 	line, err := run.out.ReadString('\n')
 	if err != nil {
 		t.Fatalf("server did not start: %v", err)
@@ -152,10 +152,17 @@ func TestSlowEmulatedAcceptDoesNotDelayFastPath(t *testing.T) {
 	if len(ports) != 2 {
 		t.Fatalf("server said %q, want two ports", line)
 	}
-	fastAddr := "127.0.0.1:" + ports[1]
-	if _, err := strconv.Atoi(ports[0]); err != nil {
+	if _, err := strconv.Atoi(ports[1]); err != nil {
 		t.Fatalf("server said %q", line)
 	}
+	return run, "127.0.0.1:" + ports[1]
+}
+
+// An emulated accept with no connection for seconds waits outside the
+// receiver: accepts on other listeners are answered meanwhile.
+func TestSlowEmulatedAcceptDoesNotDelayFastPath(t *testing.T) {
+	run, fastAddr := startTwoListeners(t)
+	sup := run.sup
 
 	waitFor(t, "the child's accept on the wildcard listener held by the supervisor", func() bool { return len(sup.waitingAccepts()) == 1 })
 	const conns = 200
@@ -263,21 +270,7 @@ func TestHandOverThreadsAreQuiet(t *testing.T) {
 // once and the server is not left hanging: its next accept is the
 // kernel's.
 func TestStopWhileServing(t *testing.T) {
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatalf("python3 is needed (Debian: python3): %v", err)
-	}
-	placer := &recordingPlacer{group: map[int]string{}, everIn: map[int]map[string]bool{}}
-	run := supervise(t, []string{python, "-c", twoListeners}, os.Environ(), []string{"accept", "accept4"}, nil,
-		Options{Classifier: portClassifier{}, Placer: placer})
-	line, err := run.out.ReadString('\n')
-	if err != nil {
-		t.Fatalf("server did not start: %v", err)
-	}
-	ports := strings.Fields(line)
-	if len(ports) != 2 {
-		t.Fatalf("server said %q, want two ports", line)
-	}
+	run, fastAddr := startTwoListeners(t)
 	waitFor(t, "the child's accept held by the supervisor", func() bool { return len(run.sup.waitingAccepts()) == 1 })
 	if err := run.stop(); err != context.Canceled {
 		t.Fatalf("Run returned %v, want %v", err, context.Canceled)
@@ -285,7 +278,7 @@ func TestStopWhileServing(t *testing.T) {
 	// The parent was in the kernel's accept on the fast listener; the
 	// accept after this connection is the one the receiver lets through.
 	for i := range 2 {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+ports[1], patience)
+		c, err := net.DialTimeout("tcp", fastAddr, patience)
 		if err != nil {
 			t.Fatal(err)
 		}

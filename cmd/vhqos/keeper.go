@@ -251,6 +251,21 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	var failedSince time.Time
 	restarted := make(chan *supervisorProc, 1)
 	restartFailed := make(chan error, 1)
+	// restartLater starts a supervisor after the back-off, reporting on
+	// restarted or restartFailed.
+	restartLater := func() {
+		wait := backOff
+		backOff = min(2*backOff, restartMost)
+		go func() {
+			time.Sleep(wait)
+			next, err := k.startSupervisor()
+			if err != nil {
+				restartFailed <- err
+				return
+			}
+			restarted <- next
+		}()
+	}
 	// vhqos upgrade: a new supervisor from the binary on disk; the one it
 	// replaces (retiring) drains and hands off through the keeper.
 	var upgrading bool
@@ -387,31 +402,11 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 			if time.Since(supUp) > restartReset {
 				backOff = restartFirst
 			}
-			wait := backOff
-			backOff = min(2*backOff, restartMost)
-			go func() {
-				time.Sleep(wait)
-				next, err := k.startSupervisor()
-				if err != nil {
-					restartFailed <- err
-					return
-				}
-				restarted <- next
-			}()
+			restartLater()
 			continue
 		case err := <-restartFailed:
 			log.Error("cannot start a new supervisor; trying again", "err", err, "in", backOff)
-			wait := backOff
-			backOff = min(2*backOff, restartMost)
-			go func() {
-				time.Sleep(wait)
-				next, err := k.startSupervisor()
-				if err != nil {
-					restartFailed <- err
-					return
-				}
-				restarted <- next
-			}()
+			restartLater()
 			continue
 		case next := <-restarted:
 			// Two receivers for a moment are harmless (each notification
