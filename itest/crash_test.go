@@ -297,7 +297,13 @@ func TestUpgradeUnderLoad(t *testing.T) {
 				if err != nil {
 					t.Fatalf("upgrade %d: %v: %s", i+1, err, out)
 				}
-				pid := supervisorOf(a.Cmd.Process.Pid)
+				// The old supervisor may still be finishing: ask the status
+				// which one answers.
+				rep, err := status.Fetch(socket)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pid := rep.SupervisorPID
 				if pids[pid] {
 					t.Errorf("upgrade %d: supervisor pid %d seen before (%s)", i+1, pid, out)
 				}
