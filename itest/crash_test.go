@@ -237,27 +237,38 @@ func cgroupsOf(keeper int) []string {
 	return dirs
 }
 
-// A killed keeper takes its server with it; the next vhqos run removes
-// the cgroups it left, and never those of a vhqos still running.
+// A killed keeper takes its server with it, also when it had no
+// supervisor at that moment (killed just before, not yet restarted); the
+// next vhqos run removes the cgroups it left, and never those of a vhqos
+// still running.
 func TestKeeperKilled(t *testing.T) {
 	live := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, Servers: 2})
-	doomed := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "blog", Addr: "127.0.0.3:8080"}}, Servers: 2})
-	request(t, "127.0.0.3:8080", "/cgi-bin/whoami")
-	keeper := doomed.Cmd.Process.Pid
-	left := cgroupsOf(keeper)
-	if len(left) == 0 {
-		t.Fatal("the vhqos to kill has no cgroups")
+	var dead []int
+	for i, withoutSupervisor := range []bool{false, true} {
+		addr := fmt.Sprintf("127.0.0.%d:8080", 3+i)
+		doomed := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "blog", Addr: addr}}, Servers: 2})
+		request(t, addr, "/cgi-bin/whoami")
+		keeper := doomed.Cmd.Process.Pid
+		if len(cgroupsOf(keeper)) == 0 {
+			t.Fatal("the vhqos to kill has no cgroups")
+		}
+		if withoutSupervisor {
+			syscall.Kill(supervisorOf(keeper), syscall.SIGKILL)
+		}
+		if err := syscall.Kill(keeper, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Second, fmt.Sprintf("the killed vhqos's server gone (supervisor killed first: %v)", withoutSupervisor), func() bool { return len(apachePids(doomed)) == 0 })
+		if dirs := cgroupsOf(keeper); len(dirs) == 0 {
+			t.Fatal("the killed keeper's cgroups are gone before any vhqos removed them: the test shows nothing")
+		}
+		dead = append(dead, keeper)
 	}
-	if err := syscall.Kill(keeper, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, time.Second, "the killed vhqos's server gone", func() bool { return len(apachePids(doomed)) == 0 })
-	if dirs := cgroupsOf(keeper); len(dirs) == 0 {
-		t.Fatal("the killed keeper's cgroups are gone before any vhqos removed them: the test shows nothing")
-	}
-	next := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.4:8080"}}, Servers: 2})
-	if dirs := cgroupsOf(keeper); len(dirs) != 0 {
-		t.Errorf("the dead vhqos's cgroups are still there after the next vhqos run started: %v", dirs)
+	next := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.5:8080"}}, Servers: 2})
+	for _, keeper := range dead {
+		if dirs := cgroupsOf(keeper); len(dirs) != 0 {
+			t.Errorf("the dead vhqos's cgroups are still there after the next vhqos run started: %v", dirs)
+		}
 	}
 	if !strings.Contains(next.Output(), "removed cgroups left by a vhqos that is gone") {
 		t.Errorf("the next vhqos run did not say what it removed:\n%s", next.Output())
@@ -269,7 +280,7 @@ func TestKeeperKilled(t *testing.T) {
 	if want := fmt.Sprintf("/vhqos.%d/vhost-shop", live.Cmd.Process.Pid); !strings.HasSuffix(s.cgroup, want) {
 		t.Errorf("the running vhqos served a request in %q, want …%s", s.cgroup, want)
 	}
-	request(t, "127.0.0.4:8080", "/cgi-bin/whoami")
+	request(t, "127.0.0.5:8080", "/cgi-bin/whoami")
 }
 
 // vhqos upgrade, three times in a row under load, loses nothing: no

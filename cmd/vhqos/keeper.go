@@ -77,7 +77,7 @@ type supervisorProc struct {
 }
 
 // Back-off between supervisor starts after crashes: doubling from
-// restartFirst to restartMost; a supervisor that stayed up for restartReset
+// restartFirst to restartMost; a crash restartReset after the one before
 // resets it.
 const (
 	restartFirst = 50 * time.Millisecond
@@ -186,6 +186,9 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 		})
 	}
 	defer cleanup()
+	if err := k.startReaper(); err != nil {
+		log.Warn("no reaper: if vhqos run is killed outright, the server's processes outlive it", "err", err)
+	}
 
 	if len(opts.inherited) > 0 {
 		log.Info("passing inherited file descriptors to the server at the same numbers", "fds", opts.inherited)
@@ -244,7 +247,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 		close(exited)
 	}()
 	var killTimer <-chan time.Time
-	var supUp time.Time = time.Now()
+	var lastCrash time.Time
 	backOff := restartFirst
 	// While no supervisor answers: the keeper does, "continue".
 	var failingOpen context.CancelFunc
@@ -315,7 +318,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 				next.cmd.Process.Kill()
 				continue
 			}
-			retiring, sup, supUp = sup, next, time.Now()
+			retiring, sup = sup, next
 			if err := sup.goAhead(); err != nil {
 				log.Error("the new supervisor did not take over", "err", err)
 			}
@@ -399,9 +402,10 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 				k.failedOpenNotifications++
 				k.mu.Unlock()
 			})
-			if time.Since(supUp) > restartReset {
+			if time.Since(lastCrash) > restartReset {
 				backOff = restartFirst
 			}
+			lastCrash = time.Now()
 			restartLater()
 			continue
 		case err := <-restartFailed:
@@ -422,7 +426,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 			}
 			// failopen.Serve may still answer the notification it is
 			// receiving; it returns on its own.
-			sup, supUp = next, time.Now()
+			sup = next
 			log.Info("supervisor restarted", "supervisor_pid", sup.cmd.Process.Pid, "failed_open", time.Since(failedSince).Round(time.Millisecond))
 			continue
 		case <-exited:
@@ -446,6 +450,22 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	return code, nil
 }
 
+// startReaper starts the reaper (reap.go), which outlives a killed keeper
+// to kill the server's leftovers. It runs beside the keeper, outside the
+// cgroups it watches.
+func (k *keeper) startReaper() error {
+	raw, _ := json.Marshal(keeperState{KeeperPID: os.Getpid(), CgroupParent: k.cgroupParent, CgroupName: k.cgroupName})
+	cmd := exec.Command(k.self, "reap", "--log-level", k.opts.logLevel, "--log-format", k.opts.logFormat, "--keeper-state", string(raw))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the reaper: %w", err)
+	}
+	// Reaped when it exits, after the keeper's cleanup or never.
+	go cmd.Wait()
+	return nil
+}
+
 // startSupervisor starts a supervisor process and waits until it is ready
 // to receive (it has read the table, attached to the cgroups and made its
 // tables); goAhead then lets it.
@@ -464,7 +484,6 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		return nil, fmt.Errorf("making the supervisor's control socket: %w", err)
 	}
 	ours, theirs := os.NewFile(uintptr(pair[0]), "control"), os.NewFile(uintptr(pair[1]), "control")
-	defer theirs.Close()
 	cmd := exec.Command(k.self, "supervise", "--config", k.opts.config, "--log-level", k.opts.logLevel,
 		"--log-format", k.opts.logFormat, "--keeper-state", string(raw))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -484,13 +503,16 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, k.metricsListener)
 	}
 	// Its own process group: a terminal's Ctrl-C is the keeper's to
-	// forward. When the keeper dies it is told (keeperDiedSignal) and
-	// takes the server's processes with it: they cannot run without the
-	// keeper's notification fd.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: keeperDiedSignal}
+	// forward. It dies with the keeper; the reaper (reap.go) kills what
+	// the server leaves.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	p := &supervisorProc{cmd: cmd, ctrl: ours, said: bufio.NewReader(ours), exited: make(chan struct{}),
 		inFlight: table, inFlightFile: inFlightFile, region: region}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	// Only the child holds its end now: when it dies, the keeper reads
+	// EOF at once.
+	theirs.Close()
+	if err != nil {
 		p.release()
 		return nil, fmt.Errorf("starting the supervisor: %w", err)
 	}

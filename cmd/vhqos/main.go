@@ -81,6 +81,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "supervise":
 		// Started by vhqos run (the keeper), not by hand.
 		return superviseCommand(args[2:], stdout, stderr)
+	case "reap":
+		// Started by vhqos run (the keeper), not by hand.
+		return reapCommand(args[2:], stderr)
 	case "upgrade":
 		return upgradeCommand(args[2:], stdout, stderr)
 	case "check":

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
@@ -123,13 +122,8 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	// The keeper forwards what the operator sends; a terminal's Ctrl-C
 	// reaches the keeper, not this process group.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGHUP, keeperDiedSignal)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGHUP)
 	defer signal.Stop(sigs)
-	keeper, err := unix.PidfdOpen(ks.KeeperPID, 0)
-	if err != nil {
-		return fmt.Errorf("watching the keeper (pid %d): %w", ks.KeeperPID, err)
-	}
-	defer unix.Close(keeper)
 
 	ctrl := os.NewFile(ctrlFd, "control")
 	defer ctrl.Close()
@@ -267,17 +261,6 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 				}
 				continue
 			}
-			if sig == keeperDiedSignal {
-				if !exited(keeper, time.Second) {
-					continue // not from the kernel, or not about the keeper
-				}
-				// The keeper is gone, and with it the notification fd
-				// the server needs. What the server left running goes
-				// too; the next vhqos run removes the cgroups.
-				log.Error("the keeper died; killing the server's processes", "keeper_pid", ks.KeeperPID)
-				killSubtree(cg)
-				return errors.New("the keeper died")
-			}
 			log.Info("supervisor stopping", "signal", sig)
 			cancel()
 			<-supDone
@@ -299,37 +282,6 @@ func keeperReport(rep *status.Report, ks keeperState, started time.Time) {
 	rep.SupervisorPID, rep.SupervisorStarted = os.Getpid(), started
 	rep.SupervisorRestarts, rep.Upgrades = ks.Restarts, ks.Upgrades
 	rep.FailedOpen, rep.FailedOpenNotifications, rep.LostConnections = ks.FailedOpen, ks.FailedOpenNotifications, ks.LostConnections
-}
-
-// killSubtree kills every process in the cgroups of cg, until none is left
-// or a second has passed.
-func killSubtree(cg *cgroup.Manager) {
-	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		left := 0
-		for _, g := range cg.Groups() {
-			pids, _ := cg.Pids(g)
-			for _, pid := range pids {
-				unix.Kill(pid, unix.SIGKILL)
-			}
-			left += len(pids)
-		}
-		if left == 0 {
-			return
-		}
-	}
-}
-
-// keeperDiedSignal is the supervisor's parent-death signal (PR_SET_PDEATHSIG):
-// a real-time signal nobody sends by hand. The kernel sends it when the
-// thread of the keeper that started the supervisor exits, which may be
-// before the keeper as a whole is gone: exited tells.
-const keeperDiedSignal = syscall.Signal(42)
-
-// exited reports whether the process of pidfd exits within wait.
-func exited(pidfd int, wait time.Duration) bool {
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, int(wait/time.Millisecond))
-	return err == nil && n > 0
 }
 
 // handoffMessage is what one supervisor hands the next through the keeper
