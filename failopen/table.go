@@ -116,6 +116,10 @@ func (t *Table) Answered(id uint64) {
 	}
 }
 
+// Last returns the newest id received: a supervisor whose Last stays put
+// while notifications wait is not receiving.
+func (t *Table) Last() uint64 { return t.last.Load() }
+
 // Held sets how many connections the supervisor holds accepted and not
 // handed over: the ones lost if it dies.
 func (t *Table) Held(n int64) { t.held.Store(n) }

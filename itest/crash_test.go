@@ -458,3 +458,32 @@ func TestSupervisorKillSoak(t *testing.T) {
 		}
 	}
 }
+
+// A supervisor that stops answering (here: stopped with SIGSTOP) is taken
+// for hung and killed by the keeper; the server is served again within
+// seconds, not left waiting.
+func TestSupervisorHung(t *testing.T) {
+	a := startUnderVhqos(t, crashQoS, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, Servers: 2})
+	request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	keeper := a.Cmd.Process.Pid
+	hung := supervisorOf(keeper)
+	if err := syscall.Kill(hung, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	// Each child is in the kernel's accept (the listener decides) and
+	// serves one more connection; its next accept is a notification that
+	// nobody takes. The third request needs a supervisor again.
+	var s served
+	for range 3 {
+		s = request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	}
+	t.Logf("three requests served %v after the supervisor stopped", time.Since(stopped).Round(time.Millisecond))
+	eventually(t, patience, "vhqos saying it killed the hung supervisor", func() bool {
+		return strings.Contains(a.Output(), "the supervisor has not taken a notification for a while; killing it")
+	})
+	eventually(t, patience, "a new supervisor", func() bool { p := supervisorOf(keeper); return p != 0 && p != hung })
+	if want := fmt.Sprintf("/vhqos.%d/", keeper); !strings.Contains(s.cgroup, want) {
+		t.Errorf("served in %q, want a cgroup of this vhqos", s.cgroup)
+	}
+}

@@ -276,6 +276,13 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	upgradeReady := make(chan *supervisorProc, 1)
 	upgradeFailed := make(chan error, 1)
 	handoffs := make(chan string, 1)
+	// The watchdog: a supervisor that leaves notifications waiting
+	// without receiving any (stopped, deadlocked) is killed, and the
+	// crash path takes over.
+	watchdog := time.NewTicker(hungCheck)
+	defer watchdog.Stop()
+	var stuckSince time.Time
+	var lastSeen uint64
 	for {
 		var supExited, retired chan struct{}
 		if sup != nil {
@@ -285,6 +292,26 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 			retired = retiring.exited
 		}
 		select {
+		case <-watchdog.C:
+			if sup == nil || upgrading {
+				stuckSince = time.Time{}
+				continue
+			}
+			last := sup.inFlight.Last()
+			if !notificationsWaiting(k.notifyFd) || last != lastSeen {
+				stuckSince, lastSeen = time.Time{}, last
+				continue
+			}
+			if stuckSince.IsZero() {
+				stuckSince = time.Now()
+				continue
+			}
+			if time.Since(stuckSince) >= hungAfter {
+				log.Error("the supervisor has not taken a notification for a while; killing it", "supervisor_pid", sup.cmd.Process.Pid, "for", time.Since(stuckSince).Round(time.Millisecond))
+				sup.cmd.Process.Kill()
+				stuckSince = time.Time{}
+			}
+			continue
 		case <-upgradeOrders:
 			if sup == nil || upgrading || retiring != nil {
 				log.Warn("not upgrading now: a supervisor is starting or handing over; try again in a moment")
@@ -594,3 +621,19 @@ func sinceOrZero(t time.Time) time.Duration {
 // upgradeSignal asks the keeper for a new supervisor from the binary on
 // disk (vhqos upgrade): a real-time signal, never forwarded to the server.
 const upgradeSignal = syscall.Signal(43)
+
+// A supervisor is taken for hung when notifications wait for hungAfter
+// without it receiving one; the keeper looks every hungCheck. A healthy
+// one takes a notification within microseconds.
+const (
+	hungCheck = 500 * time.Millisecond
+	hungAfter = 3 * time.Second
+)
+
+// notificationsWaiting reports whether a notification waits to be received
+// on notifyFd (poll(2) says readable; nothing is consumed).
+func notificationsWaiting(notifyFd int) bool {
+	fds := []unix.PollFd{{Fd: int32(notifyFd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}
