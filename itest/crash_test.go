@@ -487,3 +487,30 @@ func TestSupervisorHung(t *testing.T) {
 		t.Errorf("served in %q, want a cgroup of this vhqos", s.cgroup)
 	}
 }
+
+// A supervisor started after a crash keeps the table in force when the
+// file was broken meanwhile (a refused reload): QoS goes on, and the file
+// is refused again until it is fixed.
+func TestCrashWithBrokenTable(t *testing.T) {
+	path := plainFile(t, t.TempDir(), crashQoS)
+	a := startUnderVhqosFile(t, path, ApacheConfig{VHosts: []VHost{{Name: "shop", Addr: "127.0.0.2:8080"}}, Servers: 2})
+	keeper := a.Cmd.Process.Pid
+	writeByRename(t, path, crashQoS+"\n[[vhost]]\nname = \"blog\"\ncpu_wieght = 10\n")
+	eventually(t, patience, "the broken table refused", func() bool {
+		return strings.Contains(a.Output(), "refused QoS table")
+	})
+	first := supervisorOf(keeper)
+	syscall.Kill(first, syscall.SIGKILL)
+	eventually(t, patience, "a new supervisor", func() bool { p := supervisorOf(keeper); return p != 0 && p != first })
+	eventually(t, patience, "the new supervisor answering vhqos status", func() bool {
+		rep, err := status.Fetch(statusSocketOf(a))
+		return err == nil && rep.SupervisorRestarts == 1
+	})
+	s := request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
+	if want := fmt.Sprintf("/vhqos.%d/vhost-shop", keeper); !strings.HasSuffix(s.cgroup, want) {
+		t.Errorf("after the crash a request was served in %q, want …%s (the table in force before)", s.cgroup, want)
+	}
+	if n := strings.Count(a.Output(), "refused QoS table"); n < 2 {
+		t.Errorf("the new supervisor did not say the file is refused (%d refusals logged)", n)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,11 +55,15 @@ type keeper struct {
 	track                    string
 
 	// What happened so far, told to each new supervisor.
-	mu                      sync.Mutex
-	restarts                uint64
-	upgrades                uint64
-	failedOpen              time.Duration // up to failingSince
-	failingSince            time.Time     // zero while a supervisor answers
+	mu           sync.Mutex
+	restarts     uint64
+	upgrades     uint64
+	failedOpen   time.Duration // up to failingSince
+	failingSince time.Time     // zero while a supervisor answers
+	// table is the QoS table last put in force, as its supervisor read
+	// it (bytes the keeper does not parse): a supervisor started after a
+	// crash runs with it when the file has been broken meanwhile.
+	table                   []byte
 	failedOpenNotifications uint64
 	lostConnections         uint64
 }
@@ -72,7 +77,8 @@ type supervisorProc struct {
 	region       []byte
 	cmd          *exec.Cmd
 	ctrl         *os.File
-	said         *bufio.Reader // what it writes on ctrl
+	said         *bufio.Reader // what it writes on ctrl (listen)
+	handoff      chan string   // its hand-off, once drained
 	exited       chan struct{} // closed once cmd.Wait returned
 }
 
@@ -350,8 +356,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 				log.Error("the new supervisor did not take over", "err", err)
 			}
 			go func(old *supervisorProc) {
-				line, err := old.said.ReadString('\n')
-				if msg, ok := strings.CutPrefix(line, "handoff "); err == nil && ok {
+				if msg, ok := <-old.handoff; ok {
 					handoffs <- msg
 				}
 			}(retiring)
@@ -503,7 +508,9 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		ServerPID: k.serverPid, CgroupParent: k.cgroupParent, CgroupName: k.cgroupName, Track: k.track,
 		Metrics: k.metricsListener != nil, Restarts: k.restarts, Upgrades: k.upgrades, FailedOpen: k.failedOpen + sinceOrZero(k.failingSince),
 		FailedOpenNotifications: k.failedOpenNotifications, LostConnections: k.lostConnections,
+		Table: len(k.table) > 0,
 	}
+	lastTable := k.table
 	k.mu.Unlock()
 	raw, _ := json.Marshal(state)
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -525,15 +532,25 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		return nil, err
 	}
 	inFlightFile := os.NewFile(uintptr(memfd), "in-flight")
-	cmd.ExtraFiles = []*os.File{theirs, k.notifyFile, inFlightFile, k.statusListener}
-	if k.metricsListener != nil {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, k.metricsListener)
+	metrics := k.metricsListener
+	if metrics == nil {
+		metrics = k.notifyFile // a placeholder, unread
+	}
+	cmd.ExtraFiles = []*os.File{theirs, k.notifyFile, inFlightFile, k.statusListener, metrics}
+	if len(lastTable) > 0 {
+		tableFile, err := tableMemfd(lastTable)
+		if err != nil {
+			k.log.Warn("cannot pass the table in force to the new supervisor; it reads the file", "err", err)
+		} else {
+			defer tableFile.Close()
+			cmd.ExtraFiles = append(cmd.ExtraFiles, tableFile)
+		}
 	}
 	// Its own process group: a terminal's Ctrl-C is the keeper's to
 	// forward. It dies with the keeper; the reaper (reap.go) kills what
 	// the server leaves.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	p := &supervisorProc{cmd: cmd, ctrl: ours, said: bufio.NewReader(ours), exited: make(chan struct{}),
+	p := &supervisorProc{cmd: cmd, ctrl: ours, said: bufio.NewReader(ours), handoff: make(chan string, 1), exited: make(chan struct{}),
 		inFlight: table, inFlightFile: inFlightFile, region: region}
 	err = cmd.Start()
 	// Only the child holds its end now: when it dies, the keeper reads
@@ -548,13 +565,7 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		close(p.exited)
 	}()
 	ready := make(chan error, 1)
-	go func() {
-		line, err := p.said.ReadString('\n')
-		if err == nil && strings.TrimSpace(line) != "ready" {
-			err = fmt.Errorf("said %q", line)
-		}
-		ready <- err
-	}()
+	go k.listen(p, ready)
 	select {
 	case err := <-ready:
 		if err == nil {
@@ -571,6 +582,39 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		failopen.AnswerLeftovers(k.notifyFd, p.inFlight, true)
 		p.release()
 		return nil, fmt.Errorf("the supervisor was not ready within %v", supervisorReadyTimeout)
+	}
+}
+
+// listen reads what supervisor p says on its control socket until it
+// closes: "ready" once (to ready), "table BASE64" for each table it put in
+// force, "handoff JSON" when it drained (to p.handoff).
+func (k *keeper) listen(p *supervisorProc, ready chan<- error) {
+	readyOnce := false
+	for {
+		line, err := p.said.ReadString('\n')
+		if err != nil {
+			if !readyOnce {
+				ready <- fmt.Errorf("it exited (%w)", err)
+			}
+			close(p.handoff)
+			return
+		}
+		verb, arg, _ := strings.Cut(strings.TrimSuffix(line, "\n"), " ")
+		switch verb {
+		case "ready":
+			if !readyOnce {
+				readyOnce = true
+				ready <- nil
+			}
+		case "table":
+			if raw, err := base64.StdEncoding.DecodeString(arg); err == nil {
+				k.mu.Lock()
+				k.table = raw
+				k.mu.Unlock()
+			}
+		case "handoff":
+			p.handoff <- arg + "\n"
+		}
 	}
 }
 
@@ -636,4 +680,19 @@ func notificationsWaiting(notifyFd int) bool {
 	fds := []unix.PollFd{{Fd: int32(notifyFd), Events: unix.POLLIN}}
 	n, err := unix.Poll(fds, 0)
 	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}
+
+// tableMemfd puts raw in a sealed memfd for a new supervisor (tableFd).
+func tableMemfd(raw []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate("vhqos-table", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("passing the table in force: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "table")
+	if _, err := f.Write(raw); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("passing the table in force: %w", err)
+	}
+	unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL)
+	return f, nil
 }

@@ -30,6 +30,8 @@ type reloader struct {
 	cg   *cgroup.Manager
 	sup  *supervisor.Supervisor
 	raw  []byte
+	// applied, if set, is told the bytes of each table put in force.
+	applied func(raw []byte)
 
 	mu         sync.Mutex // current, for readers outside the watch loop
 	current    *policy.Table
@@ -141,6 +143,9 @@ func (r *reloader) reload(since time.Time, force bool) {
 	}
 	r.raw = data
 	r.reloads.Add(1)
+	if r.applied != nil {
+		r.applied(data)
+	}
 	// Warnings first: whoever waits for "reloaded" finds them logged.
 	logWarnings(r.log, next)
 	r.log.Info("reloaded QoS table", "path", r.path, "added", added, "removed", removed, "changed", changed,

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
@@ -38,6 +40,7 @@ const (
 	inFlightFd = 5 // memfd of the failopen.Table
 	statusFd   = 6 // the status socket's listener
 	metricsFd  = 7 // the metrics listener, when --metrics-listen is set
+	tableFd    = 8 // the table in force, when keeperState.Table says so
 )
 
 // keeperState is what the keeper tells a supervisor process it starts
@@ -59,6 +62,8 @@ type keeperState struct {
 	FailedOpen              time.Duration `json:"failed_open_ns"`
 	FailedOpenNotifications uint64        `json:"failed_open_notifications"`
 	LostConnections         uint64        `json:"lost_connections"`
+	// Table says the table last in force waits at tableFd.
+	Table bool `json:"table"`
 }
 
 // tableSettings is what `vhqos supervise --settings` prints for the keeper:
@@ -85,12 +90,29 @@ func superviseCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vhqos supervise:", err)
 		return 2
 	}
-	raw, err := os.ReadFile(*config)
-	if err != nil {
-		fmt.Fprintf(stderr, "vhqos run: reading the QoS table: %v\n", err)
-		return 2
+	var ks keeperState
+	if !*settings {
+		if err := json.Unmarshal([]byte(*state), &ks); err != nil {
+			fmt.Fprintln(stderr, "vhqos supervise: started without --keeper-state: it is started by vhqos run, not by hand")
+			return 2
+		}
 	}
-	table, err := policy.Parse(*config, raw)
+	raw, err := os.ReadFile(*config)
+	var table *policy.Table
+	if err == nil {
+		table, err = policy.Parse(*config, raw)
+	} else {
+		err = fmt.Errorf("reading the QoS table: %w", err)
+	}
+	if err != nil && ks.Table {
+		// A new supervisor after a crash, and the file broken meanwhile:
+		// the table in force goes on, as a refused reload leaves it.
+		log.Error("refused QoS table; the previous one stays in force", "path", *config, "problems", err.Error())
+		raw, err = io.ReadAll(os.NewFile(tableFd, "table"))
+		if err == nil {
+			table, err = policy.Parse(*config, raw)
+		}
+	}
 	if err != nil {
 		// vhqos run says what it does about it.
 		fmt.Fprintln(stderr, err)
@@ -101,11 +123,6 @@ func superviseCommand(args []string, stdout, stderr io.Writer) int {
 		track := table.Settings.Track
 		json.NewEncoder(stdout).Encode(tableSettings{CgroupParent: table.Settings.CgroupParent, Track: track.String(), Syscalls: track.Syscalls()})
 		return 0
-	}
-	var ks keeperState
-	if err := json.Unmarshal([]byte(*state), &ks); err != nil {
-		fmt.Fprintln(stderr, "vhqos supervise: started without --keeper-state: it is started by vhqos run, not by hand")
-		return 2
 	}
 	log = log.With("supervisor_pid", os.Getpid())
 	if err := supervise(log, *config, table, raw, ks); err != nil {
@@ -183,8 +200,18 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	if err != nil {
 		return err
 	}
+	// What this supervisor says to the keeper, one line at a time.
+	var ctrlMu sync.Mutex
+	tell := func(line string) error {
+		ctrlMu.Lock()
+		defer ctrlMu.Unlock()
+		_, err := ctrl.WriteString(line + "\n")
+		return err
+	}
+	tellTable := func(raw []byte) { tell("table " + base64.StdEncoding.EncodeToString(raw)) }
 	// Ready: the keeper stops answering for us and says go.
-	if _, err := ctrl.WriteString("ready\n"); err != nil {
+	tellTable(raw)
+	if err := tell("ready"); err != nil {
 		return fmt.Errorf("telling the keeper this supervisor is ready: %w", err)
 	}
 	orders := bufio.NewReader(ctrl)
@@ -196,7 +223,7 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	go func() { supDone <- sup.Run(ctx) }()
 	log.Info("supervisor started", "version", version, "server_pid", ks.ServerPID, "restarts", ks.Restarts)
 
-	reload := &reloader{path: config, log: log, cg: cg, sup: sup, current: table, raw: raw}
+	reload := &reloader{path: config, log: log, cg: cg, sup: sup, current: table, raw: raw, applied: tellTable}
 	hup := make(chan struct{}, 1)
 	report = func() *status.Report {
 		rep := buildReport(ks.KeeperStarted, ks.ServerPID, config, reload, cg, sup)
@@ -246,7 +273,7 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 			sniff, _ := table.Settings.SniffLimits()
 			h := handoffMessage{Handoff: sup.Drain(sniff + time.Second), Reloads: reload.reloads.Load(), ReloadsRefused: reload.refused.Load()}
 			raw, _ := json.Marshal(h)
-			if _, err := ctrl.WriteString("handoff " + string(raw) + "\n"); err != nil {
+			if err := tell("handoff " + string(raw)); err != nil {
 				log.Error("handing over to the next supervisor", "err", err)
 			}
 			log.Info("handed over to the next supervisor", "accepts", len(h.Accepts), "connections_lost", h.Lost)

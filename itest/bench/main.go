@@ -325,9 +325,15 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 			}
 		}
 	}
+	// vhqos is a keeper and a supervisor process (and an idle reaper):
+	// its cost is theirs together.
+	supervisors := []int{a.Cmd.Process.Pid}
+	if wrapped {
+		supervisors = append(supervisors, vhqosHelpers(a.Cmd.Process.Pid)...)
+	}
 	var perf *exec.Cmd
 	if perfArgs != nil {
-		perf = exec.Command("perf", append(perfArgs, "-p", strconv.Itoa(a.Cmd.Process.Pid))...)
+		perf = exec.Command("perf", append(perfArgs, "-p", joinPids(supervisors))...)
 		if err := perf.Start(); err != nil {
 			return result{}, supervisorCost{}, fmt.Errorf("starting perf %s: %w", perfArgs[0], err)
 		}
@@ -345,7 +351,10 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 	out, err := exec.Command("sh", append([]string{"-c", script, "sh"}, append(args, su.url)...)...).CombinedOutput()
 	var cost supervisorCost
 	if wrapped {
-		cost = supervisorCost{cpu: processCPU(a.Cmd.Process.Pid), switches: processSwitches(a.Cmd.Process.Pid)}
+		for _, pid := range supervisors {
+			cost.cpu += processCPU(pid)
+			cost.switches += processSwitches(pid)
+		}
 	}
 	if perf != nil {
 		perf.Process.Signal(syscall.SIGINT)
@@ -401,6 +410,31 @@ func childrenOf(pid int) []int {
 		}
 	}
 	return kids
+}
+
+// vhqosHelpers lists the processes vhqos run (pid) started for itself:
+// the supervisor and the reaper, not the server.
+func vhqosHelpers(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var helpers []int
+	for _, task := range tasks {
+		data, _ := os.ReadFile(task)
+		for _, f := range strings.Fields(string(data)) {
+			cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
+			if k, err := strconv.Atoi(f); err == nil && strings.Contains(string(cmdline), "--keeper-state") {
+				helpers = append(helpers, k)
+			}
+		}
+	}
+	return helpers
+}
+
+func joinPids(pids []int) string {
+	s := make([]string, len(pids))
+	for i, p := range pids {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ",")
 }
 
 func processGroup(pgid int) []int {
