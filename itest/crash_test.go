@@ -423,7 +423,8 @@ func TestSupervisorKillSoak(t *testing.T) {
 	for i, s := range servers {
 		outs[i] = make(chan string, 1)
 		go func() {
-			args := []string{"-t1", "-c3", "-d" + duration.String(), "-H", "Connection: close"}
+			// wrk takes "300s", not Go's "5m0s".
+			args := []string{"-t1", "-c3", fmt.Sprintf("-d%ds", int(duration.Seconds())), "-H", "Connection: close"}
 			if s.host != "" {
 				args = append(args, "-H", "Host: "+s.host)
 			}
