@@ -41,18 +41,16 @@ type keeper struct {
 	self    string // this binary, as the kernel knows it
 	started time.Time
 
-	notifyFd   int
-	inFlightFd int
-	// The fds above as files for exec.Cmd.ExtraFiles, made once: an
-	// os.File closes its fd when it is collected.
-	notifyFile, inFlightFile *os.File
-	inFlight                 *failopen.Table
-	statusListener           *os.File
-	metricsListener          *os.File
-	serverPid                int
-	cgroupParent             string
-	cgroupName               string
-	track                    string
+	notifyFd int
+	// The notification fd as a file for exec.Cmd.ExtraFiles, made once:
+	// an os.File closes its fd when it is collected.
+	notifyFile      *os.File
+	statusListener  *os.File
+	metricsListener *os.File
+	serverPid       int
+	cgroupParent    string
+	cgroupName      string
+	track           string
 
 	// What happened so far, told to each new supervisor.
 	mu           sync.Mutex
