@@ -24,5 +24,9 @@
 // a connection becoming readable, a process exiting, deadlines): events.go;
 // waking a server that polls: doorbell.go; a new table applied at once:
 // reclassify.go; connection counts: counts.go; the system calls and /proc
-// files underneath: kernel.go, sockdiag.go.
+// files underneath: kernel.go, sockdiag.go. For the keeper (vhqos run):
+// every notification received and not yet answered is recorded in a
+// failopen.Table (receive.go, respond; complete in accept.go), so that a
+// keeper can answer it if this process dies; handoff.go gives what a
+// supervisor holds to its successor (vhqos upgrade).
 package supervisor
