@@ -316,7 +316,7 @@ func TestForkSoak(t *testing.T) {
 	limit, budget := soakBudget(t)
 	// -t 30: after the client's half-close socat waits only 0.5 s for
 	// cat's answer by default, which a slow machine (the VM) overruns.
-	vhqos, _, socket := runForkServerStatus(t, strings.Replace(forkQoS, "TRACK", "fork", 1), []string{"socat", "-t", "30", "TCP-LISTEN:8080,fork,reuseaddr,backlog=512", "EXEC:/bin/cat"})
+	_, _, socket := runForkServerStatus(t, strings.Replace(forkQoS, "TRACK", "fork", 1), []string{"socat", "-t", "30", "TCP-LISTEN:8080,fork,reuseaddr,backlog=512", "EXEC:/bin/cat"})
 	report := func() status.Report { t.Helper(); return statusReport(t, socket) }
 	// settled waits until no connection is followed any more and the
 	// server's exited children are forgotten.
@@ -366,12 +366,17 @@ func TestForkSoak(t *testing.T) {
 	// A first batch brings the supervisor to its working size.
 	run(min(limit/10, 2000), time.Now().Add(budget/10))
 	base := settled()
-	baseRSS := rssKiB(t, vhqos.Process.Pid)
+	// The supervisor process is what grows with connections; vhqos
+	// run's own pid is the keeper.
+	baseRSS := rssKiB(t, base.SupervisorPID)
 	start := time.Now()
 	made := run(limit, start.Add(budget))
 	took := time.Since(start)
 	after := settled()
-	afterRSS := rssKiB(t, vhqos.Process.Pid)
+	afterRSS := rssKiB(t, after.SupervisorPID)
+	if after.SupervisorPID != base.SupervisorPID {
+		t.Errorf("the supervisor changed during the soak (%d, then %d): its memory says nothing", base.SupervisorPID, after.SupervisorPID)
+	}
 	t.Logf("%d connections made (limit %d, budget %v) in %v, %.0f/s, %d failed; supervisor RSS %d KiB before, %d KiB after (%+.1f bytes per connection); tables after: %d processes, %d listener copies, %d followed connections",
 		made, limit, budget, took.Round(time.Second), float64(made)/took.Seconds(), failed.Load(), baseRSS, afterRSS,
 		float64(afterRSS-baseRSS)*1024/float64(max(made, 1)),

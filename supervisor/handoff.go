@@ -18,10 +18,9 @@ import (
 // process (the kernel's notification names the thread; any thread's
 // memory is the process's).
 type HeldAccept struct {
-	ID    uint64    `json:"id"`
-	Pid   uint32    `json:"pid"`
-	Args  [4]uint64 `json:"args"` // fd, sockaddr buffer, socklen_t, accept4 flags
-	Since time.Time `json:"since"`
+	ID   uint64    `json:"id"`
+	Pid  uint32    `json:"pid"`
+	Args [4]uint64 `json:"args"` // fd, sockaddr buffer, socklen_t, accept4 flags
 }
 
 // Handoff is what a supervisor passes to its successor: the accepts it
@@ -56,7 +55,7 @@ func (s *Supervisor) Drain(wait time.Duration) Handoff {
 		l.mu.Lock()
 		for _, w := range l.waiters {
 			h.Accepts = append(h.Accepts, HeldAccept{ID: w.id, Pid: uint32(w.proc.tgid),
-				Args: [4]uint64{uint64(w.fd), w.addr, w.addrlen, uint64(w.flags)}, Since: w.waitingSince})
+				Args: [4]uint64{uint64(w.fd), w.addr, w.addrlen, uint64(w.flags)}})
 		}
 		l.waiters = nil
 		l.mu.Unlock()
