@@ -108,6 +108,15 @@ func (s *Supervisor) prepare(l *listener, c *conn) bool {
 func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 	_, limit := cl.SniffLimits()
 	name, res, n, gone := s.peekName(c.fd, limit)
+	closed := false
+	if !gone && res == vhost.NeedMore && n < limit && peerClosed(c.fd) {
+		// The client's FIN is in, so everything it sent is queued now;
+		// but the peek above may have run while the last segments still
+		// sat in the socket's backlog, so it looks once more before
+		// calling the bytes final.
+		closed = true
+		name, res, n, gone = s.peekName(c.fd, limit)
+	}
 	if gone {
 		// Closed before sending anything, or reset: the server will see
 		// that when it reads; what class serves it hardly matters.
@@ -126,7 +135,7 @@ func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 		s.finishByAddr(c, cl)
 		return true
 	}
-	if n >= limit || peerClosed(c.fd) {
+	if n >= limit || closed {
 		s.stats.NameFallbacks.Add(1)
 		s.finishByAddr(c, cl)
 		return true
