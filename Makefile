@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench fuzz fuzz-ci lint clean
+.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps fuzz fuzz-ci lint clean
 
 all: build
 
@@ -68,6 +68,11 @@ demo: build
 
 bench: build
 	$(GO) run ./itest/bench -vhqos $(BIN)
+
+# What a connection cap that is never reached costs (issue: admission).
+bench-caps: build
+	$(GO) run ./itest/bench -vhqos $(BIN) -caps
+	$(GO) run ./itest/bench -vhqos $(BIN) -caps -names -only "Host header"
 
 # Every fuzz target for a bounded time: briefly in `make test`, longer by
 # hand (`make fuzz`, 2 minutes each). make test counts executions (200,000

@@ -10,5 +10,7 @@
 // WithDeviceResolver), so a partition is refused before anything is applied,
 // and a limit on a device this machine lacks is skipped with a warning
 // (Table.Warnings). Files are UTF-8, with or without a byte order mark;
-// other encodings are refused by name.
+// other encodings are refused by name. Each class's connection caps
+// (Class.Admission) are checked across classes when the table is read: an
+// over_limit names a class that exists, and chains of alternates end.
 package policy

@@ -733,6 +733,119 @@ func TestKeyDSCP(t *testing.T) {
 	})
 }
 
+// max_connections and max_connections_per_ip: whole number 1..1000000;
+// absent is no cap. A cap alone refuses what is over it.
+func TestKeyConnectionCaps(t *testing.T) {
+	const rangeErr = "is out of range: use 1..1000000"
+	for _, key := range []string{"max_connections", "max_connections_per_ip"} {
+		t.Run(key, func(t *testing.T) {
+			checkLimit(t, key, "%s", func(c Class) any {
+				a := c.Admission
+				return [2]any{a.MaxConnections + a.MaxConnectionsPerIP, a.OverLimit}
+			}, []keyCase{
+				{value: "", want: [2]any{0, ""}},
+				{value: "1", want: [2]any{1, OverLimitRefuse}},
+				{value: "0", err: "0 " + rangeErr},
+				{value: "-1", err: "-1 " + rangeErr},
+				{value: "150", want: [2]any{150, OverLimitRefuse}},
+				{value: "1000000", want: [2]any{1000000, OverLimitRefuse}},
+				{value: "1000001", err: "1000001 " + rangeErr},
+				{value: `"150"`, err: "write the number without quotes"},
+				{value: "1.5", err: "write a whole number from 1 to 1000000"},
+			})
+		})
+	}
+	// Each key sets its own field.
+	tab, err := parse(t, "[defaults]\nmax_connections = 7\nmax_connections_per_ip = 3\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := tab.Defaults.Admission; a.MaxConnections != 7 || a.MaxConnectionsPerIP != 3 {
+		t.Errorf("admission = %+v; want 7 in all, 3 per address", a)
+	}
+}
+
+// over_limit: "refuse" (the default with a cap), "default", or a vhost's
+// name, in any case; not the class itself, not a name of no class. (Only
+// with a cap, and loops: admission_test.go.)
+func TestKeyOverLimit(t *testing.T) {
+	const blog = "[[vhost]]\nname = \"Blog-2\"\nmatch = [\"192.0.2.2\"]\n"
+	const notClass = `write "refuse", "default" or the name of a vhost`
+	get := func(c Class) any { return c.Admission.OverLimit }
+	common := []keyCase{
+		{value: "", want: OverLimitRefuse},
+		{value: `"refuse"`, want: OverLimitRefuse},
+		{value: `"REFUSE"`, want: OverLimitRefuse},
+		{value: `"Blog-2"`, want: "Blog-2"},
+		{value: `"blog-2"`, want: "Blog-2"},
+		{value: `"BLOG-2"`, want: "Blog-2"},
+		{value: `"blog_2"`, err: `"blog_2" names no class; did you mean "Blog-2"?`},
+		{value: `"rfuse"`, err: `"rfuse" names no class; did you mean "refuse"?`},
+		{value: `"reject"`, err: `did you mean "refuse"?`},
+		{value: `"nowhere.example"`, err: `"nowhere.example" names no class. Write "refuse", "default" or the name of a vhost`},
+		{value: `""`, err: "is empty; " + notClass},
+		{value: `2`, err: "is a number (2); " + notClass},
+		{value: `["default"]`, err: "is a list; " + notClass},
+	}
+	t.Run("vhost", func(t *testing.T) {
+		header := blog + oneVHost + "max_connections = 2\n"
+		checkKey(t, header, "over_limit", "%s", func(t *Table) any { return get(t.VHosts[1]) }, append([]keyCase{
+			{value: `"default"`, want: DefaultsName},
+			{value: `"Default"`, want: DefaultsName},
+			{value: `"defaults"`, err: `did you mean "default"?`},
+			{value: `"v"`, err: `"v" is this vhost itself`},
+			{value: `"V"`, err: `"V" is this vhost itself`},
+		}, common...))
+	})
+	t.Run("defaults", func(t *testing.T) {
+		header := blog + "[defaults]\nmax_connections_per_ip = 2\n"
+		checkKey(t, header, "over_limit", "%s", func(t *Table) any { return get(t.Defaults) }, append([]keyCase{
+			{value: `"default"`, err: `"default" is [defaults] itself`},
+			{value: `"DEFAULT"`, err: `"DEFAULT" is [defaults] itself`},
+		}, common...))
+	})
+}
+
+// refuse_status: whole number 400..599, default 503; retry_after: seconds
+// 0..86400, default 1 (0 leaves Retry-After out). Both on a class that
+// refuses (a cap, over_limit "refuse").
+func TestKeyRefusal(t *testing.T) {
+	refusing := []struct {
+		name, header string
+		class        func(*Table) Class
+	}{
+		{"defaults", "[defaults]\nmax_connections = 1\n", func(t *Table) Class { return t.Defaults }},
+		{"vhost", oneVHost + "max_connections_per_ip = 1\nover_limit = \"refuse\"\n", func(t *Table) Class { return t.VHosts[0] }},
+	}
+	for _, s := range refusing {
+		t.Run(s.name, func(t *testing.T) {
+			const statusErr = "is out of range: use 400..599"
+			checkKey(t, s.header, "refuse_status", "%s", func(t *Table) any { return s.class(t).Admission.RefuseStatus }, []keyCase{
+				{value: "", want: 503},
+				{value: "400", want: 400},
+				{value: "399", err: "399 " + statusErr},
+				{value: "508", want: 508},
+				{value: "599", want: 599},
+				{value: "600", err: "600 " + statusErr},
+				{value: "200", err: "200 " + statusErr},
+				{value: `"508"`, err: "write the number without quotes"},
+			})
+			const retryErr = "is out of range: use 0..86400"
+			checkKey(t, s.header, "retry_after", "%s", func(t *Table) any { return s.class(t).Admission.RetryAfter }, []keyCase{
+				{value: "", want: 1},
+				{value: "0", want: 0},
+				{value: "-1", err: "-1 " + retryErr},
+				{value: "1", want: 1},
+				{value: "30", want: 30},
+				{value: "86400", want: 86400},
+				{value: "86401", err: "86401 " + retryErr},
+				{value: `"30s"`, err: "is a string (\"30s\"); write a whole number from 0 to 86400"},
+				{value: "1.5", err: "write a whole number"},
+			})
+		})
+	}
+}
+
 // "Any key can be absent except a vhost's name and match. An absent limit
 // is no limit"; "an empty file is a valid table".
 func TestAbsentKeys(t *testing.T) {
@@ -750,6 +863,9 @@ func TestAbsentKeys(t *testing.T) {
 		for _, c := range append([]Class{tab.Defaults}, tab.VHosts...) {
 			if !c.Resources.Equal(cgroup.Resources{}) || c.DSCP != -1 {
 				t.Errorf("%q: class %s has limits %+v, DSCP %d; want none", src, c.Name, c.Resources, c.DSCP)
+			}
+			if want := (Admission{RefuseStatus: 503, RetryAfter: 1}); c.Admission != want || c.Admission.Capped() {
+				t.Errorf("%q: class %s has admission %+v; want no cap, %+v", src, c.Name, c.Admission, want)
 			}
 		}
 	}

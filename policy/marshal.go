@@ -103,6 +103,24 @@ func writeLimits(b *strings.Builder, c *Class) {
 		}
 		fmt.Fprintf(b, "dscp = %s\n", name)
 	}
+	a := &c.Admission
+	if a.MaxConnections != 0 {
+		fmt.Fprintf(b, "max_connections = %d\n", a.MaxConnections)
+	}
+	if a.MaxConnectionsPerIP != 0 {
+		fmt.Fprintf(b, "max_connections_per_ip = %d\n", a.MaxConnectionsPerIP)
+	}
+	// Parse leaves the refusal keys at their defaults on a class that
+	// never refuses, so only a capped class can need them.
+	if a.Capped() && a.OverLimit != OverLimitRefuse {
+		fmt.Fprintf(b, "over_limit = %s\n", tomlString(a.OverLimit))
+	}
+	if a.RefuseStatus != DefaultRefuseStatus {
+		fmt.Fprintf(b, "refuse_status = %d\n", a.RefuseStatus)
+	}
+	if a.RetryAfter != DefaultRetryAfter {
+		fmt.Fprintf(b, "retry_after = %d\n", a.RetryAfter)
+	}
 }
 
 // devicePath is the device as the operator wrote it, or its numbers for a

@@ -22,7 +22,8 @@ func settingsKeys() []string {
 	return []string{"cgroup_parent", "track", "sniff_timeout", "sniff_bytes"}
 }
 func limitKeys() []string {
-	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp"}
+	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp",
+		"max_connections", "max_connections_per_ip", "over_limit", "refuse_status", "retry_after"}
 }
 func vhostKeys() []string { return append([]string{"name", "match", "listen"}, limitKeys()...) }
 
@@ -31,7 +32,7 @@ func isLimitKey(k string) bool {
 	case "cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp":
 		return true
 	}
-	return false
+	return isAdmissionKey(k)
 }
 
 // parser turns the decoded document into a Table, collecting every problem
@@ -132,7 +133,8 @@ func (p *parser) line(key string) int {
 }
 
 func (p *parser) table(doc map[string]any) *Table {
-	t := &Table{Defaults: Class{Name: DefaultsName, DSCP: -1}}
+	t := &Table{Defaults: newClass()}
+	t.Defaults.Name = DefaultsName
 	top := scope{vhost: -1}
 	for _, k := range sortedKeys(doc) {
 		switch k {
@@ -155,6 +157,7 @@ func (p *parser) table(doc map[string]any) *Table {
 		}
 	}
 	p.crossCheck(t)
+	p.admissions(t)
 	if p.errorCount() > 0 {
 		return t
 	}
@@ -191,13 +194,13 @@ func (p *parser) vhosts(v any, t *Table) {
 		m, ok := item.(map[string]any)
 		if !ok {
 			p.keyProblem(scope{vhost: -1}, s.prefix, "each vhost is a [[vhost]] section with name = and match =")
-			t.VHosts = append(t.VHosts, Class{DSCP: -1})
+			t.VHosts = append(t.VHosts, newClass())
 			continue
 		}
 		if name, ok := m["name"].(string); ok && name != "" {
 			s.where = fmt.Sprintf("vhost %q (%s)", name, s.prefix)
 		}
-		c := Class{DSCP: -1}
+		c := newClass()
 		p.class(m, s, &c)
 		t.VHosts = append(t.VHosts, c)
 	}
@@ -311,6 +314,8 @@ func (p *parser) class(m map[string]any, s scope, c *Class) {
 			} else {
 				c.DSCP = d
 			}
+		case isAdmissionKey(k):
+			p.admissionKey(s, key, k, v, &c.Admission)
 		case (k == "name" || k == "match" || k == "listen") && !isVHost:
 			p.keyProblem(s, key, "not allowed here: [defaults] is the class of every connection no vhost matches; to give some connections their own limits, add a [[vhost]] with name and match")
 		case k == "cgroup_parent":

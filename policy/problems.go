@@ -84,17 +84,19 @@ func (ps Problems) sorted() Problems {
 // other name for it (systemd's, cgroup's), a difference of case or of '-'
 // for '_', or at most two typos.
 func didYouMean(word string, known []string) string {
-	norm := strings.ReplaceAll(strings.ToLower(word), "-", "_")
+	norm := normWord(word)
 	if alias := aliasOf(norm); alias != "" {
 		for _, k := range known {
-			if k == alias {
+			if normWord(k) == alias {
 				return fmt.Sprintf("; did you mean %q?", k)
 			}
 		}
 	}
 	best, bestDist := "", 3
 	for _, k := range known {
-		if d := editDistance(norm, k); d < bestDist {
+		// known may be names as operators wrote them (vhost names), in
+		// any case and with '-'.
+		if d := editDistance(norm, normWord(k)); d < bestDist {
 			best, bestDist = k, d
 		}
 	}
@@ -103,6 +105,8 @@ func didYouMean(word string, known []string) string {
 	}
 	return fmt.Sprintf("; did you mean %q?", best)
 }
+
+func normWord(w string) string { return strings.ReplaceAll(strings.ToLower(w), "-", "_") }
 
 // aliasOf maps names people bring from systemd, cgroup files and other
 // tools to this table's keys.
@@ -134,6 +138,19 @@ func aliasOf(word string) string {
 		return "settings"
 	case "cgroup", "parent", "slice":
 		return "cgroup_parent"
+	case "maxconn", "max_conn", "maxclients", "max_clients", "connections", "connection_limit", "limit_conn",
+		"entry_processes", "ep", "qs_srvmaxconn":
+		return "max_connections"
+	case "max_conn_per_ip", "connections_per_ip", "max_connections_per_client", "per_ip", "qs_srvmaxconnperip":
+		return "max_connections_per_ip"
+	case "overflow", "over_limit_class", "alternate", "fallback", "on_limit", "when_full":
+		return "over_limit"
+	case "status", "status_code", "refuse_code", "reject_status", "limit_conn_status":
+		return "refuse_status"
+	case "retry", "retry_after_seconds":
+		return "retry_after"
+	case "reject", "deny", "drop", "close":
+		return "refuse"
 	}
 	return ""
 }

@@ -31,6 +31,11 @@ type Table struct {
 	// Resources. Whoever reads the table shows them (check prints them,
 	// run and reload log them).
 	Warnings Problems
+	// vhostIndex maps each vhost's name, in lower case, to its index in
+	// VHosts, for Class: over_limit names a class per connection over a
+	// cap, and a table may have thousands of vhosts. Nil in a Table built
+	// by hand, where Class searches instead.
+	vhostIndex map[string]int
 }
 
 // Settings are table-wide options.
@@ -83,6 +88,8 @@ type Class struct {
 	Resources cgroup.Resources
 	// DSCP is 0..63, or -1 to leave sockets as the server made them.
 	DSCP int
+	// Admission caps the connections of the class.
+	Admission Admission
 }
 
 // DefaultsName is the name of the class of connections matching no vhost:

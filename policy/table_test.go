@@ -55,6 +55,8 @@ cpu_max = "400%"
 io_weight = 100
 io_write_iops = { "/dev/vda" = 100 }
 dscp = 0
+max_connections_per_ip = 50
+retry_after = 30
 
 [[vhost]]
 name = "shop"
@@ -67,12 +69,18 @@ io_write_bps = { "/dev/vda" = 1048576, "8:16" = "1.5K" }
 io_read_iops = { "/dev/sdb" = 2000 }
 io_write_iops = { "/dev/sdb" = "2k" }
 dscp = "af41"
+max_connections = 200
+max_connections_per_ip = 20
+over_limit = "BLOG"
 
 [[vhost]]
 name = "blog"
 match = ["*:8080", "blog.example.com:8443", "::ffff:203.0.113.0/120"]
 listen = ["203.0.113.0/24", "*:8443"]
 dscp = 46
+max_connections = 100
+refuse_status = 508
+retry_after = 0
 
 [[vhost]]
 name = "odd-mark"
@@ -115,6 +123,19 @@ func TestParseFullTable(t *testing.T) {
 	}
 	if d := shop.Resources.Devices[1]; d.Path != "/dev/vda" || d.Major != 254 || d.ReadBPS != 50<<20 || d.WriteBPS != 1<<20 {
 		t.Errorf("/dev/vda limits = %+v", d)
+	}
+	for _, tc := range []struct {
+		class string
+		want  Admission
+	}{
+		{DefaultsName, Admission{MaxConnectionsPerIP: 50, OverLimit: OverLimitRefuse, RefuseStatus: 503, RetryAfter: 30}},
+		{"shop", Admission{MaxConnections: 200, MaxConnectionsPerIP: 20, OverLimit: "blog", RefuseStatus: 503, RetryAfter: 1}},
+		{"blog", Admission{MaxConnections: 100, OverLimit: OverLimitRefuse, RefuseStatus: 508, RetryAfter: 0}},
+		{"odd-mark", Admission{RefuseStatus: 503, RetryAfter: 1}},
+	} {
+		if got := tab.Class(tc.class).Admission; got != tc.want {
+			t.Errorf("%s: admission %+v, want %+v", tc.class, got, tc.want)
+		}
 	}
 	if tab.VHosts[1].DSCP != 46 || tab.VHosts[2].DSCP != 5 {
 		t.Errorf("DSCPs = %d, %d", tab.VHosts[1].DSCP, tab.VHosts[2].DSCP)
@@ -210,6 +231,8 @@ cpu_max = "400%"
 io_weight = 100
 io_write_iops = { "/dev/vda" = 100 }
 dscp = "CS0"
+max_connections_per_ip = 50
+retry_after = 30
 
 [[vhost]]
 name = "shop"
@@ -222,12 +245,18 @@ io_write_bps = { "/dev/sdb" = 1536, "/dev/vda" = "1M" }
 io_read_iops = { "/dev/sdb" = 2000 }
 io_write_iops = { "/dev/sdb" = 2048 }
 dscp = "AF41"
+max_connections = 200
+max_connections_per_ip = 20
+over_limit = "blog"
 
 [[vhost]]
 name = "blog"
 match = ["*:8080", "blog.example.com:8443", "::ffff:203.0.113.0/120"]
 listen = ["203.0.113.0/24", "*:8443"]
 dscp = "EF"
+max_connections = 100
+refuse_status = 508
+retry_after = 0
 
 [[vhost]]
 name = "odd-mark"
@@ -528,6 +557,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("[[vhost]]\nname='x'\nmatch=['1.2.3.4']\n"))
 	f.Add([]byte("[defaults]\nio_read_bps.\"/dev/vda\" = \"1.5K\"\n[[vhost]]\nname='y'\nmatch=['*:80']\n[vhost.io_write_bps]\n'8:0' = 1\n"))
+	f.Add([]byte("[defaults]\nmax_connections=1\nover_limit='Y'\n[[vhost]]\nname='y'\nmatch=['*:80']\nmax_connections_per_ip=1\nretry_after=0\nrefuse_status=599\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tab, err := Parse("fuzz.toml", data, WithDeviceResolver(fakeDevices))
 		if err != nil {

@@ -90,13 +90,18 @@ var (
 	descFailedOpenNotes = prometheus.NewDesc("vhqos_failed_open_notifications_total", "Notifications the keeper answered \"continue\" (the kernel made the call, without QoS) because no supervisor was running.", nil, nil)
 	descFailedOpenTime  = prometheus.NewDesc("vhqos_failed_open_seconds_total", "Time no supervisor was running, in which the keeper failed open.", nil, nil)
 	descLost            = prometheus.NewDesc("vhqos_connections_lost_total", "Connections a crashed supervisor had accepted but not yet handed to the server, lost with it.", nil, nil)
+	descAdmissions      = prometheus.NewDesc("vhqos_admissions_total", "Connections of a vhost with a connection cap, by what the cap decided: admitted, sent to the over_limit class (alternate), refused.", []string{"vhost", "outcome"}, nil)
+	descLimit           = prometheus.NewDesc("vhqos_connections_limit", "The vhost's max_connections (vhosts with one only).", []string{"vhost"}, nil)
+	descLimitPerIP      = prometheus.NewDesc("vhqos_connections_per_ip_limit", "The vhost's max_connections_per_ip (vhosts with one only).", []string{"vhost"}, nil)
+	descOpen            = prometheus.NewDesc("vhqos_connections_open", "Connections counted against the vhost's connection caps now: admitted and held open by the server (vhosts with a cap only).", []string{"vhost"}, nil)
 	descBuildInfo       = prometheus.NewDesc("vhqos_build_info", "Always 1; labels: the part of vhqos (keeper, supervisor) and the version of its binary. A part whose version is unknown has no series.", []string{"part", "version"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descClassified, descLive, descProcs, descCPU, descThrottled, descFaults, descIORead, descIOWrite, descReloads, descGeneration, descErrors, descSniffs,
-		descRestarts, descUpgrades, descFailedOpenNotes, descFailedOpenTime, descLost, descBuildInfo} {
+		descRestarts, descUpgrades, descFailedOpenNotes, descFailedOpenTime, descLost, descBuildInfo,
+		descAdmissions, descLimit, descLimitPerIP, descOpen} {
 		ch <- d
 	}
 }
@@ -120,6 +125,18 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(descFaults, float64(c.Faults))
 		counter(descIORead, float64(c.IOReadBytes))
 		counter(descIOWrite, float64(c.IOWriteBytes))
+		if a := c.Admission; a != nil {
+			ch <- prometheus.MustNewConstMetric(descAdmissions, prometheus.CounterValue, float64(a.Admitted), c.Name, "admitted")
+			ch <- prometheus.MustNewConstMetric(descAdmissions, prometheus.CounterValue, float64(a.Alternate), c.Name, "alternate")
+			ch <- prometheus.MustNewConstMetric(descAdmissions, prometheus.CounterValue, float64(a.Refused), c.Name, "refused")
+			gauge(descOpen, float64(a.Open))
+			if a.MaxConnections > 0 {
+				gauge(descLimit, float64(a.MaxConnections))
+			}
+			if a.MaxConnectionsPerIP > 0 {
+				gauge(descLimitPerIP, float64(a.MaxConnectionsPerIP))
+			}
+		}
 		if c.Default {
 			fallback += float64(c.Connections)
 		} else {

@@ -79,29 +79,7 @@ func TestKeeperSupervisorMetrics(t *testing.T) {
 		}, []string{"vhqos_build_info"}},
 	} {
 		m := NewMetrics(func() *Report { return tc.report })
-		families, err := m.registry.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[string]float64{}
-		for _, f := range families {
-			for _, s := range f.GetMetric() {
-				key := f.GetName()
-				if len(s.GetLabel()) > 0 {
-					var labels []string
-					for _, l := range s.GetLabel() {
-						labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-					}
-					key += "{" + strings.Join(labels, ",") + "}"
-				}
-				switch {
-				case s.GetCounter() != nil:
-					got[key] = s.GetCounter().GetValue()
-				case s.GetGauge() != nil:
-					got[key] = s.GetGauge().GetValue()
-				}
-			}
-		}
+		got := gatherAll(t, m)
 		for k, v := range tc.want {
 			if g, ok := got[k]; !ok || g != v {
 				t.Errorf("%s: %s = %v (present: %v), want %v", tc.name, k, g, ok, v)
@@ -115,4 +93,65 @@ func TestKeeperSupervisorMetrics(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A vhost with a connection cap exports what its cap decided, its cap and
+// its open connections; a vhost without one exports none of them.
+func TestAdmissionMetrics(t *testing.T) {
+	r := &Report{Classes: []Class{
+		{Name: "shop", Admission: &Admission{MaxConnections: 2, OverLimit: "default", Open: 2, Admitted: 5, Alternate: 4, Refused: 0}},
+		{Name: "blog", Admission: &Admission{MaxConnectionsPerIP: 1, OverLimit: "refuse", Open: 1, Admitted: 1, Refused: 3}},
+		{Name: "default", Default: true},
+	}}
+	m := NewMetrics(func() *Report { return r })
+	got := gatherAll(t, m)
+	for k, v := range map[string]float64{
+		`vhqos_admissions_total{outcome="admitted",vhost="shop"}`:  5,
+		`vhqos_admissions_total{outcome="alternate",vhost="shop"}`: 4,
+		`vhqos_admissions_total{outcome="refused",vhost="shop"}`:   0,
+		`vhqos_admissions_total{outcome="refused",vhost="blog"}`:   3,
+		`vhqos_connections_limit{vhost="shop"}`:                    2,
+		`vhqos_connections_per_ip_limit{vhost="blog"}`:             1,
+		`vhqos_connections_open{vhost="shop"}`:                     2,
+		`vhqos_connections_open{vhost="blog"}`:                     1,
+	} {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present: %v), want %v", k, g, ok, v)
+		}
+	}
+	for _, absent := range []string{`vhqos_connections_limit{vhost="blog"}`, `vhqos_connections_per_ip_limit{vhost="shop"}`, `vhqos_connections_open{vhost="default"}`, `vhqos_admissions_total{outcome="admitted",vhost="default"}`} {
+		if _, ok := got[absent]; ok {
+			t.Errorf("unexpected series %s", absent)
+		}
+	}
+}
+
+// gatherAll returns every series of m as name{label="value",...} (labels
+// in Prometheus's order: sorted by name) with its value.
+func gatherAll(t *testing.T, m *Metrics) map[string]float64 {
+	t.Helper()
+	families, err := m.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, s := range f.GetMetric() {
+			key := f.GetName()
+			if len(s.GetLabel()) > 0 {
+				var labels []string
+				for _, l := range s.GetLabel() {
+					labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+				}
+				key += "{" + strings.Join(labels, ",") + "}"
+			}
+			switch {
+			case s.GetCounter() != nil:
+				got[key] = s.GetCounter().GetValue()
+			case s.GetGauge() != nil:
+				got[key] = s.GetGauge().GetValue()
+			}
+		}
+	}
+	return got
 }

@@ -124,6 +124,30 @@ type Class struct {
 	Faults       uint64 `json:"cpu_max_faults"`
 	IOReadBytes  uint64 `json:"io_read_bytes"`
 	IOWriteBytes uint64 `json:"io_write_bytes"`
+	// Admission is the class's connection caps and what they decided;
+	// nil when the class has no cap.
+	Admission *Admission `json:"admission,omitempty"`
+}
+
+// Admission is a class's connection caps (max_connections,
+// max_connections_per_ip), its connections counted against them, and the
+// outcome of every connection the caps decided, since vhqos started: like
+// CloudLinux LVE's entry-process faults, Alternate and Refused are the
+// times the class was full.
+type Admission struct {
+	MaxConnections      int `json:"max_connections,omitempty"`
+	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+	// OverLimit is what a connection over a cap gets: "refuse", or the
+	// name of the class that serves it instead.
+	OverLimit string `json:"over_limit"`
+	// Open is how many connections count against max_connections now:
+	// admitted to the class and held open by a server process.
+	Open int `json:"open"`
+	// Admitted counts the connections the caps let in, Alternate those
+	// sent to the over_limit class, Refused those refused.
+	Admitted  uint64 `json:"admitted"`
+	Alternate uint64 `json:"alternate"`
+	Refused   uint64 `json:"refused"`
 }
 
 // Counters are the supervisor's own health figures.
@@ -178,6 +202,7 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 		s.Notifications, s.Accepted, s.Continued, s.Requeued, s.PlacementErrors, s.Errors, s.Reloads, s.ReloadsRefused)
 	fmt.Fprintf(w, "tracking %s: %d processes known, %d listening sockets, %d connections followed\n",
 		s.Track, s.KnownProcesses, s.ListenerCopies, s.FollowedConnections)
+	r.writeAdmissions(w)
 	if s.NamesFound+s.NameFallbacks+s.NameTimeouts > 0 {
 		fmt.Fprintf(w, "host names: %d found, %d connections without one, %d timed out waiting for one, %d keep-alive connections moved by a later request\n",
 			s.NamesFound, s.NameFallbacks, s.NameTimeouts, s.Reclassified)
@@ -199,6 +224,32 @@ func (r *Report) writeParts(w io.Writer) {
 		r.KeeperPID, versionText(r.KeeperVersion), r.Now.Sub(r.KeeperStarted).Round(time.Second), sup, r.SupervisorRestarts, r.Upgrades)
 	fmt.Fprintf(w, "failed open %.3f s without a supervisor: %d notifications left to the kernel, %d accepted connections lost\n",
 		r.FailedOpen.Seconds(), r.FailedOpenNotifications, r.LostConnections)
+}
+
+// writeAdmissions prints a line per class with a connection cap: its
+// open connections against the cap and what the caps decided.
+func (r *Report) writeAdmissions(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	header := false
+	for _, c := range r.Classes {
+		a := c.Admission
+		if a == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(tw, "CAPPED VHOST\tOPEN/MAX\tPER IP\tADMITTED\tALTERNATE\tREFUSED\tOVER LIMIT")
+			header = true
+		}
+		limit, perIP := "-", "-"
+		if a.MaxConnections > 0 {
+			limit = strconv.Itoa(a.MaxConnections)
+		}
+		if a.MaxConnectionsPerIP > 0 {
+			perIP = strconv.Itoa(a.MaxConnectionsPerIP)
+		}
+		fmt.Fprintf(tw, "%s\t%d/%s\t%s\t%d\t%d\t%d\t%s\n", c.Name, a.Open, limit, perIP, a.Admitted, a.Alternate, a.Refused, a.OverLimit)
+	}
+	tw.Flush()
 }
 
 func versionText(v string) string {

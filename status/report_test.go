@@ -143,3 +143,47 @@ func TestWriteTableParts(t *testing.T) {
 		}
 	}
 }
+
+// The admission figures of capped vhosts are in the JSON under the names
+// the README gives, and in a table of their own in the text report, which
+// leaves it out when no vhost has a cap.
+func TestReportAdmission(t *testing.T) {
+	r := &Report{Classes: []Class{
+		{Name: "shop", Admission: &Admission{MaxConnections: 2, OverLimit: "default", Open: 2, Admitted: 5, Alternate: 4}},
+		{Name: "blog", Admission: &Admission{MaxConnectionsPerIP: 1, OverLimit: "refuse", Open: 1, Admitted: 1, Refused: 3}},
+		{Name: "default", Default: true},
+	}}
+	data, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		VHosts []map[string]any `json:"vhosts"`
+	}
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	wantShop := map[string]any{"max_connections": 2.0, "over_limit": "default", "open": 2.0, "admitted": 5.0, "alternate": 4.0, "refused": 0.0}
+	if a := got.VHosts[0]["admission"]; !reflect.DeepEqual(a, wantShop) {
+		t.Errorf("shop's admission in JSON = %v, want %v", a, wantShop)
+	}
+	if a, ok := got.VHosts[2]["admission"]; ok {
+		t.Errorf("a class without a cap has admission %v in JSON", a)
+	}
+	var out strings.Builder
+	r.WriteTable(&out, nil)
+	for _, want := range []string{
+		"CAPPED VHOST  OPEN/MAX  PER IP  ADMITTED  ALTERNATE  REFUSED  OVER LIMIT\n",
+		"shop          2/2       -       5         4          0        default\n",
+		"blog          1/-       1       1         0          3        refuse\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("text report lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	(&Report{Classes: []Class{{Name: "default", Default: true}}}).WriteTable(&out, nil)
+	if strings.Contains(out.String(), "CAPPED") {
+		t.Errorf("text report without caps shows the admission table:\n%s", out.String())
+	}
+}

@@ -59,6 +59,9 @@ type conn struct {
 	accepted, deadline time.Time
 	// held counts c until it is closed (Supervisor.held).
 	held *heldCount
+	// refusal, set when a cap refused c, says how (admission.go): c is
+	// then answered by the supervisor, never handed over.
+	refusal *Admission
 }
 
 func (c *conn) close() {
@@ -206,7 +209,9 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 		l.fixed, l.fixedOK = cl.ClassifyListener(l.bound)
 		l.fixedGen = cl.gen
 	}
-	if !l.fixedOK {
+	if !l.fixedOK || l.fixed.Admission != nil {
+		// A class with a cap counts each connection it admits, which
+		// takes the connection in hand.
 		l.mu.Unlock()
 		return false
 	}

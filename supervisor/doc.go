@@ -14,6 +14,9 @@
 //   - classify the connection by its address, or hold it until its first
 //     bytes name a host: pending.go, from the table installed by
 //     SetClassifier (supervisor.go)
+//   - apply the class's connection caps (max_connections and per
+//     client): admitted, sent on to the class's alternate, or refused,
+//     which the supervisor answers itself: admission.go, refuse.go
 //   - mark its socket with the class's DSCP: mark.go; put the process in
 //     the class's cgroup: place (supervisor.go)
 //   - hand the connection over and answer: deliver, complete (accept.go),

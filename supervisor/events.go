@@ -28,6 +28,7 @@ type eventLoop struct {
 	listeners map[int]*listener // by the supervisor's copy fd
 	procs     map[int]*proc     // by pidfd
 	conns     map[int]*conn     // connections being sniffed, by fd
+	refusals  map[int]*refusal  // connections being refused, by fd
 	timers    timerHeap
 	// waitUntil is when the loop's current epoll_wait times out; a timer
 	// due earlier wakes it.
@@ -35,11 +36,12 @@ type eventLoop struct {
 }
 
 // timer asks the loop to look at a listener's deadlines (sniffing
-// connections, short waits, its doorbell) at when. Timers are never
-// cancelled: one that finds nothing due does nothing.
+// connections, short waits, its doorbell), or a refusal's, at when.
+// Timers are never cancelled: one that finds nothing due does nothing.
 type timer struct {
 	when time.Time
 	l    *listener
+	r    *refusal
 }
 
 type timerHeap []timer
@@ -57,9 +59,15 @@ func (h *timerHeap) Pop() any {
 }
 
 // after makes the loop call s.checkDeadlines(l) at when.
-func (e *eventLoop) after(when time.Time, l *listener) {
+func (e *eventLoop) after(when time.Time, l *listener) { e.push(timer{when: when, l: l}) }
+
+// afterRefusal makes the loop call s.refusalDeadline(r) at when.
+func (e *eventLoop) afterRefusal(when time.Time, r *refusal) { e.push(timer{when: when, r: r}) }
+
+func (e *eventLoop) push(t timer) {
+	when := t.when
 	e.mu.Lock()
-	heap.Push(&e.timers, timer{when: when, l: l})
+	heap.Push(&e.timers, t)
 	early := when.Before(e.waitUntil)
 	e.mu.Unlock()
 	if early {
@@ -68,19 +76,24 @@ func (e *eventLoop) after(when time.Time, l *listener) {
 }
 
 // due pops the timers that are due and returns when the next one is.
-func (e *eventLoop) due(now time.Time) (due []*listener, next time.Time) {
+func (e *eventLoop) due(now time.Time) (due []*listener, refusals []*refusal, next time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for len(e.timers) > 0 && !e.timers[0].when.After(now) {
 		t := heap.Pop(&e.timers).(timer)
-		if len(due) == 0 || due[len(due)-1] != t.l {
+		switch {
+		case t.r != nil:
+			if e.refusals[t.r.c.fd] == t.r {
+				refusals = append(refusals, t.r)
+			}
+		case len(due) == 0 || due[len(due)-1] != t.l:
 			due = append(due, t.l)
 		}
 	}
 	if len(e.timers) > 0 {
 		next = e.timers[0].when
 	}
-	return due, next
+	return due, refusals, next
 }
 
 // watchConn makes the loop look at c again whenever more bytes arrive (or the
@@ -98,6 +111,36 @@ func (e *eventLoop) watchConn(c *conn) error {
 		return fmt.Errorf("watching a connection for its first bytes: %w", err)
 	}
 	return nil
+}
+
+// watchRefusal makes the loop step r whenever the client sent more (or
+// hung up). Level-triggered: a refusal reads what it is woken for.
+func (e *eventLoop) watchRefusal(r *refusal) error {
+	e.mu.Lock()
+	e.refusals[r.c.fd] = r
+	e.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(r.c.fd)}
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, r.c.fd, &ev); err != nil {
+		e.mu.Lock()
+		delete(e.refusals, r.c.fd)
+		e.mu.Unlock()
+		return fmt.Errorf("watching a refused connection: %w", err)
+	}
+	return nil
+}
+
+// unwatchRefusal forgets r; it must run before r's fd is closed, so that a
+// reused fd number is never mistaken for r.
+func (e *eventLoop) unwatchRefusal(r *refusal) {
+	e.mu.Lock()
+	watched := e.refusals[r.c.fd] == r
+	if watched {
+		delete(e.refusals, r.c.fd)
+	}
+	e.mu.Unlock()
+	if watched {
+		unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, r.c.fd, nil)
+	}
 }
 
 func (e *eventLoop) unwatchConn(c *conn) {
@@ -119,7 +162,7 @@ func newEventLoop() (*eventLoop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("creating the supervisor's wake-up eventfd: %w", err)
 	}
-	e := &eventLoop{epfd: epfd, wake: wake, listeners: map[int]*listener{}, procs: map[int]*proc{}, conns: map[int]*conn{}}
+	e := &eventLoop{epfd: epfd, wake: wake, listeners: map[int]*listener{}, procs: map[int]*proc{}, conns: map[int]*conn{}, refusals: map[int]*refusal{}}
 	if err := e.add(wake); err != nil {
 		e.close()
 		return nil, err
@@ -214,10 +257,13 @@ func (e *eventLoop) run(s *Supervisor) {
 			l := e.listeners[fd]
 			p := e.procs[fd]
 			c := e.conns[fd]
+			r := e.refusals[fd]
 			e.mu.Unlock()
 			switch {
 			case c != nil:
 				s.bytesArrived(c)
+			case r != nil:
+				s.refusalStep(r, false)
 			case l != nil:
 				s.pump(l)
 			case p != nil:
@@ -225,10 +271,12 @@ func (e *eventLoop) run(s *Supervisor) {
 			}
 		}
 		now := time.Now()
-		if due, _ := e.due(now); len(due) > 0 {
-			for _, l := range due {
-				s.checkDeadlines(l, now)
-			}
+		due, refusals, _ := e.due(now)
+		for _, l := range due {
+			s.checkDeadlines(l, now)
+		}
+		for _, r := range refusals {
+			s.refusalDeadline(r, now)
 		}
 		if now.After(nextSweep) {
 			e.sweep(s)

@@ -104,10 +104,16 @@ func (s *Supervisor) markListener(l *listener, dscp int) {
 	}
 }
 
-// finish records c's class and gives its socket the mark decideMark says.
-// Called without c.l.mu held.
+// finish applies the caps of c's class d (admission.go), records the
+// class that serves c and gives its socket the mark decideMark says; a
+// connection refused by a cap keeps its socket as it is. Called without
+// c.l.mu held.
 func (s *Supervisor) finish(c *conn, d Decision) {
+	d, c.refusal = s.admit(c, d)
 	c.decision = d
+	if c.refusal != nil {
+		return
+	}
 	own, marked := -1, false
 	if d.DSCP < 0 {
 		// Only a class without a mark needs the listener's (and its lock).

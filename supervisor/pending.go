@@ -54,8 +54,22 @@ func (b *peekBuffers) put(p *[]byte) { b.pool.Put(p) }
 // prepare classifies a connection the supervisor just accepted from l: by
 // its local address, or by the host name in its first bytes when a name
 // may decide. It reports whether c is ready to hand over; if not, c waits
-// in l.pending and the event loop finishes it.
+// in l.pending and the event loop finishes it, or a cap refused it and the
+// supervisor answers it (refuse.go).
 func (s *Supervisor) prepare(l *listener, c *conn) bool {
+	if !s.classify(l, c) {
+		return false
+	}
+	if c.refusal != nil {
+		s.refuse(c, c.refusal)
+		return false
+	}
+	return true
+}
+
+// classify is prepare up to the caps: it reports whether c was classified
+// at once.
+func (s *Supervisor) classify(l *listener, c *conn) bool {
 	if l.bound.IsValid() && !l.bound.Addr().IsUnspecified() {
 		// Every connection of a listener bound to one address has that
 		// address: no getsockname needed.
@@ -193,6 +207,11 @@ func (s *Supervisor) pendingReady(l *listener, c *conn) {
 	if i := slices.Index(l.pending, c); i >= 0 {
 		l.pending = slices.Delete(l.pending, i, i+1)
 		s.pendingCount.Add(-1)
+	}
+	if c.refusal != nil {
+		l.mu.Unlock()
+		s.refuse(c, c.refusal)
+		return
 	}
 	if !l.stashLocked(c, false) {
 		l.mu.Unlock()

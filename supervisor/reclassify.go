@@ -174,7 +174,7 @@ func (s *Supervisor) remark(fd int, ino uint64, local netip.AddrPort, family uin
 	if s.listeners.serving(local) == nil {
 		return false, false
 	}
-	dscp, ok := s.markFor(s.decisionOf(ino, local, s.classifier.Load()), local)
+	dscp, ok := s.markFor(s.servedBy(fd, s.decisionOf(ino, local, s.classifier.Load())), local)
 	if !ok {
 		return false, true
 	}

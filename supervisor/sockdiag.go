@@ -9,25 +9,42 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// liveSocketInodes asks the kernel (sock_diag) for the inode of every TCP
-// socket of this network namespace, IPv4 and IPv6, in any state. A socket
-// every process has closed is gone from the list (its TIME_WAIT remnant
-// has inode 0), which is how followed connections are known to be over
-// without following every process that ever held one.
+// Asking the kernel which TCP sockets exist (sock_diag, netlink;
+// linux/inet_diag.h). A socket every process has closed keeps no inode:
+// its remnant (FIN_WAIT, TIME_WAIT) has inode 0. That is how vhqos knows a
+// connection is over without following every process that held it.
+
+// liveSocketInodes asks the kernel for the inode of every TCP socket of
+// this network namespace, IPv4 and IPv6, in any state, that some process
+// still holds.
 func liveSocketInodes() (map[uint64]bool, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return nil, fmt.Errorf("opening a sock_diag socket: %w", err)
-	}
-	defer unix.Close(fd)
 	live := map[uint64]bool{}
-	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		if err := dumpInodes(fd, family, live); err != nil {
-			return nil, err
+	err := eachTCPSocket(^uint32(0), func(m diagMsg) {
+		if ino := m.inode(); ino != 0 {
+			live[uint64(ino)] = true
 		}
-	}
-	return live, nil
+	})
+	return live, err
 }
+
+// liveConnectionCookies calls held with the cookie (SO_COOKIE) of every
+// TCP connection of this network namespace that some process still holds
+// open: established, or closed by the client but not yet by the server.
+// Listeners and the kernel's remnants of closed connections are left out
+// by the kernel itself.
+func liveConnectionCookies(held func(cookie uint64)) error {
+	return eachTCPSocket(heldConnectionStates, func(m diagMsg) {
+		if m.inode() != 0 {
+			held(m.cookie())
+		}
+	})
+}
+
+// heldConnectionStates are the TCP states (a bit per state, as
+// inet_diag_req_v2.idiag_states takes them; include/net/tcp_states.h) a
+// connection can be in while a process holds it: all but LISTEN,
+// TIME_WAIT and the two SYN_RECV forms, which never have a file.
+const heldConnectionStates = ^uint32(1<<unix.BPF_TCP_LISTEN | 1<<unix.BPF_TCP_TIME_WAIT | 1<<unix.BPF_TCP_SYN_RECV | 1<<unix.BPF_TCP_NEW_SYN_RECV)
 
 // inetDiagReq is struct inet_diag_req_v2 (linux/inet_diag.h).
 type inetDiagReq struct {
@@ -36,13 +53,41 @@ type inetDiagReq struct {
 	sockid                     [48]byte
 }
 
+// diagMsg is one struct inet_diag_msg of a dump.
+type diagMsg []byte
+
 const (
 	sockDiagByFamily  = 20 // SOCK_DIAG_BY_FAMILY
-	inetDiagInodeOff  = 68 // offset of idiag_inode in struct inet_diag_msg
+	inetDiagCookieOff = 44 // idiag_cookie[2] in struct inet_diag_msg's id
+	inetDiagInodeOff  = 68 // idiag_inode
 	inetDiagMsgMinLen = 72
 )
 
-func dumpInodes(fd int, family uint8, live map[uint64]bool) error {
+func (m diagMsg) inode() uint32 { return binary.NativeEndian.Uint32(m[inetDiagInodeOff:]) }
+
+// cookie joins idiag_cookie's two halves, low word first, as
+// sock_diag_save_cookie stores them.
+func (m diagMsg) cookie() uint64 {
+	return uint64(binary.NativeEndian.Uint32(m[inetDiagCookieOff:])) | uint64(binary.NativeEndian.Uint32(m[inetDiagCookieOff+4:]))<<32
+}
+
+// eachTCPSocket dumps the TCP sockets of both families in the given
+// states and calls each for every one.
+func eachTCPSocket(states uint32, each func(diagMsg)) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return fmt.Errorf("opening a sock_diag socket: %w", err)
+	}
+	defer unix.Close(fd)
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := dumpTCP(fd, family, states, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func dumpTCP(fd int, family uint8, states uint32, each func(diagMsg)) error {
 	var req struct {
 		hdr  unix.NlMsghdr
 		body inetDiagReq
@@ -53,7 +98,7 @@ func dumpInodes(fd int, family uint8, live map[uint64]bool) error {
 		Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP,
 		Seq:   1,
 	}
-	req.body = inetDiagReq{family: family, protocol: unix.IPPROTO_TCP, states: ^uint32(0)}
+	req.body = inetDiagReq{family: family, protocol: unix.IPPROTO_TCP, states: states}
 	buf := (*[unsafe.Sizeof(req)]byte)(unsafe.Pointer(&req))[:]
 	if err := unix.Sendto(fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("asking sock_diag for TCP sockets: %w", err)
@@ -81,9 +126,7 @@ func dumpInodes(fd int, family uint8, live map[uint64]bool) error {
 				return nil
 			}
 			if len(m.Data) >= inetDiagMsgMinLen {
-				if ino := binary.NativeEndian.Uint32(m.Data[inetDiagInodeOff:]); ino != 0 {
-					live[uint64(ino)] = true
-				}
+				each(diagMsg(m.Data))
 			}
 		}
 	}

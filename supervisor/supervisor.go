@@ -27,6 +27,9 @@ type Decision struct {
 	// runs, so the supervisor hands it its connection from a goroutine
 	// of its own rather than waiting on the receiving thread.
 	Quota bool
+	// Admission, when set, caps the class's open connections and says
+	// what a connection over a cap gets (admission.go); nil: no cap.
+	Admission *Admission
 }
 
 // Classifier maps a connection's local address to its Decision. It is
@@ -124,7 +127,11 @@ type Supervisor struct {
 	recv     receiverState
 	inFlight *failopen.Table // nil when no keeper watches
 	held     heldCount
-	stale    func(id uint64) bool
+	// admissions count the connections of classes with caps; refusing
+	// counts the refusals under way (refuse.go).
+	admissions *admissions
+	refusing   atomic.Int64
+	stale      func(id uint64) bool
 
 	// testHookBeforeDeliver, when set by a test, runs after a connection
 	// was accepted and before it is handed over: the window a signal must
@@ -165,6 +172,7 @@ func New(opts Options) (*Supervisor, error) {
 		inFlight:  opts.InFlight,
 	}
 	s.stale = func(id uint64) bool { return !idValid(s.notifyFd, id) }
+	s.admissions = newAdmissions(log)
 	s.held.table = opts.InFlight
 	if err := syncWakeUp(s.notifyFd); err != nil {
 		log.Debug("synchronous wake-up of the supervisor is not available (Linux 6.6+)", "err", err)

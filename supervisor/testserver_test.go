@@ -54,6 +54,7 @@ type acceptResult struct {
 //	connect IP:PORT                     open and keep a connection of the
 //	                                    server's own; prints its fd
 //	nonblock                            make the listener non-blocking
+//	close FD                            close a connection kept by keep
 //	tid                                 print the thread id accepts run on
 //	children N                          start N processes that serve forever
 //	reuseport N                         listen again with N sockets in one
@@ -183,6 +184,15 @@ func testServerMain() int {
 			fmt.Println(fd)
 		case "nonblock":
 			unix.SetNonblock(lfd, true)
+			fmt.Println("ok")
+		case "close":
+			// Close a connection kept by "accept... keep": the server is
+			// done with it.
+			fd, _ := strconv.Atoi(f[1])
+			if err := unix.Close(fd); err != nil {
+				fmt.Println("error", err)
+				continue
+			}
 			fmt.Println("ok")
 		case "reuseport":
 			// As nginx's "listen ... reuseport": every worker its own

@@ -262,5 +262,5 @@ func classificationChanged(old, neu map[string]*policy.Class) bool {
 // sameClassification reports whether two versions of a class claim the
 // same connections and mark them alike.
 func sameClassification(a, b *policy.Class) bool {
-	return a.DSCP == b.DSCP && slices.Equal(a.Match, b.Match) && slices.Equal(a.Listen, b.Listen)
+	return a.DSCP == b.DSCP && slices.Equal(a.Match, b.Match) && slices.Equal(a.Listen, b.Listen) && a.Admission == b.Admission
 }

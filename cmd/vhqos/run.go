@@ -183,15 +183,41 @@ func decision(class *policy.Class, t *policy.Table) supervisor.Decision {
 // connection and must not allocate (a cgroup name is built from the
 // vhost's).
 type tableClassifier struct {
-	t        *policy.Table
-	vhosts   []supervisor.Decision // by index into t.VHosts
-	defaults supervisor.Decision
+	t *policy.Table
+	// decisions are by index into t.VHosts, the defaults' last: a class's
+	// Admission points at its alternate's entry.
+	decisions []supervisor.Decision
 }
 
 func newTableClassifier(t *policy.Table) tableClassifier {
-	c := tableClassifier{t: t, vhosts: make([]supervisor.Decision, len(t.VHosts)), defaults: decision(&t.Defaults, t)}
+	c := tableClassifier{t: t, decisions: make([]supervisor.Decision, len(t.VHosts)+1)}
+	classes := make([]*policy.Class, 0, len(t.VHosts)+1)
 	for i := range t.VHosts {
-		c.vhosts[i] = decision(&t.VHosts[i], t)
+		classes = append(classes, &t.VHosts[i])
+	}
+	classes = append(classes, &t.Defaults)
+	index := make(map[*policy.Class]int, len(classes))
+	for i, class := range classes {
+		c.decisions[i] = decision(class, t)
+		index[class] = i
+	}
+	for i, class := range classes {
+		a := class.Admission
+		if !a.Capped() {
+			continue
+		}
+		adm := &supervisor.Admission{
+			MaxConnections: a.MaxConnections, MaxConnectionsPerIP: a.MaxConnectionsPerIP,
+			RefuseStatus: a.RefuseStatus, RetryAfter: a.RetryAfter,
+		}
+		if a.OverLimit != policy.OverLimitRefuse {
+			// policy.Parse resolved the name; a table without it would not
+			// have been accepted.
+			if alt := t.Class(a.OverLimit); alt != nil {
+				adm.Alternate = &c.decisions[index[alt]]
+			}
+		}
+		c.decisions[i].Admission = adm
 	}
 	return c
 }
@@ -199,9 +225,9 @@ func newTableClassifier(t *policy.Table) tableClassifier {
 // of returns the decision for the vhost at index i, or the defaults' for -1.
 func (c tableClassifier) of(i int) supervisor.Decision {
 	if i >= 0 {
-		return c.vhosts[i]
+		return c.decisions[i]
 	}
-	return c.defaults
+	return c.decisions[len(c.decisions)-1]
 }
 
 func (c tableClassifier) ClassifyAddr(local netip.AddrPort) supervisor.Decision {
@@ -221,7 +247,7 @@ func (c tableClassifier) NamesApply(local netip.AddrPort) bool { return c.t.Matc
 // ClassifyName is policy.Table.ClassifyName: a name rule, else the address.
 func (c tableClassifier) ClassifyName(host string, local netip.AddrPort) supervisor.Decision {
 	if i := c.t.Matcher.MatchName(host, local); i >= 0 {
-		return c.vhosts[i]
+		return c.decisions[i]
 	}
 	return c.ClassifyAddr(local)
 }

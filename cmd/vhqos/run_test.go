@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -113,5 +115,60 @@ cpu_max = "50%"
 				t.Errorf("%v allocations per lookup, want none", allocs)
 			}
 		})
+	}
+}
+
+// Each capped class's decision carries its caps, and its over_limit
+// class's decision, caps and all, so that the supervisor can follow a
+// chain of alternates; a class without a cap carries none.
+func TestTableClassifierAdmission(t *testing.T) {
+	tab, err := policy.Parse("qos.toml", []byte(`
+[defaults]
+max_connections = 50
+over_limit = "refuse"
+refuse_status = 508
+retry_after = 9
+
+[[vhost]]
+name = "shop"
+match = ["192.0.2.1"]
+max_connections = 2
+max_connections_per_ip = 1
+over_limit = "Overflow"
+dscp = "EF"
+
+[[vhost]]
+name = "overflow"
+match = ["192.0.2.2"]
+max_connections = 4
+over_limit = "default"
+dscp = "CS1"
+
+[[vhost]]
+name = "blog"
+match = ["192.0.2.3"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTableClassifier(tab)
+	shop := c.ClassifyAddr(netip.MustParseAddrPort("192.0.2.1:80"))
+	var chain []string
+	for d, steps := &shop, 0; d != nil && steps < 5; steps++ {
+		if d.Admission == nil {
+			t.Fatalf("%s has no admission after %v", d.Group, chain)
+		}
+		chain = append(chain, fmt.Sprintf("%s max %d per-ip %d dscp %d", d.Group, d.Admission.MaxConnections, d.Admission.MaxConnectionsPerIP, d.DSCP))
+		if d.Admission.Alternate == nil {
+			chain = append(chain, fmt.Sprintf("refuse %d retry %d", d.Admission.RefuseStatus, d.Admission.RetryAfter))
+		}
+		d = d.Admission.Alternate
+	}
+	want := []string{"vhost-shop max 2 per-ip 1 dscp 46", "vhost-overflow max 4 per-ip 0 dscp 8", "default max 50 per-ip 0 dscp -1", "refuse 508 retry 9"}
+	if !slices.Equal(chain, want) {
+		t.Errorf("chain of alternates\n got %q\nwant %q", chain, want)
+	}
+	if blog := c.ClassifyAddr(netip.MustParseAddrPort("192.0.2.3:80")); blog.Admission != nil {
+		t.Errorf("blog has no cap but its decision carries %+v", *blog.Admission)
 	}
 }

@@ -70,12 +70,20 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 	}
 	conns := sup.GroupConnections()
 	live := sup.LiveConnections()
+	admissions := sup.Admissions()
 	add := func(c *policy.Class) {
 		group := groupName(c, table)
 		cl := status.Class{
 			Name: c.Name, Default: c == &table.Defaults, Cgroup: cg.Path(group), DSCP: c.DSCP,
 			CPUWeight: c.Resources.CPUWeight, CPUMax: c.Resources.CPUQuotaPercent, IOWeight: c.Resources.IOWeight,
 			Connections: conns[group], Live: live[group],
+		}
+		if a := c.Admission; a.Capped() {
+			st := admissions[group]
+			cl.Admission = &status.Admission{
+				MaxConnections: a.MaxConnections, MaxConnectionsPerIP: a.MaxConnectionsPerIP, OverLimit: a.OverLimit,
+				Open: st.Open, Admitted: st.Admitted, Alternate: st.Alternate, Refused: st.Refused,
+			}
 		}
 		cl.PIDs, _ = cg.Pids(group)
 		if u, err := cg.Usage(group); err == nil {

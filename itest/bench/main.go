@@ -83,6 +83,7 @@ func main() {
 	syscalls := flag.String("syscalls", "", "count each supervisor's system calls in its last Connection: close run with perf trace -s into this directory (DIR/PATH-WHO.txt)")
 	only := flag.String("only", "", "measure only the paths whose name contains this text (e.g. wildcard)")
 	baseline := flag.String("baseline", "", "another vhqos binary (an earlier build) measured in each round too, for vhqos/baseline")
+	caps := flag.Bool("caps", false, "measure vhqos with max_connections = 1000000 on every vhost (a cap never reached) against the same table without it, instead of native and the floor")
 	flag.Parse()
 	if os.Getenv(nsEnv) == "" {
 		// A network namespace of its own: any loopback address and port,
@@ -142,6 +143,13 @@ func main() {
 		if err := cg.Set(g, cgroup.Resources{}); err != nil {
 			fail(err)
 		}
+	}
+	if *caps {
+		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
+		if err := capsBench(cg, bin, table, setups, *pairs, *conns, opts); err != nil {
+			fail(err)
+		}
+		return
 	}
 	floorBin, err := buildFloor()
 	if err != nil {
@@ -261,6 +269,22 @@ func label(close bool) string {
 		return "close"
 	}
 	return "keep-alive"
+}
+
+// measureOptions are the flags every measurement shares.
+type measureOptions struct {
+	duration time.Duration
+	only     string
+	pin      bool
+}
+
+// pinServer is the command prefix that keeps the server on CPU 0 when
+// pinning is asked for.
+func (o measureOptions) pinServer() []string {
+	if o.pin {
+		return []string{"taskset", "-c", "0"}
+	}
+	return nil
 }
 
 type result struct {

@@ -1,0 +1,235 @@
+package supervisor
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestClientKey(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"192.0.2.7", "192.0.2.7"},
+		{"::ffff:192.0.2.7", "192.0.2.7"}, // an IPv6 socket saw an IPv4 client
+		{"2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::"},
+		{"2001:db8:1:2::1", "2001:db8:1:2::"},
+		{"2001:db8:1:3::1", "2001:db8:1:3::"},
+		{"::1", "::"},
+	} {
+		if got := clientKey(netip.MustParseAddr(tc.in)); got != netip.MustParseAddr(tc.want) {
+			t.Errorf("clientKey(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+// fakeKernel stands for sock_diag in the admission record's tests: it
+// holds the cookies of the connections "still open" and counts how often
+// it was asked.
+type fakeKernel struct {
+	open  map[uint64]bool
+	asked int
+	fail  error
+}
+
+func (k *fakeKernel) count(held func(uint64)) error {
+	k.asked++
+	if k.fail != nil {
+		return k.fail
+	}
+	for c := range k.open {
+		held(c)
+	}
+	return nil
+}
+
+func newTestAdmissions(k *fakeKernel) *admissions {
+	a := newAdmissions(slog.New(slog.DiscardHandler))
+	a.count = k.count
+	return a
+}
+
+// The kernel is asked only when a figure reaches a cap, and then its
+// answer decides: closed connections make room, open ones do not.
+func TestAdmissionAsksTheKernelOnlyAtTheCap(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}}
+	a := newTestAdmissions(k)
+	adm := &Admission{MaxConnections: 3}
+	client := netip.MustParseAddr("192.0.2.1")
+	for cookie := uint64(1); cookie <= 3; cookie++ {
+		if !a.tryAdmit("shop", adm, cookie, client) {
+			t.Fatalf("connection %d refused under a cap of 3", cookie)
+		}
+		k.open[cookie] = true
+	}
+	if k.asked != 0 {
+		t.Errorf("below the cap the kernel was asked %d times; want 0", k.asked)
+	}
+	if a.tryAdmit("shop", adm, 4, client) {
+		t.Fatal("a 4th connection was admitted while 3 are open under a cap of 3")
+	}
+	if k.asked != 1 {
+		t.Errorf("at the cap the kernel was asked %d times; want 1", k.asked)
+	}
+	delete(k.open, 2) // the server closed connection 2
+	if !a.tryAdmit("shop", adm, 5, client) {
+		t.Fatal("a connection was refused after one of 3 closed under a cap of 3")
+	}
+	k.open[5] = true
+	if got := a.stats()["shop"]; got.Open != 3 || got.Admitted != 4 {
+		t.Errorf("stats %+v; want 3 open, 4 admitted", got)
+	}
+}
+
+func TestAdmissionPerClient(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}}
+	a := newTestAdmissions(k)
+	adm := &Admission{MaxConnectionsPerIP: 1}
+	for i, tc := range []struct {
+		client string
+		want   bool
+	}{
+		{"192.0.2.1", true},
+		{"192.0.2.2", true},
+		{"192.0.2.1", false},
+		{"::ffff:192.0.2.2", false},
+		{"2001:db8:0:1::1", true},
+		{"2001:db8:0:1::2", false}, // same /64
+		{"2001:db8:0:2::1", true},
+	} {
+		cookie := uint64(i + 1)
+		got := a.tryAdmit("shop", adm, cookie, netip.MustParseAddr(tc.client))
+		if got != tc.want {
+			t.Errorf("connection %d from %s: admitted %v, want %v", cookie, tc.client, got, tc.want)
+		}
+		if got {
+			k.open[cookie] = true
+		}
+	}
+}
+
+// When the kernel cannot be asked, the cap is not a reason to refuse.
+func TestAdmissionFailsOpen(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{1: true}, fail: errors.New("sock_diag unavailable")}
+	a := newTestAdmissions(k)
+	adm := &Admission{MaxConnections: 1}
+	client := netip.MustParseAddr("192.0.2.1")
+	if !a.tryAdmit("shop", adm, 1, client) || !a.tryAdmit("shop", adm, 2, client) {
+		t.Error("a connection was refused on a guess while the kernel could not be asked")
+	}
+}
+
+// The record forgets closed connections as it grows, so a class that never
+// reaches its cap does not keep every connection it ever admitted.
+func TestAdmissionRecordStaysBounded(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}}
+	a := newTestAdmissions(k)
+	adm := &Admission{MaxConnections: 1 << 20}
+	client := netip.MustParseAddr("192.0.2.1")
+	for cookie := uint64(1); cookie <= 100_000; cookie++ {
+		if !a.tryAdmit("shop", adm, cookie, client) {
+			t.Fatalf("connection %d refused", cookie)
+		}
+		// Each connection closes before the next comes.
+	}
+	if n := len(a.conns); n > 2048 {
+		t.Errorf("after 100000 connections that all closed the record holds %d", n)
+	}
+	if k.asked > 200 {
+		t.Errorf("the kernel was asked %d times for 100000 connections; the count should be amortised", k.asked)
+	}
+}
+
+// admissionClassifier gives every connection one decision, and lets a
+// listener on a specific address decide it, as an address table does: a
+// cap must still take each connection in hand.
+type admissionClassifier struct {
+	d       Decision
+	timeout time.Duration
+}
+
+func (c admissionClassifier) ClassifyAddr(netip.AddrPort) Decision { return c.d }
+func (c admissionClassifier) ClassifyListener(bound netip.AddrPort) (Decision, bool) {
+	return c.d, !bound.Addr().IsUnspecified()
+}
+func (admissionClassifier) NamesApply(netip.AddrPort) bool { return false }
+func (c admissionClassifier) ClassifyName(string, netip.AddrPort) Decision {
+	return c.d
+}
+func (c admissionClassifier) SniffLimits() (time.Duration, int) { return c.timeout, 16384 }
+
+// keep has the test server accept and keep one connection; it returns
+// the result (Ret is the server's fd of it).
+func (h *harness) keep() acceptResult {
+	h.t.Helper()
+	h.command("accept4 0 keep")
+	r := h.result()
+	if r.Ret < 0 {
+		h.t.Fatalf("accept failed: errno %d", r.Errno)
+	}
+	return r
+}
+
+// dialFrom connects to the test server from a chosen loopback address.
+func (h *harness) dialFrom(ip string) net.Conn {
+	h.t.Helper()
+	d := net.Dialer{Timeout: patience, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c, err := d.Dial("tcp", h.addr)
+	if err != nil {
+		h.t.Fatalf("connecting from %s: %v", ip, err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// A class with max_connections = 2 on a listener whose address decides:
+// two connections are served in it with its mark, a third by the
+// alternate, and once the server closes one, the next is the class's again.
+func TestAdmissionCapSendsToAlternate(t *testing.T) {
+	alternate := Decision{Group: "overflow", DSCP: 10}
+	shop := Decision{Group: "shop", DSCP: 34, Admission: &Admission{MaxConnections: 2, Alternate: &alternate}}
+	h := startServerWith(t, "127.0.0.1:0", false, admissionClassifier{d: shop, timeout: time.Second})
+	var kept []acceptResult
+	for i, want := range []Decision{shop, shop, alternate} {
+		h.dial()
+		r := h.keep()
+		if r.TOS != want.DSCP<<2 || h.placer.groupOf(r.Pid) != want.Group {
+			t.Errorf("connection %d: TOS %#x in %q; want %s (DSCP %d)", i+1, r.TOS, h.placer.groupOf(r.Pid), want.Group, want.DSCP)
+		}
+		kept = append(kept, r)
+	}
+	if st := h.sup.Admissions()["shop"]; st.Open != 2 || st.Admitted != 2 || st.Alternate != 1 || st.Refused != 0 {
+		t.Errorf("shop's admission counters %+v; want 2 open, 2 admitted, 1 alternate", st)
+	}
+	if n := h.sup.Stats().Continued.Load(); n != 0 {
+		t.Errorf("%d accepts were left to the kernel on a capped listener; each must be counted", n)
+	}
+	h.command("close " + strconv.Itoa(kept[0].Ret))
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	h.dial()
+	if r := h.keep(); r.TOS != shop.DSCP<<2 || h.placer.groupOf(r.Pid) != "shop" {
+		t.Errorf("after the server closed one of shop's 2: TOS %#x in %q; want shop's", r.TOS, h.placer.groupOf(r.Pid))
+	}
+	if st := h.sup.Admissions()["shop"]; st.Open != 2 || st.Admitted != 3 {
+		t.Errorf("shop's admission counters %+v; want 2 open, 3 admitted", st)
+	}
+}
+
+func TestAdmissionPerClientOnRealConnections(t *testing.T) {
+	alternate := Decision{Group: "overflow", DSCP: 10}
+	shop := Decision{Group: "shop", DSCP: 34, Admission: &Admission{MaxConnectionsPerIP: 1, Alternate: &alternate}}
+	h := startServerWith(t, "127.0.0.1:0", false, admissionClassifier{d: shop, timeout: time.Second})
+	for _, tc := range []struct {
+		from string
+		want Decision
+	}{{"127.0.0.2", shop}, {"127.0.0.3", shop}, {"127.0.0.2", alternate}, {"127.0.0.3", alternate}} {
+		h.dialFrom(tc.from)
+		if r := h.keep(); r.TOS != tc.want.DSCP<<2 {
+			t.Errorf("from %s: TOS %#x; want %s's (DSCP %d)", tc.from, r.TOS, tc.want.Group, tc.want.DSCP)
+		}
+	}
+}

@@ -1,0 +1,137 @@
+package supervisor
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Refusals, as a client sees them: a complete HTTP response, then a clean
+// end of the connection; the server's accept never returns the
+// connection.
+func TestAdmissionRefuses(t *testing.T) {
+	shop := Decision{Group: "shop", DSCP: 34, Admission: &Admission{MaxConnections: 1, RefuseStatus: 508, RetryAfter: 7}}
+	h := startServerWith(t, "127.0.0.1:0", false, admissionClassifier{d: shop, timeout: 300 * time.Millisecond})
+	h.dial()
+	h.keep() // the one connection shop may have
+	h.command("nonblock")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	body := strings.Repeat("x", 300<<10)
+	for _, tc := range []struct {
+		name, send   string
+		wantResponse bool
+		wantBody     bool
+	}{
+		{"GET", "GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n", true, true},
+		{"HEAD", "HEAD / HTTP/1.1\r\nHost: shop.example\r\n\r\n", true, false},
+		{"empty lines first", "\r\n\r\nGET / HTTP/1.0\r\n\r\n", true, true},
+		{"POST with a body larger than the socket buffers", fmt.Sprintf("POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: %d\r\n\r\n%s", len(body), body), true, true},
+		{"TLS", "\x16\x03\x01\x00\x05hello", false, false},
+		{"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false, false},
+		{"silent", "", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := h.sup.Admissions()["shop"].Refused
+			c, _ := h.dial()
+			go c.Write([]byte(tc.send))
+			// The supervisor takes the connection when the server asks
+			// for one, and refuses it: the server gets nothing.
+			h.command("accept4 " + strconv.Itoa(unix.SOCK_NONBLOCK) + " full")
+			if r := h.result(); r.Ret >= 0 || r.Errno != int(unix.EAGAIN) {
+				t.Errorf("the server's accept got %+v; want EAGAIN: a refused connection never reaches it", r)
+			}
+			c.SetReadDeadline(time.Now().Add(patience))
+			b, err := io.ReadAll(c)
+			got := string(b)
+			if err != nil {
+				t.Fatalf("reading the refusal (got %q): %v; want a clean end of the connection", got, err)
+			}
+			if !tc.wantResponse {
+				if got != "" {
+					t.Errorf("got %q; want the connection closed without a word", got)
+				}
+			} else {
+				head, gotBody, ok := strings.Cut(got, "\r\n\r\n")
+				for _, want := range []string{"HTTP/1.1 508 Resource Limit Is Reached\r\n", "\r\nRetry-After: 7", "\r\nConnection: close", "\r\nContent-Length: "} {
+					if !ok || !strings.Contains(head+"\r\n", want) {
+						t.Errorf("response %q lacks %q", head, want)
+					}
+				}
+				if hasBody := gotBody != ""; hasBody != tc.wantBody {
+					t.Errorf("body %q; want one: %v", gotBody, tc.wantBody)
+				}
+				if tc.wantBody && !strings.Contains(head, "Content-Length: "+strconv.Itoa(len(gotBody))+"\r\n") {
+					t.Errorf("Content-Length in %q does not match the body of %d bytes", head, len(gotBody))
+				}
+			}
+			if n := h.sup.Admissions()["shop"].Refused - before; n != 1 {
+				t.Errorf("refused counter went up by %d; want 1", n)
+			}
+		})
+	}
+}
+
+func TestRequestHead(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		kind   headKind
+		isHead bool
+	}{
+		{"", headNone, false},
+		{"\r\n", headNone, false},
+		{"GE", headPartial, false},
+		{"GET / HTTP/1.1\r\nHost: a\r\n", headPartial, false},
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", headComplete, false},
+		{"GET / HTTP/1.0\n\n", headComplete, false},
+		{"\r\n\r\nHEAD / HTTP/1.1\r\n\r\n", headComplete, true},
+		{"HEAD /x HTTP/1.1\r\n", headPartial, true},
+		{"get / HTTP/1.1\r\n\r\n", notHTTP, false},
+		{"\x16\x03\x01", notHTTP, false},
+		{"PRI * HTTP/2.0\r\n\r\n", notHTTP, false},
+		{"GET /\r\n", notHTTP, false}, // HTTP/0.9
+		{strings.Repeat("A", 40), notHTTP, false},
+	} {
+		kind, isHead := requestHead([]byte(tc.in))
+		if kind != tc.kind || isHead != tc.isHead {
+			t.Errorf("requestHead(%q) = %v, %v; want %v, %v", tc.in, kind, isHead, tc.kind, tc.isHead)
+		}
+	}
+}
+
+func TestRefusalResponse(t *testing.T) {
+	for _, tc := range []struct {
+		status, retry int
+		head          bool
+		want          []string
+		not           []string
+	}{
+		{503, 1, false, []string{"HTTP/1.1 503 Service Unavailable\r\n", "Retry-After: 1\r\n", "Connection: close\r\n", "try again in 1 s"}, nil},
+		{508, 30, false, []string{"HTTP/1.1 508 Resource Limit Is Reached\r\n", "Retry-After: 30\r\n"}, nil},
+		{429, 0, false, []string{"HTTP/1.1 429 Too Many Requests\r\n"}, []string{"Retry-After"}},
+		{599, 1, false, []string{"HTTP/1.1 599 Unavailable\r\n"}, nil},
+		{503, 1, true, []string{"Content-Length: "}, []string{"try again"}},
+	} {
+		got := string(refusalResponse(tc.status, tc.retry, tc.head))
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("refusalResponse(%d, %d, head %v) = %q; lacks %q", tc.status, tc.retry, tc.head, got, w)
+			}
+		}
+		for _, w := range tc.not {
+			if strings.Contains(got, w) {
+				t.Errorf("refusalResponse(%d, %d, head %v) = %q; has %q", tc.status, tc.retry, tc.head, got, w)
+			}
+		}
+		head, body, _ := strings.Cut(got, "\r\n\r\n")
+		if !tc.head && !strings.Contains(head, "Content-Length: "+strconv.Itoa(len(body))+"\r\n") {
+			t.Errorf("refusalResponse(%d...): Content-Length does not match the body %q", tc.status, body)
+		}
+	}
+}
