@@ -52,6 +52,11 @@ type Apache struct {
 //	                  connection's ends as Apache saw them); see ParseWhoami
 //	/cgi-bin/burn?N   keeps a CPU busy for N seconds (default 1), then
 //	                  answers like whoami
+//	/cgi-bin/hold?G   holds its connection open until the test opens the
+//	                  gate G (OpenGate; G is letters, digits and "-"), then
+//	                  answers like whoami; it gives up after 10 minutes.
+//	                  Held counts the CGIs waiting at a gate: requests that
+//	                  are being served at once, in the server's own view
 type ApacheConfig struct {
 	VHosts []VHost
 	// Prefix is put in front of the apache2 command: nil runs it natively,
@@ -100,6 +105,21 @@ end=$(( $(date +%s) + ${QUERY_STRING:-1} ))
 while [ "$(date +%s)" -lt "$end" ]; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; done
 ` + report
 
+// holdCGI waits for its gate, the file G in the scratch directory's gates/
+// (@GATES@ is replaced by that directory), polling: mod_cgi gives a CGI no
+// way to be woken. The poll costs one sleep(1) a fifth of a second per
+// held request.
+const holdCGI = `#!/bin/sh
+case "$QUERY_STRING" in
+''|*[!A-Za-z0-9-]*)
+	printf 'Status: 400 Bad Request\r\nContent-Type: text/plain\r\n\r\nhold: name a gate: /cgi-bin/hold?G, G letters, digits and -\n'
+	exit 0 ;;
+esac
+i=0
+while [ ! -e "@GATES@/$QUERY_STRING" ] && [ $i -lt 3000 ]; do sleep 0.2; i=$((i+1)); done
+printf 'Content-Type: text/plain\r\n\r\n'
+` + report
+
 // StartApache writes the configuration into a fresh directory and starts
 // Apache in the foreground, in a process group of its own (prefork signals
 // its whole group on shutdown). It returns once Apache is up (its error log
@@ -119,7 +139,12 @@ func StartApache(ctx context.Context, cfg ApacheConfig) (_ *Apache, err error) {
 	// The CGIs run as www-data: everything is world-readable, the CGIs
 	// world-executable; logs and the pid file are opened by root before
 	// Apache drops privileges.
-	for name, body := range map[string]string{"cgi-bin/whoami": whoamiCGI, "cgi-bin/burn": burnCGI, "htdocs/index.html": IndexHTML} {
+	gates := filepath.Join(dir, "gates")
+	if err := os.Mkdir(gates, 0o755); err != nil {
+		return nil, err
+	}
+	for name, body := range map[string]string{"cgi-bin/whoami": whoamiCGI, "cgi-bin/burn": burnCGI, "htdocs/index.html": IndexHTML,
+		"cgi-bin/hold": strings.ReplaceAll(holdCGI, "@GATES@", gates)} {
 		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return nil, err
@@ -481,4 +506,49 @@ func (a *Apache) Log() ([]LogEntry, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// OpenGate lets the hold CGIs waiting at gate g answer (within their poll
+// interval, 0.2 s) and any that come later answer at once.
+func (a *Apache) OpenGate(g string) error {
+	if err := os.WriteFile(filepath.Join(a.Dir, "gates", g), nil, 0o644); err != nil {
+		return fmt.Errorf("opening gate %s: %w", g, err)
+	}
+	return nil
+}
+
+// Held counts the hold CGIs of this Apache waiting at gate g (or answering,
+// if it has just been opened): each is a request being served, its
+// connection open in an Apache child.
+func (a *Apache) Held(g string) int {
+	script := []byte(filepath.Join(a.Dir, "cgi-bin", "hold") + "\x00")
+	query := []byte("\x00QUERY_STRING=" + g + "\x00")
+	ppids := map[int]int{}
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		cmdline, err := os.ReadFile(d + "/cmdline")
+		if err != nil || !bytes.Contains(cmdline, script) {
+			continue
+		}
+		environ, err := os.ReadFile(d + "/environ")
+		stat, err2 := os.ReadFile(d + "/stat")
+		if err != nil || err2 != nil || !bytes.Contains(append([]byte{0}, environ...), query) {
+			continue
+		}
+		// pid (comm) state ppid ...
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(d))
+		ppids[pid], _ = strconv.Atoi(f[1])
+	}
+	n := 0
+	for _, ppid := range ppids {
+		// A copy forked to run sleep(1) is not another request.
+		if _, forked := ppids[ppid]; !forked {
+			n++
+		}
+	}
+	return n
 }

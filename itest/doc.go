@@ -30,7 +30,9 @@
 // test if any of its processes outlive it. Its documents: /index.html
 // (IndexHTML), /cgi-bin/whoami (the serving process's PID and cgroups, the
 // CGI's, the connection's ends; ParseWhoami reads it), /cgi-bin/burn?N
-// (keeps a CPU busy N seconds, then answers like whoami). a.Log() reads the
+// (keeps a CPU busy N seconds, then answers like whoami), /cgi-bin/hold?G
+// (holds its request until a.OpenGate(G), then answers like whoami;
+// a.Held(G) counts those waiting: requests served at once). a.Log() reads the
 // access log: vhost, serving PID (%P), status, path, client address and
 // port. a.Stop() sends SIGTERM and returns the exit state; a.Output() is
 // what Apache (and vhqos) printed. StartApache is the same without a test
