@@ -26,6 +26,7 @@ import (
 // acceptCall is one intercepted accept or accept4, waiting to be answered.
 type acceptCall struct {
 	id      uint64
+	tid     int // the calling thread
 	proc    *proc
 	fd      int    // the listening fd in the caller
 	addr    uint64 // caller's sockaddr buffer, or 0
@@ -89,8 +90,10 @@ func (h *heldCount) add(d int64) {
 
 // handleAccept answers the accept (or, is4, accept4) notification n.
 func (s *Supervisor) handleAccept(n *notification, is4 bool) {
+	s.admissions.returned(int(n.Pid))
 	call := acceptCall{
 		id:      n.ID,
+		tid:     int(n.Pid),
 		fd:      int(int32(n.Data.Args[0])),
 		addr:    n.Data.Args[1],
 		addrlen: n.Data.Args[2],
@@ -209,18 +212,26 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 		l.fixed, l.fixedOK = cl.ClassifyListener(l.bound)
 		l.fixedGen = cl.gen
 	}
-	if !l.fixedOK || l.fixed.Admission != nil {
-		// A class with a cap counts each connection it admits, which
-		// takes the connection in hand.
+	if !l.fixedOK {
 		l.mu.Unlock()
 		return false
 	}
 	d := l.fixed
+	if !l.fastNoted {
+		l.fastNoted = true
+		s.admissions.noteFast(l.bound)
+	}
 	if d.DSCP != l.markedDSCP {
 		s.markListener(l, d.DSCP)
 	}
 	if l.drain > 0 {
 		l.drain--
+		l.mu.Unlock()
+		return false
+	}
+	if d.Admission != nil && !s.admissions.reserve(call.tid, call.proc.tgid, call.fd, d) {
+		// Near its cap a class counts each connection it admits, which
+		// takes the connection in hand (admission.go).
 		l.mu.Unlock()
 		return false
 	}

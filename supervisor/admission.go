@@ -1,8 +1,10 @@
 package supervisor
 
 import (
+	"bytes"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -23,6 +25,18 @@ import (
 // each admission, so while it is below the cap the connection is admitted
 // without asking. Only a class at its cap, and every so often the whole
 // record to forget closed connections, costs a walk.
+//
+// On a listener whose address alone decides the class, the accept is left
+// to the kernel (the fast path) while the class is far from its cap: each
+// accept left to the kernel reserves a connection of the class (the thread
+// will take one, now or when a client comes), and a count adds up the
+// class's recorded connections, the connections the kernel accepted on
+// such listeners (by their local address), and the reservations of threads
+// still waiting in accept (their /proc/TID/syscall). Past half the cap
+// every accept is taken in hand again, so that threads the kernel holds in
+// accept never make up more than half of a class's connections; only a cap
+// per client address (the client is known only after accept) always takes
+// the accept in hand.
 
 // Admission is what the supervisor needs to apply a class's caps.
 type Admission struct {
@@ -42,6 +56,14 @@ type Admission struct {
 	RefuseStatus int
 	RetryAfter   int
 }
+
+// recordSlack is how far the record of admitted connections may grow
+// past twice its size at the last count before it is counted again to
+// forget closed connections: each count walks every TCP socket of the
+// namespace (TIME_WAIT remnants included, in the kernel), so it is
+// amortised over thousands of connections, and the record stays a few
+// megabytes at most.
+const recordSlack = 16384
 
 // maxAlternates bounds the chain of alternate classes followed for one
 // connection, in case a classifier hands the supervisor a loop.
@@ -69,11 +91,33 @@ type admissions struct {
 	// record is counted again once it has grown well past it, so that
 	// closed connections are forgotten.
 	recordedAtCount int
-	// count asks the kernel for the cookies of the connections held open.
-	count func(held func(cookie uint64)) error
-	log   *slog.Logger
+	// count asks the kernel for the connections held open.
+	count func(held func(cookie uint64, local netip.AddrPort)) error
+	// reservations are the accepts left to the kernel on a listener of a
+	// capped class whose thread was not seen since, by thread id; reserved
+	// is their number, read without the lock.
+	reservations map[int]reservation
+	reserved     atomic.Int64
+	// fast are the addresses of listeners whose accepts were ever left to
+	// the kernel: a connection to one of them that vhqos never recorded
+	// is counted as its address's class (classify says which).
+	fast     map[netip.AddrPort]struct{}
+	classify func(bound netip.AddrPort) (Decision, bool)
+	// waiting reads whether a thread still waits in an accept on fd (a
+	// thread in its accept, running, or runnable, may still take a
+	// connection); tests replace it.
+	waiting func(tgid, tid, fd int) bool
+	// sinceCount counts admissions since the last count.
+	sinceCount int
+	log        *slog.Logger
 	// countFailed limits the log of failed counts to a line per 10 s.
 	countFailed rateLimit
+}
+
+// reservation is an accept left to the kernel for a capped class.
+type reservation struct {
+	class    *classCount
+	tgid, fd int
 }
 
 type admittedConn struct {
@@ -90,6 +134,10 @@ type classCount struct {
 	perIP map[netip.Addr]int
 
 	admitted, alternate, refused atomic.Uint64
+	// reportedAdmitted is the most stats returned as admitted: a
+	// reservation counts as admitted when made, and is taken off while
+	// its thread still waits, so the figure is held from going down.
+	reportedAdmitted uint64
 
 	// overLog summarises over-limit decisions in one log line per 10 s.
 	overLog           rateLimit
@@ -98,13 +146,87 @@ type classCount struct {
 	lastMax, lastMaxP int
 }
 
-func newAdmissions(log *slog.Logger) *admissions {
+func newAdmissions(log *slog.Logger, classify func(netip.AddrPort) (Decision, bool)) *admissions {
 	return &admissions{
-		classes: map[string]*classCount{},
-		conns:   map[uint64]admittedConn{},
-		count:   liveConnectionCookies,
-		log:     log,
+		classes:      map[string]*classCount{},
+		conns:        map[uint64]admittedConn{},
+		reservations: map[int]reservation{},
+		fast:         map[netip.AddrPort]struct{}{},
+		count:        liveConnectionCookies,
+		classify:     classify,
+		waiting:      waitsInAccept,
+		log:          log,
 	}
+}
+
+// waitsInAccept reports whether thread tid of process tgid may still take a
+// connection from the accept it was left to make on fd: it is in an accept
+// on fd, or running (/proc shows no system call of a thread on a CPU or
+// about to run, which may be its way into the accept).
+func waitsInAccept(tgid, tid, fd int) bool {
+	b, err := os.ReadFile(taskSyscallPath(tgid, tid))
+	if err != nil {
+		return false // gone
+	}
+	if bytes.HasPrefix(b, []byte("running")) {
+		return true
+	}
+	got, ok := parseAcceptFd(b)
+	return ok && got == fd
+}
+
+// noteFast remembers that accepts on a listener bound to bound are left to
+// the kernel: connections to it may exist that vhqos never saw.
+func (a *admissions) noteFast(bound netip.AddrPort) {
+	a.mu.Lock()
+	a.fast[netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())] = struct{}{}
+	a.mu.Unlock()
+}
+
+// reserve decides whether thread tid of process tgid may make its accept on
+// fd (a listener of class d, which has a cap) in the kernel: while the
+// class has less than half its cap, counting this one. It then records the
+// reservation and counts it as admitted.
+func (a *admissions) reserve(tid, tgid, fd int, d Decision) bool {
+	adm := d.Admission
+	if adm.MaxConnectionsPerIP > 0 {
+		return false
+	}
+	half := adm.MaxConnections / 2
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cc := a.class(d.Group)
+	cc.lastMax, cc.lastMaxP = adm.MaxConnections, adm.MaxConnectionsPerIP
+	if cc.open+1 > half {
+		// A count costs a walk of the kernel's sockets: one per quarter
+		// of the cap's admissions at most, so that a class hovering at
+		// half its cap does not walk for every accept.
+		if a.sinceCount < max(1, adm.MaxConnections/4) {
+			return false
+		}
+		if err := a.recount(0); err != nil || cc.open+1 > half {
+			return false
+		}
+	}
+	cc.open++
+	cc.admitted.Add(1)
+	a.sinceCount++
+	a.reservations[tid] = reservation{class: cc, tgid: tgid, fd: fd}
+	a.reserved.Store(int64(len(a.reservations)))
+	return true
+}
+
+// returned is told that thread tid made a new call: an accept left to the
+// kernel for it is over (its connection, if it took one, is counted from
+// now on as one the kernel accepted).
+func (a *admissions) returned(tid int) {
+	if a.reserved.Load() == 0 {
+		return
+	}
+	a.mu.Lock()
+	delete(a.reservations, tid)
+	a.reserved.Store(int64(len(a.reservations)))
+	a.mu.Unlock()
 }
 
 // clientKey is what max_connections_per_ip counts by: an IPv4 address
@@ -139,10 +261,11 @@ func (a *admissions) tryAdmit(group string, adm *Admission, cookie uint64, clien
 	defer a.mu.Unlock()
 	cc := a.class(group)
 	cc.lastMax, cc.lastMaxP = adm.MaxConnections, adm.MaxConnectionsPerIP
+	a.sinceCount++
 	if over(cc, adm, key) {
 		// The figures are upper bounds: only the kernel can say whether
 		// connections closed since the last count make room.
-		if err := a.recount(); err != nil {
+		if err := a.recount(cookie); err != nil {
 			if a.countFailed.Allow() {
 				a.log.Warn("counting open connections for max_connections; admitting", "err", err)
 			}
@@ -156,8 +279,8 @@ func (a *admissions) tryAdmit(group string, adm *Admission, cookie uint64, clien
 	cc.perIP[key]++
 	cc.admitted.Add(1)
 	a.conns[cookie] = admittedConn{class: cc, client: key}
-	if len(a.conns) > 2*a.recordedAtCount+1024 {
-		if err := a.recount(); err != nil && a.countFailed.Allow() {
+	if len(a.conns) > 2*a.recordedAtCount+recordSlack {
+		if err := a.recount(0); err != nil && a.countFailed.Allow() {
 			a.log.Warn("counting open connections for max_connections", "err", err)
 		}
 	}
@@ -197,21 +320,46 @@ func (a *admissions) groupOf(cookie uint64) (string, bool) {
 }
 
 // recount asks the kernel which recorded connections are still open,
-// forgets the others, and sets every class's figures to the exact count.
-// Called with a.mu held.
-func (a *admissions) recount() error {
+// forgets the others, and sets every class's figures to the exact count:
+// its recorded connections, the ones the kernel accepted on listeners left
+// to it (by their address's class), and its reservations whose thread
+// still waits in accept. deciding is the cookie of a connection being
+// decided, not to be counted (0: none). Called with a.mu held.
+func (a *admissions) recount(deciding uint64) error {
+	a.sinceCount = 0
+	for tid, r := range a.reservations {
+		if !a.waiting(r.tgid, tid, r.fd) {
+			delete(a.reservations, tid)
+		}
+	}
+	a.reserved.Store(int64(len(a.reservations)))
+	for _, cc := range a.classes {
+		cc.open = 0
+		clear(cc.perIP)
+	}
+	if len(a.conns) == 0 && len(a.fast) == 0 {
+		// Nothing recorded, nothing the kernel accepted: a table without
+		// caps never walks the kernel's sockets.
+		a.recordedAtCount = 0
+		a.addReservations()
+		return nil
+	}
 	live := make(map[uint64]struct{}, len(a.conns))
-	err := a.count(func(cookie uint64) {
+	kernel := map[string]int{}
+	err := a.count(func(cookie uint64, local netip.AddrPort) {
 		if _, ok := a.conns[cookie]; ok {
 			live[cookie] = struct{}{}
+			return
+		}
+		if _, ok := a.fast[local]; !ok || cookie == deciding {
+			return
+		}
+		if d, ok := a.classify(local); ok && d.Admission != nil {
+			kernel[d.Group]++
 		}
 	})
 	if err != nil {
 		return err
-	}
-	for _, cc := range a.classes {
-		cc.open = 0
-		clear(cc.perIP)
 	}
 	for cookie, ac := range a.conns {
 		if _, ok := live[cookie]; !ok {
@@ -221,20 +369,44 @@ func (a *admissions) recount() error {
 		ac.class.open++
 		ac.class.perIP[ac.client]++
 	}
+	for group, n := range kernel {
+		a.class(group).open += n
+	}
+	a.addReservations()
 	a.recordedAtCount = len(a.conns)
 	return nil
+}
+
+// addReservations adds the reservations to their classes' figures.
+// Called with a.mu held.
+func (a *admissions) addReservations() {
+	for _, r := range a.reservations {
+		r.class.open++
+	}
 }
 
 // stats returns every class's counters, with Open counted exactly.
 func (a *admissions) stats() map[string]AdmissionStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.recount(); err != nil && a.countFailed.Allow() {
+	if err := a.recount(0); err != nil && a.countFailed.Allow() {
 		a.log.Warn("counting open connections for max_connections", "err", err)
+	}
+	waiting := map[*classCount]uint64{}
+	for _, r := range a.reservations {
+		waiting[r.class]++
 	}
 	out := make(map[string]AdmissionStats, len(a.classes))
 	for group, cc := range a.classes {
-		out[group] = AdmissionStats{Open: cc.open, Admitted: cc.admitted.Load(), Alternate: cc.alternate.Load(), Refused: cc.refused.Load()}
+		// A thread still waiting in an accept left to the kernel holds
+		// a place, but no client was admitted yet.
+		admitted := cc.admitted.Load()
+		admitted -= min(admitted, waiting[cc])
+		cc.reportedAdmitted = max(cc.reportedAdmitted, admitted)
+		out[group] = AdmissionStats{
+			Open:     cc.open - int(waiting[cc]),
+			Admitted: cc.reportedAdmitted, Alternate: cc.alternate.Load(), Refused: cc.refused.Load(),
+		}
 	}
 	return out
 }
@@ -279,9 +451,14 @@ func (s *Supervisor) admit(c *conn, d Decision) (Decision, *Admission) {
 		return d, nil
 	}
 	peer, _ := addrPortOf(&c.peer)
-	for range maxAlternates {
+	for step := range maxAlternates {
 		adm := d.Admission
 		if adm == nil {
+			if step > 0 {
+				// Recorded, though uncapped, so that a count does not
+				// take it for a connection of its listener's class.
+				s.admissions.record(d.Group, cookie, peer.Addr())
+			}
 			return d, nil
 		}
 		if s.admissions.tryAdmit(d.Group, adm, cookie, peer.Addr()) {

@@ -25,29 +25,42 @@ func TestClientKey(t *testing.T) {
 	}
 }
 
-// fakeKernel stands for sock_diag in the admission record's tests: it
-// holds the cookies of the connections "still open" and counts how often
-// it was asked.
+// fakeKernel stands for sock_diag and /proc in the admission record's
+// tests: it holds the cookies of the connections "still open", the local
+// addresses of the ones the kernel accepted itself, the threads still
+// waiting in an accept, and counts how often it was asked.
 type fakeKernel struct {
-	open  map[uint64]bool
-	asked int
-	fail  error
+	open     map[uint64]bool
+	accepted map[uint64]netip.AddrPort // by cookie: accepted by the kernel, never recorded
+	waiting  map[int]bool              // by tid
+	asked    int
+	fail     error
 }
 
-func (k *fakeKernel) count(held func(uint64)) error {
+func (k *fakeKernel) count(held func(uint64, netip.AddrPort)) error {
 	k.asked++
 	if k.fail != nil {
 		return k.fail
 	}
 	for c := range k.open {
-		held(c)
+		held(c, netip.MustParseAddrPort("192.0.2.99:80"))
+	}
+	for c, local := range k.accepted {
+		held(c, local)
 	}
 	return nil
 }
 
-func newTestAdmissions(k *fakeKernel) *admissions {
-	a := newAdmissions(slog.New(slog.DiscardHandler))
+// fastShop is the address of a listener whose address decides its class,
+// shop, in these tests.
+var fastShop = netip.MustParseAddrPort("192.0.2.10:80")
+
+func newTestAdmissions(k *fakeKernel, shop Decision) *admissions {
+	a := newAdmissions(slog.New(slog.DiscardHandler), func(bound netip.AddrPort) (Decision, bool) {
+		return shop, bound == fastShop
+	})
 	a.count = k.count
+	a.waiting = func(_, tid, _ int) bool { return k.waiting[tid] }
 	return a
 }
 
@@ -55,8 +68,8 @@ func newTestAdmissions(k *fakeKernel) *admissions {
 // answer decides: closed connections make room, open ones do not.
 func TestAdmissionAsksTheKernelOnlyAtTheCap(t *testing.T) {
 	k := &fakeKernel{open: map[uint64]bool{}}
-	a := newTestAdmissions(k)
 	adm := &Admission{MaxConnections: 3}
+	a := newTestAdmissions(k, Decision{Group: "shop", Admission: adm})
 	client := netip.MustParseAddr("192.0.2.1")
 	for cookie := uint64(1); cookie <= 3; cookie++ {
 		if !a.tryAdmit("shop", adm, cookie, client) {
@@ -85,8 +98,8 @@ func TestAdmissionAsksTheKernelOnlyAtTheCap(t *testing.T) {
 
 func TestAdmissionPerClient(t *testing.T) {
 	k := &fakeKernel{open: map[uint64]bool{}}
-	a := newTestAdmissions(k)
 	adm := &Admission{MaxConnectionsPerIP: 1}
+	a := newTestAdmissions(k, Decision{Group: "shop", Admission: adm})
 	for i, tc := range []struct {
 		client string
 		want   bool
@@ -113,8 +126,8 @@ func TestAdmissionPerClient(t *testing.T) {
 // When the kernel cannot be asked, the cap is not a reason to refuse.
 func TestAdmissionFailsOpen(t *testing.T) {
 	k := &fakeKernel{open: map[uint64]bool{1: true}, fail: errors.New("sock_diag unavailable")}
-	a := newTestAdmissions(k)
 	adm := &Admission{MaxConnections: 1}
+	a := newTestAdmissions(k, Decision{Group: "shop", Admission: adm})
 	client := netip.MustParseAddr("192.0.2.1")
 	if !a.tryAdmit("shop", adm, 1, client) || !a.tryAdmit("shop", adm, 2, client) {
 		t.Error("a connection was refused on a guess while the kernel could not be asked")
@@ -125,8 +138,8 @@ func TestAdmissionFailsOpen(t *testing.T) {
 // reaches its cap does not keep every connection it ever admitted.
 func TestAdmissionRecordStaysBounded(t *testing.T) {
 	k := &fakeKernel{open: map[uint64]bool{}}
-	a := newTestAdmissions(k)
 	adm := &Admission{MaxConnections: 1 << 20}
+	a := newTestAdmissions(k, Decision{Group: "shop", Admission: adm})
 	client := netip.MustParseAddr("192.0.2.1")
 	for cookie := uint64(1); cookie <= 100_000; cookie++ {
 		if !a.tryAdmit("shop", adm, cookie, client) {
@@ -134,10 +147,10 @@ func TestAdmissionRecordStaysBounded(t *testing.T) {
 		}
 		// Each connection closes before the next comes.
 	}
-	if n := len(a.conns); n > 2048 {
+	if n := len(a.conns); n > recordSlack+1 {
 		t.Errorf("after 100000 connections that all closed the record holds %d", n)
 	}
-	if k.asked > 200 {
+	if k.asked > 100_000/recordSlack+1 {
 		t.Errorf("the kernel was asked %d times for 100000 connections; the count should be amortised", k.asked)
 	}
 }
@@ -203,8 +216,8 @@ func TestAdmissionCapSendsToAlternate(t *testing.T) {
 	if st := h.sup.Admissions()["shop"]; st.Open != 2 || st.Admitted != 2 || st.Alternate != 1 || st.Refused != 0 {
 		t.Errorf("shop's admission counters %+v; want 2 open, 2 admitted, 1 alternate", st)
 	}
-	if n := h.sup.Stats().Continued.Load(); n != 0 {
-		t.Errorf("%d accepts were left to the kernel on a capped listener; each must be counted", n)
+	if n := h.sup.Stats().Continued.Load(); n > 1 {
+		t.Errorf("%d accepts were left to the kernel on a listener with a cap of 2; at most half the cap may be", n)
 	}
 	h.command("close " + strconv.Itoa(kept[0].Ret))
 	if l := h.line(); l != "ok" {
@@ -231,5 +244,63 @@ func TestAdmissionPerClientOnRealConnections(t *testing.T) {
 		if r := h.keep(); r.TOS != tc.want.DSCP<<2 {
 			t.Errorf("from %s: TOS %#x; want %s's (DSCP %d)", tc.from, r.TOS, tc.want.Group, tc.want.DSCP)
 		}
+	}
+}
+
+// With nothing recorded (no class has a cap, or none admitted anything),
+// status asks the kernel nothing.
+func TestAdmissionStatsWithoutCapsAskNothing(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}}
+	a := newTestAdmissions(k, Decision{Group: "shop"})
+	if st := a.stats(); len(st) != 0 || k.asked != 0 {
+		t.Errorf("stats %v, kernel asked %d times; want none and 0", st, k.asked)
+	}
+}
+
+// Accepts left to the kernel reserve a connection each, up to half the
+// cap; the count then sees the connections the kernel accepted (by their
+// listener's address) and the threads still waiting, and makes room only
+// for connections the server closed.
+func TestAdmissionReservations(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}, accepted: map[uint64]netip.AddrPort{}, waiting: map[int]bool{}}
+	shop := Decision{Group: "shop", Admission: &Admission{MaxConnections: 8}}
+	a := newTestAdmissions(k, shop)
+	a.noteFast(fastShop)
+	for tid := 1; tid <= 4; tid++ {
+		if !a.reserve(tid, 100, 3, shop) {
+			t.Fatalf("reservation %d of a cap of 8 refused", tid)
+		}
+		k.waiting[tid] = true
+	}
+	if a.reserve(5, 100, 3, shop) {
+		t.Fatal("a 5th thread was left to the kernel under a cap of 8: more than half")
+	}
+	// Threads 1 and 2 took a connection each and came back for more.
+	for tid, cookie := range map[int]uint64{1: 101, 2: 102} {
+		k.accepted[cookie] = fastShop
+		delete(k.waiting, tid)
+		a.returned(tid)
+	}
+	if a.reserve(5, 100, 3, shop) {
+		t.Fatal("left to the kernel while 2 connections and 2 waiting threads hold half the cap")
+	}
+	if st := a.stats()["shop"]; st.Open != 2 || st.Admitted != 2 {
+		t.Errorf("stats %+v; want 2 open (the kernel's), 2 admitted (threads still waiting are not)", st)
+	}
+	// The server closed one; emulated admissions fill the rest of the cap.
+	delete(k.accepted, 101)
+	client := netip.MustParseAddr("192.0.2.1")
+	admitted := 0
+	for cookie := uint64(1); cookie <= 10; cookie++ {
+		if a.tryAdmit("shop", shop.Admission, cookie, client) {
+			k.open[cookie] = true
+			admitted++
+		}
+	}
+	if admitted != 5 {
+		t.Errorf("%d admitted beside 1 kernel connection and 2 waiting threads under a cap of 8; want 5", admitted)
+	}
+	if a.reserve(6, 100, 3, Decision{Group: "blog", Admission: &Admission{MaxConnections: 100, MaxConnectionsPerIP: 5}}) {
+		t.Error("a class with a cap per client was left to the kernel, which cannot tell clients apart before accept")
 	}
 }

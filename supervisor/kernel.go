@@ -278,6 +278,12 @@ func blockedAcceptFd(path string) (int, bool) {
 	if err != nil {
 		return 0, false
 	}
+	return parseAcceptFd(b)
+}
+
+// parseAcceptFd reads the contents of /proc/.../syscall and returns the fd
+// of the accept or accept4 the thread is in.
+func parseAcceptFd(b []byte) (int, bool) {
 	f := bytes.Fields(b)
 	if len(f) < 2 {
 		return 0, false

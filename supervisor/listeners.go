@@ -61,6 +61,9 @@ type listener struct {
 	// listenerTable.remembered): the socket keeps its mark and its blocked
 	// accepts when the supervisor's copy goes.
 	continued bool
+	// fastNoted says the admission record knows that accepts on this
+	// socket are left to the kernel.
+	fastNoted bool
 	// bell is the supervisor's own connection, queued on the listener to
 	// make it readable for a server that polls before it accepts, after a
 	// connection went to the stash (the kernel's queue no longer shows

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"syscall"
 	"unsafe"
 
@@ -27,15 +28,15 @@ func liveSocketInodes() (map[uint64]bool, error) {
 	return live, err
 }
 
-// liveConnectionCookies calls held with the cookie (SO_COOKIE) of every
-// TCP connection of this network namespace that some process still holds
-// open: established, or closed by the client but not yet by the server.
-// Listeners and the kernel's remnants of closed connections are left out
-// by the kernel itself.
-func liveConnectionCookies(held func(cookie uint64)) error {
+// liveConnectionCookies calls held with the cookie (SO_COOKIE) and the
+// local address of every TCP connection of this network namespace that
+// some process still holds open: established, or closed by the client but
+// not yet by the server. Listeners and the kernel's remnants of closed
+// connections are left out by the kernel itself.
+func liveConnectionCookies(held func(cookie uint64, local netip.AddrPort)) error {
 	return eachTCPSocket(heldConnectionStates, func(m diagMsg) {
 		if m.inode() != 0 {
-			held(m.cookie())
+			held(m.cookie(), m.local())
 		}
 	})
 }
@@ -58,12 +59,24 @@ type diagMsg []byte
 
 const (
 	sockDiagByFamily  = 20 // SOCK_DIAG_BY_FAMILY
+	inetDiagSportOff  = 4  // idiag_sport in struct inet_diag_msg's id
+	inetDiagSrcOff    = 8  // idiag_src[4]
 	inetDiagCookieOff = 44 // idiag_cookie[2] in struct inet_diag_msg's id
 	inetDiagInodeOff  = 68 // idiag_inode
 	inetDiagMsgMinLen = 72
 )
 
 func (m diagMsg) inode() uint32 { return binary.NativeEndian.Uint32(m[inetDiagInodeOff:]) }
+
+// local is the socket's own address (idiag_src, idiag_sport, in network
+// byte order), IPv4 also when an IPv6 socket carries it (v4-mapped).
+func (m diagMsg) local() netip.AddrPort {
+	port := binary.BigEndian.Uint16(m[inetDiagSportOff:])
+	if m[0] == unix.AF_INET {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(m[inetDiagSrcOff:inetDiagSrcOff+4])), port)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16([16]byte(m[inetDiagSrcOff:inetDiagSrcOff+16])).Unmap(), port)
+}
 
 // cookie joins idiag_cookie's two halves, low word first, as
 // sock_diag_save_cookie stores them.

@@ -172,7 +172,9 @@ func New(opts Options) (*Supervisor, error) {
 		inFlight:  opts.InFlight,
 	}
 	s.stale = func(id uint64) bool { return !idValid(s.notifyFd, id) }
-	s.admissions = newAdmissions(log)
+	s.admissions = newAdmissions(log, func(bound netip.AddrPort) (Decision, bool) {
+		return s.classifier.Load().ClassifyListener(bound)
+	})
 	s.held.table = opts.InFlight
 	if err := syncWakeUp(s.notifyFd); err != nil {
 		log.Debug("synchronous wake-up of the supervisor is not available (Linux 6.6+)", "err", err)
