@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -40,6 +41,10 @@ import (
 
 // Admission is what the supervisor needs to apply a class's caps.
 type Admission struct {
+	// Name is the class's name as the operator knows it (a vhost's
+	// name, or "default"), and OverLimit the name of its alternate or
+	// "refuse", for the log.
+	Name, OverLimit string
 	// MaxConnections caps the connections of the class open at once; 0
 	// means no cap.
 	MaxConnections int
@@ -103,10 +108,10 @@ type admissions struct {
 	// is counted as its address's class (classify says which).
 	fast     map[netip.AddrPort]struct{}
 	classify func(bound netip.AddrPort) (Decision, bool)
-	// waiting reads whether a thread still waits in an accept on fd (a
-	// thread in its accept, running, or runnable, may still take a
-	// connection); tests replace it.
-	waiting func(tgid, tid, fd int) bool
+	// waiting reads whether a thread still waits in an accept on fd, or
+	// runs (/proc shows no system call of a thread on a CPU or runnable);
+	// tests replace it.
+	waiting func(tgid, tid, fd int) (inAccept, running bool)
 	// sinceCount counts admissions since the last count.
 	sinceCount int
 	log        *slog.Logger
@@ -118,7 +123,13 @@ type admissions struct {
 type reservation struct {
 	class    *classCount
 	tgid, fd int
+	made     time.Time
 }
+
+// runningToAccept is how long after its accept was left to the kernel a
+// thread seen running is taken to be still on its way into the accept; a
+// thread running later is serving the connection it took.
+const runningToAccept = 100 * time.Millisecond
 
 type admittedConn struct {
 	class  *classCount
@@ -159,20 +170,20 @@ func newAdmissions(log *slog.Logger, classify func(netip.AddrPort) (Decision, bo
 	}
 }
 
-// waitsInAccept reports whether thread tid of process tgid may still take a
-// connection from the accept it was left to make on fd: it is in an accept
-// on fd, or running (/proc shows no system call of a thread on a CPU or
-// about to run, which may be its way into the accept).
-func waitsInAccept(tgid, tid, fd int) bool {
+// waitsInAccept reads /proc/TGID/task/TID/syscall: whether the thread is
+// in an accept on fd, or running (the kernel shows no system call for a
+// thread on a CPU or about to run: it may be on its way into the accept,
+// or serving what it took). A thread that is gone is neither.
+func waitsInAccept(tgid, tid, fd int) (inAccept, running bool) {
 	b, err := os.ReadFile(taskSyscallPath(tgid, tid))
 	if err != nil {
-		return false // gone
+		return false, false
 	}
 	if bytes.HasPrefix(b, []byte("running")) {
-		return true
+		return false, true
 	}
 	got, ok := parseAcceptFd(b)
-	return ok && got == fd
+	return ok && got == fd, false
 }
 
 // noteFast remembers that accepts on a listener bound to bound are left to
@@ -211,7 +222,7 @@ func (a *admissions) reserve(tid, tgid, fd int, d Decision) bool {
 	cc.open++
 	cc.admitted.Add(1)
 	a.sinceCount++
-	a.reservations[tid] = reservation{class: cc, tgid: tgid, fd: fd}
+	a.reservations[tid] = reservation{class: cc, tgid: tgid, fd: fd, made: time.Now()}
 	a.reserved.Store(int64(len(a.reservations)))
 	return true
 }
@@ -327,8 +338,10 @@ func (a *admissions) groupOf(cookie uint64) (string, bool) {
 // decided, not to be counted (0: none). Called with a.mu held.
 func (a *admissions) recount(deciding uint64) error {
 	a.sinceCount = 0
+	now := time.Now()
 	for tid, r := range a.reservations {
-		if !a.waiting(r.tgid, tid, r.fd) {
+		inAccept, running := a.waiting(r.tgid, tid, r.fd)
+		if !inAccept && !(running && now.Sub(r.made) < runningToAccept) {
 			delete(a.reservations, tid)
 		}
 	}
@@ -413,7 +426,7 @@ func (a *admissions) stats() map[string]AdmissionStats {
 
 // overLimit counts a connection over a cap of group's class and logs a
 // summary at most once per 10 s per class.
-func (a *admissions) overLimit(group string, refused bool, next string) {
+func (a *admissions) overLimit(group, name string, refused bool, next string) {
 	a.mu.Lock()
 	cc := a.class(group)
 	if refused {
@@ -431,7 +444,7 @@ func (a *admissions) overLimit(group string, refused bool, next string) {
 	cc.overAlternate, cc.overRefused = 0, 0
 	maxConns, maxPerIP := cc.lastMax, cc.lastMaxP
 	a.mu.Unlock()
-	a.log.Warn("connections over a vhost's cap", "group", group, "max_connections", maxConns,
+	a.log.Warn("connections over a vhost's cap", "vhost", name, "max_connections", maxConns,
 		"max_connections_per_ip", maxPerIP, "sent_to_alternate", alt, "alternate", next, "refused", ref)
 }
 
@@ -465,10 +478,10 @@ func (s *Supervisor) admit(c *conn, d Decision) (Decision, *Admission) {
 			return d, nil
 		}
 		if adm.Alternate == nil {
-			s.admissions.overLimit(d.Group, true, "")
+			s.admissions.overLimit(d.Group, adm.Name, true, "")
 			return d, adm
 		}
-		s.admissions.overLimit(d.Group, false, adm.Alternate.Group)
+		s.admissions.overLimit(d.Group, adm.Name, false, adm.OverLimit)
 		d = *adm.Alternate
 	}
 	return d, nil

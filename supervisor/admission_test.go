@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -33,6 +34,7 @@ type fakeKernel struct {
 	open     map[uint64]bool
 	accepted map[uint64]netip.AddrPort // by cookie: accepted by the kernel, never recorded
 	waiting  map[int]bool              // by tid
+	running  map[int]bool              // by tid: on a CPU or runnable
 	asked    int
 	fail     error
 }
@@ -60,7 +62,7 @@ func newTestAdmissions(k *fakeKernel, shop Decision) *admissions {
 		return shop, bound == fastShop
 	})
 	a.count = k.count
-	a.waiting = func(_, tid, _ int) bool { return k.waiting[tid] }
+	a.waiting = func(_, tid, _ int) (bool, bool) { return k.waiting[tid], k.running[tid] }
 	return a
 }
 
@@ -303,4 +305,68 @@ func TestAdmissionReservations(t *testing.T) {
 	if a.reserve(6, 100, 3, Decision{Group: "blog", Admission: &Admission{MaxConnections: 100, MaxConnectionsPerIP: 5}}) {
 		t.Error("a class with a cap per client was left to the kernel, which cannot tell clients apart before accept")
 	}
+}
+
+// A thread seen running just after its accept was left to the kernel may
+// be on its way into it and keeps its place; one running long after is
+// serving what it took, which the count sees as a connection.
+func TestAdmissionReservationOfARunningThread(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}, accepted: map[uint64]netip.AddrPort{}, running: map[int]bool{1: true}}
+	shop := Decision{Group: "shop", Admission: &Admission{MaxConnections: 2}}
+	a := newTestAdmissions(k, shop)
+	a.noteFast(fastShop)
+	if !a.reserve(1, 100, 3, shop) {
+		t.Fatal("the first accept of a cap of 2 was not left to the kernel")
+	}
+	client := netip.MustParseAddr("192.0.2.1")
+	if !a.tryAdmit("shop", shop.Admission, 10, client) {
+		t.Fatal("refused beside one reservation under a cap of 2")
+	}
+	k.open[10] = true
+	if a.tryAdmit("shop", shop.Admission, 11, client) {
+		t.Fatal("admitted a third while a thread that just got its accept runs")
+	}
+	// Long after, the running thread took a connection and serves it.
+	r := a.reservations[1]
+	r.made = r.made.Add(-time.Second)
+	a.reservations[1] = r
+	k.accepted[20] = fastShop
+	if a.tryAdmit("shop", shop.Admission, 12, client) {
+		t.Fatal("admitted a third beside the connection the running thread serves")
+	}
+	if st := a.stats()["shop"]; st.Open != 2 {
+		t.Errorf("stats %+v; want 2 open, counted once each", st)
+	}
+	delete(k.accepted, 20)
+	if !a.tryAdmit("shop", shop.Admission, 13, client) {
+		t.Fatal("refused after the running thread's connection closed")
+	}
+}
+
+// Over-limit decisions are logged as a summary: the first at once, then at
+// most one line per 10 s per vhost with what happened since.
+func TestAdmissionOverLimitLog(t *testing.T) {
+	var lines []string
+	a := newAdmissions(slog.New(slog.NewTextHandler(lineWriter(func(l string) { lines = append(lines, l) }), nil)), nil)
+	for range 50 {
+		a.overLimit("vhost-shop", "shop", false, "default")
+	}
+	a.overLimit("vhost-blog", "blog", true, "")
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines for 51 decisions over the caps of 2 vhosts; want one per vhost:\n%s", len(lines), strings.Join(lines, ""))
+	}
+	// 10 s later (the limiter's clock moved back), the rest of shop's.
+	a.classes["vhost-shop"].overLog.last.Store(time.Now().Add(-11 * time.Second).UnixNano())
+	a.overLimit("vhost-shop", "shop", true, "")
+	if len(lines) != 3 || !strings.Contains(lines[2], "vhost=shop") || !strings.Contains(lines[2], "sent_to_alternate=49") || !strings.Contains(lines[2], "refused=1") {
+		t.Errorf("summary after 10 s: %q; want shop's 49 sent to the alternate and 1 refused since the first line", lines[len(lines)-1])
+	}
+}
+
+// lineWriter hands each write (a log line) to f.
+type lineWriter func(string)
+
+func (w lineWriter) Write(b []byte) (int, error) {
+	w(string(b))
+	return len(b), nil
 }

@@ -207,6 +207,8 @@ func newTableClassifier(t *policy.Table) tableClassifier {
 			continue
 		}
 		adm := &supervisor.Admission{
+			Name:           class.Name,
+			OverLimit:      a.OverLimit,
 			MaxConnections: a.MaxConnections, MaxConnectionsPerIP: a.MaxConnectionsPerIP,
 			RefuseStatus: a.RefuseStatus, RetryAfter: a.RetryAfter,
 		}
