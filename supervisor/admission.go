@@ -112,8 +112,11 @@ type admissions struct {
 	// runs (/proc shows no system call of a thread on a CPU or runnable);
 	// tests replace it.
 	waiting func(tgid, tid, fd int) (inAccept, running bool)
-	// sinceCount counts admissions since the last count.
+	// sinceCount counts admissions since the last count; uncounted says
+	// a listener was noted whose connections no count has seen yet (it
+	// may have made them before this supervisor started).
 	sinceCount int
+	uncounted  bool
 	log        *slog.Logger
 	// countFailed limits the log of failed counts to a line per 10 s.
 	countFailed rateLimit
@@ -189,8 +192,12 @@ func waitsInAccept(tgid, tid, fd int) (inAccept, running bool) {
 // noteFast remembers that accepts on a listener bound to bound are left to
 // the kernel: connections to it may exist that vhqos never saw.
 func (a *admissions) noteFast(bound netip.AddrPort) {
+	ap := netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
 	a.mu.Lock()
-	a.fast[netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())] = struct{}{}
+	if _, ok := a.fast[ap]; !ok {
+		a.fast[ap] = struct{}{}
+		a.uncounted = true
+	}
 	a.mu.Unlock()
 }
 
@@ -208,6 +215,9 @@ func (a *admissions) reserve(tid, tgid, fd int, d Decision) bool {
 	defer a.mu.Unlock()
 	cc := a.class(d.Group)
 	cc.lastMax, cc.lastMaxP = adm.MaxConnections, adm.MaxConnectionsPerIP
+	if a.uncounted && a.recount(0) != nil {
+		return false
+	}
 	if cc.open+1 > half {
 		// A count costs a walk of the kernel's sockets: one per quarter
 		// of the cap's admissions at most, so that a class hovering at
@@ -273,6 +283,9 @@ func (a *admissions) tryAdmit(group string, adm *Admission, cookie uint64, clien
 	cc := a.class(group)
 	cc.lastMax, cc.lastMaxP = adm.MaxConnections, adm.MaxConnectionsPerIP
 	a.sinceCount++
+	if a.uncounted {
+		a.recount(cookie)
+	}
 	if over(cc, adm, key) {
 		// The figures are upper bounds: only the kernel can say whether
 		// connections closed since the last count make room.
@@ -355,6 +368,7 @@ func (a *admissions) recount(deciding uint64) error {
 		// caps never walks the kernel's sockets.
 		a.recordedAtCount = 0
 		a.addReservations()
+		a.uncounted = false
 		return nil
 	}
 	live := make(map[uint64]struct{}, len(a.conns))
@@ -387,6 +401,7 @@ func (a *admissions) recount(deciding uint64) error {
 	}
 	a.addReservations()
 	a.recordedAtCount = len(a.conns)
+	a.uncounted = false
 	return nil
 }
 
@@ -529,4 +544,84 @@ func (s *Supervisor) servedBy(fd int, d Decision) Decision {
 	}
 	s.admissions.record(d.Group, cookie, peer)
 	return d
+}
+
+// AdmissionRecord is the admission record as a supervisor hands it to its
+// successor (Handoff), so that caps hold across vhqos upgrade: the
+// connections it admitted, the accepts it left to the kernel whose threads
+// were not seen since, the listeners it left accepts on, and the counters.
+type AdmissionRecord struct {
+	Conns        []RecordedConn        `json:"conns,omitempty"`
+	Reservations []RecordedReservation `json:"reservations,omitempty"`
+	Fast         []netip.AddrPort      `json:"fast,omitempty"`
+	// Counts are admitted, sent to the alternate and refused, by group.
+	Counts map[string][3]uint64 `json:"counts,omitempty"`
+}
+
+// RecordedConn is an admitted connection: its socket cookie, the group of
+// the class serving it and the client key it counts under.
+type RecordedConn struct {
+	Cookie uint64     `json:"cookie"`
+	Group  string     `json:"group"`
+	Client netip.Addr `json:"client"`
+}
+
+// RecordedReservation is an accept left to the kernel for a class.
+type RecordedReservation struct {
+	Tid, Tgid, Fd int
+	Group         string
+	Made          time.Time
+}
+
+// snapshot returns the whole record.
+func (a *admissions) snapshot() AdmissionRecord {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := AdmissionRecord{Counts: map[string][3]uint64{}}
+	for cookie, ac := range a.conns {
+		r.Conns = append(r.Conns, RecordedConn{Cookie: cookie, Group: ac.class.group, Client: ac.client})
+	}
+	for tid, res := range a.reservations {
+		r.Reservations = append(r.Reservations, RecordedReservation{Tid: tid, Tgid: res.tgid, Fd: res.fd, Group: res.class.group, Made: res.made})
+	}
+	for ap := range a.fast {
+		r.Fast = append(r.Fast, ap)
+	}
+	for group, cc := range a.classes {
+		r.Counts[group] = [3]uint64{cc.admitted.Load(), cc.alternate.Load(), cc.refused.Load()}
+	}
+	return r
+}
+
+// adopt takes over a predecessor's record, counting what it held as open
+// until the next count says otherwise.
+func (a *admissions) adopt(r AdmissionRecord) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range r.Conns {
+		cc := a.class(c.Group)
+		cc.open++
+		cc.perIP[c.Client]++
+		a.conns[c.Cookie] = admittedConn{class: cc, client: c.Client}
+	}
+	for _, res := range r.Reservations {
+		cc := a.class(res.Group)
+		cc.open++
+		a.reservations[res.Tid] = reservation{class: cc, tgid: res.Tgid, fd: res.Fd, made: res.Made}
+	}
+	a.reserved.Store(int64(len(a.reservations)))
+	for _, ap := range r.Fast {
+		a.fast[ap] = struct{}{}
+	}
+	for group, n := range r.Counts {
+		cc := a.class(group)
+		cc.admitted.Add(n[0])
+		cc.alternate.Add(n[1])
+		cc.refused.Add(n[2])
+	}
+	// The connections the kernel accepted on fast listeners are not in
+	// the record; the count finds them, and drops what closed meanwhile.
+	if err := a.recount(0); err != nil {
+		a.log.Warn("counting open connections for max_connections after taking over", "err", err)
+	}
 }

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -369,4 +370,61 @@ type lineWriter func(string)
 func (w lineWriter) Write(b []byte) (int, error) {
 	w(string(b))
 	return len(b), nil
+}
+
+// What a supervisor hands its successor (vhqos upgrade) keeps the caps:
+// the successor counts the same connections and carries the counters on.
+func TestAdmissionRecordHandedOver(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}, accepted: map[uint64]netip.AddrPort{}, waiting: map[int]bool{7: true}}
+	shop := Decision{Group: "shop", Admission: &Admission{MaxConnections: 4}}
+	old := newTestAdmissions(k, shop)
+	old.noteFast(fastShop)
+	if !old.reserve(7, 100, 3, shop) {
+		t.Fatal("no reservation")
+	}
+	client := netip.MustParseAddr("192.0.2.1")
+	for cookie := uint64(1); cookie <= 2; cookie++ {
+		if !old.tryAdmit("shop", shop.Admission, cookie, client) {
+			t.Fatal("refused under the cap")
+		}
+		k.open[cookie] = true
+	}
+	old.overLimit("shop", "shop", true, "")
+	k.accepted[50] = fastShop // the kernel accepted one on the fast listener
+	data, err := json.Marshal(old.snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec AdmissionRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	succ := newTestAdmissions(k, shop)
+	succ.adopt(rec)
+	if succ.tryAdmit("shop", shop.Admission, 3, client) {
+		t.Error("the successor admitted a 5th: 2 recorded, 1 accepted by the kernel and 1 thread waiting hold a cap of 4")
+	}
+	if st := succ.stats()["shop"]; st.Open != 3 || st.Refused != 1 || st.Admitted != 2 {
+		t.Errorf("successor's stats %+v; want 3 open, 2 admitted (the waiting thread not yet), 1 refused (handed over)", st)
+	}
+}
+
+// A supervisor started while the server holds connections the kernel
+// accepted on a capped class's listener (after a crash) counts them
+// before it leaves the first accept to the kernel.
+func TestAdmissionCountsWhatTheKernelAcceptedBefore(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}, accepted: map[uint64]netip.AddrPort{1: fastShop, 2: fastShop, 3: fastShop}, waiting: map[int]bool{}}
+	shop := Decision{Group: "shop", Admission: &Admission{MaxConnections: 4}}
+	a := newTestAdmissions(k, shop)
+	a.noteFast(fastShop)
+	if a.reserve(9, 100, 3, shop) {
+		t.Error("left an accept to the kernel while 3 of a cap of 4 are open")
+	}
+	if !a.tryAdmit("shop", shop.Admission, 10, netip.MustParseAddr("192.0.2.1")) {
+		t.Error("refused the 4th of a cap of 4")
+	}
+	k.open[10] = true
+	if a.tryAdmit("shop", shop.Admission, 11, netip.MustParseAddr("192.0.2.1")) {
+		t.Error("admitted a 5th under a cap of 4")
+	}
 }

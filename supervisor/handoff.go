@@ -32,6 +32,8 @@ type Handoff struct {
 	// Lost counts connections it had accepted and could not hand over
 	// before it stopped: closed, the client sees them reset.
 	Lost int64 `json:"lost"`
+	// Admissions is its record of the connections counted against caps.
+	Admissions AdmissionRecord `json:"admissions"`
 }
 
 // Drain stops this supervisor taking notifications (the successor takes
@@ -81,6 +83,7 @@ func (s *Supervisor) Drain(wait time.Duration) Handoff {
 		h.Connections[name] = g.Connections.Load()
 	}
 	h.Lost = s.held.n.Load()
+	h.Admissions = s.admissions.snapshot()
 	return h
 }
 
@@ -112,6 +115,7 @@ func (s *Supervisor) Adopt(h Handoff) {
 	for group, n := range h.Connections {
 		s.groupStats.get(group).Connections.Add(n)
 	}
+	s.admissions.adopt(h.Admissions)
 	if len(h.Accepts) == 0 {
 		return
 	}
