@@ -10,6 +10,7 @@ require (
 	github.com/prometheus/client_golang v1.20.5
 	github.com/prometheus/common v0.60.1
 	github.com/seccomp/libseccomp-golang v0.11.1
+	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.49.0
 )
 

@@ -1,6 +1,9 @@
 package vhost
 
-import "bytes"
+import (
+	"bytes"
+	"strings"
+)
 
 // Sniff is the result of looking at a connection's first bytes.
 type Sniff int
@@ -64,8 +67,25 @@ func SniffName(data []byte) (name string, result Sniff) {
 	switch c := data[0]; {
 	case c == 0x16:
 		return sniffTLS(data)
+	case c == fcgiVersion1:
+		return sniffFastCGI(data)
+	case c == 'P' && strings.HasPrefix(h2cPreface, string(data[:min(len(data), len(h2cPreface))])):
+		return sniffH2C(data)
 	case c >= 'A' && c <= 'Z':
 		return sniffHTTP(data)
+	case c == '\r' || c == '\n':
+		// Empty lines before a request line are ignored (RFC 9112 §2.2),
+		// by nginx and Apache alike: so they are here.
+		i := 1
+		for i < len(data) && (data[i] == '\r' || data[i] == '\n') {
+			i++
+		}
+		if i == len(data) {
+			return "", NeedMore
+		}
+		if c := data[i]; c >= 'A' && c <= 'Z' {
+			return sniffHTTP(data[i:])
+		}
 	}
 	return "", NoName
 }

@@ -58,6 +58,9 @@ var httpCases = []struct {
 	{"no host", "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", "", NoName},
 	{"HTTP/1.0 no host", "GET / HTTP/1.0\r\n\r\n", "", NoName},
 	{"two hosts", "GET / HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\n\r\n", "", NoName},
+	{"empty line first (RFC 9112 §2.2)", "\r\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example", Found},
+	{"empty lines first, bare LF", "\n\n\r\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example", Found},
+	{"empty line then not HTTP", "\r\n\x16\x03\x01", "", NoName},
 	{"two hosts absolute", "GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n", "", NoName},
 	{"empty host", "GET / HTTP/1.1\r\nHost:\r\n\r\n", "", NoName},
 	{"IPv6 host", "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", "", NoName},
@@ -80,7 +83,7 @@ var httpCases = []struct {
 	{"folded host", "GET / HTTP/1.1\r\nHost: a.example\r\n .evil\r\n\r\n", "", NoName},
 	{"folded other", "GET / HTTP/1.1\r\nX: a\r\n b\r\nHost: a.example\r\n\r\n", "a.example", Found},
 	{"space before first header", "GET / HTTP/1.1\r\n Host: a.example\r\n\r\n", "", NoName},
-	{"HTTP/2 prior knowledge", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "", NoName},
+	{"HTTP/2 prior knowledge, preface only (h2c.go reads on)", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "", NeedMore},
 	{"HTTP/2 version", "GET / HTTP/2.0\r\nHost: a.example\r\n\r\n", "", NoName},
 	{"HTTP/0.9", "GET /\r\n", "", NoName},
 	{"lower-case method", "get / HTTP/1.1\r\nHost: a.example\r\n\r\n", "", NoName},
@@ -395,6 +398,9 @@ func TestSniffNameAllocs(t *testing.T) {
 		readHello(t, "curl-sni.bin"),
 		records(handshakeOf(t, readHello(t, "go-sni.bin")), 100),
 		readHello(t, "go-nosni.bin"),
+		// FastCGI params; not h2c, whose HPACK decoder allocates
+		// (h2c_test.go measures it).
+		readFastCGI(t, "nginx-get.bin"),
 	}
 	for _, in := range inputs {
 		if n := testing.AllocsPerRun(100, func() { SniffName(in) }); n > 1 {
@@ -520,5 +526,30 @@ func checkSniffer(t *testing.T, sniff func([]byte) (string, Sniff), data []byte)
 	half := data[:len(data)/2]
 	if name2, r2 := sniff(half); r2 != NeedMore && (r2 != r || name2 != name) {
 		t.Fatalf("first half gives %q, %v, the whole %q, %v", name2, r2, name, r)
+	}
+}
+
+// SniffName reads each protocol from its first byte: FastCGI from nginx
+// and Apache (php-fpm's clients), HTTP/2 with prior knowledge from curl
+// and nghttp, each capture in full and needing more in every prefix.
+func TestSniffNameProtocols(t *testing.T) {
+	for _, tc := range []struct {
+		label string
+		data  []byte
+		name  string
+		want  Sniff
+	}{
+		{"FastCGI from nginx", readFastCGI(t, "nginx-get.bin"), "shop.example.com", Found},
+		{"FastCGI from Apache mod_proxy_fcgi", readFastCGI(t, "apache-get.bin"), "shop.example.com", Found},
+		{"FastCGI, SERVER_NAME only", readFastCGI(t, "apache-http10-nohost.bin"), "shop.example.com", Found},
+		{"FastCGI to an IP literal", readFastCGI(t, "nginx-ip.bin"), "", NoName},
+		{"h2c from curl", readH2C(t, "curl.bin"), "shop.example.com", Found},
+		{"h2c from nghttp", readH2C(t, "nghttp.bin"), "shop.example.com", Found},
+		{"h2c to an IP literal", readH2C(t, "curl-ip.bin"), "", NoName},
+	} {
+		checkSniff(t, tc.label, tc.data, tc.name, tc.want)
+		if tc.want == Found {
+			checkPrefixes(t, tc.label, tc.data[:24]) // before any name can be there
+		}
 	}
 }
