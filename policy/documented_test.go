@@ -167,6 +167,54 @@ func TestKeySniffBytes(t *testing.T) {
 	})
 }
 
+// proxy_protocol: a list of address patterns (IP, IP:port, [v6]:port,
+// CIDR, *:port; no host names); absent or [] trusts no listener.
+func TestKeyProxyProtocol(t *testing.T) {
+	canon := func(t *Table) any {
+		var out []string
+		for _, p := range t.Settings.ProxyProtocol {
+			out = append(out, p.Canonical())
+		}
+		return out
+	}
+	checkKey(t, "[settings]\n", "proxy_protocol", "%s", canon, []keyCase{
+		{value: "", want: []string(nil)},
+		{value: `[]`, want: []string(nil)},
+		{value: `["127.0.0.1:8080"]`, want: []string{"127.0.0.1:8080"}},
+		{value: `["127.0.0.1:8080", "*:8443", "10.0.0.0/8", "[2001:db8::1]:443", "2001:db8::/32", "192.0.2.1", "::ffff:192.0.2.2"]`,
+			want: []string{"127.0.0.1:8080", "*:8443", "10.0.0.0/8", "[2001:db8::1]:443", "2001:db8::/32", "192.0.2.1", "192.0.2.2"}},
+		{value: `["*:8443", "*:8443"]`, want: []string{"*:8443", "*:8443"}}, // twice is harmless
+		{value: `"127.0.0.1:8080"`, err: `must be a list, even of one address: proxy_protocol = ["127.0.0.1:8080"]`},
+		{value: `true`, err: "list the local addresses of the listeners a proxy sends the PROXY protocol to"},
+		{value: `8080`, err: `write a list, e.g. proxy_protocol = ["127.0.0.1:8080", "*:8443"]`},
+	})
+	// A bad entry is reported at its place in the list.
+	checkKey(t, "[settings]\n", "proxy_protocol", `["*:80", %s]`, func(*Table) any { return nil }, []keyCase{
+		{value: `"lb.example.com"`, err: `"lb.example.com" is a host name; proxy_protocol lists local addresses`},
+		{value: `"lb.example.com:8080"`, err: "is a host name"},
+		{value: `"10.0.0.0/33"`, err: "prefix length 33 out of range for IPv4"},
+		{value: `"192.0.2.300"`, err: "not a valid IP address"},
+		{value: `"0.0.0.0:8080"`, err: "write *:8080 for that port on every address"},
+		{value: `"*:0"`, err: "PORT 1..65535"},
+		{value: `"*"`, err: "a bare * would match every connection"},
+		{value: `""`, err: "empty pattern"},
+		{value: `8080`, err: "each address is a string"},
+	})
+	// Misplaced, it says where it belongs, pointing at the key.
+	for _, tc := range []struct{ src, err string }{
+		{"[defaults]\nproxy_protocol = [\"*:8443\"]\n", "belongs in [settings], not in [defaults]"},
+		{oneVHost + "proxy_protocol = [\"*:8443\"]\n", `belongs in [settings], not in vhost "v" (vhost[0])`},
+		{"proxy_protocol = [\"*:8443\"]\n", "belongs in [settings]: write [settings] on the line above it"},
+	} {
+		_, err := parse(t, tc.src)
+		line := strings.Count(tc.src, "\n")
+		var ps Problems
+		if !errors.As(err, &ps) || len(ps) != 1 || ps[0].Line != line || ps[0].Column != 1 || !strings.Contains(ps[0].Msg, tc.err) {
+			t.Errorf("%q: err = %v; want one problem at %d:1 saying %q", tc.src, err, line, tc.err)
+		}
+	}
+}
+
 // sniff_bytes is what the name sniffer reads: at every bound, a request
 // head of exactly sniff_bytes gives its vhost, and one byte more, seen
 // as the supervisor peeks it (sniff_bytes of it), gives none, so the
@@ -854,7 +902,7 @@ func TestAbsentKeys(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", src, err)
 		}
-		if tab.Settings != (Settings{}) {
+		if !reflect.DeepEqual(tab.Settings, Settings{}) {
 			t.Errorf("%q: settings %+v, want none", src, tab.Settings)
 		}
 		if timeout, bytes := tab.Settings.SniffLimits(); timeout != 2*time.Second || bytes != 16384 {

@@ -17,20 +17,13 @@ import (
 // them, so messages about the output point at familiar text.
 func (t *Table) Marshal() []byte {
 	var b strings.Builder
-	if st := t.Settings; st != (Settings{}) {
+	// [settings] is written when it has a key: Settings holds a slice, so
+	// it cannot be compared with its zero value.
+	var st strings.Builder
+	writeSettings(&st, &t.Settings)
+	if st.Len() > 0 {
 		b.WriteString("[settings]\n")
-		if st.CgroupParent != "" {
-			fmt.Fprintf(&b, "cgroup_parent = %s\n", tomlString(st.CgroupParent))
-		}
-		if st.Track != intercept.TrackAccept {
-			fmt.Fprintf(&b, "track = %s\n", tomlString(st.Track.String()))
-		}
-		if st.SniffTimeout != 0 {
-			fmt.Fprintf(&b, "sniff_timeout = %s\n", tomlString(st.SniffTimeout.String()))
-		}
-		if st.SniffBytes != 0 {
-			fmt.Fprintf(&b, "sniff_bytes = %d\n", st.SniffBytes)
-		}
+		b.WriteString(st.String())
 		b.WriteString("\n")
 	}
 	b.WriteString("[defaults]\n")
@@ -47,6 +40,25 @@ func (t *Table) Marshal() []byte {
 		writeLimits(&b, c)
 	}
 	return []byte(b.String())
+}
+
+// writeSettings writes the settings that differ from their defaults.
+func writeSettings(b *strings.Builder, s *Settings) {
+	if s.CgroupParent != "" {
+		fmt.Fprintf(b, "cgroup_parent = %s\n", tomlString(s.CgroupParent))
+	}
+	if s.Track != intercept.TrackAccept {
+		fmt.Fprintf(b, "track = %s\n", tomlString(s.Track.String()))
+	}
+	if s.SniffTimeout != 0 {
+		fmt.Fprintf(b, "sniff_timeout = %s\n", tomlString(s.SniffTimeout.String()))
+	}
+	if s.SniffBytes != 0 {
+		fmt.Fprintf(b, "sniff_bytes = %d\n", s.SniffBytes)
+	}
+	if len(s.ProxyProtocol) > 0 {
+		fmt.Fprintf(b, "proxy_protocol = [%s]\n", strings.Join(rawPatterns(s.ProxyProtocol), ", "))
+	}
 }
 
 // rawPatterns quotes patterns as the operator wrote them.

@@ -19,7 +19,7 @@ import (
 // lists are handed to callers that could otherwise change them.
 func topKeys() []string { return []string{"settings", "defaults", "vhost"} }
 func settingsKeys() []string {
-	return []string{"cgroup_parent", "track", "sniff_timeout", "sniff_bytes"}
+	return []string{"cgroup_parent", "track", "sniff_timeout", "sniff_bytes", "proxy_protocol"}
 }
 func limitKeys() []string {
 	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp",
@@ -168,6 +168,7 @@ func (p *parser) table(doc map[string]any) *Table {
 		}
 	}
 	t.Matcher = vhost.NewMatcher(rules)
+	t.proxy = newProxyMatcher(t.Settings.ProxyProtocol)
 	return t
 }
 
@@ -175,7 +176,7 @@ func unknownTopKey(k string) string {
 	switch {
 	case isLimitKey(k) || k == "name" || k == "match":
 		return "a key above the first [section] belongs to no section; put it under [defaults] or a [[vhost]]"
-	case k == "cgroup_parent":
+	case slices.Contains(settingsKeys(), k):
 		return "belongs in [settings]: write [settings] on the line above it"
 	}
 	return "unknown section" + didYouMean(k, topKeys()) + " Sections are [settings], [defaults] and [[vhost]]"
@@ -234,6 +235,8 @@ func (p *parser) settings(m map[string]any, st *Settings) {
 			if n, ok := p.intIn(s, key, m[k], minSniffBytes, maxSniffBytes, "how much of a request head or TLS ClientHello is read for its host name"); ok {
 				st.SniffBytes = int(n)
 			}
+		case k == "proxy_protocol":
+			st.ProxyProtocol = p.proxyProtocol(s, key, m[k])
 		case isLimitKey(k):
 			p.keyProblem(s, key, "is a limit, not a setting; put it under [defaults] or a [[vhost]]")
 		default:
@@ -318,7 +321,7 @@ func (p *parser) class(m map[string]any, s scope, c *Class) {
 			p.admissionKey(s, key, k, v, &c.Admission)
 		case (k == "name" || k == "match" || k == "listen") && !isVHost:
 			p.keyProblem(s, key, "not allowed here: [defaults] is the class of every connection no vhost matches; to give some connections their own limits, add a [[vhost]] with name and match")
-		case k == "cgroup_parent":
+		case slices.Contains(settingsKeys(), k):
 			p.keyProblem(s, key, "belongs in [settings], not in %s", s.where)
 		default:
 			p.keyProblem(s, key, "unknown key%s Known keys here: %s", didYouMean(k, known), strings.Join(known, ", "))
@@ -368,7 +371,7 @@ type patternKey struct {
 	name     string // "match", "listen"
 	one      string // "pattern", "address"
 	example  string // a whole list, as TOML
-	whyEmpty string
+	whyEmpty string // "" when an empty list is fine (and means none)
 }
 
 // patterns reads a list of patterns, reporting each bad one; keep refuses
@@ -385,7 +388,9 @@ func (p *parser) patterns(s scope, key string, v any, k patternKey, keep func(ik
 		return nil, nil
 	}
 	if len(list) == 0 {
-		p.valueProblem(s, key, "is empty: %s", k.whyEmpty)
+		if k.whyEmpty != "" {
+			p.valueProblem(s, key, "is empty: %s", k.whyEmpty)
+		}
 		return nil, nil
 	}
 	pats := make([]vhost.Pattern, 0, len(list))
@@ -430,6 +435,31 @@ func (p *parser) listen(s scope, key string, v any, c *Class) {
 		}
 		return true
 	})
+}
+
+// proxyProtocol reads the local addresses of the listeners behind a
+// trusted proxy. An empty list trusts none, as an absent key does, so the
+// table holds nil for both.
+func (p *parser) proxyProtocol(s scope, key string, v any) []vhost.Pattern {
+	if b, ok := v.(bool); ok {
+		// Trust is per listener: a switch would let any client on any
+		// listener forge its address.
+		p.valueProblem(s, key, "is %v (true/false); list the local addresses of the listeners a proxy sends the PROXY protocol to, e.g. proxy_protocol = [\"127.0.0.1:8080\", \"*:8443\"]: a PROXY header is believed only there", b)
+		return nil
+	}
+	pats, _ := p.patterns(s, key, v, patternKey{
+		name: "proxy_protocol", one: "address", example: `["127.0.0.1:8080", "*:8443"]`,
+	}, func(ikey, raw string, pat vhost.Pattern) bool {
+		if pat.IsName() {
+			p.valueProblem(s, ikey, "%q is a host name; proxy_protocol lists local addresses (IP, IP:port, CIDR or *:PORT) of the listeners behind a proxy", raw)
+			return false
+		}
+		return true
+	})
+	if len(pats) == 0 {
+		return nil
+	}
+	return pats
 }
 
 // duration reads a Go-style duration ("2s", "500ms") within [lo, hi].
@@ -597,7 +627,9 @@ func typeName(v any) string {
 	case int64:
 		return fmt.Sprintf("a number (%d)", v)
 	case float64:
-		return fmt.Sprintf("a decimal number (%v)", v)
+		// 5.0 is shown as written, not as Go prints it ("5"), which
+		// would read like the whole number the key wants.
+		return fmt.Sprintf("a decimal number (%s)", strconv.FormatFloat(v, 'f', max(1, decimals(v)), 64))
 	case bool:
 		return fmt.Sprintf("%v (true/false)", v)
 	case []any:
@@ -606,4 +638,13 @@ func typeName(v any) string {
 		return "a table"
 	}
 	return "a date or time"
+}
+
+// decimals is how many digits after the point v needs, at most 15.
+func decimals(v float64) int {
+	s := strconv.FormatFloat(v, 'f', -1, 64)
+	if i := strings.IndexByte(s, '.'); i >= 0 {
+		return min(len(s)-i-1, 15)
+	}
+	return 0
 }

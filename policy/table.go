@@ -36,6 +36,11 @@ type Table struct {
 	// cap, and a table may have thousands of vhosts. Nil in a Table built
 	// by hand, where Class searches instead.
 	vhostIndex map[string]int
+	// proxy matches the listeners of Settings.ProxyProtocol (every rule
+	// for vhost 0), built once by Parse: ProxyTrusted runs for every
+	// accepted connection. Nil in a Table built by hand, where it is
+	// built per call instead.
+	proxy *vhost.Matcher
 }
 
 // Settings are table-wide options.
@@ -53,6 +58,14 @@ type Settings struct {
 	// SniffBytes is how many of those bytes it looks at, at most; 0 means
 	// DefaultSniffBytes.
 	SniffBytes int
+	// ProxyProtocol lists the local addresses (address patterns only: no
+	// host names) of listeners behind a trusted proxy, whose connections
+	// start with a PROXY protocol header (HAProxy's
+	// doc/proxy-protocol.txt, v1 or v2). On connections to them the
+	// header's destination address and port stand in for the local
+	// address in every address rule; elsewhere a header is only skipped
+	// to find the host name. Empty: no listener is trusted.
+	ProxyProtocol []vhost.Pattern
 }
 
 // Defaults and bounds of the name-sniffing settings.
@@ -116,6 +129,48 @@ func (t *Table) ClassifyName(host string, local netip.AddrPort) *Class {
 		return &t.VHosts[i]
 	}
 	return t.ClassifyAddr(local)
+}
+
+// ProxyTrusted reports whether a connection whose local address is local
+// came in on a listener of Settings.ProxyProtocol: then the destination of
+// its PROXY protocol header, if it has one, takes the place of local for
+// the address rules (ClassifyAddr, ClassifyName). Any client can send a
+// PROXY header, so one is believed only where the operator said a proxy
+// sits. It allocates nothing in a table from Parse (it runs for every
+// accepted connection).
+func (t *Table) ProxyTrusted(local netip.AddrPort) bool {
+	return t.proxyMatcher().MatchAddr(local) >= 0
+}
+
+// ProxyMayApply reports whether some connection accepted on a socket bound
+// to bound can be trusted (ProxyTrusted), so that its first bytes must be
+// read for a PROXY header even when no host name rule applies. For a
+// specific bound address it is ProxyTrusted(bound); for 0.0.0.0 or :: it
+// is true when some pattern can match an address of that family on bound's
+// port (vhost.Matcher.MayMatchListener). It allocates nothing in a table
+// from Parse.
+func (t *Table) ProxyMayApply(bound netip.AddrPort) bool {
+	return t.proxyMatcher().MayMatchListener(bound)
+}
+
+func (t *Table) proxyMatcher() *vhost.Matcher {
+	if t.proxy == nil && len(t.Settings.ProxyProtocol) > 0 {
+		return newProxyMatcher(t.Settings.ProxyProtocol)
+	}
+	return t.proxy
+}
+
+// newProxyMatcher builds the matcher of the trusted listeners; nil for
+// none, which matches nothing.
+func newProxyMatcher(pats []vhost.Pattern) *vhost.Matcher {
+	if len(pats) == 0 {
+		return nil
+	}
+	rules := make([]vhost.Rule, len(pats))
+	for i, p := range pats {
+		rules[i] = vhost.Rule{Pattern: p}
+	}
+	return vhost.NewMatcher(rules)
 }
 
 // DeviceResolver resolves a device key of the table (a path or

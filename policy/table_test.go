@@ -48,6 +48,7 @@ cgroup_parent = "/vhqos.slice"
 track = "fork"
 sniff_timeout = "750ms"
 sniff_bytes = 8192
+proxy_protocol = ["127.0.0.1:8080", "*:8443", "10.0.0.0/8", "[::1]:8080"]
 
 [defaults]
 cpu_weight = 100
@@ -224,6 +225,7 @@ cgroup_parent = "/vhqos.slice"
 track = "fork"
 sniff_timeout = "750ms"
 sniff_bytes = 8192
+proxy_protocol = ["127.0.0.1:8080", "*:8443", "10.0.0.0/8", "[::1]:8080"]
 
 [defaults]
 cpu_weight = 100
@@ -584,4 +586,106 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip changed the table:\n%s", out)
 		}
 	})
+}
+
+// proxy_protocol trusts the listeners it names, by the connection's own
+// local address (ProxyTrusted) and, before any connection, by the address
+// a listening socket is bound to (ProxyMayApply); both run on hot paths
+// and allocate nothing. A table built by hand gives the same answers.
+func TestProxyTrusted(t *testing.T) {
+	type check struct {
+		addr string
+		// ProxyTrusted(addr), not asked of a wildcard, which is never
+		// the local address of a connection; ProxyMayApply(addr).
+		trusted, bound bool
+	}
+	tests := []struct {
+		name   string
+		list   string // TOML list; "" leaves the key out
+		checks []check
+	}{
+		{"specific and port", `["127.0.0.1:8080", "*:8443", "[2001:db8::1]:443"]`, []check{
+			{"127.0.0.1:8080", true, true},
+			{"127.0.0.1:80", false, false},
+			{"127.0.0.2:8080", false, false},
+			{"[::ffff:127.0.0.1]:8080", true, true}, // v4-mapped is IPv4
+			{"192.0.2.1:8443", true, true},
+			{"[2001:db8::9]:8443", true, true},
+			{"192.0.2.1:443", false, false},
+			{"[2001:db8::1]:443", true, true},
+			{"[2001:db8::1%eth0]:443", true, true},
+			{"[2001:db8::1]:80", false, false},
+			// Wildcard sockets: what a client could reach on that port.
+			{"0.0.0.0:8080", false, true},
+			{"0.0.0.0:80", false, false},
+			{"0.0.0.0:8443", false, true},
+			{"0.0.0.0:443", false, false}, // the IPv6 rule cannot reach an IPv4 socket
+			{"[::]:443", false, true},
+			{"[::]:8080", false, true},
+			{"[::]:8443", false, true},
+			{"[::]:80", false, false},
+			{"[::ffff:0.0.0.0]:443", false, false},
+		}},
+		{"IPv4 CIDR", `["10.0.0.0/8"]`, []check{
+			{"10.1.2.3:80", true, true},
+			{"[::ffff:10.1.2.3]:80", true, true},
+			{"11.0.0.1:80", false, false},
+			{"[::a01:203]:80", false, false}, // not v4-mapped
+			{"0.0.0.0:80", false, true},
+			{"[::]:80", false, true},
+		}},
+		{"IPv6 CIDR", `["2001:db8:5::/48"]`, []check{
+			{"[2001:db8:5::7]:80", true, true},
+			{"[2001:db8:6::7]:80", false, false},
+			{"0.0.0.0:80", false, false},
+			{"[::]:80", false, true},
+		}},
+		{"IPv4 address, any port", `["192.0.2.10"]`, []check{
+			{"192.0.2.10:1", true, true},
+			{"[::ffff:192.0.2.10]:65535", true, true},
+			{"192.0.2.11:1", false, false},
+			{"0.0.0.0:1", false, true},
+			{"[::]:1", false, true},
+		}},
+		{"absent", "", []check{
+			{"127.0.0.1:8080", false, false},
+			{"0.0.0.0:8080", false, false},
+			{"[::]:8080", false, false},
+		}},
+		{"empty", "[]", []check{
+			{"127.0.0.1:8080", false, false},
+			{"[::]:8080", false, false},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := "[settings]\n"
+			if tc.list != "" {
+				src += "proxy_protocol = " + tc.list + "\n"
+			}
+			tab, err := parse(t, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			byHand := &Table{Settings: Settings{ProxyProtocol: tab.Settings.ProxyProtocol}}
+			for _, c := range tc.checks {
+				ap := netip.MustParseAddrPort(c.addr)
+				wildcard := ap.Addr().Unmap().IsUnspecified()
+				for name, tab := range map[string]*Table{"parsed": tab, "by hand": byHand} {
+					if got := tab.ProxyTrusted(ap); got != c.trusted && !wildcard {
+						t.Errorf("%s: ProxyTrusted(%s) = %v, want %v", name, c.addr, got, c.trusted)
+					}
+					if got := tab.ProxyMayApply(ap); got != c.bound {
+						t.Errorf("%s: ProxyMayApply(%s) = %v, want %v", name, c.addr, got, c.bound)
+					}
+				}
+				if n := testing.AllocsPerRun(100, func() { tab.ProxyTrusted(ap) }); n != 0 {
+					t.Errorf("ProxyTrusted(%s): %v allocations", c.addr, n)
+				}
+				if n := testing.AllocsPerRun(100, func() { tab.ProxyMayApply(ap) }); n != 0 {
+					t.Errorf("ProxyMayApply(%s): %v allocations", c.addr, n)
+				}
+			}
+		})
+	}
 }

@@ -194,7 +194,9 @@ func (m *Metrics) Serve(ctx context.Context, l net.Listener, log *slog.Logger) {
 		srv.Close()
 	}()
 	log.Info("serving metrics", "address", "http://"+l.Addr().String()+"/metrics")
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	// The listener may be closed under Serve at exit (the keeper holds
+	// it): that is a stop, not an error.
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		log.Error("metrics server", "err", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/failopen"
 	"github.com/vhqos/vhqos/intercept"
+	"github.com/vhqos/vhqos/vhost"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,6 +57,11 @@ type conn struct {
 	namesApply bool
 	// host is the name the client asked for, when one was found.
 	host string
+	// trusted says connections to local come from a trusted proxy
+	// (Classifier.ProxyTrusted); proxy is the PROXY protocol header the
+	// connection's first bytes carried (Len 0: none).
+	trusted bool
+	proxy   vhost.ProxyHeader
 	// accepted and deadline bound the wait for the client's first bytes.
 	accepted, deadline time.Time
 	// held counts c until it is closed (Supervisor.held).

@@ -96,6 +96,10 @@ type admissions struct {
 	// record is counted again once it has grown well past it, so that
 	// closed connections are forgotten.
 	recordedAtCount int
+	// refusing is the class of the connections being refused: recorded
+	// so that a count does not take one for a connection of its
+	// listener's class, and counted against no cap.
+	refusing *classCount
 	// count asks the kernel for the connections held open.
 	count func(held func(cookie uint64, local netip.AddrPort)) error
 	// reservations are the accepts left to the kernel on a listener of a
@@ -158,6 +162,9 @@ type classCount struct {
 	overAlternate     int
 	overRefused       int
 	lastMax, lastMaxP int
+	// name and next are the class's name and its over_limit, for the
+	// summary.
+	name, next string
 }
 
 func newAdmissions(log *slog.Logger, classify func(netip.AddrPort) (Decision, bool)) *admissions {
@@ -165,6 +172,7 @@ func newAdmissions(log *slog.Logger, classify func(netip.AddrPort) (Decision, bo
 		classes:      map[string]*classCount{},
 		conns:        map[uint64]admittedConn{},
 		reservations: map[int]reservation{},
+		refusing:     &classCount{perIP: map[netip.Addr]int{}},
 		fast:         map[netip.AddrPort]struct{}{},
 		count:        liveConnectionCookies,
 		classify:     classify,
@@ -333,11 +341,19 @@ func (a *admissions) record(group string, cookie uint64, client netip.Addr) {
 	a.conns[cookie] = admittedConn{class: cc, client: key}
 }
 
+// recordRefused records a connection being refused, which counts against
+// no cap.
+func (a *admissions) recordRefused(cookie uint64) {
+	a.mu.Lock()
+	a.conns[cookie] = admittedConn{class: a.refusing}
+	a.mu.Unlock()
+}
+
 // groupOf returns the class a connection was admitted to, if recorded.
 func (a *admissions) groupOf(cookie uint64) (string, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if ac, ok := a.conns[cookie]; ok {
+	if ac, ok := a.conns[cookie]; ok && ac.class != a.refusing {
 		return ac.class.group, true
 	}
 	return "", false
@@ -451,16 +467,51 @@ func (a *admissions) overLimit(group, name string, refused bool, next string) {
 		cc.alternate.Add(1)
 		cc.overAlternate++
 	}
+	cc.name, cc.next = name, next
 	if !cc.overLog.Allow() {
 		a.mu.Unlock()
 		return
 	}
-	alt, ref := cc.overAlternate, cc.overRefused
-	cc.overAlternate, cc.overRefused = 0, 0
-	maxConns, maxPerIP := cc.lastMax, cc.lastMaxP
+	line := a.summaryLocked(cc)
 	a.mu.Unlock()
-	a.log.Warn("connections over a vhost's cap", "vhost", name, "max_connections", maxConns,
-		"max_connections_per_ip", maxPerIP, "sent_to_alternate", alt, "alternate", next, "refused", ref)
+	a.log.Warn("connections over a vhost's cap", line...)
+}
+
+// summaryLocked returns the attributes of cc's summary line and starts
+// the next summary. Called with a.mu held.
+func (a *admissions) summaryLocked(cc *classCount) []any {
+	line := []any{"vhost", cc.name}
+	if cc.lastMax > 0 {
+		line = append(line, "max_connections", cc.lastMax)
+	}
+	if cc.lastMaxP > 0 {
+		line = append(line, "max_connections_per_ip", cc.lastMaxP)
+	}
+	if cc.overAlternate > 0 {
+		line = append(line, "sent_to_alternate", cc.overAlternate, "alternate", cc.next)
+	}
+	if cc.overRefused > 0 {
+		line = append(line, "refused", cc.overRefused)
+	}
+	cc.overAlternate, cc.overRefused = 0, 0
+	return line
+}
+
+// flushLog logs the summary of every class whose over-limit decisions
+// since its last line were not logged yet, where 10 s have passed: the
+// end of a burst is told within seconds, not at the next decision.
+func (a *admissions) flushLog() {
+	a.mu.Lock()
+	var lines [][]any
+	for _, cc := range a.classes {
+		if cc.overAlternate+cc.overRefused > 0 && cc.overLog.Allow() {
+			lines = append(lines, a.summaryLocked(cc))
+		}
+	}
+	a.mu.Unlock()
+	for _, l := range lines {
+		a.log.Warn("connections over a vhost's cap", l...)
+	}
 }
 
 // admit applies the caps of d's class, and of its alternates in turn, to
@@ -478,22 +529,23 @@ func (s *Supervisor) admit(c *conn, d Decision) (Decision, *Admission) {
 		s.log.Warn("reading a connection's socket cookie; admitting it uncounted", "err", err)
 		return d, nil
 	}
-	peer, _ := addrPortOf(&c.peer)
+	client := c.clientAddr()
 	for step := range maxAlternates {
 		adm := d.Admission
 		if adm == nil {
 			if step > 0 {
 				// Recorded, though uncapped, so that a count does not
 				// take it for a connection of its listener's class.
-				s.admissions.record(d.Group, cookie, peer.Addr())
+				s.admissions.record(d.Group, cookie, client)
 			}
 			return d, nil
 		}
-		if s.admissions.tryAdmit(d.Group, adm, cookie, peer.Addr()) {
+		if s.admissions.tryAdmit(d.Group, adm, cookie, client) {
 			return d, nil
 		}
 		if adm.Alternate == nil {
 			s.admissions.overLimit(d.Group, adm.Name, true, "")
+			s.admissions.recordRefused(cookie)
 			return d, adm
 		}
 		s.admissions.overLimit(d.Group, adm.Name, false, adm.OverLimit)

@@ -175,6 +175,7 @@ func (c admissionClassifier) ClassifyName(string, netip.AddrPort) Decision {
 	return c.d
 }
 func (c admissionClassifier) SniffLimits() (time.Duration, int) { return c.timeout, 16384 }
+func (admissionClassifier) ProxyTrusted(netip.AddrPort) bool    { return false }
 
 // keep has the test server accept and keep one connection; it returns
 // the result (Ret is the server's fd of it).

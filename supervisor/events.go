@@ -302,4 +302,5 @@ func (e *eventLoop) sweep(s *Supervisor) {
 	}
 	s.pruneGone()
 	s.leaseBackstop()
+	s.admissions.flushLog()
 }

@@ -105,6 +105,8 @@ func (c portClassifier) ClassifyName(_ string, local netip.AddrPort) Decision {
 
 func (portClassifier) SniffLimits() (time.Duration, int) { return time.Second, 16384 }
 
+func (portClassifier) ProxyTrusted(netip.AddrPort) bool { return false }
+
 // patience bounds every wait for something that must happen. It is
 // generous because these tests run beside other packages' tests, under the
 // race detector and on busy CI machines: a passing test never waits it
@@ -413,6 +415,13 @@ func (c *lateClassifier) SniffLimits() (time.Duration, int) {
 	return c.h.names.SniffLimits()
 }
 
+func (c *lateClassifier) ProxyTrusted(local netip.AddrPort) bool {
+	if c.h.names != nil {
+		return c.h.names.ProxyTrusted(local)
+	}
+	return false
+}
+
 func (h *harness) command(cmd string) {
 	h.t.Helper()
 	if _, err := fmt.Fprintln(h.in, cmd); err != nil {
@@ -524,6 +533,8 @@ func (c *nameClassifier) ClassifyName(host string, local netip.AddrPort) Decisio
 }
 
 func (c *nameClassifier) SniffLimits() (time.Duration, int) { return c.timeout, 16384 }
+
+func (c *nameClassifier) ProxyTrusted(netip.AddrPort) bool { return false }
 
 // sumReply is what serveSum answers.
 type sumReply struct {

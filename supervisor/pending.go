@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -79,7 +80,8 @@ func (s *Supervisor) classify(l *listener, c *conn) bool {
 	}
 	cl := s.classifier.Load()
 	c.namesApply = cl.NamesApply(c.local)
-	if !c.namesApply {
+	c.trusted = cl.ProxyTrusted(c.local)
+	if !c.namesApply && !c.trusted {
 		s.finish(c, cl.ClassifyAddr(c.local))
 		return true
 	}
@@ -121,35 +123,46 @@ func (s *Supervisor) classify(l *listener, c *conn) bool {
 // was classified.
 func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 	_, limit := cl.SniffLimits()
-	name, res, n, gone := s.peekName(c.fd, limit)
+	p := s.peekName(c.fd, limit)
 	closed := false
-	if !gone && res == vhost.NeedMore && n < limit && peerClosed(c.fd) {
+	if !p.gone && p.res == vhost.NeedMore && p.n < limit && peerClosed(c.fd) {
 		// The client's FIN is in, so everything it sent is queued now;
 		// but the peek above may have run while the last segments still
 		// sat in the socket's backlog, so it looks once more before
 		// calling the bytes final.
 		closed = true
-		name, res, n, gone = s.peekName(c.fd, limit)
+		p = s.peekName(c.fd, limit)
 	}
-	if gone {
+	c.proxy = p.proxy
+	if c.trusted && c.proxy.Len > 0 {
+		// The rules see the address the proxy's client asked for.
+		c.namesApply = cl.NamesApply(c.rulesAddr())
+	}
+	if p.gone {
 		// Closed before sending anything, or reset: the server will see
 		// that when it reads; what class serves it hardly matters.
 		s.stats.NameFallbacks.Add(1)
 		s.finishByAddr(c, cl)
 		return true
 	}
-	switch res {
+	if c.trusted && c.proxy.Len > 0 && p.res == vhost.NeedMore && !c.namesApply {
+		// The trusted proxy's header named the address the client asked
+		// for, and no name rule applies there.
+		s.finishByAddr(c, cl)
+		return true
+	}
+	switch p.res {
 	case vhost.Found:
 		s.stats.NamesFound.Add(1)
-		c.host = name
-		s.finish(c, cl.ClassifyName(name, c.local))
+		c.host = p.name
+		s.finish(c, cl.ClassifyName(p.name, c.rulesAddr()))
 		return true
 	case vhost.NoName:
 		s.stats.NameFallbacks.Add(1)
 		s.finishByAddr(c, cl)
 		return true
 	}
-	if n >= limit || closed {
+	if p.n >= limit || closed {
 		s.stats.NameFallbacks.Add(1)
 		s.finishByAddr(c, cl)
 		return true
@@ -157,13 +170,26 @@ func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 	return false
 }
 
+// peeked is what a connection's first bytes say.
+type peeked struct {
+	// name and res are vhost.SniffName's answer, from the bytes after a
+	// PROXY protocol header, if one came first (proxy; Len 0 when none).
+	name  string
+	res   vhost.Sniff
+	proxy vhost.ProxyHeader
+	// n is how many bytes were there; none yet gives n 0 and NeedMore.
+	n int
+	// gone says there is nothing to read and never will be: the client
+	// closed its side before sending anything (more), or the connection
+	// failed (a reset).
+	gone bool
+}
+
 // peekName peeks at the bytes waiting on fd, at most limit of them, and
-// looks in them for the host name the client asks for (vhost.SniffName):
-// the server later reads every byte as the client sent it. n is how many
-// bytes were there; none yet gives n 0 and NeedMore. gone says there is
-// nothing to read and never will be: the client closed its side before
-// sending anything (more), or the connection failed (a reset).
-func (s *Supervisor) peekName(fd, limit int) (name string, res vhost.Sniff, n int, gone bool) {
+// looks in them for the host name the client asks for (vhost.SniffName),
+// past a PROXY protocol header (vhost.ParseProxy) if one comes first: the
+// server later reads every byte as the client sent it, the header too.
+func (s *Supervisor) peekName(fd, limit int) peeked {
 	bufp := s.peekBufs.get(limit)
 	defer s.peekBufs.put(bufp)
 	n, _, err := unix.Recvfrom(fd, *bufp, unix.MSG_PEEK|unix.MSG_DONTWAIT)
@@ -171,14 +197,45 @@ func (s *Supervisor) peekName(fd, limit int) (name string, res vhost.Sniff, n in
 	case err == unix.EAGAIN || err == unix.EINTR:
 		n = 0
 	case err != nil || n == 0:
-		return "", vhost.NeedMore, 0, true
+		return peeked{res: vhost.NeedMore, gone: true}
 	}
-	name, res = vhost.SniffName((*bufp)[:n])
-	return name, res, n, false
+	p := peeked{n: n}
+	data := (*bufp)[:n]
+	switch hdr, res := vhost.ParseProxy(data); res {
+	case vhost.NeedMore:
+		p.res = vhost.NeedMore
+		return p
+	case vhost.Found:
+		p.proxy = hdr
+		data = data[hdr.Len:]
+	}
+	p.name, p.res = vhost.SniffName(data)
+	return p
 }
 
 func (s *Supervisor) finishByAddr(c *conn, cl *classifierGen) {
-	s.finish(c, cl.ClassifyAddr(c.local))
+	s.finish(c, cl.ClassifyAddr(c.rulesAddr()))
+}
+
+// rulesAddr is the address c's address rules see: the destination a
+// trusted proxy's PROXY header gives (Classifier.ProxyTrusted), else the
+// connection's own local address. A header without addresses (a proxy's
+// health check: v2 LOCAL, v1 UNKNOWN) leaves the local address.
+func (c *conn) rulesAddr() netip.AddrPort {
+	if c.trusted && c.proxy.Len > 0 && !c.proxy.Local && c.proxy.Dst.IsValid() {
+		return c.proxy.Dst
+	}
+	return c.local
+}
+
+// clientAddr is c's client: the source a trusted proxy's header gives,
+// else the peer.
+func (c *conn) clientAddr() netip.Addr {
+	if c.trusted && c.proxy.Len > 0 && !c.proxy.Local && c.proxy.Src.IsValid() {
+		return c.proxy.Src.Addr()
+	}
+	peer, _ := addrPortOf(&c.peer)
+	return peer.Addr()
 }
 
 // bytesArrived runs in the event loop when a pending connection got bytes

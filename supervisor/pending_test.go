@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -339,5 +340,98 @@ func TestSniffTimeoutSmallest(t *testing.T) {
 	}
 	if l := h.line(); l != "ok" {
 		t.Fatal(l)
+	}
+}
+
+// proxyClassifier is nameClassifier behind a proxy: connections to the
+// test server's listener are trusted to start with a PROXY header, and an
+// address rule gives 192.0.2.10:80 to "shop"; every other address is the
+// default's.
+type proxyClassifier struct {
+	*nameClassifier
+	trusted bool
+}
+
+var proxiedShop = netip.MustParseAddrPort("192.0.2.10:80")
+
+func (c proxyClassifier) ClassifyAddr(local netip.AddrPort) Decision {
+	if local == proxiedShop {
+		return nameDecisions[0]
+	}
+	return defaultDecision
+}
+
+func (c proxyClassifier) ClassifyListener(netip.AddrPort) (Decision, bool) { return Decision{}, false }
+
+func (c proxyClassifier) ClassifyName(host string, local netip.AddrPort) Decision {
+	if i := c.m.MatchName(host, local); i >= 0 {
+		return nameDecisions[i]
+	}
+	return c.ClassifyAddr(local)
+}
+
+func (c proxyClassifier) ProxyTrusted(netip.AddrPort) bool { return c.trusted }
+
+// PROXY protocol headers (HAProxy's send-proxy and send-proxy-v2, as
+// captured in vhost/testdata/fuzz/FuzzParseProxy) on real connections:
+// where the listener is trusted the header's destination decides the
+// address rules; elsewhere it is only skipped to find the name; the server
+// reads every byte, the header included.
+func TestProxyHeaders(t *testing.T) {
+	v2 := func(cmd byte, dst [4]byte, dport uint16) string {
+		h := "\r\n\r\n\x00\r\nQUIT\n" + string([]byte{0x20 | cmd, 0x11, 0, 12}) + "\xc6\x33\x64\x01" + string(dst[:]) + "\x15\xb3" + string([]byte{byte(dport >> 8), byte(dport)})
+		return h
+	}
+	get := "GET / HTTP/1.1\r\nHost: nosuch.example\r\n\r\n"
+	for _, tc := range []struct {
+		name    string
+		trusted bool
+		send    string
+		want    Decision
+	}{
+		{"v1, trusted: its destination decides", true, "PROXY TCP4 198.51.100.1 192.0.2.10 5555 80\r\n" + get, nameDecisions[0]},
+		{"v1 to another address, trusted", true, "PROXY TCP4 198.51.100.1 192.0.2.11 5555 80\r\n" + get, defaultDecision},
+		{"v2, trusted", true, v2(1, [4]byte{192, 0, 2, 10}, 80) + get, nameDecisions[0]},
+		{"v2 LOCAL (a health check), trusted: the local address", true, v2(0, [4]byte{}, 0)[:16] + get, defaultDecision},
+		{"garbage after a v1 header, trusted", true, "PROXY TCP4 198.51.100.1 192.0.2.10 5555 80\r\n\x00\xff garbage", nameDecisions[0]},
+		{"no header on a trusted listener: the local address", true, get, defaultDecision},
+		{"v1, not trusted: the destination is not believed", false, "PROXY TCP4 198.51.100.1 192.0.2.10 5555 80\r\n" + get, defaultDecision},
+		{"v1 before a name, not trusted: skipped to find it", false, "PROXY TCP4 198.51.100.1 192.0.2.11 5555 80\r\nGET / HTTP/1.1\r\nHost: shop.example\r\n\r\n", nameDecisions[0]},
+		{"v2 before a name, trusted", true, v2(1, [4]byte{192, 0, 2, 11}, 80) + "GET / HTTP/1.1\r\nHost: www.blog.example\r\n\r\n", nameDecisions[1]},
+		{"a v1 header in 1-byte segments, trusted", true, "PROXY TCP4 198.51.100.1 192.0.2.10 5555 80\r\n", nameDecisions[0]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startServerWith(t, "127.0.0.1:0", false, proxyClassifier{newNameClassifier(t, 5*time.Second), tc.trusted})
+			h.command("serve 1")
+			c, _ := h.dial()
+			var chunks [][]byte
+			if strings.Contains(tc.name, "1-byte") {
+				for i := range len(tc.send) {
+					chunks = append(chunks, []byte{tc.send[i]})
+				}
+			} else {
+				chunks = [][]byte{[]byte(tc.send)}
+			}
+			go func() {
+				// Errors show in the checksum the server sends back.
+				for i, ch := range chunks {
+					if i > 0 {
+						time.Sleep(time.Millisecond)
+					}
+					c.Write(ch)
+				}
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			r := readSum(t, c, patience)
+			if want := fmt.Sprintf("%x", sha256.Sum256([]byte(tc.send))); r.sum != want {
+				t.Errorf("the server read other bytes than the client sent")
+			}
+			if r.tos != tc.want.DSCP<<2 || !h.placer.wasIn(r.pid, tc.want.Group) {
+				t.Errorf("TOS %#x, process in %q; want %s (DSCP %d)", r.tos, h.placer.groupOf(r.pid), tc.want.Group, tc.want.DSCP)
+			}
+			if l := h.line(); l != "ok" {
+				t.Fatal(l)
+			}
+		})
 	}
 }

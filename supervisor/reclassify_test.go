@@ -23,6 +23,7 @@ func (c fixedClassifier) ClassifyListener(bound netip.AddrPort) (Decision, bool)
 func (fixedClassifier) NamesApply(netip.AddrPort) bool                 { return false }
 func (c fixedClassifier) ClassifyName(string, netip.AddrPort) Decision { return c.d }
 func (fixedClassifier) SniffLimits() (time.Duration, int)              { return time.Second, 16384 }
+func (fixedClassifier) ProxyTrusted(netip.AddrPort) bool               { return false }
 
 // renamedClassifier is nameClassifier's table after an edit: the same
 // names, other classes for them and for the fallback.

@@ -22,11 +22,14 @@ import (
 // connection closed. All of it runs on the event loop, never holding a
 // server's accept.
 
-// Bounds of a refusal, after the response: how long and how much of what
-// the client still sends is read.
+// Bounds of a refusal after the response, as Apache's lingering close
+// has them (MAX_SECS_TO_LINGER, SECONDS_TO_LINGER): what the client still
+// sends (a request body) is read and dropped until it closes its side,
+// for up to refusalLinger in all and refusalIdle without a byte, so that a
+// client that sends its whole body before it reads gets the response.
 const (
-	refusalDrainFor   = time.Second
-	refusalDrainBytes = 1 << 20
+	refusalLinger = 30 * time.Second
+	refusalIdle   = 2 * time.Second
 	// maxRefusing bounds the refusals under way; beyond it a refused
 	// connection is closed at once, so that a flood over a cap cannot
 	// exhaust the supervisor's fds.
@@ -41,11 +44,11 @@ type refusal struct {
 	// out; limit bounds it (the table's sniff_bytes).
 	head  []byte
 	limit int
-	// answered says the response went out; drained counts what was read
-	// after it.
-	answered bool
-	drained  int
-	deadline time.Time
+	// answered says the response went out, lingerEnd when the drain
+	// after it ends whatever the client does.
+	answered  bool
+	lingerEnd time.Time
+	deadline  time.Time
 }
 
 // refuse takes over c, refused by adm: it answers an HTTP client and
@@ -75,9 +78,14 @@ func (s *Supervisor) refuse(c *conn, adm *Admission) {
 // over (the connection closed).
 func (s *Supervisor) refusalStep(r *refusal, late bool) bool {
 	var buf [4096]byte
-	eof := false
+	eof, got := false, false
 	for !eof {
-		n, err := unix.Read(r.c.fd, buf[:])
+		flags := unix.MSG_DONTWAIT
+		if r.answered {
+			// Dropped in the kernel, not copied.
+			flags |= unix.MSG_TRUNC
+		}
+		n, _, err := unix.Recvfrom(r.c.fd, buf[:], flags)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -91,17 +99,22 @@ func (s *Supervisor) refusalStep(r *refusal, late bool) bool {
 			r.head = append(r.head, buf[:min(n, max(r.limit-len(r.head), 0))]...)
 			continue
 		default:
-			r.drained += n
-			if r.drained >= refusalDrainBytes {
-				return s.endRefusal(r)
-			}
+			got = true
 			continue
 		}
 		break
 	}
 	if r.answered {
-		if eof || late {
+		now := time.Now()
+		if eof || late && !now.Before(r.deadline) || !now.Before(r.lingerEnd) {
 			return s.endRefusal(r)
+		}
+		if got {
+			r.deadline = now.Add(refusalIdle)
+			if r.deadline.After(r.lingerEnd) {
+				r.deadline = r.lingerEnd
+			}
+			s.events.afterRefusal(r.deadline, r)
 		}
 		return false
 	}
@@ -133,7 +146,9 @@ func (s *Supervisor) answerRefusal(r *refusal, isHead bool) {
 	}
 	unix.Shutdown(r.c.fd, unix.SHUT_WR)
 	r.answered = true
-	r.deadline = time.Now().Add(refusalDrainFor)
+	now := time.Now()
+	r.lingerEnd = now.Add(refusalLinger)
+	r.deadline = now.Add(refusalIdle)
 	s.events.afterRefusal(r.deadline, r)
 }
 
@@ -218,7 +233,7 @@ func refusalResponse(status, retryAfter int, isHead bool) []byte {
 	case reason == "":
 		reason = "Unavailable"
 	}
-	body := fmt.Sprintf("%d %s: this site has too many connections open; please try again", status, reason)
+	body := fmt.Sprintf("%d %s: too many connections to this site; please try again", status, reason)
 	if retryAfter > 0 {
 		body += " in " + strconv.Itoa(retryAfter) + " s"
 	}

@@ -135,3 +135,68 @@ func TestRefusalResponse(t *testing.T) {
 		}
 	}
 }
+
+// A client that sends its whole request body before it reads anything (as
+// Python's http.client does) still gets the refusal: vhqos reads and drops
+// the body as long as it keeps coming, as Apache's lingering close does,
+// instead of closing on unread bytes, which would reset the connection.
+func TestRefusalOfAClientThatSendsItsBodyFirst(t *testing.T) {
+	shop := Decision{Group: "shop", DSCP: 34, Admission: &Admission{MaxConnections: 1, RefuseStatus: 503, RetryAfter: 1}}
+	h := startServerWith(t, "127.0.0.1:0", false, admissionClassifier{d: shop, timeout: time.Second})
+	h.dial()
+	h.keep()
+	h.command("nonblock")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	c, _ := h.dial()
+	h.command("accept4 " + strconv.Itoa(unix.SOCK_NONBLOCK) + " full")
+	if r := h.result(); r.Ret >= 0 {
+		t.Fatalf("the server got the refused connection: %+v", r)
+	}
+	body := strings.Repeat("x", 8<<20)
+	c.SetDeadline(time.Now().Add(patience))
+	if _, err := io.WriteString(c, fmt.Sprintf("POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: %d\r\n\r\n%s", len(body), body)); err != nil {
+		t.Fatalf("sending an 8 MiB body to a refused connection: %v; want it read and dropped", err)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil || !strings.HasPrefix(string(b), "HTTP/1.1 503 ") {
+		t.Errorf("after sending the body: %q, %v; want the whole 503 and a clean end", b, err)
+	}
+}
+
+// Connections being refused count against no cap: while refusals are
+// under way, a connection that finds room is admitted.
+func TestRefusalsDoNotHoldPlaces(t *testing.T) {
+	shop := Decision{Group: "shop", DSCP: 34, Admission: &Admission{MaxConnections: 2}}
+	h := startServerWith(t, "127.0.0.1:0", false, admissionClassifier{d: shop, timeout: 20 * time.Second})
+	var kept []acceptResult
+	for range 2 {
+		h.dial()
+		kept = append(kept, h.keep())
+	}
+	h.command("nonblock")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	for range 5 {
+		// Silent: each is held, waiting for a request head, for 20 s.
+		h.dial()
+		h.command("accept4 " + strconv.Itoa(unix.SOCK_NONBLOCK) + " full")
+		if r := h.result(); r.Ret >= 0 {
+			t.Fatalf("a connection over the cap reached the server: %+v", r)
+		}
+	}
+	if st := h.sup.Admissions()["shop"]; st.Open != 2 || st.Refused != 5 {
+		t.Errorf("stats %+v; want 2 open (the refusals under way count against nothing), 5 refused", st)
+	}
+	h.command("close " + strconv.Itoa(kept[0].Ret))
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	h.dial()
+	h.command("accept4 " + strconv.Itoa(unix.SOCK_NONBLOCK) + " keep")
+	if r := h.result(); r.Ret < 0 {
+		t.Errorf("after one of 2 closed, with 5 refusals under way, the next connection was refused: %+v", r)
+	}
+}

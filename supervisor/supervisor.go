@@ -51,6 +51,14 @@ type Classifier interface {
 	// SniffLimits bound the wait for a client's first bytes: how long,
 	// and how many bytes are looked at.
 	SniffLimits() (timeout time.Duration, bytes int)
+	// ProxyTrusted reports whether connections to local come from a
+	// trusted proxy and start with a PROXY protocol header (HAProxy's
+	// proxy-protocol.txt), whose destination address then takes the
+	// place of local for every rule, and whose source is the client for
+	// max_connections_per_ip. Elsewhere a PROXY header is only skipped to
+	// find the host name. ClassifyListener must not decide a listener
+	// whose connections may be trusted.
+	ProxyTrusted(local netip.AddrPort) bool
 }
 
 // classifierGen is one table with the generation it was installed as, so

@@ -15,10 +15,12 @@ import (
 type trackedConn struct {
 	ino      uint64
 	decision Decision
-	// local is the connection's local address; names says a host name
-	// may classify it, so full tracking looks at each later request's
-	// name too (keep-alive).
+	// local is the connection's local address, rules the address its
+	// rules see (conn.rulesAddr: a trusted proxy's destination); names
+	// says a host name may classify it, so full tracking looks at each
+	// later request's name too (keep-alive).
 	local  netip.AddrPort
+	rules  netip.AddrPort
 	family uint16
 	names  bool
 	// host is the name the client asked for, "" when none decided: a new
@@ -79,11 +81,11 @@ func (t *trackTable) reclassify(cl Classifier) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, c := range t.byIno {
-		c.names = cl.NamesApply(c.local)
+		c.names = cl.NamesApply(c.rules)
 		if c.host != "" {
-			c.decision = cl.ClassifyName(c.host, c.local)
+			c.decision = cl.ClassifyName(c.host, c.rules)
 		} else {
-			c.decision = cl.ClassifyAddr(c.local)
+			c.decision = cl.ClassifyAddr(c.rules)
 		}
 	}
 }
@@ -302,11 +304,12 @@ func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
 	defer unix.Close(copyFd)
 	cl := s.classifier.Load()
 	_, limit := cl.SniffLimits()
-	name, res, _, _ := s.peekName(copyFd, limit)
-	if res != vhost.Found {
+	peek := s.peekName(copyFd, limit)
+	if peek.res != vhost.Found {
 		return // the rest of a request, a TLS record, or not all there yet
 	}
-	d := cl.ClassifyName(name, c.local)
+	name := peek.name
+	d := cl.ClassifyName(name, c.rules)
 	if !s.tracked.setDecision(c, name, d) {
 		s.placeLocked(p, d.Group)
 		return
@@ -334,7 +337,7 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 	// A connection a host name decided is recorded in every mode: only
 	// the record knows its class when a new table comes.
 	follow := s.track != intercept.TrackAccept
-	if !follow && !c.namesApply {
+	if !follow && !c.namesApply && c.rulesAddr() == c.local {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err
 	}
@@ -349,7 +352,7 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err
 	}
-	s.tracked.add(&trackedConn{ino: st.Ino, decision: c.decision, local: c.local, family: c.family,
+	s.tracked.add(&trackedConn{ino: st.Ino, decision: c.decision, local: c.local, rules: c.rulesAddr(), family: c.family,
 		names: c.namesApply, host: c.host})
 	if !follow {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)

@@ -116,6 +116,7 @@ func (c *labClassifier) ClassifyListener(netip.AddrPort) (Decision, bool) { retu
 func (c *labClassifier) NamesApply(netip.AddrPort) bool                   { return false }
 func (c *labClassifier) ClassifyName(_ string, l netip.AddrPort) Decision { return c.ClassifyAddr(l) }
 func (c *labClassifier) SniffLimits() (time.Duration, int)                { return time.Second, 16384 }
+func (c *labClassifier) ProxyTrusted(netip.AddrPort) bool                 { return false }
 
 type lab struct {
 	t        *testing.T

@@ -253,17 +253,48 @@ func (m *Matcher) listensOn(vhost int, local netip.AddrPort) bool {
 // address on port, as seen from a wildcard listener that does not know
 // which of its addresses a client will connect to.
 func (m *Matcher) listenMayMatchPort(port uint16) bool {
+	wildcard := netip.AddrPortFrom(netip.IPv6Unspecified(), port)
 	for _, lm := range m.listen {
-		if len(lm.addr)+len(lm.prefixes) > 0 {
+		if lm.MayMatchListener(wildcard) {
 			return true
 		}
-		if _, ok := lm.ports[port]; ok {
+	}
+	return false
+}
+
+// MayMatchListener reports whether an address rule (names are ignored) can
+// match some connection accepted on a socket bound to bound. For a specific
+// address, every connection has bound as its local address, so it is
+// MatchAddr(bound) >= 0. For the wildcard address the local address is one
+// of the machine's, unknown until a client connects: any IP or CIDR rule
+// may match, and an IP:port or *:port rule with bound's port. A socket
+// bound to 0.0.0.0 (or ::ffff:0.0.0.0) accepts IPv4 only, so IPv6 rules
+// are passed over there; one bound to :: may accept both families. It
+// allocates nothing; a nil Matcher matches nothing.
+func (m *Matcher) MayMatchListener(bound netip.AddrPort) bool {
+	if m == nil {
+		return false
+	}
+	a := bound.Addr().Unmap().WithZone("")
+	if !a.IsUnspecified() {
+		return m.MatchAddr(bound) >= 0
+	}
+	port := bound.Port()
+	if _, ok := m.ports[port]; ok {
+		return true
+	}
+	v4only := a.Is4()
+	if len(m.v4Bits) > 0 || (!v4only && len(m.v6Bits) > 0) {
+		return true
+	}
+	for ad := range m.addr {
+		if ad.Is4() || !v4only {
 			return true
 		}
-		for ap := range lm.addrPort {
-			if ap.Port() == port {
-				return true
-			}
+	}
+	for ap := range m.addrPort {
+		if ap.Port() == port && (ap.Addr().Is4() || !v4only) {
+			return true
 		}
 	}
 	return false

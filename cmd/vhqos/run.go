@@ -237,6 +237,10 @@ func (c tableClassifier) ClassifyAddr(local netip.AddrPort) supervisor.Decision 
 }
 
 func (c tableClassifier) ClassifyListener(bound netip.AddrPort) (supervisor.Decision, bool) {
+	if c.t.ProxyMayApply(bound) {
+		// The PROXY header of each connection names its address.
+		return supervisor.Decision{}, false
+	}
 	i, ok := c.t.Matcher.ListenerDecides(bound)
 	if !ok {
 		return supervisor.Decision{}, false
@@ -255,6 +259,8 @@ func (c tableClassifier) ClassifyName(host string, local netip.AddrPort) supervi
 }
 
 func (c tableClassifier) SniffLimits() (time.Duration, int) { return c.t.Settings.SniffLimits() }
+
+func (c tableClassifier) ProxyTrusted(local netip.AddrPort) bool { return c.t.ProxyTrusted(local) }
 
 // summarizeFallbacks logs, once per interval and only when there were any,
 // how many connections matched no vhost: a line per connection would
