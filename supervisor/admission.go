@@ -375,35 +375,34 @@ func (a *admissions) recount(deciding uint64) error {
 		}
 	}
 	a.reserved.Store(int64(len(a.reservations)))
+	live := make(map[uint64]struct{}, len(a.conns))
+	kernel := map[string]int{}
+	if len(a.conns) > 0 || len(a.fast) > 0 {
+		// (With nothing recorded and no listener left to the kernel, a
+		// table without caps never walks the kernel's sockets.)
+		err := a.count(func(cookie uint64, local netip.AddrPort) {
+			if _, ok := a.conns[cookie]; ok {
+				live[cookie] = struct{}{}
+				return
+			}
+			if _, ok := a.fast[local]; !ok || cookie == deciding {
+				return
+			}
+			if d, ok := a.classify(local); ok && d.Admission != nil {
+				kernel[d.Group]++
+			}
+		})
+		if err != nil {
+			// The figures stay the upper bounds they were.
+			return err
+		}
+	}
 	for _, cc := range a.classes {
 		cc.open = 0
 		clear(cc.perIP)
 	}
-	if len(a.conns) == 0 && len(a.fast) == 0 {
-		// Nothing recorded, nothing the kernel accepted: a table without
-		// caps never walks the kernel's sockets.
-		a.recordedAtCount = 0
-		a.addReservations()
-		a.uncounted = false
-		return nil
-	}
-	live := make(map[uint64]struct{}, len(a.conns))
-	kernel := map[string]int{}
-	err := a.count(func(cookie uint64, local netip.AddrPort) {
-		if _, ok := a.conns[cookie]; ok {
-			live[cookie] = struct{}{}
-			return
-		}
-		if _, ok := a.fast[local]; !ok || cookie == deciding {
-			return
-		}
-		if d, ok := a.classify(local); ok && d.Admission != nil {
-			kernel[d.Group]++
-		}
-	})
-	if err != nil {
-		return err
-	}
+	a.refusing.open = 0
+	clear(a.refusing.perIP)
 	for cookie, ac := range a.conns {
 		if _, ok := live[cookie]; !ok {
 			delete(a.conns, cookie)

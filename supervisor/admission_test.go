@@ -429,3 +429,23 @@ func TestAdmissionCountsWhatTheKernelAcceptedBefore(t *testing.T) {
 		t.Error("admitted a 5th under a cap of 4")
 	}
 }
+
+// A count that fails leaves the figures as they were: a cap reached stays
+// reached, rather than read as empty.
+func TestAdmissionFailedCountKeepsTheFigures(t *testing.T) {
+	k := &fakeKernel{open: map[uint64]bool{}}
+	adm := &Admission{MaxConnections: 2}
+	a := newTestAdmissions(k, Decision{Group: "shop", Admission: adm})
+	client := netip.MustParseAddr("192.0.2.1")
+	for cookie := uint64(1); cookie <= 2; cookie++ {
+		a.tryAdmit("shop", adm, cookie, client)
+		k.open[cookie] = true
+	}
+	k.fail = errors.New("sock_diag unavailable")
+	a.tryAdmit("shop", adm, 3, client) // admitted on the failure: best effort
+	k.fail = nil
+	k.open[3] = true
+	if a.tryAdmit("shop", adm, 4, client) {
+		t.Error("a 4th was admitted under a cap of 2 after a failed count")
+	}
+}
