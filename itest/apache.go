@@ -406,7 +406,15 @@ func (a *Apache) Exited() <-chan struct{} { return a.exited }
 // Apache's directory (Apache's own processes, its CGIs, a vhqos running
 // it) and their descendants, as "PID command line". After Stop there
 // should be none.
-func (a *Apache) Leftovers() []string {
+func (a *Apache) Leftovers() []string { return processesNaming(a.Dir) }
+
+// KillLeftovers kills what Leftovers lists with SIGKILL, waits (up to 10
+// s) until they are gone, so their ports are free, and returns the list.
+func (a *Apache) KillLeftovers() []string { return killProcessesNaming(a.Dir) }
+
+// processesNaming lists the live processes whose command line, or an
+// ancestor's, contains tag, as "PID command line".
+func processesNaming(tag string) []string {
 	type proc struct {
 		ppid    int
 		cmdline string
@@ -431,7 +439,7 @@ func (a *Apache) Leftovers() []string {
 	var out []string
 	for pid, p := range procs {
 		for q, seen := p, 0; seen < 64; q, seen = procs[q.ppid], seen+1 {
-			if strings.Contains(q.cmdline, a.Dir) {
+			if strings.Contains(q.cmdline, tag) {
 				out = append(out, strconv.Itoa(pid)+" "+p.cmdline)
 				break
 			}
@@ -443,10 +451,10 @@ func (a *Apache) Leftovers() []string {
 	return out
 }
 
-// KillLeftovers kills what Leftovers lists with SIGKILL, waits (up to 10
-// s) until they are gone, so their ports are free, and returns the list.
-func (a *Apache) KillLeftovers() []string {
-	left := a.Leftovers()
+// killProcessesNaming kills what processesNaming(tag) lists with SIGKILL,
+// waits (up to 10 s) until they are gone and returns the list.
+func killProcessesNaming(tag string) []string {
+	left := processesNaming(tag)
 	if len(left) == 0 {
 		return nil
 	}
@@ -454,7 +462,7 @@ func (a *Apache) KillLeftovers() []string {
 		pid, _ := strconv.Atoi(strings.Fields(l)[0])
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(a.Leftovers()) > 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); len(processesNaming(tag)) > 0 && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return left

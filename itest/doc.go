@@ -38,6 +38,20 @@
 // what Apache (and vhqos) printed. StartApache is the same without a test
 // (for the benchmarks).
 //
+//	p := RunPHPFPM(t, PHPFPMConfig{Addr: "127.0.0.1:9000", Workers: 4, Prefix: ...})
+//	h := RunHAProxy(t, []ProxyRoute{{Bind: "127.0.0.5:80", Server: "127.0.0.1:8081", Version: 2}})
+//	d := RunDaemon(t, DaemonConfig{Name: "nginx", Dir: dir, Argv: ..., Listen: ...})
+//
+// run Debian's php-fpm (one static pool on TCP; /whoami.php reports the
+// worker and its cgroups as the whoami CGI does, /burn.php?gate=G spins
+// until p.OpenGate(G), p.Burners(G) says who burns for which site),
+// HAProxy in mode tcp with send-proxy or send-proxy-v2 per frontend, and
+// any other server from a configuration the test wrote into a scratch
+// directory, natively or under vhqos (Prefix), with RunApache's stop and
+// leftovers checks. They wait for the server's listening sockets in
+// /proc/net/tcp rather than connecting, so a server under vhqos sees only
+// the test's connections.
+//
 // Clients:
 //
 //	resp, err := Get("127.0.0.2:8080", "/cgi-bin/whoami")         // Connection: close

@@ -98,7 +98,14 @@ func startWith(t *testing.T, cfg ApacheConfig) *Apache {
 // assertNoCgroupLeft checks that no cgroup of this vhqos survived it.
 func assertNoCgroupLeft(t *testing.T, a *Apache) {
 	t.Helper()
-	name := "vhqos." + strconv.Itoa(a.Cmd.Process.Pid)
+	assertNoCgroupLeftOf(t, a.Cmd.Process.Pid)
+}
+
+// assertNoCgroupLeftOf checks that no cgroup of the vhqos with pid
+// survived it.
+func assertNoCgroupLeftOf(t *testing.T, pid int) {
+	t.Helper()
+	name := "vhqos." + strconv.Itoa(pid)
 	filepath.WalkDir("/sys/fs/cgroup", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return nil

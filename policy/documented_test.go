@@ -197,6 +197,7 @@ func TestKeyProxyProtocol(t *testing.T) {
 		{value: `"0.0.0.0:8080"`, err: "write *:8080 for that port on every address"},
 		{value: `"*:0"`, err: "PORT 1..65535"},
 		{value: `"*"`, err: "a bare * would match every connection"},
+		{value: `"unix:/run/nginx.sock"`, err: `"unix:/run/nginx.sock" is a unix socket; proxy_protocol lists TCP addresses`},
 		{value: `""`, err: "empty pattern"},
 		{value: `8080`, err: "each address is a string"},
 	})
@@ -326,11 +327,13 @@ func TestKeyMatchAndListen(t *testing.T) {
 		checkKey(t, "[[vhost]]\nname = \"v\"\nmatch = [\"shop.example.com\"]\n", "listen", "%s", func(t *Table) any { return canon(t.VHosts[0].Listen) }, []keyCase{
 			{value: "", want: []string(nil)},
 			{value: `["192.0.2.1", "192.0.2.2:443", "198.51.100.0/24", "*:443"]`, want: []string{"192.0.2.1", "192.0.2.2:443", "198.51.100.0/24", "*:443"}},
+			{value: `["unix:/run/php/pool.sock", "unix:@fpm", "*:80"]`, want: []string{"unix:/run/php/pool.sock", "unix:@fpm", "*:80"}},
 			{value: `[]`, err: "is empty"},
 			{value: `"192.0.2.1"`, err: "must be a list"},
 		})
 		checkKey(t, "[[vhost]]\nname = \"v\"\nmatch = [\"shop.example.com\"]\n", "listen", "[%s]", func(t *Table) any { return nil }, []keyCase{
 			{value: `"blog.example.com"`, err: "is a host name; listen lists local addresses"},
+			{value: `"unix:run/php.sock"`, err: "must be absolute"},
 		})
 	})
 	t.Run("listen without a name", func(t *testing.T) {
@@ -413,6 +416,102 @@ func TestAddressPatterns(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Unix-domain listeners of REFERENCE.md's "Match patterns": unix:/path
+// (absolute, clean, at most 107 bytes: sun_path less its NUL) and
+// unix:@name (abstract, 1..106 printable bytes) match the connections of
+// the listener bound there and nothing else; host names apply on such a
+// listener unless a listen list leaves it out, and never with a port.
+func TestUnixPatterns(t *testing.T) {
+	long := "/" + strings.Repeat("p", 106)
+	tests := []struct {
+		pattern     string
+		err         string
+		match, miss []string // listener paths
+	}{
+		{pattern: "unix:/run/php/shop.sock", match: []string{"/run/php/shop.sock"}, miss: []string{"/run/php/shop.sock2", "@/run/php/shop.sock", "/run/php", ""}},
+		{pattern: "unix:" + long, match: []string{long}},
+		{pattern: "unix:" + long + "p", err: "sun_path holds at most 107"},
+		{pattern: "unix:@shop-fpm", match: []string{"@shop-fpm"}, miss: []string{"/shop-fpm", "@shop"}},
+		{pattern: "unix:@a", match: []string{"@a"}},
+		{pattern: "unix:@" + strings.Repeat("n", 106), match: []string{"@" + strings.Repeat("n", 106)}},
+		{pattern: "unix:@" + strings.Repeat("n", 107), err: "1..106 bytes"},
+		{pattern: "unix:@", err: "1..106 bytes"},
+		{pattern: "unix:@a\tb", err: "printable ASCII"},
+		{pattern: "unix:", err: "empty socket path"},
+		{pattern: "unix:php.sock", err: "must be absolute"},
+		{pattern: "unix:/run//php.sock", err: `write the path as the listener reports it, "unix:/run/php.sock"`},
+		{pattern: "unix:/run/php/", err: `"unix:/run/php"`},
+		{pattern: "unix:/run/../php.sock", err: `"unix:/php.sock"`},
+		{pattern: "unix:/a\u0000b", err: "NUL"},
+	}
+	for _, tc := range tests {
+		label := tc.pattern
+		if len(label) > 30 {
+			label = fmt.Sprintf("%s...(%d)", label[:12], len(label))
+		}
+		t.Run(label, func(t *testing.T) {
+			checkPattern(t, tc.pattern, tc.err)
+			tab, err := parse(t, "[[vhost]]\nname = \"v\"\nmatch = ["+strconv.Quote(tc.pattern)+"]\n")
+			if err != nil {
+				return
+			}
+			for _, path := range tc.match {
+				if got := tab.ClassifyPath(path).Name; got != "v" {
+					t.Errorf("listener %q: %s, want v", path, got)
+				}
+			}
+			for _, path := range tc.miss {
+				if got := tab.ClassifyPath(path).Name; got != DefaultsName {
+					t.Errorf("listener %q: %s, want %s", path, got, DefaultsName)
+				}
+			}
+			if got := tab.ClassifyAddr(netip.MustParseAddrPort("192.0.2.1:80")).Name; got != DefaultsName {
+				t.Errorf("a TCP connection: %s, want %s", got, DefaultsName)
+			}
+		})
+	}
+
+	tab, err := parse(t, `
+[[vhost]]
+name = "pool"
+match = ["unix:/run/php/pool.sock"]
+[[vhost]]
+name = "shop"
+match = ["shop.example.com", "shop.example.com:8443"]
+listen = ["unix:/run/php/pool.sock"]
+[[vhost]]
+name = "blog"
+match = ["blog.example.com"]
+[[vhost]]
+name = "port"
+match = ["api.example.com:9000"]
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ host, path, want string }{
+		{"", "/run/php/pool.sock", "pool"},
+		{"shop.example.com", "/run/php/pool.sock", "shop"},
+		{"SHOP.example.com.:8443", "/run/php/pool.sock", "shop"}, // the Host's port does not matter
+		{"blog.example.com", "/run/php/pool.sock", "blog"},       // no listen list: every socket
+		{"api.example.com", "/run/php/pool.sock", "pool"},        // a name with :port never matches a socket
+		{"nobody.example.com", "/run/php/pool.sock", "pool"},
+		{"shop.example.com", "/run/php/other.sock", DefaultsName}, // listen leaves that socket out
+		{"blog.example.com", "@other", "blog"},
+	} {
+		c := tab.ClassifyPath(tc.path)
+		if tc.host != "" {
+			c = tab.ClassifyNameOnPath(tc.host, tc.path)
+		}
+		if c.Name != tc.want {
+			t.Errorf("%q on %s: %s, want %s", tc.host, tc.path, c.Name, tc.want)
+		}
+	}
+	if got := tab.ClassifyName("shop.example.com", netip.MustParseAddrPort("192.0.2.1:80")).Name; got != DefaultsName {
+		t.Errorf("a name listening on a unix socket only matched on TCP: %s", got)
 	}
 }
 
@@ -587,6 +686,10 @@ func TestPatternInTwoVHosts(t *testing.T) {
 		{"192.0.2.0/24", "192.0.2.0/25", true},
 		{"shop.example.com", "shop.example.com:443", true},
 		{"*.example.com", "example.com", true},
+		{"unix:/run/php/a.sock", "unix:/run/php/a.sock", false},
+		{"unix:@fpm", "unix:@fpm", false},
+		{"unix:/fpm", "unix:@/fpm", true},
+		{"unix:/run/php/a.sock", "unix:/run/php/b.sock", true},
 	} {
 		src := fmt.Sprintf("[[vhost]]\nname = \"a\"\nmatch = [%q]\n[[vhost]]\nname = \"b\"\nmatch = [%q]\n", tc.a, tc.b)
 		_, err := parse(t, src)

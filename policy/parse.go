@@ -430,7 +430,7 @@ func (p *parser) listen(s scope, key string, v any, c *Class) {
 		whyEmpty: "leave listen out to let this vhost's names count on every address",
 	}, func(ikey, raw string, pat vhost.Pattern) bool {
 		if pat.IsName() {
-			p.valueProblem(s, ikey, "%q is a host name; listen lists local addresses (IP, IP:port, CIDR or *:PORT) the vhost's names apply to", raw)
+			p.valueProblem(s, ikey, "%q is a host name; listen lists local addresses (IP, IP:port, CIDR, *:PORT or unix:/path) the vhost's names apply to", raw)
 			return false
 		}
 		return true
@@ -452,6 +452,12 @@ func (p *parser) proxyProtocol(s scope, key string, v any) []vhost.Pattern {
 	}, func(ikey, raw string, pat vhost.Pattern) bool {
 		if pat.IsName() {
 			p.valueProblem(s, ikey, "%q is a host name; proxy_protocol lists local addresses (IP, IP:port, CIDR or *:PORT) of the listeners behind a proxy", raw)
+			return false
+		}
+		if pat.Kind == vhost.KindUnix {
+			// A unix socket has no address for a header to stand in for,
+			// and a PROXY header on one is only skipped.
+			p.valueProblem(s, ikey, "%q is a unix socket; proxy_protocol lists TCP addresses (IP, IP:port, CIDR or *:PORT) of the listeners behind a proxy", raw)
 			return false
 		}
 		return true

@@ -96,7 +96,8 @@ type Class struct {
 	// Match is empty for the defaults.
 	Match []vhost.Pattern
 	// Listen restricts the host names in Match to connections to these
-	// local addresses; empty means every address.
+	// local addresses and Unix-domain listeners; empty means every
+	// address.
 	Listen    []vhost.Pattern
 	Resources cgroup.Resources
 	// DSCP is 0..63, or -1 to leave sockets as the server made them.
@@ -129,6 +130,28 @@ func (t *Table) ClassifyName(host string, local netip.AddrPort) *Class {
 		return &t.VHosts[i]
 	}
 	return t.ClassifyAddr(local)
+}
+
+// ClassifyPath returns the class of a connection to the Unix-domain
+// listener bound to path ("/run/php/shop.sock", or "@name" for an abstract
+// socket): the vhost whose unix: pattern names it, or the defaults. It
+// allocates nothing.
+func (t *Table) ClassifyPath(path string) *Class {
+	if i := t.Matcher.MatchPath(path); i >= 0 {
+		return &t.VHosts[i]
+	}
+	return &t.Defaults
+}
+
+// ClassifyNameOnPath is ClassifyName for a connection to the Unix-domain
+// listener bound to path, whose client (a FastCGI or HTTP proxy in front)
+// asked for host: the vhost with the most specific name rule that applies
+// on that socket (vhost.Matcher.MatchNameOnPath), else the class by path.
+func (t *Table) ClassifyNameOnPath(host, path string) *Class {
+	if i := t.Matcher.MatchNameOnPath(host, path); i >= 0 {
+		return &t.VHosts[i]
+	}
+	return t.ClassifyPath(path)
 }
 
 // ProxyTrusted reports whether a connection whose local address is local

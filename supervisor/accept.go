@@ -50,6 +50,9 @@ type conn struct {
 	peerLen  uint32
 	local    netip.AddrPort
 	family   uint16
+	// path is the path of c's Unix-domain listener (listener.path), which
+	// stands for its local address: "" for a TCP connection.
+	path     string
 	decision Decision
 	// namesApply says a host name may classify the connection (so its
 	// first bytes were looked at, and full tracking looks at later
@@ -215,7 +218,7 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 		return false
 	}
 	if l.fixedGen != cl.gen {
-		l.fixed, l.fixedOK = cl.ClassifyListener(l.bound)
+		l.fixed, l.fixedOK = listenerDecision(cl, l)
 		l.fixedGen = cl.gen
 	}
 	if !l.fixedOK {
@@ -223,6 +226,15 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 		return false
 	}
 	d := l.fixed
+	if l.path != "" {
+		// A unix socket carries no IP packets to mark, and the caps count
+		// TCP connections only (sock_diag): nothing to do but place.
+		l.continued = true
+		l.touch()
+		l.mu.Unlock()
+		s.continueAccept(call, d)
+		return true
+	}
 	if !l.fastNoted {
 		l.fastNoted = true
 		s.admissions.noteFast(l.bound)
@@ -244,6 +256,13 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 	l.continued = true
 	l.touch()
 	l.mu.Unlock()
+	s.continueAccept(call, d)
+	return true
+}
+
+// continueAccept places call's process in d's class and lets the kernel
+// perform the accept.
+func (s *Supervisor) continueAccept(call *acceptCall, d Decision) {
 	s.place(call.proc, d.Group)
 	err := respondContinue(s.notifyFd, call.id)
 	if err == nil {
@@ -253,7 +272,15 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 		s.countConnection(d.Group)
 	}
 	s.respond(call.id, err)
-	return true
+}
+
+// listenerDecision is the Decision for every connection of l, when its
+// address (or a Unix-domain listener's path) alone decides them.
+func listenerDecision(cl Classifier, l *listener) (Decision, bool) {
+	if l.path != "" {
+		return cl.ListenerDecidesPath(l.path)
+	}
+	return cl.ClassifyListener(l.bound)
 }
 
 // acceptOn answers call from l: a stashed connection first, then one from

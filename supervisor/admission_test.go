@@ -174,8 +174,12 @@ func (admissionClassifier) NamesApply(netip.AddrPort) bool { return false }
 func (c admissionClassifier) ClassifyName(string, netip.AddrPort) Decision {
 	return c.d
 }
-func (c admissionClassifier) SniffLimits() (time.Duration, int) { return c.timeout, 16384 }
-func (admissionClassifier) ProxyTrusted(netip.AddrPort) bool    { return false }
+func (c admissionClassifier) SniffLimits() (time.Duration, int)           { return c.timeout, 16384 }
+func (admissionClassifier) ProxyTrusted(netip.AddrPort) bool              { return false }
+func (c admissionClassifier) ClassifyPath(string) Decision                { return c.d }
+func (c admissionClassifier) ListenerDecidesPath(string) (Decision, bool) { return c.d, true }
+func (admissionClassifier) NamesApplyPath(string) bool                    { return false }
+func (c admissionClassifier) ClassifyNameOnPath(string, string) Decision  { return c.d }
 
 // keep has the test server accept and keep one connection; it returns
 // the result (Ret is the server's fd of it).

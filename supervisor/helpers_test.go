@@ -107,6 +107,15 @@ func (portClassifier) SniffLimits() (time.Duration, int) { return time.Second, 1
 
 func (portClassifier) ProxyTrusted(netip.AddrPort) bool { return false }
 
+// The tests of portClassifier have no unix listeners: a path gets the
+// defaults, connection by connection.
+func (c portClassifier) ClassifyPath(string) Decision              { return c.ClassifyAddr(netip.AddrPort{}) }
+func (portClassifier) ListenerDecidesPath(string) (Decision, bool) { return Decision{}, false }
+func (portClassifier) NamesApplyPath(string) bool                  { return false }
+func (c portClassifier) ClassifyNameOnPath(string, string) Decision {
+	return c.ClassifyAddr(netip.AddrPort{})
+}
+
 // patience bounds every wait for something that must happen. It is
 // generous because these tests run beside other packages' tests, under the
 // race detector and on busy CI machines: a passing test never waits it
@@ -350,6 +359,10 @@ func startServerWith(t *testing.T, listenAddr string, emulate bool, names Classi
 	// Installed again now that the port is known, so that the supervisor's
 	// goroutines read it after this write (SetClassifier is an atomic store).
 	h.sup.SetClassifier(&lateClassifier{h: h})
+	if strings.HasPrefix(listenAddr, "unix:") {
+		h.addr = listenAddr
+		return h
+	}
 	host := strings.TrimSuffix(strings.TrimPrefix(listenAddr[:strings.LastIndex(listenAddr, ":")], "["), "]")
 	h.addr = net.JoinHostPort(host, strconv.Itoa(h.port))
 	return h
@@ -422,6 +435,31 @@ func (c *lateClassifier) ProxyTrusted(local netip.AddrPort) bool {
 	return false
 }
 
+func (c *lateClassifier) ClassifyPath(path string) Decision {
+	if c.h.names != nil {
+		return c.h.names.ClassifyPath(path)
+	}
+	return portClassifier{}.ClassifyPath(path)
+}
+
+func (c *lateClassifier) ListenerDecidesPath(path string) (Decision, bool) {
+	if c.h.names != nil {
+		return c.h.names.ListenerDecidesPath(path)
+	}
+	return portClassifier{}.ListenerDecidesPath(path)
+}
+
+func (c *lateClassifier) NamesApplyPath(path string) bool {
+	return c.h.names != nil && c.h.names.NamesApplyPath(path)
+}
+
+func (c *lateClassifier) ClassifyNameOnPath(host, path string) Decision {
+	if c.h.names != nil {
+		return c.h.names.ClassifyNameOnPath(host, path)
+	}
+	return c.ClassifyPath(path)
+}
+
 func (h *harness) command(cmd string) {
 	h.t.Helper()
 	if _, err := fmt.Fprintln(h.in, cmd); err != nil {
@@ -462,15 +500,23 @@ func (h *harness) result() acceptResult {
 	return r
 }
 
-// dial connects a client and returns it with its local port.
+// dial connects a client and returns it with its local port (0 on a
+// Unix-domain socket, h.addr "unix:/path" or "unix:@name").
 func (h *harness) dial() (net.Conn, int) {
 	h.t.Helper()
-	c, err := net.DialTimeout("tcp", h.addr, patience)
+	network, addr := "tcp", h.addr
+	if path, ok := strings.CutPrefix(h.addr, "unix:"); ok {
+		network, addr = "unix", path // Go dials "@name" as abstract
+	}
+	c, err := net.DialTimeout(network, addr, patience)
 	if err != nil {
 		h.t.Fatalf("connecting to the test server: %v", err)
 	}
 	h.t.Cleanup(func() { c.Close() })
-	return c, c.LocalAddr().(*net.TCPAddr).Port
+	if tc, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		return c, tc.Port
+	}
+	return c, 0
 }
 
 // servedBy reads the pid the server wrote on the connection.
@@ -536,6 +582,26 @@ func (c *nameClassifier) SniffLimits() (time.Duration, int) { return c.timeout, 
 
 func (c *nameClassifier) ProxyTrusted(netip.AddrPort) bool { return false }
 
+// On a unix listener the names apply as on an address; a path has no
+// class of its own here.
+func (c *nameClassifier) ClassifyPath(string) Decision { return defaultDecision }
+
+func (c *nameClassifier) ListenerDecidesPath(path string) (Decision, bool) {
+	if _, ok := c.m.ListenerDecidesPath(path); !ok {
+		return Decision{}, false
+	}
+	return defaultDecision, true
+}
+
+func (c *nameClassifier) NamesApplyPath(path string) bool { return c.m.NamesApplyPath(path) }
+
+func (c *nameClassifier) ClassifyNameOnPath(host, path string) Decision {
+	if i := c.m.MatchNameOnPath(host, path); i >= 0 {
+		return nameDecisions[i]
+	}
+	return c.ClassifyPath(path)
+}
+
 // sumReply is what serveSum answers.
 type sumReply struct {
 	pid int
@@ -567,7 +633,8 @@ func readSum(t *testing.T, c net.Conn, within time.Duration) sumReply {
 }
 
 // send writes chunks with pauses between them, so that each goes out as
-// its own TCP segment, then closes the sending side.
+// its own TCP segment (or unix socket message), then closes the sending
+// side.
 func send(t *testing.T, c net.Conn, chunks [][]byte, pause time.Duration) {
 	t.Helper()
 	for i, ch := range chunks {
@@ -578,5 +645,5 @@ func send(t *testing.T, c net.Conn, chunks [][]byte, pause time.Duration) {
 			t.Fatalf("sending: %v", err)
 		}
 	}
-	c.(*net.TCPConn).CloseWrite()
+	c.(interface{ CloseWrite() error }).CloseWrite()
 }

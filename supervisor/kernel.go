@@ -117,6 +117,36 @@ func localAddrOf(fd int) (netip.AddrPort, uint16, error) {
 	return ap, family, nil
 }
 
+// unixPathOf returns the path a Unix-domain socket is bound to, as
+// getsockname(2) reports it (unix(7)): sun_path up to its NUL, or for an
+// abstract socket "@" and its name; "" for an unnamed socket. ok is false
+// for a socket of another family.
+func unixPathOf(fd int) (path string, ok bool) {
+	var sa unix.RawSockaddrAny
+	salen := uint32(unix.SizeofSockaddrAny)
+	if _, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen))); e != 0 {
+		return "", false
+	}
+	if sa.Addr.Family != unix.AF_UNIX {
+		return "", false
+	}
+	un := (*unix.RawSockaddrUnix)(unsafe.Pointer(&sa))
+	n := int(salen) - int(unsafe.Offsetof(un.Path))
+	n = min(max(n, 0), len(un.Path))
+	raw := make([]byte, n)
+	for i := range n {
+		raw[i] = byte(un.Path[i])
+	}
+	if n > 0 && raw[0] == 0 {
+		// Abstract: every byte of the length counts, NULs included.
+		return "@" + string(raw[1:]), true
+	}
+	if i := bytes.IndexByte(raw, 0); i >= 0 {
+		raw = raw[:i]
+	}
+	return string(raw), true
+}
+
 // addrPortOf converts a socket address as the kernel writes it (accept,
 // getsockname) to an address and port, with its family: AF_INET,
 // AF_INET6, or 0 for any other. An IPv4 address seen by an IPv6 socket

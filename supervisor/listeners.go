@@ -45,8 +45,12 @@ type listener struct {
 	// bound is the listener's own address. When the table decides every
 	// connection from it alone, fixed holds that decision for table
 	// generation fixedGen, and accepts are left to the kernel.
-	bound    netip.AddrPort
-	family   uint16
+	bound  netip.AddrPort
+	family uint16
+	// path is what a Unix-domain listener is bound to ("/run/php/a.sock",
+	// "@abstract"; "" for an unnamed one or another family): its
+	// connections have no local address, so rules match them by path.
+	path     string
 	fixedGen uint64
 	fixedOK  bool
 	fixed    Decision
@@ -120,6 +124,9 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 		delete(t.remembered, key)
 	}
 	l.bound, l.family, _ = localAddrOf(fd)
+	if l.family == 0 {
+		l.path, _ = unixPathOf(fd)
+	}
 	l.touch()
 	t.byKey[key] = l
 	return l
@@ -212,6 +219,9 @@ func (t *listenerTable) closeAll() {
 // local address: one bound to it exactly, else one bound to the wildcard
 // address on its port.
 func (t *listenerTable) serving(local netip.AddrPort) *listener {
+	if !local.IsValid() {
+		return nil // a unix connection: marks do not apply
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var wildcard *listener

@@ -71,18 +71,27 @@ func (s *Supervisor) prepare(l *listener, c *conn) bool {
 // classify is prepare up to the caps: it reports whether c was classified
 // at once.
 func (s *Supervisor) classify(l *listener, c *conn) bool {
-	if l.bound.IsValid() && !l.bound.Addr().IsUnspecified() {
+	cl := s.classifier.Load()
+	switch {
+	case l.path != "":
+		// A unix connection's local address is its listener's path. No
+		// proxy is trusted there: there is no address for a PROXY
+		// header's destination to stand in for.
+		c.path = l.path
+		c.namesApply = cl.NamesApplyPath(c.path)
+	case l.bound.IsValid() && !l.bound.Addr().IsUnspecified():
 		// Every connection of a listener bound to one address has that
 		// address: no getsockname needed.
 		c.local, c.family = l.bound, l.family
-	} else {
+	default:
 		c.local, c.family, _ = localAddrOf(c.fd)
 	}
-	cl := s.classifier.Load()
-	c.namesApply = cl.NamesApply(c.local)
-	c.trusted = cl.ProxyTrusted(c.local)
+	if c.path == "" {
+		c.namesApply = cl.NamesApply(c.local)
+		c.trusted = cl.ProxyTrusted(c.local)
+	}
 	if !c.namesApply && !c.trusted {
-		s.finish(c, cl.ClassifyAddr(c.local))
+		s.finishByAddr(c, cl)
 		return true
 	}
 	if s.classifyByBytes(c, cl) {
@@ -90,7 +99,7 @@ func (s *Supervisor) classify(l *listener, c *conn) bool {
 	}
 	if s.pendingCount.Load() >= maxPending {
 		s.stats.NameFallbacks.Add(1)
-		s.finish(c, cl.ClassifyAddr(c.local))
+		s.finishByAddr(c, cl)
 		return true
 	}
 	timeout, _ := cl.SniffLimits()
@@ -100,14 +109,14 @@ func (s *Supervisor) classify(l *listener, c *conn) bool {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		s.finish(c, cl.ClassifyAddr(c.local))
+		s.finishByAddr(c, cl)
 		return true
 	}
 	if err := s.events.watchConn(c); err != nil {
 		l.mu.Unlock()
 		s.log.Warn("cannot wait for a client's first bytes; classifying by address", "local", c.local, "err", err)
 		s.stats.NameFallbacks.Add(1)
-		s.finish(c, cl.ClassifyAddr(c.local))
+		s.finishByAddr(c, cl)
 		return true
 	}
 	l.pending = append(l.pending, c)
@@ -155,7 +164,7 @@ func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 	case vhost.Found:
 		s.stats.NamesFound.Add(1)
 		c.host = p.name
-		s.finish(c, cl.ClassifyName(p.name, c.rulesAddr()))
+		s.finish(c, c.byName(cl, p.name))
 		return true
 	case vhost.NoName:
 		s.stats.NameFallbacks.Add(1)
@@ -214,7 +223,24 @@ func (s *Supervisor) peekName(fd, limit int) peeked {
 }
 
 func (s *Supervisor) finishByAddr(c *conn, cl *classifierGen) {
-	s.finish(c, cl.ClassifyAddr(c.rulesAddr()))
+	s.finish(c, c.byAddr(cl))
+}
+
+// byAddr is c's class by its address rules (rulesAddr), or by its
+// Unix-domain listener's path.
+func (c *conn) byAddr(cl Classifier) Decision {
+	if c.path != "" {
+		return cl.ClassifyPath(c.path)
+	}
+	return cl.ClassifyAddr(c.rulesAddr())
+}
+
+// byName is c's class when its client asked for host.
+func (c *conn) byName(cl Classifier, host string) Decision {
+	if c.path != "" {
+		return cl.ClassifyNameOnPath(host, c.path)
+	}
+	return cl.ClassifyName(host, c.rulesAddr())
 }
 
 // rulesAddr is the address c's address rules see: the destination a

@@ -151,8 +151,11 @@ func (s *Supervisor) relisten(l *listener, cl *classifierGen) bool {
 	if l.closed {
 		return false
 	}
-	l.fixed, l.fixedOK = cl.ClassifyListener(l.bound)
+	l.fixed, l.fixedOK = listenerDecision(cl, l)
 	l.fixedGen = cl.gen
+	if l.path != "" {
+		return false // a unix socket carries no mark
+	}
 	want := -1
 	if l.fixedOK {
 		want = l.fixed.DSCP

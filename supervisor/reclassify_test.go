@@ -24,6 +24,10 @@ func (fixedClassifier) NamesApply(netip.AddrPort) bool                 { return 
 func (c fixedClassifier) ClassifyName(string, netip.AddrPort) Decision { return c.d }
 func (fixedClassifier) SniffLimits() (time.Duration, int)              { return time.Second, 16384 }
 func (fixedClassifier) ProxyTrusted(netip.AddrPort) bool               { return false }
+func (c fixedClassifier) ClassifyPath(string) Decision                 { return c.d }
+func (c fixedClassifier) ListenerDecidesPath(string) (Decision, bool)  { return c.d, true }
+func (fixedClassifier) NamesApplyPath(string) bool                     { return false }
+func (c fixedClassifier) ClassifyNameOnPath(string, string) Decision   { return c.d }
 
 // renamedClassifier is nameClassifier's table after an edit: the same
 // names, other classes for them and for the fallback.

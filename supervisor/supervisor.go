@@ -32,8 +32,9 @@ type Decision struct {
 	Admission *Admission
 }
 
-// Classifier maps a connection's local address to its Decision. It is
-// called once per connection and must not block.
+// Classifier maps a connection's local address (or, on a Unix-domain
+// listener, the listener's path) to its Decision. It is called once per
+// connection and must not block.
 type Classifier interface {
 	ClassifyAddr(local netip.AddrPort) Decision
 	// ClassifyListener returns the Decision for every connection a
@@ -59,6 +60,23 @@ type Classifier interface {
 	// find the host name. ClassifyListener must not decide a listener
 	// whose connections may be trusted.
 	ProxyTrusted(local netip.AddrPort) bool
+	// ClassifyPath returns the Decision for a connection to the
+	// Unix-domain listener bound to path ("/run/php/shop.sock", or "@name"
+	// for an abstract socket): such a connection has no local address,
+	// its listener's path stands for it.
+	ClassifyPath(path string) Decision
+	// ListenerDecidesPath is ClassifyListener for the Unix-domain listener
+	// bound to path: the Decision for all its connections, when no host
+	// name can apply to them.
+	ListenerDecidesPath(path string) (Decision, bool)
+	// NamesApplyPath is NamesApply for the connections of the Unix-domain
+	// listener bound to path.
+	NamesApplyPath(path string) bool
+	// ClassifyNameOnPath is ClassifyName for a connection to the
+	// Unix-domain listener bound to path whose client asked for host (a
+	// FastCGI HTTP_HOST, an HTTP Host); a name no rule claims there falls
+	// back to the path.
+	ClassifyNameOnPath(host, path string) Decision
 }
 
 // classifierGen is one table with the generation it was installed as, so

@@ -42,7 +42,8 @@ type acceptResult struct {
 }
 
 // testServerMain listens on the loopback address named by
-// VHQOS_TESTSERVER_ADDR ("127.0.0.1:0" by default), says "ready PORT" and
+// VHQOS_TESTSERVER_ADDR ("127.0.0.1:0" by default; "unix:/path" or
+// "unix:@name" for a Unix-domain socket, PORT 0), says "ready PORT" and
 // obeys commands:
 //
 //	accept MODE | accept4 FLAGS MODE    one accept on the listener; MODE is
@@ -345,9 +346,20 @@ func listenFromEnv() (fd, port int, err error) {
 	return listenOn(addr, false)
 }
 
-// listenOn listens on addr ("127.0.0.1:0", "[::1]:8080"), with
-// SO_REUSEPORT if reuseport.
+// listenOn listens on addr ("127.0.0.1:0", "[::1]:8080", or a
+// Unix-domain socket: "unix:/path", "unix:@abstract", whose port is 0),
+// with SO_REUSEPORT if reuseport.
 func listenOn(addr string, reuseport bool) (fd, port int, err error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return 0, 0, err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+			return 0, 0, err
+		}
+		return fd, 0, unix.Listen(fd, 512)
+	}
 	host, portStr, _ := strings.Cut(addr, ":")
 	if strings.HasPrefix(addr, "[") {
 		i := strings.LastIndex(addr, "]:")

@@ -22,7 +22,10 @@ type trackedConn struct {
 	local  netip.AddrPort
 	rules  netip.AddrPort
 	family uint16
-	names  bool
+	// path is the path of a unix connection's listener, which its rules
+	// see instead of an address (conn.path); "" for TCP.
+	path  string
+	names bool
 	// host is the name the client asked for, "" when none decided: a new
 	// table classifies the connection again from it.
 	host string
@@ -81,13 +84,27 @@ func (t *trackTable) reclassify(cl Classifier) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, c := range t.byIno {
-		c.names = cl.NamesApply(c.rules)
+		if c.path != "" {
+			c.names = cl.NamesApplyPath(c.path)
+		} else {
+			c.names = cl.NamesApply(c.rules)
+		}
 		if c.host != "" {
-			c.decision = cl.ClassifyName(c.host, c.rules)
+			c.decision = c.byName(cl, c.host)
+		} else if c.path != "" {
+			c.decision = cl.ClassifyPath(c.path)
 		} else {
 			c.decision = cl.ClassifyAddr(c.rules)
 		}
 	}
+}
+
+// byName is c's class when a request on it asks for host.
+func (c *trackedConn) byName(cl Classifier, host string) Decision {
+	if c.path != "" {
+		return cl.ClassifyNameOnPath(host, c.path)
+	}
+	return cl.ClassifyName(host, c.rules)
 }
 
 // namesApply reports whether a host name may classify c (a reload can
@@ -309,7 +326,7 @@ func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
 		return // the rest of a request, a TLS record, or not all there yet
 	}
 	name := peek.name
-	d := cl.ClassifyName(name, c.rules)
+	d := c.byName(cl, name)
 	if !s.tracked.setDecision(c, name, d) {
 		s.placeLocked(p, d.Group)
 		return
@@ -353,7 +370,7 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 		return err
 	}
 	s.tracked.add(&trackedConn{ino: st.Ino, decision: c.decision, local: c.local, rules: c.rulesAddr(), family: c.family,
-		names: c.namesApply, host: c.host})
+		path: c.path, names: c.namesApply, host: c.host})
 	if !follow {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err

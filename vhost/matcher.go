@@ -11,8 +11,9 @@ type Rule struct {
 	VHost   int
 	Pattern Pattern
 	// Listen, for a name pattern, restricts it to connections whose local
-	// address matches one of these address patterns (the vhost's listen
-	// list); empty means any address. Address patterns ignore it.
+	// address (or Unix-domain listener's path) matches one of these
+	// address or unix: patterns (the vhost's listen list); empty means any
+	// address. Address patterns ignore it.
 	Listen []Pattern
 }
 
@@ -23,17 +24,32 @@ type nameRules struct {
 	byPort  map[uint16]int
 }
 
+// where is the local end of a connection a name is matched for: a TCP
+// address, or (onPath) the path of a Unix-domain listener.
+type where struct {
+	local  netip.AddrPort
+	path   string
+	onPath bool
+}
+
 // match prefers the rule bound to the connection's port; a rule whose
-// vhost does not listen on local is passed over.
-func (r *nameRules) match(m *Matcher, local netip.AddrPort) (int, bool) {
+// vhost does not listen there is passed over. A connection to a Unix
+// socket has no port, so rules bound to one never match it.
+func (r *nameRules) match(m *Matcher, at where) (int, bool) {
 	if r == nil {
 		return -1, false
 	}
-	port := local.Port()
-	if v, ok := r.byPort[port]; ok && port != 0 && m.listensOn(v, local) {
+	if at.onPath {
+		if r.anyPort >= 0 && m.listensOnPath(r.anyPort, at.path) {
+			return r.anyPort, true
+		}
+		return -1, false
+	}
+	port := at.local.Port()
+	if v, ok := r.byPort[port]; ok && port != 0 && m.listensOn(v, at.local) {
 		return v, true
 	}
-	if r.anyPort >= 0 && m.listensOn(r.anyPort, local) {
+	if r.anyPort >= 0 && m.listensOn(r.anyPort, at.local) {
 		return r.anyPort, true
 	}
 	return -1, false
@@ -71,8 +87,11 @@ type Matcher struct {
 	prefixes       map[netip.Prefix]int
 	v4Bits, v6Bits []int
 	ports          map[uint16]int
-	names          map[string]*nameRules // exact names
-	wild           map[string]*nameRules // "*.suffix" stored as suffix
+	// paths holds the Unix-domain listeners' rules by socket path
+	// ("/run/php/shop.sock", "@abstract").
+	paths map[string]int
+	names map[string]*nameRules // exact names
+	wild  map[string]*nameRules // "*.suffix" stored as suffix
 	// listen holds, per vhost with a listen list, the addresses its names
 	// apply to; openNames says some name rule applies on every address.
 	listen    map[int]*Matcher
@@ -88,6 +107,7 @@ func NewMatcher(rules []Rule) *Matcher {
 		addr:     map[netip.Addr]int{},
 		prefixes: map[netip.Prefix]int{},
 		ports:    map[uint16]int{},
+		paths:    map[string]int{},
 		names:    map[string]*nameRules{},
 		wild:     map[string]*nameRules{},
 		listen:   map[int]*Matcher{},
@@ -127,6 +147,8 @@ func NewMatcher(rules []Rule) *Matcher {
 			}
 		case KindPort:
 			setOnce(m.ports, p.Port, r.VHost)
+		case KindUnix:
+			setOnce(m.paths, p.Path, r.VHost)
 		case KindName:
 			if suffix, ok := strings.CutPrefix(p.Name, "*."); ok {
 				addName(m.wild, suffix, p.Port, r.VHost)
@@ -243,6 +265,55 @@ func (m *Matcher) NamesApply(local netip.AddrPort) bool {
 	return false
 }
 
+// MatchPath returns the vhost whose unix: rule names path, the path of
+// the Unix-domain listener a connection came to ("/run/php/shop.sock", or
+// "@name" for an abstract socket), or -1. A nil Matcher matches nothing.
+func (m *Matcher) MatchPath(path string) int {
+	if m == nil || path == "" {
+		return -1
+	}
+	if v, ok := m.paths[path]; ok {
+		return v
+	}
+	return -1
+}
+
+// NamesApplyPath is NamesApply for the connections of the Unix-domain
+// listener bound to path: a name rule applies there when its vhost has no
+// listen list, or a listen list that names path.
+func (m *Matcher) NamesApplyPath(path string) bool {
+	if !m.HasNames() {
+		return false
+	}
+	if m.openNames {
+		return true
+	}
+	for _, lm := range m.listen {
+		if lm.MatchPath(path) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// ListenerDecidesPath is ListenerDecides for the Unix-domain listener
+// bound to path: every connection of it has that path, so its unix: rule
+// decides them all (-1: none, the defaults), unless a name rule applies
+// there (NamesApplyPath), when ok is false.
+func (m *Matcher) ListenerDecidesPath(path string) (vhost int, ok bool) {
+	if m.NamesApplyPath(path) {
+		return -1, false
+	}
+	return m.MatchPath(path), true
+}
+
+// listensOnPath reports whether vhost's names apply to connections to
+// the Unix-domain listener bound to path.
+func (m *Matcher) listensOnPath(vhost int, path string) bool {
+	lm, restricted := m.listen[vhost]
+	return !restricted || lm.MatchPath(path) >= 0
+}
+
 // listensOn reports whether vhost's names apply to connections to local.
 func (m *Matcher) listensOn(vhost int, local netip.AddrPort) bool {
 	lm, restricted := m.listen[vhost]
@@ -307,6 +378,19 @@ func (m *Matcher) MayMatchListener(bound netip.AddrPort) bool {
 // name beats any wildcard, a longer wildcard suffix beats a shorter one,
 // and for the same name a rule with the port beats one without.
 func (m *Matcher) MatchName(host string, local netip.AddrPort) int {
+	return m.matchName(host, where{local: local})
+}
+
+// MatchNameOnPath is MatchName for a connection to the Unix-domain
+// listener bound to path ("/run/php/shop.sock", "@abstract"): a name rule
+// of a vhost with a listen list applies only if that list names path, and
+// a rule bound to a port ("shop.example.com:8443") never matches, since
+// such a connection has no port.
+func (m *Matcher) MatchNameOnPath(host, path string) int {
+	return m.matchName(host, where{path: path, onPath: true})
+}
+
+func (m *Matcher) matchName(host string, at where) int {
 	if m == nil || len(m.names)+len(m.wild) == 0 {
 		return -1
 	}
@@ -317,7 +401,7 @@ func (m *Matcher) MatchName(host string, local netip.AddrPort) int {
 	if !ok {
 		return -1
 	}
-	if v, ok := m.names[string(buf[:n])].match(m, local); ok {
+	if v, ok := m.names[string(buf[:n])].match(m, at); ok {
 		return v
 	}
 	// Cutting at each dot from the left tries the longest suffix first. A
@@ -325,7 +409,7 @@ func (m *Matcher) MatchName(host string, local netip.AddrPort) int {
 	// example.com.
 	for i := 0; i < n; i++ {
 		if buf[i] == '.' {
-			if v, ok := m.wild[string(buf[i+1:n])].match(m, local); ok {
+			if v, ok := m.wild[string(buf[i+1:n])].match(m, at); ok {
 				return v
 			}
 		}

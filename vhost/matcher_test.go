@@ -75,3 +75,124 @@ func TestMayMatchListener(t *testing.T) {
 		}
 	}
 }
+
+// Unix-domain listeners are matched by the path they are bound to; host
+// names apply to their connections only where the vhost's listen list lets
+// them (or it has none), and never with a port.
+func TestUnixListeners(t *testing.T) {
+	parse := func(list ...string) []Pattern {
+		var out []Pattern
+		for _, s := range list {
+			p, err := ParsePattern(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+	build := func(vhosts ...[2][]string) *Matcher {
+		var rules []Rule
+		for i, v := range vhosts {
+			for _, p := range parse(v[0]...) {
+				rules = append(rules, Rule{VHost: i, Pattern: p, Listen: parse(v[1]...)})
+			}
+		}
+		return NewMatcher(rules)
+	}
+	type vh = [2][]string
+	// Paths only: each listener decides alone.
+	paths := build(
+		vh{{"unix:/run/php/shop.sock", "192.0.2.10"}, nil},
+		vh{{"unix:@blog-fpm"}, nil},
+	)
+	// Names restricted to one socket, beside a socket of their own.
+	restricted := build(
+		vh{{"shop.example.com", "shop.example.com:8443"}, {"unix:/run/php/pool.sock"}},
+		vh{{"*.example.com"}, {"unix:/run/php/pool.sock", "192.0.2.0/24"}},
+		vh{{"unix:/run/php/other.sock"}, nil},
+		vh{{"blog.example.com"}, {"*:80"}},
+	)
+	// A name on every address includes every socket.
+	open := build(
+		vh{{"shop.example.com"}, nil},
+		vh{{"unix:/run/php/pool.sock"}, nil},
+		vh{{"blog.example.com:8443"}, nil},
+	)
+	tests := []struct {
+		name      string
+		m         *Matcher
+		path      string
+		match     int  // MatchPath
+		apply     bool // NamesApplyPath
+		decides   int  // ListenerDecidesPath, when decided
+		decidesOK bool
+		host      string
+		byName    int // MatchNameOnPath(host, path)
+	}{
+		{"path rule", paths, "/run/php/shop.sock", 0, false, 0, true, "shop.example.com", -1},
+		{"abstract rule", paths, "@blog-fpm", 1, false, 1, true, "", -1},
+		{"abstract is not the path", paths, "/blog-fpm", -1, false, -1, true, "", -1},
+		{"path is not the abstract name", paths, "@/run/php/shop.sock", -1, false, -1, true, "", -1},
+		{"other socket", paths, "/run/php/x.sock", -1, false, -1, true, "", -1},
+		{"unnamed socket", paths, "", -1, false, -1, true, "", -1},
+		{"no path rule is an address rule", paths, "192.0.2.10", -1, false, -1, true, "", -1},
+
+		{"listen names the socket: exact name", restricted, "/run/php/pool.sock", -1, true, -1, false, "Shop.Example.com.", 0},
+		{"listen names the socket: Host with a port", restricted, "/run/php/pool.sock", -1, true, -1, false, "shop.example.com:8443", 0},
+		{"listen names the socket: wildcard", restricted, "/run/php/pool.sock", -1, true, -1, false, "a.example.com", 1},
+		{"listen names the socket: unknown name", restricted, "/run/php/pool.sock", -1, true, -1, false, "example.org", -1},
+		{"listen names the socket: *:80 vhost passed over", restricted, "/run/php/pool.sock", -1, true, -1, false, "blog.example.com", 1},
+		{"socket of its own, names restricted elsewhere", restricted, "/run/php/other.sock", 2, false, 2, true, "shop.example.com", -1},
+		{"unlisted socket", restricted, "/run/php/x.sock", -1, false, -1, true, "a.example.com", -1},
+
+		{"open names apply on every socket", open, "/run/php/pool.sock", 1, true, -1, false, "shop.example.com", 0},
+		{"open names: a port-bound name never matches a socket", open, "/run/php/pool.sock", 1, true, -1, false, "blog.example.com:8443", -1},
+		{"open names on an unlisted socket", open, "/run/x.sock", -1, true, -1, false, "shop.example.com", 0},
+
+		{"nil matcher", nil, "/run/php/pool.sock", -1, false, -1, true, "shop.example.com", -1},
+	}
+	for _, tc := range tests {
+		if got := tc.m.MatchPath(tc.path); got != tc.match {
+			t.Errorf("%s: MatchPath(%q) = %d, want %d", tc.name, tc.path, got, tc.match)
+		}
+		if got := tc.m.NamesApplyPath(tc.path); got != tc.apply {
+			t.Errorf("%s: NamesApplyPath(%q) = %v, want %v", tc.name, tc.path, got, tc.apply)
+		}
+		if got, ok := tc.m.ListenerDecidesPath(tc.path); got != tc.decides || ok != tc.decidesOK {
+			t.Errorf("%s: ListenerDecidesPath(%q) = %d %v, want %d %v", tc.name, tc.path, got, ok, tc.decides, tc.decidesOK)
+		}
+		if got := tc.m.MatchNameOnPath(tc.host, tc.path); got != tc.byName {
+			t.Errorf("%s: MatchNameOnPath(%q, %q) = %d, want %d", tc.name, tc.host, tc.path, got, tc.byName)
+		}
+		allocs := testing.AllocsPerRun(100, func() {
+			tc.m.MatchPath(tc.path)
+			tc.m.NamesApplyPath(tc.path)
+			tc.m.ListenerDecidesPath(tc.path)
+			tc.m.MatchNameOnPath(tc.host, tc.path)
+		})
+		if allocs != 0 {
+			t.Errorf("%s: path lookups allocate %v times", tc.name, allocs)
+		}
+	}
+
+	// Unix patterns in listen lists and match lists do not touch TCP:
+	// names listening on a socket only do not apply to a TCP address, not
+	// even on a wildcard listener, and a path rule is not an address rule.
+	onlyUnix := build(vh{{"shop.example.com"}, {"unix:/run/php/pool.sock"}})
+	if onlyUnix.NamesApply(netip.MustParseAddrPort("198.51.100.1:9000")) {
+		t.Error("a listen list of unix sockets made names apply to a TCP address")
+	}
+	if onlyUnix.MatchName("shop.example.com", netip.MustParseAddrPort("198.51.100.1:9000")) != -1 {
+		t.Error("a name listening on a unix socket matched on TCP")
+	}
+	if v, ok := onlyUnix.ListenerDecides(netip.MustParseAddrPort("0.0.0.0:9000")); !ok || v != -1 {
+		t.Errorf("ListenerDecides(0.0.0.0:9000) = %d %v, want -1 true", v, ok)
+	}
+	if paths.MatchAddr(netip.MustParseAddrPort("192.0.2.10:80")) != 0 || build(vh{{"unix:/a"}, nil}).HasAddressRules() {
+		t.Error("unix rules mixed up with address rules")
+	}
+	if open.MatchName("shop.example.com", netip.MustParseAddrPort("192.0.2.1:80")) != 0 {
+		t.Error("MatchName on TCP broke")
+	}
+}

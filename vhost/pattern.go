@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	pathpkg "path"
 	"strconv"
 	"strings"
 )
@@ -28,6 +29,10 @@ const (
 	// KindName matches the host name the client asks for: "shop.example.com",
 	// "*.shop.example.com", optionally with ":port".
 	KindName
+	// KindUnix matches the connections of a Unix-domain listener by the
+	// path it is bound to: "unix:/run/php/shop.sock", or an abstract
+	// socket's name, "unix:@shop" (unix(7)).
+	KindUnix
 )
 
 func (k Kind) String() string {
@@ -42,6 +47,8 @@ func (k Kind) String() string {
 		return "port"
 	case KindName:
 		return "host name"
+	case KindUnix:
+		return "unix socket"
 	}
 	return "invalid"
 }
@@ -58,6 +65,10 @@ type Pattern struct {
 	// Name is the lower-case host name without trailing dot; a wildcard
 	// keeps its leading "*.".
 	Name string
+	// Path is a KindUnix pattern's socket: a filesystem path
+	// ("/run/php/shop.sock") or an abstract name with "@" for its leading
+	// NUL byte ("@shop"), as getsockname(2) reports the listener's.
+	Path string
 	// Raw is the pattern as written, for messages and round trips.
 	Raw string
 }
@@ -86,8 +97,55 @@ func (p Pattern) Canonical() string {
 			return p.Name + ":" + strconv.Itoa(int(p.Port))
 		}
 		return p.Name
+	case KindUnix:
+		return unixPrefix + p.Path
 	}
 	return ""
+}
+
+// unixPrefix starts a KindUnix pattern.
+const unixPrefix = "unix:"
+
+// Limits of sun_path (unix(7)): 108 bytes, of which a filesystem path
+// needs one for its terminating NUL, and an abstract name one for its
+// leading NUL.
+const (
+	maxUnixPath     = 107
+	maxAbstractName = 106
+)
+
+// parseUnix parses what follows "unix:": an absolute, clean filesystem
+// path, or "@" and an abstract socket's name. A path that is not written
+// the way getsockname(2) reports it could never match a listener, so it is
+// refused rather than silently ignored.
+func parseUnix(path string) (Pattern, error) {
+	if name, ok := strings.CutPrefix(path, "@"); ok {
+		if name == "" || len(name) > maxAbstractName {
+			return Pattern{}, fmt.Errorf("an abstract socket's name has 1..%d bytes (sun_path less its leading NUL), not %d", maxAbstractName, len(name))
+		}
+		for i := 0; i < len(name); i++ {
+			if name[i] < 0x20 || name[i] > 0x7e {
+				return Pattern{}, fmt.Errorf("byte %#02x in an abstract socket's name; write names of printable ASCII characters", name[i])
+			}
+		}
+		return Pattern{Kind: KindUnix, Path: path}, nil
+	}
+	switch {
+	case path == "":
+		return Pattern{}, errors.New("empty socket path; write unix:/absolute/path.sock or unix:@abstract-name")
+	case strings.IndexByte(path, 0) >= 0:
+		return Pattern{}, errors.New("a NUL byte cannot be in a socket path")
+	case path[0] != '/':
+		return Pattern{}, errors.New("a socket path must be absolute (start with /), as the listener's address is; an abstract socket is written unix:@name")
+	case path == "/":
+		return Pattern{}, errors.New("/ is a directory, not a socket path")
+	case len(path) > maxUnixPath:
+		return Pattern{}, fmt.Errorf("socket path of %d bytes; sun_path holds at most %d (unix(7))", len(path), maxUnixPath)
+	}
+	if clean := pathpkg.Clean(path); clean != path {
+		return Pattern{}, fmt.Errorf("write the path as the listener reports it, %q (no //, ., .. or trailing /)", unixPrefix+clean)
+	}
+	return Pattern{Kind: KindUnix, Path: path}, nil
 }
 
 // maxPatternLen bounds the work spent on one pattern: a DNS name (253) with
@@ -108,9 +166,11 @@ func ParsePattern(s string) (Pattern, error) {
 func parsePattern(s string) (Pattern, error) {
 	switch {
 	case s == "":
-		return Pattern{}, errors.New("empty pattern; write an address, IP:port, CIDR, *:PORT or host name")
+		return Pattern{}, errors.New("empty pattern; write an address, IP:port, CIDR, *:PORT, host name or unix:/path")
 	case strings.TrimSpace(s) != s:
 		return Pattern{}, errors.New("remove the spaces around the pattern")
+	case strings.HasPrefix(s, unixPrefix):
+		return parseUnix(s[len(unixPrefix):])
 	case len(s) > maxPatternLen:
 		return Pattern{}, fmt.Errorf("too long (%d characters); a host name has at most 253", len(s))
 	case s == "*":

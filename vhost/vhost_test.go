@@ -93,6 +93,28 @@ func TestParsePattern(t *testing.T) {
 		{in: strings.Repeat("a", 64) + ".com", wantErr: "DNS allows 63"},
 		{in: strings.Repeat("abcdefghi.", 25) + "abcde", wantErr: "DNS allows 253"},
 		{in: strings.Repeat("a", 300), wantErr: "too long"},
+		// Unix-domain listeners.
+		{in: "unix:/run/php/shop.sock", kind: KindUnix, canonical: "unix:/run/php/shop.sock"},
+		{in: "unix:/s", kind: KindUnix, canonical: "unix:/s"},
+		{in: "unix:/" + strings.Repeat("a", 106), kind: KindUnix, canonical: "unix:/" + strings.Repeat("a", 106)},
+		{in: "unix:@php-fpm.shop", kind: KindUnix, canonical: "unix:@php-fpm.shop"},
+		{in: "unix:@/run/php/shop.sock", kind: KindUnix, canonical: "unix:@/run/php/shop.sock"},
+		{in: "unix:@" + strings.Repeat("a", 106), kind: KindUnix, canonical: "unix:@" + strings.Repeat("a", 106)},
+		{in: "unix:", wantErr: "empty socket path"},
+		{in: "unix:run/php/shop.sock", wantErr: "must be absolute"},
+		{in: "unix:./shop.sock", wantErr: "must be absolute"},
+		{in: "unix:/", wantErr: "not a socket path"},
+		{in: "unix:/run//php/shop.sock", wantErr: `"unix:/run/php/shop.sock"`},
+		{in: "unix:/run/php/../php/shop.sock", wantErr: `"unix:/run/php/shop.sock"`},
+		{in: "unix:/run/./shop.sock", wantErr: "no //, ., .."},
+		{in: "unix:/run/php/", wantErr: `"unix:/run/php"`},
+		{in: "unix:/run/\x00shop", wantErr: "NUL"},
+		{in: "unix:/" + strings.Repeat("a", 107), wantErr: "108 bytes; sun_path holds at most 107"},
+		{in: "unix:@", wantErr: "1..106 bytes"},
+		{in: "unix:@" + strings.Repeat("a", 107), wantErr: "1..106 bytes"},
+		{in: "unix:@shop\x00", wantErr: "byte 0x00"},
+		{in: "unix:@shop\tfpm", wantErr: "byte 0x09"},
+		{in: "unix:@caf\xc3\xa9", wantErr: "printable ASCII"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
@@ -384,7 +406,7 @@ func BenchmarkMatchName(b *testing.B) {
 }
 
 func FuzzParsePattern(f *testing.F) {
-	for _, s := range []string{"192.0.2.1", "[::1]:80", "[::1]", "10.0.0.0/8", "*:80", "*.a.b", "a.b:1", "::ffff:1.2.3.4/120", "fe80::1%lo", "Shop.Example.COM.", "*"} {
+	for _, s := range []string{"192.0.2.1", "[::1]:80", "[::1]", "10.0.0.0/8", "*:80", "*.a.b", "a.b:1", "::ffff:1.2.3.4/120", "fe80::1%lo", "Shop.Example.COM.", "*", "unix:/run/php/a.sock", "unix:@fpm", "unix:/a/../b"} {
 		f.Add(s, "a.b:80")
 	}
 	f.Fuzz(func(t *testing.T, s, host string) {
@@ -432,6 +454,13 @@ func FuzzParsePattern(f *testing.F) {
 		case KindPort:
 			if m.MatchAddr(netip.AddrPortFrom(local.Addr(), p.Port)) != 0 {
 				t.Errorf("port pattern %q does not match its port", s)
+			}
+		case KindUnix:
+			if m.MatchPath(p.Path) != 0 {
+				t.Errorf("unix pattern %q does not match its path", s)
+			}
+			if m.MatchAddr(local) != -1 || m.MatchNameOnPath(host, p.Path) != -1 {
+				t.Errorf("unix pattern %q matched an address or a name", s)
 			}
 		}
 	})

@@ -262,6 +262,31 @@ func (c tableClassifier) SniffLimits() (time.Duration, int) { return c.t.Setting
 
 func (c tableClassifier) ProxyTrusted(local netip.AddrPort) bool { return c.t.ProxyTrusted(local) }
 
+// ClassifyPath is policy.Table.ClassifyPath: the unix: rule, else the
+// defaults.
+func (c tableClassifier) ClassifyPath(path string) supervisor.Decision {
+	return c.of(c.t.Matcher.MatchPath(path))
+}
+
+func (c tableClassifier) ListenerDecidesPath(path string) (supervisor.Decision, bool) {
+	i, ok := c.t.Matcher.ListenerDecidesPath(path)
+	if !ok {
+		return supervisor.Decision{}, false
+	}
+	return c.of(i), true
+}
+
+func (c tableClassifier) NamesApplyPath(path string) bool { return c.t.Matcher.NamesApplyPath(path) }
+
+// ClassifyNameOnPath is policy.Table.ClassifyNameOnPath: a name rule
+// that applies on the socket, else its path.
+func (c tableClassifier) ClassifyNameOnPath(host, path string) supervisor.Decision {
+	if i := c.t.Matcher.MatchNameOnPath(host, path); i >= 0 {
+		return c.decisions[i]
+	}
+	return c.ClassifyPath(path)
+}
+
 // summarizeFallbacks logs, once per interval and only when there were any,
 // how many connections matched no vhost: a line per connection would
 // flood the log, none would hide a mistyped address in the table.

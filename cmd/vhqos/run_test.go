@@ -118,6 +118,66 @@ cpu_max = "50%"
 	}
 }
 
+// On a Unix-domain listener the classifier answers by path as the table
+// does (ClassifyPath, ClassifyNameOnPath), decides a listener alone only
+// where no name applies, and allocates nothing doing it.
+func TestTableClassifierPaths(t *testing.T) {
+	tab, err := policy.Parse("qos.toml", []byte(`
+[defaults]
+dscp = "CS1"
+
+[[vhost]]
+name = "pool"
+match = ["unix:/run/php/pool.sock", "unix:@fpm"]
+dscp = "EF"
+
+[[vhost]]
+name = "blog"
+match = ["blog.example"]
+listen = ["unix:/run/php/shared.sock"]
+cpu_max = "50%"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTableClassifier(tab)
+	pool := supervisor.Decision{Group: "vhost-pool", DSCP: 46}
+	blog := supervisor.Decision{Group: "vhost-blog", DSCP: -1, Quota: true}
+	def := supervisor.Decision{Group: "default", DSCP: 8}
+	for _, tc := range []struct {
+		host, path string
+		want       supervisor.Decision
+		names      bool // NamesApplyPath; ListenerDecidesPath decides when false
+	}{
+		{"", "/run/php/pool.sock", pool, false},
+		{"", "@fpm", pool, false},
+		{"", "/run/php/other.sock", def, false},
+		{"blog.example", "/run/php/shared.sock", blog, true},
+		{"other.example", "/run/php/shared.sock", def, true},
+		{"blog.example", "/run/php/pool.sock", pool, false}, // listen leaves the pool's socket out
+	} {
+		var got supervisor.Decision
+		var allocs float64
+		if tc.host == "" {
+			got = c.ClassifyPath(tc.path)
+			allocs = testing.AllocsPerRun(100, func() { c.ClassifyPath(tc.path) })
+		} else {
+			got = c.ClassifyNameOnPath(tc.host, tc.path)
+			allocs = testing.AllocsPerRun(100, func() { c.ClassifyNameOnPath(tc.host, tc.path) })
+		}
+		if got != tc.want || allocs != 0 {
+			t.Errorf("%q on %s: %+v (%v allocations), want %+v", tc.host, tc.path, got, allocs, tc.want)
+		}
+		if names := c.NamesApplyPath(tc.path); names != tc.names {
+			t.Errorf("NamesApplyPath(%s) = %v, want %v", tc.path, names, tc.names)
+		}
+		d, ok := c.ListenerDecidesPath(tc.path)
+		if ok == tc.names || ok && d != c.ClassifyPath(tc.path) {
+			t.Errorf("ListenerDecidesPath(%s) = %+v %v", tc.path, d, ok)
+		}
+	}
+}
+
 // Each capped class's decision carries its caps, and its over_limit
 // class's decision, caps and all, so that the supervisor can follow a
 // chain of alternates; a class without a cap carries none.
