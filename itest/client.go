@@ -37,13 +37,17 @@ type Response struct {
 // absolute URL whose host becomes the Host header
 // ("http://shop.example.com/cgi-bin/whoami"); addr is where to connect
 // ("127.0.0.2:8080", "[::1]:8080").
-func Get(addr, target string) (*Response, error) {
-	c, err := net.DialTimeout("tcp", addr, RequestTimeout)
+func Get(addr, target string) (*Response, error) { return GetWithin(addr, target, RequestTimeout) }
+
+// GetWithin is Get with a deadline of its own, for requests that last as
+// long as a test wants.
+func GetWithin(addr, target string, within time.Duration) (*Response, error) {
+	c, err := net.DialTimeout("tcp", addr, within)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(RequestTimeout))
+	c.SetDeadline(time.Now().Add(within))
 	host, path, err := splitTarget(target)
 	if err != nil {
 		return nil, err

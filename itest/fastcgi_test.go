@@ -171,31 +171,6 @@ func parsePHPWhoami(body string) (phpWhoami, error) {
 	return p, err
 }
 
-// getWithin is Get with a deadline of its own, for requests that last as
-// long as the test wants.
-func getWithin(addr, target string, within time.Duration) (*Response, error) {
-	c, err := net.DialTimeout("tcp", addr, within)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(within))
-	host, path, err := splitTarget(target)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, host); err != nil {
-		return nil, err
-	}
-	r := bufio.NewReader(c)
-	resp, err := readResponse(r, c)
-	if err != nil {
-		return nil, fmt.Errorf("GET %s from %s: %w", target, addr, err)
-	}
-	io.Copy(io.Discard, r)
-	return resp, nil
-}
-
 // phpGet asks the front for a PHP script of a site and parses its answer.
 func phpGet(t *testing.T, site, path string) phpWhoami {
 	t.Helper()
@@ -298,7 +273,7 @@ func TestFastCGINginxCPUWeights(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			site := []string{"shop.example", "blog.example"}[i%2]
-			resp, err := getWithin(frontAddr, "http://"+site+"/burn.php?gate="+gate, 10*time.Minute)
+			resp, err := GetWithin(frontAddr, "http://"+site+"/burn.php?gate="+gate, 10*time.Minute)
 			results[i] = result{site, resp, err}
 		}(i)
 	}
