@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps fuzz fuzz-ci lint clean
+.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-fpm fuzz fuzz-ci lint clean
 
 all: build
 
@@ -68,6 +68,10 @@ demo: build
 
 bench: build
 	$(GO) run ./itest/bench -vhqos $(BIN)
+
+# php-fpm behind nginx: native, floor and vhqos with name vhosts (FastCGI).
+bench-fpm: build
+	$(GO) run ./itest/bench -vhqos $(BIN) -fpm
 
 # What a connection cap that is never reached costs (issue: admission).
 bench-caps: build

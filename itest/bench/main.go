@@ -83,6 +83,7 @@ func main() {
 	syscalls := flag.String("syscalls", "", "count each supervisor's system calls in its last Connection: close run with perf trace -s into this directory (DIR/PATH-WHO.txt)")
 	only := flag.String("only", "", "measure only the paths whose name contains this text (e.g. wildcard)")
 	baseline := flag.String("baseline", "", "another vhqos binary (an earlier build) measured in each round too, for vhqos/baseline")
+	fpm := flag.Bool("fpm", false, "measure php-fpm behind a native nginx instead: native, floor and vhqos with two name vhosts (FastCGI HTTP_HOST)")
 	caps := flag.Bool("caps", false, "measure vhqos with max_connections = 1000000 on every vhost (a cap never reached) against the same table without it, instead of native and the floor")
 	flag.Parse()
 	if os.Getenv(nsEnv) == "" {
@@ -143,6 +144,12 @@ func main() {
 		if err := cg.Set(g, cgroup.Resources{}); err != nil {
 			fail(err)
 		}
+	}
+	if *fpm {
+		if err := fpmBench(cg, bin, *pairs, *conns, measureOptions{duration: *duration, only: *only, pin: *pin}); err != nil {
+			fail(err)
+		}
+		return
 	}
 	if *caps {
 		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
