@@ -171,6 +171,9 @@ func parsePattern(s string) (Pattern, error) {
 		return Pattern{}, errors.New("remove the spaces around the pattern")
 	case strings.HasPrefix(s, unixPrefix):
 		return parseUnix(s[len(unixPrefix):])
+	case len(s) >= len(unixPrefix) && strings.EqualFold(s[:len(unixPrefix)], unixPrefix),
+		strings.HasPrefix(s, "unix/"), strings.HasPrefix(s, "unix@"):
+		return Pattern{}, fmt.Errorf("a unix socket is written unix:/absolute/path.sock or unix:@abstract-name, \"unix:\" in lower case")
 	case len(s) > maxPatternLen:
 		return Pattern{}, fmt.Errorf("too long (%d characters); a host name has at most 253", len(s))
 	case s == "*":
