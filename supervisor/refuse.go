@@ -49,6 +49,9 @@ type refusal struct {
 	answered  bool
 	lingerEnd time.Time
 	deadline  time.Time
+	// done says the connection is closed: a timer or an event of the
+	// same round of the event loop may still name r.
+	done bool
 }
 
 // refuse takes over c, refused by adm: it answers an HTTP client and
@@ -77,6 +80,9 @@ func (s *Supervisor) refuse(c *conn, adm *Admission) {
 // drained, closed. late says r's deadline passed. It reports whether r is
 // over (the connection closed).
 func (s *Supervisor) refusalStep(r *refusal, late bool) bool {
+	if r.done {
+		return true
+	}
 	var buf [4096]byte
 	eof, got := false, false
 	for !eof {
@@ -110,11 +116,13 @@ func (s *Supervisor) refusalStep(r *refusal, late bool) bool {
 			return s.endRefusal(r)
 		}
 		if got {
+			// The timer already set moves itself on when it finds the
+			// deadline later (refusalDeadline): one timer per refusal,
+			// however fast the client sends.
 			r.deadline = now.Add(refusalIdle)
 			if r.deadline.After(r.lingerEnd) {
 				r.deadline = r.lingerEnd
 			}
-			s.events.afterRefusal(r.deadline, r)
 		}
 		return false
 	}
@@ -153,6 +161,7 @@ func (s *Supervisor) answerRefusal(r *refusal, isHead bool) {
 }
 
 func (s *Supervisor) endRefusal(r *refusal) bool {
+	r.done = true
 	s.events.unwatchRefusal(r)
 	r.c.close()
 	s.refusing.Add(-1)
@@ -162,7 +171,11 @@ func (s *Supervisor) endRefusal(r *refusal) bool {
 // refusalDeadline runs in the event loop when r's deadline may have
 // passed.
 func (s *Supervisor) refusalDeadline(r *refusal, now time.Time) {
+	if r.done {
+		return
+	}
 	if r.deadline.After(now) {
+		s.events.afterRefusal(r.deadline, r)
 		return
 	}
 	s.refusalStep(r, true)

@@ -200,3 +200,42 @@ func TestRefusalsDoNotHoldPlaces(t *testing.T) {
 		t.Errorf("after one of 2 closed, with 5 refusals under way, the next connection was refused: %+v", r)
 	}
 }
+
+// After the response, a refusal lasts while the client keeps sending (up to
+// refusalLinger), and ends refusalIdle after its last byte.
+func TestRefusalLingersWhileTheClientSends(t *testing.T) {
+	shop := Decision{Group: "shop", DSCP: 34, Admission: &Admission{MaxConnections: 1, RefuseStatus: 503}}
+	h := startServerWith(t, "127.0.0.1:0", false, admissionClassifier{d: shop, timeout: time.Second})
+	h.dial()
+	h.keep()
+	h.command("nonblock")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	c, _ := h.dial()
+	if _, err := io.WriteString(c, "POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 100000\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	h.command("accept4 " + strconv.Itoa(unix.SOCK_NONBLOCK) + " full")
+	if r := h.result(); r.Ret >= 0 {
+		t.Fatalf("the server got the refused connection: %+v", r)
+	}
+	waitFor(t, "the refusal under way", func() bool { return h.sup.refusing.Load() == 1 })
+	// A byte every refusalIdle/4 for longer than refusalIdle: the refusal
+	// must still be there at the end.
+	start := time.Now()
+	for time.Since(start) < refusalIdle+refusalIdle/2 {
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatalf("sending after %v: %v; the refusal ended while the client was sending", time.Since(start), err)
+		}
+		time.Sleep(refusalIdle / 4)
+	}
+	if n := h.sup.refusing.Load(); n != 1 {
+		t.Errorf("refusals under way: %d while the client sends; want 1", n)
+	}
+	stopped := time.Now()
+	waitFor(t, "the refusal to end once the client went quiet", func() bool { return h.sup.refusing.Load() == 0 })
+	if quiet := time.Since(stopped); quiet < refusalIdle-refusalIdle/4 {
+		t.Errorf("the refusal ended %v after the client's last byte; want about %v", quiet, refusalIdle)
+	}
+}
