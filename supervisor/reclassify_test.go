@@ -196,6 +196,10 @@ func TestReclassifyEstablished(t *testing.T) {
 func TestReclassifyExpiredListener(t *testing.T) {
 	h := startServer(t, "127.0.0.1:0", false)
 	h.command("accept4 0 full")
+	// Connected only once the accept was left to the kernel, which marks
+	// the listener first: a client racing the first accept could be
+	// queued under the listener's old mark.
+	waitFor(t, "the first accept left to the kernel", func() bool { return h.sup.Stats().Continued.Load() > 0 })
 	c, _ := h.dial()
 	if r := h.result(); r.TOS != 34<<2 {
 		t.Fatalf("first connection: TOS %#x, want DSCP 34", r.TOS)
