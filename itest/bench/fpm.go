@@ -14,20 +14,6 @@ import (
 	"github.com/vhqos/vhqos/itest"
 )
 
-// fpmQoS is two name-based sites served by one php-fpm pool: every
-// FastCGI connection waits for its params (HTTP_HOST) to be classified.
-const fpmQoS = `
-[[vhost]]
-name = "shop"
-match = ["shop.example"]
-dscp = "EF"
-
-[[vhost]]
-name = "blog"
-match = ["blog.example"]
-dscp = "AF21"
-`
-
 // fpmNginx is nginx in front of the pool, as Debian's
 // snippets/fastcgi-php.conf passes PHP: a new FastCGI connection per
 // request (nginx's default, fastcgi_keep_conn off).
@@ -60,12 +46,12 @@ http {
 
 // fpmBench measures php-fpm (Debian's, a static pool on TCP) behind a
 // native nginx, with wrk asking nginx for a small PHP script: php-fpm
-// native, under the floor (emulating accept) and under vhqos with two
-// name vhosts, alternating; nginx opens a FastCGI connection per request
+// native, under the floor (emulating accept) and under vhqos with the two
+// name vhosts of nameQoS (read from the FastCGI params), alternating; nginx opens a FastCGI connection per request
 // whether wrk's connections to it are closed or kept alive.
 func fpmBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measureOptions) error {
 	qosFile := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-fpm-%d.toml", os.Getpid()))
-	if err := os.WriteFile(qosFile, []byte(fpmQoS), 0o644); err != nil {
+	if err := os.WriteFile(qosFile, []byte(nameQoS), 0o644); err != nil {
 		return err
 	}
 	defer os.Remove(qosFile)
@@ -179,14 +165,6 @@ func measureFPM(cg *cgroup.Manager, prefix []string, group string, close bool, c
 	if err != nil {
 		return result{}, supervisorCost{}, fmt.Errorf("wrk: %v: %s", err, out)
 	}
-	if e := errRe.Find(out); e != nil {
-		fmt.Printf("    (wrk: %s)\n", strings.SplitN(string(out[strings.Index(string(out), string(e)):]), "\n", 2)[0])
-	}
-	m, n := rpsRe.FindSubmatch(out), reqsRe.FindSubmatch(out)
-	if m == nil || n == nil {
-		return result{}, supervisorCost{}, fmt.Errorf("cannot read wrk's output:\n%s", out)
-	}
-	rps, _ := strconv.ParseFloat(string(m[1]), 64)
-	reqs, _ := strconv.Atoi(string(n[1]))
-	return result{rps: rps, requests: reqs}, cost, nil
+	res, err := wrkResult(out, "php-fpm "+map[bool]string{true: "wrapped", false: "native"}[wrapped])
+	return res, cost, err
 }

@@ -395,21 +395,29 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 	if err != nil {
 		return result{}, supervisorCost{}, fmt.Errorf("wrk: %v: %s", err, out)
 	}
+	res, err := wrkResult(out, map[bool]string{true: "vhqos", false: "native"}[wrapped])
+	return res, cost, err
+}
+
+// wrkResult reads a wrk run's requests/s and request count from its
+// output, and shows the line of socket errors or non-2xx answers if there
+// is one; against says which server it ran against.
+func wrkResult(out []byte, against string) (result, error) {
 	if e := errRe.Find(out); e != nil {
 		line := out[bytes.Index(out, e):]
 		if i := bytes.IndexByte(line, '\n'); i > 0 {
 			line = line[:i]
 		}
-		fmt.Printf("    (wrk against %s: %s)\n", map[bool]string{true: "vhqos", false: "native"}[wrapped], line)
+		fmt.Printf("    (wrk against %s: %s)\n", against, line)
 	}
 	m := rpsRe.FindSubmatch(out)
 	n := reqsRe.FindSubmatch(out)
 	if m == nil || n == nil {
-		return result{}, supervisorCost{}, fmt.Errorf("cannot read wrk's output:\n%s", out)
+		return result{}, fmt.Errorf("cannot read wrk's output:\n%s", out)
 	}
 	rps, _ := strconv.ParseFloat(string(m[1]), 64)
 	reqs, _ := strconv.Atoi(string(n[1]))
-	return result{rps: rps, requests: reqs}, cost, nil
+	return result{rps: rps, requests: reqs}, nil
 }
 
 // privateHosts makes this mount namespace's /etc/hosts say hosts, so that
