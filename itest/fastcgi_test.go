@@ -100,51 +100,17 @@ func runNginxConf(t *testing.T, prefix, listen []string, conf func(dir string) s
 	})
 }
 
-// nginxHTTP is the start of a test nginx's configuration, up to and with
-// "http {"; @DIR@ is its directory.
-const nginxHTTP = `daemon off;
-master_process on;
-worker_processes 2;
-user www-data;
-pid @DIR@/nginx.pid;
-error_log @DIR@/error.log notice;
-events { worker_connections 1024; }
-http {
-    access_log @DIR@/access.log;
-    client_body_temp_path @DIR@/body-temp;
-    proxy_temp_path @DIR@/proxy-temp;
-    fastcgi_temp_path @DIR@/fastcgi-temp;
-    uwsgi_temp_path @DIR@/uwsgi-temp;
-    scgi_temp_path @DIR@/scgi-temp;
-    default_type text/plain;
-`
-
-// nginxSite is one name-based site passing PHP to the pool, as Debian's
-// snippets/fastcgi-php.conf does it.
-const nginxSite = `
-    server {
-        listen @FRONT@;
-        server_name @NAME@;
-        root @WWW@;
-        location ~ \.php$ {
-            include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
-            fastcgi_pass @FPM@;
-        }
-    }
-`
-
 // runNginxFastCGI runs nginx natively in front of the pool, with the sites
 // shop.example (the default server) and blog.example on frontAddr.
 func runNginxFastCGI(t *testing.T, fpm *PHPFPM) *Daemon {
 	t.Helper()
 	return runNginxConf(t, nil, []string{frontAddr}, func(dir string) string {
 		var b strings.Builder
-		b.WriteString(strings.ReplaceAll(nginxHTTP, "@DIR@", dir))
+		b.WriteString(NginxHTTP(dir))
 		// A burner answers only once the test opens its gate.
 		b.WriteString("    fastcgi_read_timeout 10m;\n")
 		for _, name := range []string{"shop.example", "blog.example"} {
-			b.WriteString(strings.NewReplacer("@FRONT@", frontAddr, "@NAME@", name, "@WWW@", fpm.WWW, "@FPM@", fpm.Addr).Replace(nginxSite))
+			b.WriteString(NginxFastCGISite(frontAddr, name, fpm.WWW, fpm.Addr))
 		}
 		b.WriteString("}\n")
 		return b.String()

@@ -85,12 +85,11 @@ match = ["unix:%[2]s"]
 	// own.example on the pool of its own.
 	runNginxConf(t, nil, []string{frontAddr}, func(ndir string) string {
 		var b strings.Builder
-		b.WriteString(strings.ReplaceAll(nginxHTTP, "@DIR@", ndir))
+		b.WriteString(NginxHTTP(ndir))
 		for _, site := range []struct{ name, sock string }{
 			{"shop.example", shared}, {"blog.example", shared}, {"own.example", own},
 		} {
-			b.WriteString(strings.NewReplacer("@FRONT@", frontAddr, "@NAME@", site.name,
-				"@WWW@", filepath.Join(dir, "www"), "@FPM@", "unix:"+site.sock).Replace(nginxSite))
+			b.WriteString(NginxFastCGISite(frontAddr, site.name, filepath.Join(dir, "www"), "unix:"+site.sock))
 		}
 		b.WriteString("}\n")
 		return b.String()

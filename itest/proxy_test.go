@@ -153,7 +153,7 @@ func TestProxyHAProxyNginx(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return strings.ReplaceAll(nginxHTTP, "@DIR@", dir) + strings.NewReplacer("@CERT@", cert, "@KEY@", key).Replace(nginxProxied)
+		return NginxHTTP(dir) + strings.NewReplacer("@CERT@", cert, "@KEY@", key).Replace(nginxProxied)
 	})
 	checkCgroupsGone(t, n)
 	RunHAProxy(t, []ProxyRoute{

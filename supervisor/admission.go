@@ -272,6 +272,12 @@ func clientKey(a netip.Addr) netip.Addr {
 	return a
 }
 
+// reset zeroes cc's figures before a count.
+func (cc *classCount) reset() {
+	cc.open = 0
+	clear(cc.perIP)
+}
+
 func (a *admissions) class(group string) *classCount {
 	cc := a.classes[group]
 	if cc == nil {
@@ -307,10 +313,8 @@ func (a *admissions) tryAdmit(group string, adm *Admission, cookie uint64, clien
 			return false
 		}
 	}
-	cc.open++
-	cc.perIP[key]++
+	a.addLocked(cc, cookie, key)
 	cc.admitted.Add(1)
-	a.conns[cookie] = admittedConn{class: cc, client: key}
 	if len(a.conns) > 2*a.recordedAtCount+recordSlack {
 		if err := a.recount(0); err != nil && a.countFailed.Allow() {
 			a.log.Warn("counting open connections for max_connections", "err", err)
@@ -334,8 +338,12 @@ func (a *admissions) record(group string, cookie uint64, client netip.Addr) {
 	if _, ok := a.conns[cookie]; ok {
 		return
 	}
-	cc := a.class(group)
-	key := clientKey(client)
+	a.addLocked(a.class(group), cookie, clientKey(client))
+}
+
+// addLocked records the connection with socket cookie, from client key,
+// as admitted to cc and counts it there. Called with a.mu held.
+func (a *admissions) addLocked(cc *classCount, cookie uint64, key netip.Addr) {
 	cc.open++
 	cc.perIP[key]++
 	a.conns[cookie] = admittedConn{class: cc, client: key}
@@ -398,11 +406,9 @@ func (a *admissions) recount(deciding uint64) error {
 		}
 	}
 	for _, cc := range a.classes {
-		cc.open = 0
-		clear(cc.perIP)
+		cc.reset()
 	}
-	a.refusing.open = 0
-	clear(a.refusing.perIP)
+	a.refusing.reset()
 	for cookie, ac := range a.conns {
 		if _, ok := live[cookie]; !ok {
 			delete(a.conns, cookie)
@@ -653,10 +659,7 @@ func (a *admissions) adopt(r AdmissionRecord) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, c := range r.Conns {
-		cc := a.class(c.Group)
-		cc.open++
-		cc.perIP[c.Client]++
-		a.conns[c.Cookie] = admittedConn{class: cc, client: c.Client}
+		a.addLocked(a.class(c.Group), c.Cookie, c.Client)
 	}
 	for _, res := range r.Reservations {
 		cc := a.class(res.Group)

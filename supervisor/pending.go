@@ -143,7 +143,7 @@ func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 		p = s.peekName(c.fd, limit)
 	}
 	c.proxy = p.proxy
-	if c.trusted && c.proxy.Len > 0 {
+	if c.proxied() {
 		// The rules see the address the proxy's client asked for.
 		c.namesApply = cl.NamesApply(c.rulesAddr())
 	}
@@ -154,7 +154,7 @@ func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 		s.finishByAddr(c, cl)
 		return true
 	}
-	if c.trusted && c.proxy.Len > 0 && p.res == vhost.NeedMore && !c.namesApply {
+	if c.proxied() && p.res == vhost.NeedMore && !c.namesApply {
 		// The trusted proxy's header named the address the client asked
 		// for, and no name rule applies there.
 		s.finishByAddr(c, cl)
@@ -243,12 +243,16 @@ func (c *conn) byName(cl Classifier, host string) Decision {
 	return cl.ClassifyName(host, c.rulesAddr())
 }
 
+// proxied says c came through a trusted proxy whose PROXY header
+// arrived.
+func (c *conn) proxied() bool { return c.trusted && c.proxy.Len > 0 }
+
 // rulesAddr is the address c's address rules see: the destination a
 // trusted proxy's PROXY header gives (Classifier.ProxyTrusted), else the
 // connection's own local address. A header without addresses (a proxy's
 // health check: v2 LOCAL, v1 UNKNOWN) leaves the local address.
 func (c *conn) rulesAddr() netip.AddrPort {
-	if c.trusted && c.proxy.Len > 0 && !c.proxy.Local && c.proxy.Dst.IsValid() {
+	if c.proxied() && !c.proxy.Local && c.proxy.Dst.IsValid() {
 		return c.proxy.Dst
 	}
 	return c.local
@@ -257,7 +261,7 @@ func (c *conn) rulesAddr() netip.AddrPort {
 // clientAddr is c's client: the source a trusted proxy's header gives,
 // else the peer.
 func (c *conn) clientAddr() netip.Addr {
-	if c.trusted && c.proxy.Len > 0 && !c.proxy.Local && c.proxy.Src.IsValid() {
+	if c.proxied() && !c.proxy.Local && c.proxy.Src.IsValid() {
 		return c.proxy.Src.Addr()
 	}
 	peer, _ := addrPortOf(&c.peer)

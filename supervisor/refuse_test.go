@@ -239,3 +239,38 @@ func TestRefusalLingersWhileTheClientSends(t *testing.T) {
 		t.Errorf("the refusal ended %v after the client's last byte; want about %v", quiet, refusalIdle)
 	}
 }
+
+// With maxRefusing refusals under way, another refused connection is
+// closed at once, unanswered: a flood over a cap cannot take the
+// supervisor's fds.
+func TestRefusalsBeyondTheBoundAreClosed(t *testing.T) {
+	shop := Decision{Group: "shop", DSCP: 34, Admission: &Admission{MaxConnections: 1, RefuseStatus: 503}}
+	h := startServerWith(t, "127.0.0.1:0", false, admissionClassifier{d: shop, timeout: time.Second})
+	h.dial()
+	h.keep()
+	h.command("nonblock")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	h.sup.refusing.Store(maxRefusing) // as if that many were under way
+	defer h.sup.refusing.Store(0)
+	c, _ := h.dial()
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	h.command("accept4 " + strconv.Itoa(unix.SOCK_NONBLOCK) + " full")
+	if r := h.result(); r.Ret >= 0 {
+		t.Fatalf("the server got the refused connection: %+v", r)
+	}
+	c.SetReadDeadline(time.Now().Add(patience))
+	b, _ := io.ReadAll(c) // a reset is fine here: the client sent bytes no one read
+	if len(b) != 0 {
+		t.Errorf("got %q; want the connection closed unanswered beyond %d refusals", b, maxRefusing)
+	}
+	if n := h.sup.refusing.Load(); n != maxRefusing {
+		t.Errorf("refusals under way: %d; the closed one must not be counted (want %d)", n, maxRefusing)
+	}
+	if st := h.sup.Admissions()["shop"]; st.Refused != 1 {
+		t.Errorf("refused %d; want 1, counted however it was refused", st.Refused)
+	}
+}

@@ -14,36 +14,6 @@ import (
 	"github.com/vhqos/vhqos/itest"
 )
 
-// fpmNginx is nginx in front of the pool, as Debian's
-// snippets/fastcgi-php.conf passes PHP: a new FastCGI connection per
-// request (nginx's default, fastcgi_keep_conn off).
-const fpmNginx = `daemon off;
-master_process on;
-worker_processes 2;
-user www-data;
-pid @DIR@/nginx.pid;
-error_log @DIR@/error.log notice;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path @DIR@/body-temp;
-    proxy_temp_path @DIR@/proxy-temp;
-    fastcgi_temp_path @DIR@/fastcgi-temp;
-    uwsgi_temp_path @DIR@/uwsgi-temp;
-    scgi_temp_path @DIR@/scgi-temp;
-    server {
-        listen 127.0.0.2:8080;
-        server_name shop.example blog.example;
-        root @WWW@;
-        location ~ \.php$ {
-            include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
-            fastcgi_pass @FPM@;
-        }
-    }
-}
-`
-
 // fpmBench measures php-fpm (Debian's, a static pool on TCP) behind a
 // native nginx, with wrk asking nginx for a small PHP script: php-fpm
 // native, under the floor (emulating accept) and under vhqos with the two
@@ -128,7 +98,7 @@ func measureFPM(cg *cgroup.Manager, prefix []string, group string, close bool, c
 		return result{}, supervisorCost{}, err
 	}
 	defer os.RemoveAll(dir)
-	conf := strings.NewReplacer("@DIR@", dir, "@WWW@", fpm.WWW, "@FPM@", fpm.Addr).Replace(fpmNginx)
+	conf := itest.NginxHTTP(dir) + itest.NginxFastCGISite("127.0.0.2:8080", "shop.example blog.example", fpm.WWW, fpm.Addr) + "}\n"
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		return result{}, supervisorCost{}, err
 	}
