@@ -120,9 +120,13 @@ func (t *Table) Answered(id uint64) {
 // while notifications wait is not receiving.
 func (t *Table) Last() uint64 { return t.last.Load() }
 
-// Held sets how many connections the supervisor holds accepted and not
-// handed over: the ones lost if it dies.
-func (t *Table) Held(n int64) { t.held.Store(n) }
+// AddHeld adds d to how many connections the supervisor holds accepted and
+// not handed over (the ones lost if it dies) and returns the new count.
+// Callers on several threads may add at once.
+func (t *Table) AddHeld(d int64) int64 { return t.held.Add(d) }
+
+// HeldNow returns how many connections the supervisor holds now.
+func (t *Table) HeldNow() int64 { return t.held.Load() }
 
 // Pending returns the ids in the table, the newest id received and the
 // connections held, as the writer left them.

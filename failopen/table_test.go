@@ -92,7 +92,8 @@ func TestTableShared(t *testing.T) {
 	}
 	reader, _ := Attach(other)
 	writer.Received(42, nil)
-	writer.Held(3)
+	writer.AddHeld(4)
+	writer.AddHeld(-1)
 	ids, last, held := reader.Pending()
 	if !slices.Equal(ids, []uint64{42}) || last != 42 || held != 3 {
 		t.Errorf("reader sees %v, last %d, held %d; want [42], 42, 3", ids, last, held)

@@ -50,7 +50,8 @@ type flowMarks struct {
 	fin    bool
 }
 
-// Marks is what a capture saw one side of a connection send.
+// Marks is what a capture saw one side of a connection send: the latest
+// connection of its four-tuple, from its SYN on.
 type Marks struct {
 	// SynAck is the DSCP of the SYN-ACK, or -1 if none was seen. It goes
 	// out before the server accepts, so it carries the listener's marking,
@@ -194,6 +195,13 @@ func (c *Capture) record(p packet) {
 	if m == nil {
 		m = &flowMarks{synAck: -1, dscp: map[int]int{}, last: -1}
 		c.flows[f] = m
+	}
+	if p.flags&tcpSYN != 0 {
+		// A SYN or SYN-ACK opens a new connection, and a client reuses
+		// its ports (wrk runs through tens of thousands in seconds): what
+		// an earlier connection of the same four-tuple sent is not this
+		// one's.
+		*m = flowMarks{synAck: -1, dscp: map[int]int{}, last: -1}
 	}
 	switch {
 	case p.flags&tcpSYN != 0 && p.flags&tcpACK != 0:

@@ -213,10 +213,14 @@ func apachePids(a *Apache) []int {
 }
 
 // statusSocketOf is the status socket the vhqos running a serves.
-func statusSocketOf(a *Apache) string {
-	for i, arg := range a.Cmd.Args {
-		if arg == "--status-socket" && i+1 < len(a.Cmd.Args) {
-			return a.Cmd.Args[i+1]
+func statusSocketOf(a *Apache) string { return statusSocketIn(a.Cmd.Args) }
+
+// statusSocketIn is the --status-socket of a vhqos command line, "" if
+// none.
+func statusSocketIn(args []string) string {
+	for i, arg := range args {
+		if arg == "--status-socket" && i+1 < len(args) {
+			return args[i+1]
 		}
 	}
 	return ""

@@ -110,7 +110,7 @@ func runNginxFastCGI(t *testing.T, fpm *PHPFPM) *Daemon {
 		// A burner answers only once the test opens its gate.
 		b.WriteString("    fastcgi_read_timeout 10m;\n")
 		for _, name := range []string{"shop.example", "blog.example"} {
-			b.WriteString(NginxFastCGISite(frontAddr, name, fpm.WWW, fpm.Addr))
+			b.WriteString(NginxFastCGISite(frontAddr, name, fpm.WWW, fpm.Pass()))
 		}
 		b.WriteString("}\n")
 		return b.String()
@@ -255,17 +255,8 @@ func TestFastCGINginxCPUWeights(t *testing.T) {
 	// its site's cgroup.
 	checkBurners := func(when string) {
 		t.Helper()
-		for site, pids := range burners {
-			want := fmt.Sprintf("/vhqos.%d/%s", vhqosPid, sites[site])
-			for _, pid := range pids {
-				cg, err := cgroupOf(pid)
-				if err != nil || !fpm.IsWorker(pid) {
-					t.Fatalf("%s: the burner for %s, pid %d, is gone (%v)", when, site, pid, err)
-				}
-				if !strings.HasSuffix(cg, want) {
-					t.Fatalf("%s: the burner for %s, pid %d, runs in cgroup %q, want …%s", when, site, pid, cg, want)
-				}
-			}
+		if err := burnersPlaced(fpm, vhqosPid, burners, sites); err != nil {
+			t.Fatalf("%s: %v", when, err)
 		}
 	}
 	checkBurners("before measuring")
@@ -310,6 +301,26 @@ func TestFastCGINginxCPUWeights(t *testing.T) {
 	if blog <= 0 || ratio < lo || ratio > hi {
 		t.Errorf("CPU ratio shop:blog = %.2f, want %.1f..%.1f", ratio, lo, hi)
 	}
+}
+
+// burnersPlaced returns an error unless every burner (site -> pids, as
+// PHPFPM.Burners lists them) is still a worker of fpm, running in its
+// site's cgroup (groups: site -> cgroup leaf) under the vhqos of pid
+// vhqosPid.
+func burnersPlaced(fpm *PHPFPM, vhqosPid int, burners map[string][]int, groups map[string]string) error {
+	for site, pids := range burners {
+		want := fmt.Sprintf("/vhqos.%d/%s", vhqosPid, groups[site])
+		for _, pid := range pids {
+			cg, err := cgroupOf(pid)
+			if err != nil || !fpm.IsWorker(pid) {
+				return fmt.Errorf("the burner for %s, pid %d, is gone (%v)", site, pid, err)
+			}
+			if !strings.HasSuffix(cg, want) {
+				return fmt.Errorf("the burner for %s, pid %d, runs in cgroup %q, want …%s", site, pid, cg, want)
+			}
+		}
+	}
+	return nil
 }
 
 // apacheEventConf is Apache with the event MPM and two name-based vhosts

@@ -26,7 +26,9 @@ import (
 //	                 start it leaves a mark that Burners reads.
 type PHPFPM struct {
 	*Daemon
-	Addr string // where the pool listens, "127.0.0.1:9000"
+	// Addr is where the pool listens: a TCP "127.0.0.1:9000", or the path
+	// of its unix socket.
+	Addr string
 	Pool string // the pool's name: its workers are "php-fpm: pool NAME"
 	WWW  string // the document root (Dir/www)
 }
@@ -34,6 +36,9 @@ type PHPFPM struct {
 // PHPFPMConfig says what to start.
 type PHPFPMConfig struct {
 	Addr    string // TCP address:port of the pool; "" is 127.0.0.1:9000
+	// Unix puts the pool on a unix socket instead, php-fpm.sock in its
+	// directory, owned by www-data as Debian's www.conf has it.
+	Unix    bool
 	Workers int    // pm.max_children of the static pool; 0 means 4
 	// Prefix is put in front of the command: nil runs php-fpm natively,
 	// {vhqos, "run", "--config", FILE, "--"} under vhqos.
@@ -99,7 +104,14 @@ func StartPHPFPM(ctx context.Context, cfg PHPFPMConfig) (*PHPFPM, error) {
 		return nil, err
 	}
 	p := &PHPFPM{Addr: cfg.Addr, Pool: filepath.Base(dir), WWW: filepath.Join(dir, "www")}
-	if p.Addr == "" {
+	listen := ""
+	switch {
+	case cfg.Unix:
+		p.Addr = filepath.Join(dir, "php-fpm.sock")
+		// nginx's workers (www-data) connect; php-fpm's default owner is
+		// the master's user, root.
+		listen = "listen.owner = www-data\nlisten.group = www-data\nlisten.mode = 0660\n"
+	case p.Addr == "":
 		p.Addr = "127.0.0.1:9000"
 	}
 	workers := cfg.Workers
@@ -135,7 +147,7 @@ pm.max_children = %[4]d
 request_terminate_timeout = 0
 php_admin_value[max_execution_time] = 0
 catch_workers_output = yes
-`, dir, p.Pool, p.Addr, workers)
+%[5]s`, dir, p.Pool, p.Addr, workers, listen)
 	files := map[string]string{
 		"php-fpm.conf":   conf,
 		"www/whoami.php": whoamiPHP,
@@ -152,7 +164,7 @@ catch_workers_output = yes
 		Name: "php-fpm", Dir: dir, Prefix: cfg.Prefix, Argv: argv,
 		// Logged once every worker of a static pool has been forked.
 		ReadyLog: "php-fpm.log", ReadyText: "ready to handle connections",
-		Listen: []string{p.Addr}, Logs: []string{"php-fpm.log"},
+		Listen: tcpOnly(p.Addr), Logs: []string{"php-fpm.log"},
 		// The master's title names the configuration file, in Dir; the
 		// workers' only the pool, named after Dir.
 		Tag: p.Pool,
@@ -174,6 +186,26 @@ func RunPHPFPM(t testing.TB, cfg PHPFPMConfig) *PHPFPM {
 	}
 	p.stopAtEnd(t)
 	return p
+}
+
+// Pass is where a front server sends FastCGI to, as nginx's fastcgi_pass
+// and Apache's "proxy:fcgi://" take it: "127.0.0.1:9000" or
+// "unix:/path/php-fpm.sock".
+func (p *PHPFPM) Pass() string {
+	if strings.HasPrefix(p.Addr, "/") {
+		return "unix:" + p.Addr
+	}
+	return p.Addr
+}
+
+// tcpOnly is addr in a list if it is a TCP address, else nil: the wait for
+// a listener (DaemonConfig.Listen) knows TCP only, and php-fpm logs that it
+// is ready only after it has bound its sockets anyway.
+func tcpOnly(addr string) []string {
+	if strings.HasPrefix(addr, "/") {
+		return nil
+	}
+	return []string{addr}
 }
 
 // IsWorker reports whether pid is one of this pool's worker processes.

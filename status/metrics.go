@@ -89,7 +89,7 @@ var (
 	descUpgrades        = prometheus.NewDesc("vhqos_supervisor_upgrades_total", "Supervisors replaced by vhqos upgrade.", nil, nil)
 	descFailedOpenNotes = prometheus.NewDesc("vhqos_failed_open_notifications_total", "Notifications the keeper answered \"continue\" (the kernel made the call, without QoS) because no supervisor was running.", nil, nil)
 	descFailedOpenTime  = prometheus.NewDesc("vhqos_failed_open_seconds_total", "Time no supervisor was running, in which the keeper failed open.", nil, nil)
-	descLost            = prometheus.NewDesc("vhqos_connections_lost_total", "Connections a crashed supervisor had accepted but not yet handed to the server, lost with it.", nil, nil)
+	descLost            = prometheus.NewDesc("vhqos_connections_lost_total", "Connections a crashed supervisor had accepted but not yet handed to the server, lost with it (an upper bound).", nil, nil)
 	descAdmissions      = prometheus.NewDesc("vhqos_admissions_total", "Connections of a vhost with a connection cap, by what the cap decided: admitted, sent to the over_limit class (alternate), refused.", []string{"vhost", "outcome"}, nil)
 	descLimit           = prometheus.NewDesc("vhqos_connections_limit", "The vhost's max_connections (vhosts with one only).", []string{"vhost"}, nil)
 	descLimitPerIP      = prometheus.NewDesc("vhqos_connections_per_ip_limit", "The vhost's max_connections_per_ip (vhosts with one only).", []string{"vhost"}, nil)

@@ -68,7 +68,9 @@ type Report struct {
 	FailedOpenNotifications uint64 `json:"failed_open_notifications"`
 	// LostConnections counts connections a crashed supervisor held,
 	// accepted from the listener but not yet handed over to the server,
-	// that were lost with it (their clients saw them closed).
+	// that were lost with it (their clients saw them closed). It is an
+	// upper bound: one the supervisor was just taking from the listener,
+	// or had just handed over, when it died counts too.
 	LostConnections uint64 `json:"connections_lost"`
 }
 

@@ -84,17 +84,33 @@ func (c *conn) close() {
 
 // heldCount counts the connections the supervisor holds, accepted and not
 // yet handed over or closed: the ones lost if it dies. A keeper watching
-// (Options.InFlight) sees the count in the shared table.
+// (Options.InFlight) reads the count in the shared table, so the count
+// lives there: receivers and the event loop change it at once, and a copy
+// stored after each change could be overwritten by an older value.
+//
+// The count is an upper bound, never short: a connection counts from just
+// before the accept that takes it (acceptHeld) until its fd here is closed,
+// just after the server has it, and a supervisor killed on either side of
+// those steps overstates the loss by that connection.
 type heldCount struct {
-	n     atomic.Int64
+	own   atomic.Int64
 	table *failopen.Table
 }
 
 func (h *heldCount) add(d int64) {
-	n := h.n.Add(d)
 	if h.table != nil {
-		h.table.Held(n)
+		h.table.AddHeld(d)
+		return
 	}
+	h.own.Add(d)
+}
+
+// n returns the count.
+func (h *heldCount) n() int64 {
+	if h.table != nil {
+		return h.table.HeldNow()
+	}
+	return h.own.Load()
 }
 
 // handleAccept answers the accept (or, is4, accept4) notification n.
@@ -310,11 +326,7 @@ func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
 		if !readable(l.fd) {
 			break
 		}
-		c, errno := acceptFrom(l.fd, call.flags&unix.SOCK_NONBLOCK != 0)
-		if errno == 0 {
-			c.held = &s.held
-			s.held.add(1)
-		}
+		c, errno := s.acceptHeld(l, call.flags&unix.SOCK_NONBLOCK != 0)
 		if errno == 0 && s.isDoorbell(l, c) {
 			// Our own wake-up call: it did its job; look again.
 			continue
@@ -342,6 +354,22 @@ func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
 	}
 	l.mu.Unlock()
 	return s.waitOrAgain(l, call)
+}
+
+// acceptHeld takes a connection from l's queue and counts it as held
+// (Supervisor.held) until it is handed over or closed. It counts from
+// before the accept: once the kernel has done it the connection is this
+// process's, and a supervisor killed before it could count it would lose it
+// unreported.
+func (s *Supervisor) acceptHeld(l *listener, nonblock bool) (*conn, unix.Errno) {
+	s.held.add(1)
+	c, errno := acceptFrom(l.fd, nonblock)
+	if errno != 0 {
+		s.held.add(-1)
+		return nil, errno
+	}
+	c.held = &s.held
+	return c, 0
 }
 
 // acceptBurst bounds how many connections one accept takes from the
@@ -421,11 +449,7 @@ func (s *Supervisor) pump(l *listener) {
 			l.stash = l.stash[1:]
 		} else if l.hasBlockingWaiter() && readable(l.fd) {
 			var errno unix.Errno
-			c, errno = acceptFrom(l.fd, false)
-			if errno == 0 {
-				c.held = &s.held
-				s.held.add(1)
-			}
+			c, errno = s.acceptHeld(l, false)
 			if errno == unix.EAGAIN {
 				l.mu.Unlock()
 				return

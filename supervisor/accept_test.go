@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vhqos/vhqos/failopen"
 )
 
 // Tests of accept.go: the accept and accept4 calls of a real server under
@@ -370,6 +372,53 @@ func TestEMFILEKeepsConnection(t *testing.T) {
 			}
 			if servedBy(t, c) != h.pid {
 				t.Error("connection served by the wrong process")
+			}
+		})
+	}
+}
+
+// The count of held connections a keeper reads after a crash is exact
+// however many receivers change it at once: a stale count tells the
+// operator fewer connections were lost than were.
+func TestHeldCountConcurrent(t *testing.T) {
+	fd, region, err := failopen.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	table, err := failopen.Attach(region)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		table *failopen.Table
+	}{{"shared with a keeper", table}, {"on its own", nil}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := heldCount{table: tc.table}
+			const goroutines, rounds = 8, 20000
+			var wg sync.WaitGroup
+			for g := range goroutines {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range rounds {
+						h.add(1)
+						h.add(-1)
+					}
+					if g%2 == 0 {
+						h.add(1) // half of them keep one
+					}
+				}()
+			}
+			wg.Wait()
+			if got, want := h.n(), int64(goroutines/2); got != want {
+				t.Errorf("held count %d after balanced adds, want %d", got, want)
+			}
+			if tc.table != nil {
+				if _, _, held := tc.table.Pending(); held != goroutines/2 {
+					t.Errorf("the keeper reads %d held, want %d", held, goroutines/2)
+				}
 			}
 		})
 	}

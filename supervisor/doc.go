@@ -21,7 +21,9 @@
 //     the class's cgroup: place (supervisor.go)
 //   - hand the connection over and answer: deliver, complete (accept.go),
 //     handOver (track.go)
-//   - follow connections after accept (track = "fork", "full"): track.go
+//   - follow connections after accept (track = "fork", "full"): track.go;
+//     a blocking keep-alive read held until its request comes, so that
+//     the request is classified before it is read: heldread.go
 //
 // Beside it: the event loop for what is not a notification (a listener or
 // a connection becoming readable, a process exiting, deadlines): events.go;

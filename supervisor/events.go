@@ -17,8 +17,9 @@ const sweepEvery = time.Second
 // eventLoop waits, in one goroutine, for the things that are not
 // notifications: a listening socket with blocking accepts waiting on it
 // became readable, a connection whose host name is awaited sent more
-// bytes, a server process exited (its pidfd became readable), or a
-// deadline passed.
+// bytes, a server process exited (its pidfd became readable), a
+// connection with a read held on it (heldread.go) got its next request, or
+// a deadline passed.
 type eventLoop struct {
 	epfd     int
 	wake     int
@@ -29,6 +30,7 @@ type eventLoop struct {
 	procs     map[int]*proc     // by pidfd
 	conns     map[int]*conn     // connections being sniffed, by fd
 	refusals  map[int]*refusal  // connections being refused, by fd
+	reads     map[int]*heldRead // keep-alive reads held, by copy fd
 	timers    timerHeap
 	// waitUntil is when the loop's current epoll_wait times out; a timer
 	// due earlier wakes it.
@@ -42,6 +44,7 @@ type timer struct {
 	when time.Time
 	l    *listener
 	r    *refusal
+	hr   *heldRead
 }
 
 type timerHeap []timer
@@ -64,6 +67,9 @@ func (e *eventLoop) after(when time.Time, l *listener) { e.push(timer{when: when
 // afterRefusal makes the loop call s.refusalDeadline(r) at when.
 func (e *eventLoop) afterRefusal(when time.Time, r *refusal) { e.push(timer{when: when, r: r}) }
 
+// afterRead makes the loop call s.readArrived(r) at when.
+func (e *eventLoop) afterRead(when time.Time, r *heldRead) { e.push(timer{when: when, hr: r}) }
+
 func (e *eventLoop) push(t timer) {
 	when := t.when
 	e.mu.Lock()
@@ -76,7 +82,7 @@ func (e *eventLoop) push(t timer) {
 }
 
 // due pops the timers that are due and returns when the next one is.
-func (e *eventLoop) due(now time.Time) (due []*listener, refusals []*refusal, next time.Time) {
+func (e *eventLoop) due(now time.Time) (due []*listener, refusals []*refusal, reads []*heldRead, next time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for len(e.timers) > 0 && !e.timers[0].when.After(now) {
@@ -86,6 +92,10 @@ func (e *eventLoop) due(now time.Time) (due []*listener, refusals []*refusal, ne
 			if e.refusals[t.r.c.fd] == t.r {
 				refusals = append(refusals, t.r)
 			}
+		case t.hr != nil:
+			if e.reads[t.hr.copyFd] == t.hr {
+				reads = append(reads, t.hr)
+			}
 		case len(due) == 0 || due[len(due)-1] != t.l:
 			due = append(due, t.l)
 		}
@@ -93,7 +103,7 @@ func (e *eventLoop) due(now time.Time) (due []*listener, refusals []*refusal, ne
 	if len(e.timers) > 0 {
 		next = e.timers[0].when
 	}
-	return due, refusals, next
+	return due, refusals, reads, next
 }
 
 // watchConn makes the loop look at c again whenever more bytes arrive (or the
@@ -143,6 +153,58 @@ func (e *eventLoop) unwatchRefusal(r *refusal) {
 	}
 }
 
+// watchRead makes the loop look at r's connection whenever more bytes
+// arrive (or the client hangs up). Edge-triggered, as for a connection
+// being sniffed: peeking leaves the bytes queued. Bytes already there
+// when it is added are reported at once.
+func (e *eventLoop) watchRead(r *heldRead) error {
+	e.mu.Lock()
+	e.reads[r.copyFd] = r
+	e.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(r.copyFd)}
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, r.copyFd, &ev); err != nil {
+		e.mu.Lock()
+		delete(e.reads, r.copyFd)
+		e.mu.Unlock()
+		return fmt.Errorf("watching a kept connection for its next request: %w", err)
+	}
+	return nil
+}
+
+// unwatchRead forgets r and reports whether it was still watched; it must
+// run before r's copy fd is closed, so that a reused fd number is never
+// mistaken for r.
+func (e *eventLoop) unwatchRead(r *heldRead) bool {
+	e.mu.Lock()
+	watched := e.reads[r.copyFd] == r
+	if watched {
+		delete(e.reads, r.copyFd)
+	}
+	e.mu.Unlock()
+	if watched {
+		unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, r.copyFd, nil)
+	}
+	return watched
+}
+
+// holdsRead reports whether r is still held.
+func (e *eventLoop) holdsRead(r *heldRead) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.reads[r.copyFd] == r
+}
+
+// heldReads lists the reads held now.
+func (e *eventLoop) heldReads() []*heldRead {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]*heldRead, 0, len(e.reads))
+	for _, r := range e.reads {
+		out = append(out, r)
+	}
+	return out
+}
+
 func (e *eventLoop) unwatchConn(c *conn) {
 	e.mu.Lock()
 	if e.conns[c.fd] == c {
@@ -162,7 +224,7 @@ func newEventLoop() (*eventLoop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("creating the supervisor's wake-up eventfd: %w", err)
 	}
-	e := &eventLoop{epfd: epfd, wake: wake, listeners: map[int]*listener{}, procs: map[int]*proc{}, conns: map[int]*conn{}, refusals: map[int]*refusal{}}
+	e := &eventLoop{epfd: epfd, wake: wake, listeners: map[int]*listener{}, procs: map[int]*proc{}, conns: map[int]*conn{}, refusals: map[int]*refusal{}, reads: map[int]*heldRead{}}
 	if err := e.add(wake); err != nil {
 		e.close()
 		return nil, err
@@ -258,10 +320,13 @@ func (e *eventLoop) run(s *Supervisor) {
 			p := e.procs[fd]
 			c := e.conns[fd]
 			r := e.refusals[fd]
+			hr := e.reads[fd]
 			e.mu.Unlock()
 			switch {
 			case c != nil:
 				s.bytesArrived(c)
+			case hr != nil:
+				s.readArrived(hr, time.Now())
 			case r != nil:
 				s.refusalStep(r, false)
 			case l != nil:
@@ -271,12 +336,15 @@ func (e *eventLoop) run(s *Supervisor) {
 			}
 		}
 		now := time.Now()
-		due, refusals, _ := e.due(now)
+		due, refusals, reads, _ := e.due(now)
 		for _, l := range due {
 			s.checkDeadlines(l, now)
 		}
 		for _, r := range refusals {
 			s.refusalDeadline(r, now)
+		}
+		for _, r := range reads {
+			s.readArrived(r, now)
 		}
 		if now.After(nextSweep) {
 			e.sweep(s)
@@ -300,6 +368,7 @@ func (e *eventLoop) sweep(s *Supervisor) {
 	for _, l := range s.bells.sweep() {
 		s.checkDeadlines(l, time.Now())
 	}
+	s.dropGoneReads()
 	s.pruneGone()
 	s.leaseBackstop()
 	s.admissions.flushLog()

@@ -52,6 +52,9 @@ func (s *Supervisor) Drain(wait time.Duration) Handoff {
 	for time.Now().Before(deadline) && !s.recv.inRecv.Load() {
 		time.Sleep(time.Millisecond)
 	}
+	// Held keep-alive reads go on in their processes' present classes:
+	// a successor would need the connections' tables to hold them.
+	s.answerHeldReads()
 	var h Handoff
 	for _, l := range s.listeners.all() {
 		l.mu.Lock()
@@ -82,7 +85,7 @@ func (s *Supervisor) Drain(wait time.Duration) Handoff {
 	for name, g := range s.groupStats.all() {
 		h.Connections[name] = g.Connections.Load()
 	}
-	h.Lost = s.held.n.Load()
+	h.Lost = s.held.n()
 	h.Admissions = s.admissions.snapshot()
 	return h
 }

@@ -10,14 +10,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Asking the kernel which TCP sockets exist (sock_diag, netlink;
-// linux/inet_diag.h). A socket every process has closed keeps no inode:
-// its remnant (FIN_WAIT, TIME_WAIT) has inode 0. That is how vhqos knows a
+// Asking the kernel which sockets exist (sock_diag, netlink;
+// linux/inet_diag.h, linux/unix_diag.h). A TCP socket every process has
+// closed keeps no inode: its remnant (FIN_WAIT, TIME_WAIT) has inode 0; a
+// unix socket every process has closed is gone. That is how vhqos knows a
 // connection is over without following every process that held it.
 
-// liveSocketInodes asks the kernel for the inode of every TCP socket of
-// this network namespace, IPv4 and IPv6, in any state, that some process
-// still holds.
+// liveSocketInodes asks the kernel for the inode of every TCP socket
+// (IPv4 and IPv6, in any state) and every unix-domain socket of this
+// network namespace that some process still holds.
 func liveSocketInodes() (map[uint64]bool, error) {
 	live := map[uint64]bool{}
 	err := eachTCPSocket(^uint32(0), func(m diagMsg) {
@@ -25,6 +26,10 @@ func liveSocketInodes() (map[uint64]bool, error) {
 			live[uint64(ino)] = true
 		}
 	})
+	if err != nil {
+		return live, err
+	}
+	err = eachUnixSocket(func(ino uint32) { live[uint64(ino)] = true })
 	return live, err
 }
 
@@ -105,16 +110,56 @@ func dumpTCP(fd int, family uint8, states uint32, each func(diagMsg)) error {
 		hdr  unix.NlMsghdr
 		body inetDiagReq
 	}
-	req.hdr = unix.NlMsghdr{
-		Len:   uint32(unsafe.Sizeof(req)),
+	req.body = inetDiagReq{family: family, protocol: unix.IPPROTO_TCP, states: states}
+	return dumpSockDiag(fd, unsafe.Pointer(&req), int(unsafe.Sizeof(req)), &req.hdr, inetDiagMsgMinLen, func(m []byte) { each(diagMsg(m)) })
+}
+
+// unixDiagReq is struct unix_diag_req (linux/unix_diag.h).
+type unixDiagReq struct {
+	family, protocol uint8
+	pad              uint16
+	states, ino      uint32
+	show             uint32
+	cookie           [2]uint32
+}
+
+const (
+	unixDiagInodeOff  = 4 // udiag_ino in struct unix_diag_msg
+	unixDiagMsgMinLen = 16
+)
+
+// eachUnixSocket dumps the unix-domain sockets of this network namespace,
+// of every type and state, and calls each with every one's inode.
+func eachUnixSocket(each func(ino uint32)) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return fmt.Errorf("opening a sock_diag socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var req struct {
+		hdr  unix.NlMsghdr
+		body unixDiagReq
+	}
+	req.body = unixDiagReq{family: unix.AF_UNIX, states: ^uint32(0)}
+	return dumpSockDiag(fd, unsafe.Pointer(&req), int(unsafe.Sizeof(req)), &req.hdr, unixDiagMsgMinLen, func(m []byte) {
+		if ino := binary.NativeEndian.Uint32(m[unixDiagInodeOff:]); ino != 0 {
+			each(ino)
+		}
+	})
+}
+
+// dumpSockDiag sends the SOCK_DIAG_BY_FAMILY dump request of size bytes at
+// req, whose netlink header is hdr, and calls each with every answer of at
+// least minLen bytes.
+func dumpSockDiag(fd int, req unsafe.Pointer, size int, hdr *unix.NlMsghdr, minLen int, each func([]byte)) error {
+	*hdr = unix.NlMsghdr{
+		Len:   uint32(size),
 		Type:  sockDiagByFamily,
 		Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP,
 		Seq:   1,
 	}
-	req.body = inetDiagReq{family: family, protocol: unix.IPPROTO_TCP, states: states}
-	buf := (*[unsafe.Sizeof(req)]byte)(unsafe.Pointer(&req))[:]
-	if err := unix.Sendto(fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("asking sock_diag for TCP sockets: %w", err)
+	if err := unix.Sendto(fd, unsafe.Slice((*byte)(req), size), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("asking sock_diag for sockets: %w", err)
 	}
 	rb := make([]byte, 64<<10)
 	for {
@@ -138,8 +183,8 @@ func dumpTCP(fd int, family uint8, states uint32, each func(diagMsg)) error {
 				}
 				return nil
 			}
-			if len(m.Data) >= inetDiagMsgMinLen {
-				each(diagMsg(m.Data))
+			if len(m.Data) >= minLen {
+				each(m.Data)
 			}
 		}
 	}

@@ -149,6 +149,9 @@ type Supervisor struct {
 
 	peekBufs     peekBuffers
 	pendingCount atomic.Int64
+	// heldReads counts the keep-alive reads held for their request
+	// (heldread.go).
+	heldReads atomic.Int64
 
 	recv     receiverState
 	inFlight *failopen.Table // nil when no keeper watches

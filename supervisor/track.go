@@ -203,8 +203,14 @@ func (s *Supervisor) classes(p *proc) []Decision {
 // call changes what it serves.
 func (s *Supervisor) handleTracked(n *notification, step intercept.Step) {
 	// The answer goes last: the tables and the placement must be right
-	// before the call goes on.
-	defer func() { s.respond(n.ID, respondContinue(s.notifyFd, n.ID)) }()
+	// before the call goes on. A read held for its request (heldread.go)
+	// is answered when that comes.
+	held := false
+	defer func() {
+		if !held {
+			s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
+		}
+	}()
 	p, isNew, err := s.procs.lookup(s.notifyFd, int(n.Pid), n.ID)
 	if err != nil {
 		return
@@ -237,7 +243,7 @@ func (s *Supervisor) handleTracked(n *notification, step intercept.Step) {
 	case intercept.StepFork:
 		s.trackFork(p)
 	case intercept.StepRead:
-		s.trackRead(p, fd)
+		held = s.trackRead(p, fd, n.ID)
 	}
 }
 
@@ -280,16 +286,18 @@ func (s *Supervisor) trackFork(p *proc) {
 // from: the first read per fd decides. Later reads pass, except on a
 // connection a host name may classify: there each read that finds a whole
 // new request head waiting (keep-alive) is classified again, and a request
-// for another vhost moves the connection and its process there. Called
-// with p.mu held.
-func (s *Supervisor) trackRead(p *proc, fd int) {
+// for another vhost moves the connection and its process there; a
+// blocking read that comes before its request is held until the request
+// does (heldread.go), and trackRead then returns true: the read id is no
+// longer the caller's to answer. Called with p.mu held.
+func (s *Supervisor) trackRead(p *proc, fd int, id uint64) (held bool) {
 	if p.track.read[fd] {
 		if ino, ok := p.track.fds[fd]; ok {
 			if c := s.tracked.get(ino); c != nil && s.tracked.namesApply(c) {
-				s.resniff(p, fd, c)
+				return s.resniff(p, fd, c, id)
 			}
 		}
-		return
+		return false
 	}
 	if p.track.read == nil {
 		p.track.read = map[int]bool{}
@@ -297,34 +305,48 @@ func (s *Supervisor) trackRead(p *proc, fd int) {
 	p.track.read[fd] = true
 	ino, ok := fdInode(p.tgid, fd)
 	if !ok {
-		return
+		return false
 	}
 	c := s.tracked.get(ino)
 	if c == nil {
-		return
+		return false
 	}
 	if p.track.fds == nil {
 		p.track.fds = map[int]uint64{}
 	}
 	p.track.fds[fd] = ino
 	s.placeLocked(p, s.tracked.decision(c).Group)
+	return false
 }
 
 // resniff looks at the bytes waiting on p's fd (a copy of it, peeked) and
 // reclassifies the connection when they are a request for another vhost.
-// Called with p.mu held.
-func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn) {
+// A blocking read that finds no whole request head yet is held for it
+// (holdRead), and resniff returns true. Called with p.mu held.
+func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn, id uint64) (held bool) {
 	copyFd, err := p.copyFd(fd)
 	if err != nil {
-		return
+		return false
 	}
-	defer unix.Close(copyFd)
-	cl := s.classifier.Load()
-	_, limit := cl.SniffLimits()
+	_, limit := s.classifier.Load().SniffLimits()
 	peek := s.peekName(copyFd, limit)
+	if waitsForRequest(peek) && blocking(copyFd) && s.holdRead(&heldRead{id: id, p: p, copyFd: copyFd, c: c}, peek) {
+		return true
+	}
+	s.resniffed(p, copyFd, c, peek)
+	unix.Close(copyFd)
+	return false
+}
+
+// resniffed reclassifies c, which p holds and copyFd views, by what a
+// look at its bytes found, when that is a whole request head: a request
+// for another vhost moves c (its mark too) and p there. Called with p.mu
+// held.
+func (s *Supervisor) resniffed(p *proc, copyFd int, c *trackedConn, peek peeked) {
 	if peek.res != vhost.Found {
 		return // the rest of a request, a TLS record, or not all there yet
 	}
+	cl := s.classifier.Load()
 	name := peek.name
 	d := c.byName(cl, name)
 	if !s.tracked.setDecision(c, name, d) {

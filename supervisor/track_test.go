@@ -51,6 +51,8 @@ def do(cmd):
         os.close(int(f[1])); return "ok"
     if f[0] == "read":
         return os.read(int(f[1]), 1).decode()
+    if f[0] == "readn":
+        return len(os.read(int(f[1]), int(f[2])))
     if f[0] == "pid":
         return os.getpid()
     if f[0] == "sleep":
@@ -100,8 +102,12 @@ for line in cmds:
 `
 
 // labClassifier puts connections to the lab's first listener in "shop"
-// and to its second in "blog".
-type labClassifier struct{ shop, blog uint16 }
+// and to its second in "blog"; with names, the host names shop.example
+// and blog.example decide on both.
+type labClassifier struct {
+	shop, blog uint16
+	names      bool
+}
 
 func (c *labClassifier) ClassifyAddr(local netip.AddrPort) Decision {
 	switch local.Port() {
@@ -113,8 +119,18 @@ func (c *labClassifier) ClassifyAddr(local netip.AddrPort) Decision {
 	return Decision{Group: "default", DSCP: -1}
 }
 func (c *labClassifier) ClassifyListener(netip.AddrPort) (Decision, bool) { return Decision{}, false }
-func (c *labClassifier) NamesApply(netip.AddrPort) bool                   { return false }
-func (c *labClassifier) ClassifyName(_ string, l netip.AddrPort) Decision { return c.ClassifyAddr(l) }
+func (c *labClassifier) NamesApply(netip.AddrPort) bool                   { return c.names }
+func (c *labClassifier) ClassifyName(host string, l netip.AddrPort) Decision {
+	if c.names {
+		switch host {
+		case "shop.example":
+			return Decision{Group: "shop", DSCP: -1}
+		case "blog.example":
+			return Decision{Group: "blog", DSCP: -1}
+		}
+	}
+	return c.ClassifyAddr(l)
+}
 func (c *labClassifier) SniffLimits() (time.Duration, int)                { return time.Second, 16384 }
 func (c *labClassifier) ProxyTrusted(netip.AddrPort) bool                 { return false }
 func (c *labClassifier) ClassifyPath(string) Decision                     { return c.ClassifyAddr(netip.AddrPort{}) }
@@ -437,5 +453,73 @@ func TestTrackFullLatencyLabels(t *testing.T) {
 	}
 	if n := lb.observed.count("other"); n != 0 {
 		t.Errorf("%d notifications timed as \"other\": the filter sent a call intercept's table lacks", n)
+	}
+}
+
+// A keep-alive connection whose server waits for the next request in a
+// blocking read (php-fpm's way on a connection nginx keeps): the read is
+// held until the request comes, and the process serves it in the class its
+// host name asks for, not the previous request's. A request that comes in
+// parts is waited for whole.
+func TestTrackFullHeldRead(t *testing.T) {
+	lb := startLab(t, intercept.TrackFull)
+	lb.sup.SetClassifier(&labClassifier{shop: uint16(lb.ports[0]), blog: uint16(lb.ports[1]), names: true})
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(lb.ports[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	request := func(host string) string { return "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
+	first := request("blog.example")
+	c.Write([]byte(first))
+	fd, err := strconv.Atoi(lb.do("accept 0"))
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	if got := lb.do(fmt.Sprintf("readn %d %d", fd, len(first))); got != strconv.Itoa(len(first)) {
+		t.Fatalf("reading the first request: %q", got)
+	}
+	lb.expect(lb.pid, "blog", "serving the first request")
+	for i, next := range []struct {
+		host, group string
+		parts       int
+	}{{"shop.example", "shop", 1}, {"blog.example", "blog", 3}, {"shop.example", "shop", 2}} {
+		// The lab reads before the request is there, and blocks.
+		fmt.Fprintf(lb.in, "read %d\n", fd)
+		deadline := time.Now().Add(patience)
+		for lb.sup.heldReads.Load() != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("request %d: the blocking read was not held", i)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		req := request(next.host)
+		step := (len(req) + next.parts - 1) / next.parts
+		for p := 0; p < len(req); p += step {
+			if p > 0 {
+				time.Sleep(50 * time.Millisecond) // a part alone is not a request
+				if lb.sup.heldReads.Load() != 1 {
+					t.Fatalf("request %d: the read went on with part of the request", i)
+				}
+			}
+			c.Write([]byte(req[p:min(p+step, len(req))]))
+		}
+		if got := lb.line(); got != "G" {
+			t.Fatalf("request %d: the held read returned %q", i, got)
+		}
+		lb.expect(lb.pid, next.group, fmt.Sprintf("request %d, for %s, in %d parts", i, next.host, next.parts))
+		if got := lb.do(fmt.Sprintf("readn %d %d", fd, len(req)-1)); got != strconv.Itoa(len(req)-1) {
+			t.Fatalf("reading the rest of request %d: %q", i, got)
+		}
+	}
+	// The client hangs up: the held read goes on and returns nothing.
+	fmt.Fprintf(lb.in, "read %d\n", fd)
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	if got := lb.line(); got != "" {
+		t.Fatalf("a read after the client closed returned %q", got)
+	}
+	if n := lb.sup.heldReads.Load(); n != 0 {
+		t.Errorf("%d reads still held after the client closed", n)
 	}
 }

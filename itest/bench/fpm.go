@@ -98,7 +98,7 @@ func measureFPM(cg *cgroup.Manager, prefix []string, group string, close bool, c
 		return result{}, supervisorCost{}, err
 	}
 	defer os.RemoveAll(dir)
-	conf := itest.NginxHTTP(dir) + itest.NginxFastCGISite("127.0.0.2:8080", "shop.example blog.example", fpm.WWW, fpm.Addr) + "}\n"
+	conf := itest.NginxHTTP(dir) + itest.NginxFastCGISite("127.0.0.2:8080", "shop.example blog.example", fpm.WWW, fpm.Pass()) + "}\n"
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		return result{}, supervisorCost{}, err
 	}
