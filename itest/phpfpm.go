@@ -35,11 +35,11 @@ type PHPFPM struct {
 
 // PHPFPMConfig says what to start.
 type PHPFPMConfig struct {
-	Addr    string // TCP address:port of the pool; "" is 127.0.0.1:9000
+	Addr string // TCP address:port of the pool; "" is 127.0.0.1:9000
 	// Unix puts the pool on a unix socket instead, php-fpm.sock in its
 	// directory, owned by www-data as Debian's www.conf has it.
 	Unix    bool
-	Workers int    // pm.max_children of the static pool; 0 means 4
+	Workers int // pm.max_children of the static pool; 0 means 4
 	// Prefix is put in front of the command: nil runs php-fpm natively,
 	// {vhqos, "run", "--config", FILE, "--"} under vhqos.
 	Prefix []string

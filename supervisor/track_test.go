@@ -131,11 +131,11 @@ func (c *labClassifier) ClassifyName(host string, l netip.AddrPort) Decision {
 	}
 	return c.ClassifyAddr(l)
 }
-func (c *labClassifier) SniffLimits() (time.Duration, int)                { return time.Second, 16384 }
-func (c *labClassifier) ProxyTrusted(netip.AddrPort) bool                 { return false }
-func (c *labClassifier) ClassifyPath(string) Decision                     { return c.ClassifyAddr(netip.AddrPort{}) }
-func (c *labClassifier) ListenerDecidesPath(string) (Decision, bool)      { return Decision{}, false }
-func (c *labClassifier) NamesApplyPath(string) bool                       { return false }
+func (c *labClassifier) SniffLimits() (time.Duration, int)           { return time.Second, 16384 }
+func (c *labClassifier) ProxyTrusted(netip.AddrPort) bool            { return false }
+func (c *labClassifier) ClassifyPath(string) Decision                { return c.ClassifyAddr(netip.AddrPort{}) }
+func (c *labClassifier) ListenerDecidesPath(string) (Decision, bool) { return Decision{}, false }
+func (c *labClassifier) NamesApplyPath(string) bool                  { return false }
 func (c *labClassifier) ClassifyNameOnPath(string, string) Decision {
 	return c.ClassifyAddr(netip.AddrPort{})
 }
