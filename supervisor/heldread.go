@@ -36,9 +36,10 @@ type heldRead struct {
 }
 
 // waitsForRequest reports whether a read that found peek may be held: the
-// client is there and has not sent a whole request head yet.
+// client is there and has sent nothing yet, or the start of a request
+// head. Other bytes (a body, a FastCGI stdin record) are read at once.
 func waitsForRequest(peek peeked) bool {
-	return !peek.gone && (peek.n == 0 || peek.res == vhost.NeedMore)
+	return !peek.gone && (peek.n == 0 || peek.res == vhost.NeedMore && peek.begins)
 }
 
 // blocking reports whether reads from fd wait for bytes (O_NONBLOCK is a

@@ -192,6 +192,9 @@ type peeked struct {
 	// closed its side before sending anything (more), or the connection
 	// failed (a reset).
 	gone bool
+	// begins says bytes that are not a whole request head yet (NeedMore)
+	// start one (vhost.BeginsRequest), rather than being, say, a body.
+	begins bool
 }
 
 // peekName peeks at the bytes waiting on fd, at most limit of them, and
@@ -219,6 +222,9 @@ func (s *Supervisor) peekName(fd, limit int) peeked {
 		data = data[hdr.Len:]
 	}
 	p.name, p.res = vhost.SniffName(data)
+	if p.res == vhost.NeedMore {
+		p.begins = vhost.BeginsRequest(data)
+	}
 	return p
 }
 

@@ -459,8 +459,9 @@ func TestTrackFullLatencyLabels(t *testing.T) {
 // A keep-alive connection whose server waits for the next request in a
 // blocking read (php-fpm's way on a connection nginx keeps): the read is
 // held until the request comes, and the process serves it in the class its
-// host name asks for, not the previous request's. A request that comes in
-// parts is waited for whole.
+// host name asks for, not the previous request's. A request whose head
+// comes in parts is waited for whole; bytes that start no request (a
+// body) are read at once.
 func TestTrackFullHeldRead(t *testing.T) {
 	lb := startLab(t, intercept.TrackFull)
 	lb.sup.SetClassifier(&labClassifier{shop: uint16(lb.ports[0]), blog: uint16(lb.ports[1]), names: true})
@@ -481,35 +482,45 @@ func TestTrackFullHeldRead(t *testing.T) {
 	}
 	lb.expect(lb.pid, "blog", "serving the first request")
 	for i, next := range []struct {
-		host, group string
-		parts       int
-	}{{"shop.example", "shop", 1}, {"blog.example", "blog", 3}, {"shop.example", "shop", 2}} {
-		// The lab reads before the request is there, and blocks.
+		what, bytes, group string
+		// cuts are where the client's bytes are split, each part sent
+		// 50 ms after the one before.
+		cuts []int
+	}{
+		{"a request for shop", request("shop.example"), "shop", nil},
+		{"a request for blog in parts", request("blog.example"), "blog", []int{17, 25}},
+		{"a request for shop, its request line in parts", request("shop.example"), "shop", []int{4, 16}},
+		// Not a request: read at once, nothing reclassified.
+		{"a body", "name=value&more=1", "shop", nil},
+	} {
+		// The lab reads before the bytes are there, and blocks.
 		fmt.Fprintf(lb.in, "read %d\n", fd)
 		deadline := time.Now().Add(patience)
 		for lb.sup.heldReads.Load() != 1 {
 			if time.Now().After(deadline) {
-				t.Fatalf("request %d: the blocking read was not held", i)
+				t.Fatalf("%s: the blocking read was not held", next.what)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		req := request(next.host)
-		step := (len(req) + next.parts - 1) / next.parts
-		for p := 0; p < len(req); p += step {
-			if p > 0 {
-				time.Sleep(50 * time.Millisecond) // a part alone is not a request
+		from := 0
+		for _, cut := range append(next.cuts, len(next.bytes)) {
+			if from > 0 {
+				time.Sleep(50 * time.Millisecond)
 				if lb.sup.heldReads.Load() != 1 {
-					t.Fatalf("request %d: the read went on with part of the request", i)
+					t.Fatalf("%s: the read went on with %q of it", next.what, next.bytes[:from])
 				}
 			}
-			c.Write([]byte(req[p:min(p+step, len(req))]))
+			c.Write([]byte(next.bytes[from:cut]))
+			from = cut
 		}
-		if got := lb.line(); got != "G" {
-			t.Fatalf("request %d: the held read returned %q", i, got)
+		if got := lb.line(); got != next.bytes[:1] {
+			t.Fatalf("%s: the held read returned %q", next.what, got)
 		}
-		lb.expect(lb.pid, next.group, fmt.Sprintf("request %d, for %s, in %d parts", i, next.host, next.parts))
-		if got := lb.do(fmt.Sprintf("readn %d %d", fd, len(req)-1)); got != strconv.Itoa(len(req)-1) {
-			t.Fatalf("reading the rest of request %d: %q", i, got)
+		lb.expect(lb.pid, next.group, fmt.Sprintf("request %d, %s", i, next.what))
+		if rest := len(next.bytes) - 1; rest > 0 {
+			if got := lb.do(fmt.Sprintf("readn %d %d", fd, rest)); got != strconv.Itoa(rest) {
+				t.Fatalf("reading the rest of %s: %q", next.what, got)
+			}
 		}
 	}
 	// The client hangs up: the held read goes on and returns nothing.

@@ -90,6 +90,34 @@ func SniffName(data []byte) (name string, result Sniff) {
 	return "", NoName
 }
 
+// BeginsRequest reports whether data, the bytes waiting on a connection
+// that has carried requests before (keep-alive), starts a next request
+// whose host name may still come: a FastCGI FCGI_BEGIN_REQUEST record
+// header, or an HTTP/1.x method token (upper-case letters, as every
+// registered method is) and the space after it, after the empty lines RFC
+// 9112 §2.2 lets precede a request line. SniffName says NeedMore of other
+// things too, which are not requests: a request body that starts like a
+// method, a FastCGI FCGI_STDIN record, a TLS record.
+func BeginsRequest(data []byte) bool {
+	if len(data) >= 2 && data[0] == fcgiVersion1 {
+		return data[1] == fcgiBeginRequest
+	}
+	data = bytes.TrimLeft(data, "\r\n")
+	for i, c := range data {
+		switch {
+		case c == ' ':
+			return i > 0
+		case c < 'A' || c > 'Z' || i >= maxMethodLen:
+			return false
+		}
+	}
+	return false
+}
+
+// maxMethodLen bounds an HTTP method token for BeginsRequest: the longest
+// registered one, UPDATEREDIRECTREF, has 17 letters.
+const maxMethodLen = 20
+
 // hostName writes h, lower-cased and without one trailing dot, into buf. It
 // refuses what is not a DNS name: empty labels, labels over 63 or names over
 // 253 characters, characters other than letters, digits, '-' and '_' (the

@@ -553,3 +553,36 @@ func TestSniffNameProtocols(t *testing.T) {
 		}
 	}
 }
+
+func TestBeginsRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data string
+		want bool
+	}{
+		{"HTTP request line", "GET / HTTP/1.1\r\nHo", true},
+		{"HTTP request line, bare LF", "POST /form HTTP/1.0\nHost", true},
+		{"after empty lines", "\r\n\r\nGET /x HTTP/1.1\r\n", true},
+		{"method and space", "GET ", true},
+		{"long method", "UPDATEREDIRECTREF /x HTTP/1.1\r\n", true},
+		{"method alone", "GET", false},
+		{"body like a method", "POSTDATA", false},
+		{"body", "name=value\r\nmore", false},
+		{"lower-case method", "get / HTTP/1.1\r\n", false},
+		{"space first", " GET / HTTP/1.1\r\n", false},
+		{"a token too long for a method", "ABCDEFGHIJKLMNOPQRSTUVWXYZ /", false},
+		{"FastCGI BEGIN_REQUEST", "\x01\x01\x00\x01\x00\x08\x00\x00", true},
+		{"FastCGI BEGIN_REQUEST header only", "\x01\x01", true},
+		{"FastCGI STDIN", "\x01\x05\x00\x01\x00\x10\x00\x00", false},
+		{"FastCGI PARAMS", "\x01\x04\x00\x01", false},
+		{"one FastCGI byte", "\x01", false},
+		{"TLS record", "\x16\x03\x01\x00", false},
+		{"nothing", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := BeginsRequest([]byte(tc.data)); got != tc.want {
+				t.Errorf("BeginsRequest(%q) = %v, want %v", tc.data, got, tc.want)
+			}
+		})
+	}
+}
