@@ -229,7 +229,7 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 	// A doorbell queued on this socket, its own or one rung for another
 	// socket of its reuseport group, must not reach the server through a
 	// kernel accept: the supervisor accepts while one is out.
-	if l.closed || len(l.stash) > 0 || len(l.pending) > 0 || l.bell != nil || s.bells.toward(l.bound) {
+	if l.closed || len(l.stash) > 0 || len(l.pending) > 0 || l.bell != nil || s.bells.toward(l) {
 		l.mu.Unlock()
 		return false
 	}

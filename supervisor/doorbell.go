@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
@@ -35,8 +37,12 @@ type doorbell struct {
 	// from is the doorbell's own address and port, to the listener's
 	// address it connected to: a connection with both is this doorbell.
 	from, to netip.AddrPort
-	owner    *listener // the listener it was rung for
-	rung     time.Time
+	// fromPath and toPath are the same for a unix-domain listener: the
+	// doorbell's own abstract name, which the kernel chose (autobind)
+	// and no other socket has while it is open, and the listener's path.
+	fromPath, toPath string
+	owner            *listener // the listener it was rung for
+	rung             time.Time
 	// retired says it is no longer its owner's current doorbell: nobody
 	// took it in doorbellTimeout. Its sending side is shut, so a process
 	// that took it with the kernel's own accept reads EOF; it is still
@@ -83,19 +89,35 @@ type bellTable struct {
 // and another listener's accept may take the doorbell at once: the table
 // is held, and counts one more, from before the connect, so that accept
 // waits in take until the doorbell is known.
-func (t *bellTable) connect(fd int, sa unix.Sockaddr, to netip.AddrPort, owner *listener) (*doorbell, error) {
+func (t *bellTable) connect(fd int, sa unix.Sockaddr, to netip.AddrPort, toPath string, owner *listener) (*doorbell, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.n.Add(1)
 	defer func() { t.n.Store(int32(len(t.bells))) }()
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+	b := &doorbell{fd: fd, to: to, toPath: toPath, owner: owner}
+	if toPath != "" {
+		// A unix client has no name unless it binds: an empty address
+		// asks the kernel for a unique abstract one.
+		if err := unix.Bind(fd, &unix.SockaddrUnix{}); err != nil {
+			return nil, fmt.Errorf("binding a doorbell: %w", err)
+		}
+		name, ok := unixPathOf(fd)
+		if !ok || name == "" {
+			return nil, errors.New("a doorbell got no abstract name")
+		}
+		b.fromPath = name
+	}
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS && err != unix.EAGAIN {
 		return nil, err
 	}
-	from, _, err := localAddrOf(fd)
-	if err != nil {
-		return nil, err
+	if toPath == "" {
+		from, _, err := localAddrOf(fd)
+		if err != nil {
+			return nil, err
+		}
+		b.from = from
 	}
-	b := &doorbell{fd: fd, from: from, to: to, owner: owner, rung: time.Now()}
+	b.rung = time.Now()
 	t.bells = append(t.bells, b)
 	return b, nil
 }
@@ -118,10 +140,25 @@ func (t *bellTable) take(c *conn) (b *doorbell, current bool) {
 	if t.n.Load() == 0 {
 		return nil, false
 	}
+	if peerPath, ok := unixNameOf(&c.peer, c.peerLen); ok {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for i, b := range t.bells {
+			if b.toPath != "" && b.fromPath == peerPath {
+				current := !b.retired
+				t.removeLocked(i)
+				return b, current
+			}
+		}
+		return nil, false
+	}
 	peer, _ := addrPortOf(&c.peer)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for i, b := range t.bells {
+		if b.toPath != "" {
+			continue
+		}
 		// A client may connect from the doorbell's address and port to
 		// another local address (of a wildcard listener): both ends must
 		// match. The doorbell's socket is open as long as it is in the
@@ -143,17 +180,23 @@ func (t *bellTable) take(c *conn) (b *doorbell, current bool) {
 	return nil, false
 }
 
-// toward reports whether a doorbell to bound's port (and address, unless
-// bound is a wildcard) may still be queued: on a socket sharing the
-// address, where a kernel accept would hand it to the server.
-func (t *bellTable) toward(bound netip.AddrPort) bool {
+// toward reports whether a doorbell to l may still be queued on a socket
+// sharing its address (its port, and address unless it is a wildcard; a
+// unix listener's path), where a kernel accept would hand it to the
+// server.
+func (t *bellTable) toward(l *listener) bool {
 	if t.n.Load() == 0 {
 		return false
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, b := range t.bells {
-		if b.to.Port() == bound.Port() && (bound.Addr().IsUnspecified() || b.to.Addr() == bound.Addr()) {
+		switch {
+		case l.path != "" || b.toPath != "":
+			if b.toPath == l.path {
+				return true
+			}
+		case b.to.Port() == l.bound.Port() && (l.bound.Addr().IsUnspecified() || b.to.Addr() == l.bound.Addr()):
 			return true
 		}
 	}
@@ -244,6 +287,10 @@ func (s *Supervisor) ringIfNeeded(l *listener) {
 // accept a signal interrupted (returning EINTR, back to poll) would leave
 // the stashed client waiting for the next client. Called with l.mu held.
 func (s *Supervisor) ringDoorbell(l *listener) {
+	if l.path != "" {
+		s.ringUnixDoorbell(l)
+		return
+	}
 	target := l.bound
 	if target.Addr().IsUnspecified() {
 		lo := netip.IPv6Loopback()
@@ -265,10 +312,28 @@ func (s *Supervisor) ringDoorbell(l *listener) {
 		s.log.Warn("waking the server for a kept connection", "addr", target, "err", err)
 		return
 	}
-	b, err := s.bells.connect(fd, sa, target, l)
+	b, err := s.bells.connect(fd, sa, target, "", l)
 	if err != nil {
 		unix.Close(fd)
 		s.log.Warn("waking the server for a kept connection", "addr", target, "err", err)
+		return
+	}
+	l.bell = b
+	s.events.after(b.rung.Add(doorbellTimeout), l)
+}
+
+// ringUnixDoorbell is ringDoorbell for a unix-domain listener. Called with
+// l.mu held.
+func (s *Supervisor) ringUnixDoorbell(l *listener) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		s.log.Warn("waking the server for a kept connection", "path", l.path, "err", err)
+		return
+	}
+	b, err := s.bells.connect(fd, &unix.SockaddrUnix{Name: l.path}, netip.AddrPort{}, l.path, l)
+	if err != nil {
+		unix.Close(fd)
+		s.log.Warn("waking the server for a kept connection", "path", l.path, "err", err)
 		return
 	}
 	l.bell = b

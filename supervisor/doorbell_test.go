@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,6 +79,67 @@ func TestDoorbellNeedsBothEnds(t *testing.T) {
 				t.Errorf("not the doorbell, yet %d left in the table, its socket: %v", bells.size(), fdErr)
 			}
 			bells.closeAll()
+		})
+	}
+}
+
+// On a unix-domain listener (a php-fpm pool's socket) a doorbell binds to
+// an abstract name of the kernel's choosing, and a connection accepted
+// there is the doorbell when its peer has that name: a client's
+// connection, unnamed or named otherwise, is not. toward sees a doorbell
+// queued on the listener by its path.
+func TestUnixDoorbell(t *testing.T) {
+	for _, path := range []string{filepath.Join(t.TempDir(), "pool.sock"), "@vhqos-unix-doorbell-" + strconv.Itoa(os.Getpid())} {
+		t.Run(path, func(t *testing.T) {
+			lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(lfd)
+			if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: path}); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Listen(lfd, 8); err != nil {
+				t.Fatal(err)
+			}
+			l := &listener{fd: lfd, path: path}
+			other := &listener{path: path + ".other"}
+			var bells bellTable
+			defer bells.closeAll()
+			// A client first, then the doorbell: both queued.
+			client, err := net.Dial("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := bells.connect(fd, &unix.SockaddrUnix{Name: path}, netip.AddrPort{}, path, l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(b.fromPath, "@") {
+				t.Fatalf("the doorbell's own name is %q, want an abstract one", b.fromPath)
+			}
+			if !bells.toward(l) || bells.toward(other) {
+				t.Errorf("toward: its listener %v, another %v; want true, false", bells.toward(l), bells.toward(other))
+			}
+			for i, want := range []*doorbell{nil, b} {
+				c, errno := acceptFrom(lfd, false)
+				if errno != 0 {
+					t.Fatalf("accept %d: %v", i, errno)
+				}
+				got, current := bells.take(c)
+				c.close()
+				if got != want || want != nil && !current {
+					t.Fatalf("accept %d: take = %p (current %v), want %p", i, got, current, want)
+				}
+			}
+			if bells.size() != 0 || !b.answered.Load() {
+				t.Errorf("after the doorbell was accepted: %d left, answered %v", bells.size(), b.answered.Load())
+			}
 		})
 	}
 }
@@ -279,9 +341,21 @@ func TestSweepAfterFailedConnect(t *testing.T) {
 // away: the kernel's queue no longer holds it. vhqos then queues a
 // connection of its own to make the listener readable, and drops it when it
 // is accepted. Here the process vhqos accepted for is killed before it gets
-// the connection; the other one must serve it.
+// the connection; the other one must serve it. On a unix-domain listener
+// (a php-fpm pool's socket) the doorbell is a unix connection, recognised
+// by the abstract name the kernel gave it.
 func TestStashedConnectionWakesPollingServer(t *testing.T) {
-	h := startServer(t, "127.0.0.1:0", true)
+	for _, tc := range []struct{ name, addr string }{
+		{"TCP", "127.0.0.1:0"},
+		{"unix path", "unix:" + filepath.Join(t.TempDir(), "pool.sock")},
+		{"unix abstract", "unix:@vhqos-doorbell-test-" + strconv.Itoa(os.Getpid())},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testStashedConnectionWakesPollingServer(t, tc.addr) })
+	}
+}
+
+func testStashedConnectionWakesPollingServer(t *testing.T, addr string) {
+	h := startServer(t, addr, true)
 	var once sync.Once
 	killed := make(chan int, 1)
 	h.sup.setTestHookBeforeDeliver(func(pid int) {

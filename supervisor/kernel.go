@@ -127,10 +127,17 @@ func unixPathOf(fd int) (path string, ok bool) {
 	if _, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen))); e != 0 {
 		return "", false
 	}
+	return unixNameOf(&sa, salen)
+}
+
+// unixNameOf is the name in a unix-domain address of salen bytes (as
+// getsockname and accept return it), written as unixPathOf writes it; ""
+// for an unbound socket. ok is false if sa is not AF_UNIX.
+func unixNameOf(sa *unix.RawSockaddrAny, salen uint32) (name string, ok bool) {
 	if sa.Addr.Family != unix.AF_UNIX {
 		return "", false
 	}
-	un := (*unix.RawSockaddrUnix)(unsafe.Pointer(&sa))
+	un := (*unix.RawSockaddrUnix)(unsafe.Pointer(sa))
 	n := int(salen) - int(unsafe.Offsetof(un.Path))
 	n = min(max(n, 0), len(un.Path))
 	raw := make([]byte, n)
