@@ -66,10 +66,12 @@ kill-soak: build
 demo: build
 	./demo/run.sh
 
+# Apache prefork (static file), then php-fpm behind nginx (FastCGI).
 bench: build
 	$(GO) run ./itest/bench -vhqos $(BIN)
+	$(GO) run ./itest/bench -vhqos $(BIN) -fpm
 
-# php-fpm behind nginx: native, floor and vhqos with name vhosts (FastCGI).
+# php-fpm behind nginx alone: native, floor and vhqos with name vhosts.
 bench-fpm: build
 	$(GO) run ./itest/bench -vhqos $(BIN) -fpm
 
