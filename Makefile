@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-fpm fuzz fuzz-ci lint clean
+.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-rates bench-fpm fuzz fuzz-ci lint clean
 
 all: build
 
@@ -79,6 +79,13 @@ bench-fpm: build
 bench-caps: build
 	$(GO) run ./itest/bench -vhqos $(BIN) -caps
 	$(GO) run ./itest/bench -vhqos $(BIN) -caps -names -only "Host header"
+
+# What bandwidth limits that are never reached cost (issue 15): egress_rate
+# (HTB on the server's end of a veth to the clients' namespace) and
+# connection_rate (pacing).
+bench-rates: build
+	$(GO) run ./itest/bench -vhqos $(BIN) -rates
+	$(GO) run ./itest/bench -vhqos $(BIN) -rates -names -only "Host header"
 
 # Every fuzz target for a bounded time: briefly in `make test`, longer by
 # hand (`make fuzz`, 2 minutes each). make test counts executions (200,000

@@ -13,9 +13,10 @@
 // for each vhost. cgroups.Mode decides the backend: unified v2 at
 // /sys/fs/cgroup, otherwise v1 (a hybrid layout counts as v1, since its
 // controllers are bound to v1), where the subtree exists once in each
-// hierarchy carrying cpu, cpuacct or blkio (co-mounted controllers share
-// one). Path reports a group as /proc/PID/cgroup shows it: the "0::" line
-// under v2, the cpu line under v1.
+// hierarchy carrying cpu, cpuacct, blkio, memory or pids (co-mounted
+// controllers share one); a process is placed in all of them. Path reports
+// a group as /proc/PID/cgroup shows it: the "0::" line under v2, the cpu
+// line under v1.
 //
 // # Limits
 //
@@ -32,6 +33,28 @@
 //	                 or blkio.bfq.weight = bfq(w)         and/or io.bfq.weight = bfq(w)
 //	device limits    blkio.throttle.{read,write}_         io.max = "MAJ:MIN rbps=.. wbps=..
 //	                 {bps,iops}_device = "MAJ:MIN n"        riops=.. wiops=.." (max = none)
+//	memory max b     memory.limit_in_bytes = b (-1)       memory.max = b (max)
+//	memory high b    memory.soft_limit_in_bytes = b (-1)  memory.high = b (max)
+//	tasks max n      pids.max = n (max)                   pids.max = n (max)
+//
+// (In parentheses: what a dropped limit is reset to.) The kernel keeps
+// memory limits in whole pages, rounding down. A v1 soft limit only
+// steers reclaim when the whole machine is short of memory; it neither
+// throttles nor counts anything, unlike v2's memory.high. v1 refuses to
+// lower memory.limit_in_bytes below what the group holds when reclaim
+// cannot make room (EBUSY); v2 reclaims and, failing that, OOM-kills.
+// Moving a process moves none of its memory charge on either layout:
+// v1's memory.move_charge_at_immigrate, which vhqos never sets, is
+// deprecated (Linux 6.18 refuses to set it, EINVAL).
+//
+// A controller the limits need that the machine lacks (a v1 hierarchy not
+// mounted, a v2 controller the parent does not offer) fails Set with one
+// line naming the QoS table keys that need it (keysNeeding).
+//
+// Usage reads what the kernel counted: CPU time and throttling, IO bytes,
+// memory charged and memory events (v2 memory.events high, max, oom,
+// oom_kill; v1 memory.failcnt as "max" and memory.oom_control's
+// oom_kill), tasks and the forks pids.max refused (pids.events max).
 //
 // Device limits go by MAJ:MIN and apply to whole disks only.
 // ResolveDevice turns a path or MAJ:MIN into a disk by /sys/dev/block, and

@@ -19,11 +19,20 @@ import (
 //   - io_{read,write}_{bps,iops}: v2 io.max, v1 blkio.throttle.*; SIZE from 1
 //     to 2^63-1, COUNT from 1 to 2^32-2 (what the table takes); "io.max
 //     takes no limit under 2, so 1 acts as 2 under cgroup v2"
+//   - memory_max, memory_high from 1M to 8388607T (what the table takes):
+//     v2 memory.max and memory.high, v1 memory.limit_in_bytes and
+//     memory.soft_limit_in_bytes, in bytes
+//   - tasks_max 1..4194304: pids.max on both
 
-// Largest values a QoS table takes (policy: parseSize, maxIOPS).
+// Largest values a QoS table takes (policy: parseSize, maxIOPS,
+// parseMemorySize, tasks_max), and the smallest memory limit.
 const (
-	largestSize  = 1<<63 - 1
-	largestCount = 1<<32 - 2
+	largestSize   = 1<<63 - 1
+	largestCount  = 1<<32 - 2
+	smallestMem   = 1 << 20
+	largestMem    = 8388607 << 40 // "8388607T"
+	largestTasks  = 1 << 22
+	largestMemStr = "9223370937343148032"
 )
 
 func TestDocumentedLimitFiles(t *testing.T) {
@@ -68,6 +77,12 @@ func TestDocumentedLimitFiles(t *testing.T) {
 			[]string{"blkio.throttle.read_bps_device=254:0 9223372036854775807", "blkio.throttle.write_bps_device=254:0 9223372036854775807",
 				"blkio.throttle.read_iops_device=254:0 4294967294", "blkio.throttle.write_iops_device=254:0 4294967294"},
 			[]string{"io.max=254:0 rbps=9223372036854775807 wbps=9223372036854775807 riops=4294967294 wiops=4294967294"}},
+		{"memory smallest, tasks smallest", Resources{MemoryMax: smallestMem, MemoryHigh: smallestMem, TasksMax: 1}, ioWeightFiles{},
+			[]string{"memory.limit_in_bytes=1048576", "memory.soft_limit_in_bytes=1048576", "pids.max=1"},
+			[]string{"memory.max=1048576", "memory.high=1048576", "pids.max=1"}},
+		{"memory largest, tasks largest", Resources{MemoryMax: largestMem, MemoryHigh: largestMem, TasksMax: largestTasks}, ioWeightFiles{},
+			[]string{"memory.limit_in_bytes=" + largestMemStr, "memory.soft_limit_in_bytes=" + largestMemStr, "pids.max=4194304"},
+			[]string{"memory.max=" + largestMemStr, "memory.high=" + largestMemStr, "pids.max=4194304"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,6 +130,28 @@ func TestDocumentedLimitsKernelTakes(t *testing.T) {
 			[]file{{"cpu", "cpu.shares", "102400"}, {"cpu", "cpu.cfs_quota_us", "100000000"}},
 			[]file{{"cpu", "cpu.weight", "10000"}, {"cpu", "cpu.max", "100000000 100000"}})},
 	}
+	mem := func(v1, v2 []file) []file {
+		if m.Version() == 2 {
+			return v2
+		}
+		return v1
+	}
+	tests = append(tests, []struct {
+		name  string
+		r     Resources
+		files []file
+	}{
+		{"memory smallest, tasks smallest", Resources{MemoryMax: smallestMem, MemoryHigh: smallestMem, TasksMax: 1}, mem(
+			[]file{{"memory", "memory.limit_in_bytes", "1048576"}, {"memory", "memory.soft_limit_in_bytes", "1048576"}, {"pids", "pids.max", "1"}},
+			[]file{{"memory", "memory.max", "1048576"}, {"memory", "memory.high", "1048576"}, {"pids", "pids.max", "1"}})},
+		{"memory largest, tasks largest", Resources{MemoryMax: largestMem, MemoryHigh: largestMem, TasksMax: largestTasks}, mem(
+			[]file{{"memory", "memory.limit_in_bytes", largestMemStr}, {"memory", "memory.soft_limit_in_bytes", largestMemStr}, {"pids", "pids.max", "4194304"}},
+			[]file{{"memory", "memory.max", largestMemStr}, {"memory", "memory.high", largestMemStr}, {"pids", "pids.max", "4194304"}})},
+		// The kernel keeps memory limits in pages.
+		{"memory not a whole number of pages", Resources{MemoryMax: 2*smallestMem + 1, MemoryHigh: smallestMem + 4097}, mem(
+			[]file{{"memory", "memory.limit_in_bytes", "2097152"}, {"memory", "memory.soft_limit_in_bytes", "1052672"}},
+			[]file{{"memory", "memory.max", "2097152"}, {"memory", "memory.high", "1052672"}})},
+	}...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := m.Set("vhost-edge", tc.r); err != nil {

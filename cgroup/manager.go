@@ -65,13 +65,38 @@ type Usage struct {
 	IO           bool
 	// Processes is how many processes the group holds now.
 	Processes int
+	// Memory says whether the kernel accounts memory for the group (v1:
+	// the memory hierarchy is mounted; v2: the memory controller is
+	// enabled for the subtree, which a memory limit of any group does).
+	// MemoryBytes is the memory charged to it now (v2 memory.current, v1
+	// memory.usage_in_bytes), page cache included.
+	Memory      bool
+	MemoryBytes uint64
+	// MemoryEvents are the kernel's counts of the times the group ran into
+	// its memory limits, by the names of v2's memory.events: "high"
+	// (memory_high was exceeded: the group was throttled and reclaimed),
+	// "max" (a charge hit memory_max), "oom" (reclaim could not make room
+	// under memory_max) and "oom_kill" (the OOM killer killed a process
+	// of the group). v1 counts only "max" (memory.failcnt) and "oom_kill"
+	// (memory.oom_control): the other keys are absent there. Nil without
+	// Memory.
+	MemoryEvents map[string]uint64
+	// Pids says whether the kernel counts the group's tasks (v1: the pids
+	// hierarchy is mounted; v2: the pids controller is enabled, which a
+	// tasks_max of any group does). Tasks is how many tasks (processes and
+	// threads) it holds (pids.current); TasksMaxEvents how many forks and
+	// clones pids.max refused (pids.events "max").
+	Pids           bool
+	Tasks          uint64
+	TasksMaxEvents uint64
 }
 
 // hierarchy is one mounted cgroup hierarchy the manager uses: under v2 the
-// unified one, under v1 each distinct hierarchy carrying cpu, cpuacct or
-// blkio (two when cpu and cpuacct are co-mounted, three when not).
+// unified one, under v1 each distinct hierarchy carrying cpu, cpuacct,
+// blkio, memory or pids (four when cpu and cpuacct are co-mounted, five
+// when not).
 type hierarchy struct {
-	ctrls  []string // the controllers of interest it carries ("cpu", "cpuacct", "blkio"; v2: none listed)
+	ctrls  []string // the controllers of interest it carries ("cpu", "cpuacct", "blkio", "memory", "pids"; v2: none listed)
 	root   string   // directory of its root cgroup
 	parent string   // Parent as /proc/PID/cgroup shows it in this hierarchy
 }
@@ -90,6 +115,7 @@ type group struct {
 	fds     []int // open cgroup.procs, per hierarchy, written by Place; opened on first use
 	applied map[string]setting
 	cg1     cgroup1.Cgroup
+	stat1   cgroup1.Cgroup // cg1 without memory and pids, for Usage
 	cg2     *cgroup2.Manager
 }
 
@@ -105,6 +131,7 @@ type Manager struct {
 	hier     []*hierarchy
 	ctrlHier map[string]int // v1 controller → index in hier
 	subs1    []cgroup1.Subsystem
+	unowned  []string   // v1 controllers an attached manager left out (dropUnusedV1)
 	created  [][]string // per hierarchy: the Parent directories New made, top-down
 	owned    bool       // Parent/Name is ours: no other vhqos had it
 	attached bool       // Options.Attach: Parent/Name is another process's
@@ -229,20 +256,57 @@ func (m *Manager) Groups() []string {
 	return out
 }
 
-// initV1 finds the cpu, cpuacct and blkio hierarchies, then prepares
-// Parent/Name in each (or, attaching, checks that it is there).
+// initV1 finds the cpu, cpuacct, blkio, memory and pids hierarchies, then
+// prepares Parent/Name in each (or, attaching, checks that it is there).
 func (m *Manager) initV1(ctx context.Context, parent string) error {
 	if err := m.findV1(parent); err != nil {
 		return err
 	}
 	if m.attached {
+		m.dropUnusedV1()
 		return m.checkSubtree()
 	}
 	return m.prepareSubtree(ctx)
 }
 
-// findV1 finds the cpu, cpuacct and blkio hierarchies and where Parent is
-// in each.
+// dropUnusedV1 leaves out, for Attach, the memory and pids hierarchies in
+// which the owner made no subtree: an owner from a vhqos without memory
+// and task limits used cpu, cpuacct and blkio only, and a supervisor it
+// runs after `vhqos upgrade` must work in that subtree, without memory
+// and task limits (Set says why it cannot apply them), rather than fail.
+func (m *Manager) dropUnusedV1() {
+	var hier []*hierarchy
+	var subs []cgroup1.Subsystem
+	ctrlHier := make(map[string]int)
+	for _, h := range m.hier {
+		onlyNew := !slices.ContainsFunc(h.ctrls, func(c string) bool { return c != "memory" && c != "pids" })
+		if _, err := os.Stat(h.dir(m.name)); onlyNew && errors.Is(err, os.ErrNotExist) {
+			m.log.Info("the subtree's owner uses no cgroup v1 hierarchy for these controllers (a vhqos from before memory and task limits): restart vhqos to use their limits", "controllers", h.ctrls, "missing", h.dir(m.name))
+			for _, c := range h.ctrls {
+				m.unowned = append(m.unowned, c)
+			}
+			continue
+		}
+		for _, c := range h.ctrls {
+			ctrlHier[c] = len(hier)
+		}
+		hier = append(hier, h)
+	}
+	for _, s := range m.subs1 {
+		if _, ok := ctrlHier[string(s.Name())]; ok {
+			subs = append(subs, s)
+		}
+	}
+	m.hier, m.ctrlHier, m.subs1 = hier, ctrlHier, subs
+}
+
+// v1Controllers are the v1 controllers whose hierarchies hold the
+// subtree: those the limits and the usage figures use. A process is
+// placed in every one of them.
+func v1Controllers() []string { return []string{"cpu", "cpuacct", "blkio", "memory", "pids"} }
+
+// findV1 finds the hierarchies of v1Controllers that are mounted and where
+// Parent is in each.
 func (m *Manager) findV1(parent string) error {
 	all, err := cgroup1.Default()
 	if err != nil {
@@ -256,7 +320,7 @@ func (m *Manager) findV1(parent string) error {
 	devs := make(map[uint64]int)
 	for _, s := range all {
 		name := string(s.Name())
-		if name != "cpu" && name != "cpuacct" && name != "blkio" {
+		if !slices.Contains(v1Controllers(), name) {
 			continue
 		}
 		p, ok := s.(interface{ Path(string) string })
@@ -285,7 +349,7 @@ func (m *Manager) findV1(parent string) error {
 		m.hier = append(m.hier, &hierarchy{ctrls: []string{name}, root: root, parent: path.Clean(par)})
 	}
 	if len(m.hier) == 0 {
-		return errors.New("cgroups: none of the cgroup v1 cpu, cpuacct and blkio hierarchies is mounted under /sys/fs/cgroup")
+		return errors.New("cgroups: none of the cgroup v1 cpu, cpuacct, blkio, memory and pids hierarchies is mounted under /sys/fs/cgroup")
 	}
 	return nil
 }
@@ -311,14 +375,20 @@ func (m *Manager) checkSubtree() error {
 // removes those the caller no longer wants.
 func (m *Manager) adoptGroups() error {
 	dir := m.hier[0].dir(m.name)
-	entries, err := os.ReadDir(dir)
+	below, err := groupsBelow(dir)
 	if err != nil {
 		return fmt.Errorf("cgroups: listing the groups of %s: %w", dir, err)
 	}
 	names := []string{HomeGroup}
-	for _, e := range entries {
-		if e.IsDir() && e.Name() != HomeGroup && validName(e.Name()) == nil {
-			names = append(names, e.Name())
+	for _, name := range below {
+		if name != HomeGroup {
+			names = append(names, name)
+		}
+		if parent := parentGroup(name); parent != "" && m.version == 2 {
+			if m.v2.inner == nil {
+				m.v2.inner = map[string]bool{}
+			}
+			m.v2.inner[parent] = true
 		}
 	}
 	for _, name := range names {
@@ -400,13 +470,25 @@ func (m *Manager) createGroup(name string) (*group, error) {
 	g := &group{name: name, applied: make(map[string]setting)}
 	var err error
 	if m.version == 1 {
-		g.cg1, err = cgroup1.New(func(sub cgroup1.Name) (string, error) {
+		pathOf := func(sub cgroup1.Name) (string, error) {
 			i, ok := m.ctrlHier[string(sub)]
 			if !ok {
 				return "", cgroup1.ErrControllerNotActive
 			}
 			return path.Join(m.hier[i].parent, m.name, name), nil
-		}, &specs.LinuxResources{}, cgroup1.WithHierarchy(func() ([]cgroup1.Subsystem, error) { return m.subs1, nil }))
+		}
+		g.cg1, err = cgroup1.New(pathOf, &specs.LinuxResources{}, cgroup1.WithHierarchy(func() ([]cgroup1.Subsystem, error) { return m.subs1, nil }))
+		if err == nil {
+			// Usage reads the memory and pids figures itself
+			// (memoryUsage): the library's Stat of those controllers
+			// would parse memory.stat and a dozen more files for figures
+			// nobody shows, half again the time of a Usage.
+			g.stat1, err = cgroup1.New(pathOf, &specs.LinuxResources{}, cgroup1.WithHierarchy(func() ([]cgroup1.Subsystem, error) {
+				return slices.DeleteFunc(slices.Clone(m.subs1), func(s cgroup1.Subsystem) bool {
+					return s.Name() == cgroup1.Memory || s.Name() == cgroup1.Pids
+				}), nil
+			}))
+		}
 	} else {
 		var sub *cgroup2.Manager
 		h := m.hier[0]
@@ -477,7 +559,7 @@ func (m *Manager) Path(group string) string {
 // files whose value changes; limits r no longer sets go back to the
 // kernel's defaults. Set is idempotent.
 func (m *Manager) Set(group string, r Resources) error {
-	if err := validName(group); err != nil {
+	if err := validGroup(group); err != nil {
 		return fmt.Errorf("cgroups: %w", err)
 	}
 	if err := r.validate(); err != nil {
@@ -490,6 +572,12 @@ func (m *Manager) Set(group string, r Resources) error {
 	}
 	g := m.groups[group]
 	if g == nil {
+		if err := m.checkParent(group); err != nil {
+			return err
+		}
+		if err := m.handDown(parentGroup(group)); err != nil {
+			return err
+		}
 		var err error
 		if g, err = m.createGroup(group); err != nil {
 			return err
@@ -507,15 +595,20 @@ func (m *Manager) update(g *group, r Resources) error {
 	var desired []setting
 	var err error
 	if m.version == 2 {
-		if err := m.enableControllers(wantedControllers(r, "io")); err != nil {
-			return err
+		for _, c := range wantedControllers(r, "io") {
+			if err := m.enableControllers([]string{c}); err != nil {
+				return fmt.Errorf("cgroups: limits of %s: %s: %w", g.name, keysNeeding(r, c), err)
+			}
 		}
 		dir := g.dirs[0]
 		desired, err = v2Settings(r, statWeightFiles(dir, "io.weight", "io.bfq.weight"), dir)
 	} else {
 		for _, c := range wantedControllers(r, "blkio") {
+			if slices.Contains(m.unowned, c) {
+				return fmt.Errorf("cgroups: limits of %s: %s: the running vhqos keeper made no cgroups in the v1 %s hierarchy (it is older than this supervisor); restart vhqos to apply it", g.name, keysNeeding(r, c), c)
+			}
 			if _, ok := m.ctrlHier[c]; !ok {
-				return fmt.Errorf("cgroups: limits of %s need the cgroup v1 %s controller, which is not mounted (no /sys/fs/cgroup/%s)", g.name, c, c)
+				return fmt.Errorf("cgroups: limits of %s: %s: the cgroup v1 %s controller, which it needs, is not mounted (no /sys/fs/cgroup/%s)", g.name, keysNeeding(r, c), c, c)
 			}
 		}
 		blkio := ""
@@ -610,7 +703,7 @@ func (m *Manager) Remove(group string) error { return m.RemoveTo(group, HomeGrou
 // when a vhost leaves the table, the processes serving it go on serving
 // with the defaults' limits.
 func (m *Manager) RemoveTo(group, to string) error {
-	if err := validName(group); err != nil {
+	if err := validGroup(group); err != nil {
 		return fmt.Errorf("cgroups: %w", err)
 	}
 	if group == HomeGroup {
@@ -621,6 +714,9 @@ func (m *Manager) RemoveTo(group, to string) error {
 	g := m.groups[group]
 	if g == nil {
 		return nil
+	}
+	if m.hasChildren(group) {
+		return fmt.Errorf("cgroups: removing %s: groups are still inside it (remove them first)", group)
 	}
 	// From here on Place refuses the group, so nothing new arrives.
 	m.placeMu.Lock()
@@ -735,9 +831,22 @@ func (m *Manager) Usage(group string) (Usage, error) {
 				u.IOWriteBytes += e.Wbytes
 			}
 		}
+		if err := memoryUsage(&u, 2, g.dirs[0], g.dirs[0]); err != nil {
+			return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
+		}
 		return u, nil
 	}
-	st, err := g.cg1.Stat(cgroup1.IgnoreNotExist)
+	memDir, pidsDir := "", ""
+	if i, ok := m.ctrlHier["memory"]; ok {
+		memDir = g.dirs[i]
+	}
+	if i, ok := m.ctrlHier["pids"]; ok {
+		pidsDir = g.dirs[i]
+	}
+	if err := memoryUsage(&u, 1, memDir, pidsDir); err != nil {
+		return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
+	}
+	st, err := g.stat1.Stat(cgroup1.IgnoreNotExist)
 	if err != nil {
 		return u, fmt.Errorf("cgroups: usage of %s in %v: %w", group, g.dirs, err)
 	}

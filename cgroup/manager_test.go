@@ -643,7 +643,7 @@ func TestPlaceErrors(t *testing.T) {
 
 func TestBadNames(t *testing.T) {
 	m := newTestManager(t, Options{})
-	for _, name := range []string{"", "..", "a/b", ".", "../x", "-x", "a b"} {
+	for _, name := range []string{"", "..", "a//b", "/a", "a/", "a/../b", ".", "../x", "-x", "a b"} {
 		if err := m.Set(name, Resources{}); err == nil {
 			t.Errorf("group name %q accepted", name)
 		}

@@ -23,6 +23,9 @@ const DefaultGroup = "default"
 // (cpu.max, cgroup.procs...).
 const vhostPrefix = "vhost-"
 
+// tenantPrefix starts every tenant's group, as vhostPrefix a vhost's.
+const tenantPrefix = "tenant-"
+
 // supervisorLeaf ends the name of the cgroup v2 leaf the supervisor moves
 // into, beside its subtree (Name + "." + supervisorLeaf).
 const supervisorLeaf = "supervisor"
@@ -32,6 +35,12 @@ const supervisorLeaf = "supervisor"
 // connections sit. It does not check name; Set and Place refuse a name that
 // is no valid cgroup directory.
 func VHostGroup(name string) string { return vhostPrefix + name }
+
+// TenantGroup returns the group of the tenant named name, "tenant-" +
+// name: the parent directory of its sites' groups (and of the tenants
+// inside it), whose limits bound them together. A nested group is named by
+// its path below the subtree, "tenant-acme/vhost-shop".
+func TenantGroup(name string) string { return tenantPrefix + name }
 
 // ReservedNames returns the names vhqos gives its own cgroups, in the order
 // messages list them: DefaultGroup, HomeGroup and the supervisor's leaf.

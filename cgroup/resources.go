@@ -17,13 +17,27 @@ type Resources struct {
 	IOWeight uint64
 	// Devices holds per-device bandwidth and IOPS caps.
 	Devices []DeviceLimit
+	// MemoryMax is systemd's MemoryMax=, in bytes: the hard limit of the
+	// memory charged to the group (v2 memory.max; v1
+	// memory.limit_in_bytes). Zero means no limit.
+	MemoryMax uint64
+	// MemoryHigh is systemd's MemoryHigh=, in bytes: above it the group's
+	// processes are throttled and its memory reclaimed (v2 memory.high);
+	// v1 has only a soft limit that acts under memory pressure on the
+	// whole machine (memory.soft_limit_in_bytes). Zero means no limit.
+	MemoryHigh uint64
+	// TasksMax is systemd's TasksMax=: how many tasks (processes and
+	// threads) the group may hold; a fork or clone beyond it fails with
+	// EAGAIN (pids.max, v1 and v2). Zero means no limit.
+	TasksMax uint64
 }
 
 // Equal reports whether r and o set the same limits (a reload leaves a
 // group alone when they do).
 func (r Resources) Equal(o Resources) bool {
 	return r.CPUWeight == o.CPUWeight && r.CPUQuotaPercent == o.CPUQuotaPercent &&
-		r.IOWeight == o.IOWeight && slices.Equal(r.Devices, o.Devices)
+		r.IOWeight == o.IOWeight && slices.Equal(r.Devices, o.Devices) &&
+		r.MemoryMax == o.MemoryMax && r.MemoryHigh == o.MemoryHigh && r.TasksMax == o.TasksMax
 }
 
 // DeviceLimit caps IO on one block device. Zero fields are not capped.

@@ -5,7 +5,8 @@ import "testing"
 func TestResourcesEqual(t *testing.T) {
 	base := func() Resources {
 		return Resources{CPUWeight: 200, CPUQuotaPercent: 50, IOWeight: 300,
-			Devices: []DeviceLimit{{Path: "/dev/vda", Major: 254, ReadBPS: 1 << 20}}}
+			Devices:   []DeviceLimit{{Path: "/dev/vda", Major: 254, ReadBPS: 1 << 20}},
+			MemoryMax: 128 << 20, MemoryHigh: 100 << 20, TasksMax: 20}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -21,6 +22,11 @@ func TestResourcesEqual(t *testing.T) {
 			r.Devices = append(r.Devices, DeviceLimit{Path: "/dev/vdb", Major: 254, Minor: 16})
 		}, false},
 		{"no devices", func(r *Resources) { r.Devices = nil }, false},
+		{"memory max", func(r *Resources) { r.MemoryMax = 256 << 20 }, false},
+		{"no memory max", func(r *Resources) { r.MemoryMax = 0 }, false},
+		{"memory high", func(r *Resources) { r.MemoryHigh = 64 << 20 }, false},
+		{"tasks max", func(r *Resources) { r.TasksMax = 21 }, false},
+		{"no tasks max", func(r *Resources) { r.TasksMax = 0 }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := base(), base()

@@ -18,7 +18,7 @@ import (
 // write them through the same code (apply), so what the v1 tests prove about
 // diffing, resetting and error reporting holds for v2 as well.
 type setting struct {
-	ctrl  string // the controller owning the file: v1 "cpu"/"blkio", v2 "cpu"/"io"
+	ctrl  string // the controller owning the file: v1 "cpu"/"blkio", v2 "cpu"/"io"; both "memory", "pids"
 	file  string // the interface file, e.g. "cpu.max"
 	key   string // identity for diffing: the file, plus " MAJ:MIN" for per-device lines
 	value string // what to write
@@ -59,7 +59,7 @@ func (r *Resources) validate() error {
 		}
 		seen[k] = d.Path
 	}
-	return nil
+	return r.validateMemory()
 }
 
 // cpuShares maps systemd's CPUWeight= (default 100) to cpu.shares
@@ -155,7 +155,7 @@ func v1Settings(r Resources, io ioWeightFiles, blkioDir string) ([]setting, erro
 				desc: fmt.Sprintf("%s for %s (%s)", t.what, d.Path, dev), dev: dev})
 		}
 	}
-	return out, nil
+	return append(out, memorySettings(r, 1)...), nil
 }
 
 // v2Settings translates r into unified cgroup v2 files.
@@ -204,7 +204,7 @@ func v2Settings(r Resources, io ioWeightFiles, dir string) ([]setting, error) {
 			reset: dev + " rbps=max wbps=max riops=max wiops=max",
 			desc:  fmt.Sprintf("io limits for %s (%s)", d.Path, dev), dev: dev})
 	}
-	return out, nil
+	return append(out, memorySettings(r, 2)...), nil
 }
 
 // A write is one line to put in a file: a new value or a reset.
@@ -286,6 +286,10 @@ func apply(applied map[string]setting, writes []write, dirOf func(ctrl string) (
 			switch {
 			case errors.Is(err, unix.ENOENT):
 				hint = " (the kernel offers no such file here)"
+			case errors.Is(err, unix.EBUSY) && w.s.ctrl == "memory":
+				// v1 refuses a limit below what the group holds once
+				// reclaim cannot bring it down.
+				hint = " (the group holds more memory than that, and the kernel could not reclaim enough of it)"
 			case errors.Is(err, unix.ENODEV) && w.s.dev != "":
 				// Say why, as the QoS table's check does.
 				hint = " (the kernel has no such disk)"
@@ -330,6 +334,12 @@ func wantedControllers(r Resources, ioName string) []string {
 	if r.IOWeight != 0 || hasDev {
 		out = append(out, ioName)
 	}
+	if r.MemoryMax != 0 || r.MemoryHigh != 0 {
+		out = append(out, "memory")
+	}
+	if r.TasksMax != 0 {
+		out = append(out, "pids")
+	}
 	return out
 }
 
@@ -360,21 +370,24 @@ type limitFile struct {
 	ctrl, file string
 	reset      string
 	perDevice  func(dev string) string
+	// unset says whether a value read back means no limit, where that is
+	// not reset itself (v1 memory limits read back "-1" as a number).
+	unset func(v string) bool
 }
 
 // limitFiles lists every file v1Settings or v2Settings may write.
 func limitFiles(version int) []limitFile {
 	if version == 2 {
-		return []limitFile{
+		return append([]limitFile{
 			{ctrl: "cpu", file: "cpu.weight", reset: "100"},
 			{ctrl: "cpu", file: "cpu.max", reset: "max " + strconv.Itoa(cfsPeriodUsec)},
 			{ctrl: "io", file: "io.weight", reset: "default 100"},
 			{ctrl: "io", file: "io.bfq.weight", reset: "100"},
 			{ctrl: "io", file: "io.max", perDevice: func(dev string) string { return dev + " rbps=max wbps=max riops=max wiops=max" }},
-		}
+		}, memoryLimitFiles(2)...)
 	}
 	zero := func(dev string) string { return dev + " 0" }
-	return []limitFile{
+	return append([]limitFile{
 		{ctrl: "cpu", file: "cpu.shares", reset: "1024"},
 		{ctrl: "cpu", file: "cpu.cfs_period_us", reset: strconv.Itoa(cfsPeriodUsec)},
 		{ctrl: "cpu", file: "cpu.cfs_quota_us", reset: "-1"},
@@ -384,7 +397,7 @@ func limitFiles(version int) []limitFile {
 		{ctrl: "blkio", file: "blkio.throttle.write_bps_device", perDevice: zero},
 		{ctrl: "blkio", file: "blkio.throttle.read_iops_device", perDevice: zero},
 		{ctrl: "blkio", file: "blkio.throttle.write_iops_device", perDevice: zero},
-	}
+	}, memoryLimitFiles(1)...)
 }
 
 // seedApplied reads back into g.applied the limits of a group an attached
@@ -417,7 +430,7 @@ func (m *Manager) seedApplied(g *group) error {
 			if !strings.HasPrefix(f.reset, "default ") {
 				v = strings.TrimPrefix(v, "default ") // io.bfq.weight reads "default N" on newer kernels
 			}
-			if v != f.reset {
+			if v != f.reset && (f.unset == nil || !f.unset(v)) {
 				g.applied[f.file] = setting{ctrl: f.ctrl, file: f.file, key: f.file, value: v, reset: f.reset,
 					desc: fmt.Sprintf("%s %q, set before this process attached", f.file, v)}
 			}

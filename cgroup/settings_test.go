@@ -47,6 +47,9 @@ func TestV1Settings(t *testing.T) {
 			"no proportional IO scheduler"},
 		{"device limits", Resources{Devices: []DeviceLimit{withLimits(vda, 1<<20, 0, 0, 50)}}, ioWeightFiles{},
 			[]string{"blkio.throttle.read_bps_device=254:0 1048576", "blkio.throttle.write_iops_device=254:0 50"}, ""},
+		{"memory and tasks", Resources{MemoryMax: 128 << 20, MemoryHigh: 100 << 20, TasksMax: 20}, ioWeightFiles{},
+			[]string{"memory.limit_in_bytes=134217728", "memory.soft_limit_in_bytes=104857600", "pids.max=20"}, ""},
+		{"memory high alone", Resources{MemoryHigh: 64 << 20}, ioWeightFiles{}, []string{"memory.soft_limit_in_bytes=67108864"}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -86,6 +89,9 @@ func TestV2Settings(t *testing.T) {
 		{"io.max names every key", Resources{Devices: []DeviceLimit{withLimits(vda, 50<<20, 0, 0, 100)}}, ioWeightFiles{},
 			[]string{"io.max=254:0 rbps=52428800 wbps=max riops=max wiops=100"}, ""},
 		{"a device without limits writes nothing", Resources{Devices: []DeviceLimit{vda}}, ioWeightFiles{}, nil, ""},
+		{"memory and tasks", Resources{MemoryMax: 128 << 20, MemoryHigh: 100 << 20, TasksMax: 20}, ioWeightFiles{},
+			[]string{"memory.max=134217728", "memory.high=104857600", "pids.max=20"}, ""},
+		{"tasks alone", Resources{TasksMax: 1}, ioWeightFiles{}, []string{"pids.max=1"}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -135,6 +141,12 @@ func TestDiff(t *testing.T) {
 			[]string{"cpu.weight=300"}},
 		{"dropped limits are reset", Resources{CPUWeight: 300},
 			[]string{"cpu.max=max 100000", "io.max=254:0 rbps=max wbps=max riops=max wiops=max"}},
+		{"memory and tasks limits", Resources{CPUWeight: 300, MemoryMax: 128 << 20, MemoryHigh: 96 << 20, TasksMax: 20},
+			[]string{"memory.max=134217728", "memory.high=100663296", "pids.max=20"}},
+		{"one memory limit changes", Resources{CPUWeight: 300, MemoryMax: 256 << 20, MemoryHigh: 96 << 20, TasksMax: 20},
+			[]string{"memory.max=268435456"}},
+		{"memory and tasks limits dropped", Resources{CPUWeight: 300},
+			[]string{"memory.high=max", "memory.max=max", "pids.max=max"}},
 		{"all dropped", Resources{}, []string{"cpu.weight=100"}},
 		{"nothing left to reset", Resources{}, nil},
 	}
@@ -219,10 +231,54 @@ func TestValidate(t *testing.T) {
 		{Resources{CPUQuotaPercent: -1}, "cpu quota"},
 		{Resources{Devices: []DeviceLimit{vda, {Path: "/dev/disk/by-id/x", Major: 254}}}, "same device"},
 		{Resources{Devices: []DeviceLimit{{Path: "/dev/x", Major: -1}}}, "no valid number"},
+		{Resources{MemoryMax: 128 << 20, MemoryHigh: 128 << 20, TasksMax: 1 << 22}, ""},
+		{Resources{MemoryHigh: 1 << 40}, ""},
+		{Resources{MemoryMax: 128 << 20, MemoryHigh: 128<<20 + 1}, "memory_high 134217729 bytes is above memory_max 134217728 bytes"},
+		{Resources{TasksMax: 1<<22 + 1}, "tasks_max 4194305 is more than the kernel's largest pids.max, 4194304"},
 	} {
 		err := tc.r.validate()
 		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("validate(%+v) = %v, want %q", tc.r, err, tc.err)
+		}
+	}
+}
+
+// The controller messages name the QoS table keys that need it, only those
+// the limits set.
+func TestKeysNeeding(t *testing.T) {
+	for _, tc := range []struct {
+		r    Resources
+		ctrl string
+		want string
+	}{
+		{Resources{CPUWeight: 1, CPUQuotaPercent: 5}, "cpu", "cpu_weight and cpu_max"},
+		{Resources{CPUQuotaPercent: 5}, "cpu", "cpu_max"},
+		{Resources{IOWeight: 5, Devices: []DeviceLimit{withLimits(vda, 0, 1, 0, 0)}}, "io", "io_weight and io_write_bps"},
+		{Resources{Devices: []DeviceLimit{withLimits(vda, 1, 0, 1, 1)}}, "blkio", "io_read_bps and io_read_iops and io_write_iops"},
+		{Resources{MemoryMax: 1 << 20, MemoryHigh: 1 << 20}, "memory", "memory_max and memory_high"},
+		{Resources{MemoryHigh: 1 << 20}, "memory", "memory_high"},
+		{Resources{TasksMax: 3}, "pids", "tasks_max"},
+		{Resources{}, "pids", "the limits"},
+	} {
+		if got := keysNeeding(tc.r, tc.ctrl); got != tc.want {
+			t.Errorf("keysNeeding(%+v, %s) = %q, want %q", tc.r, tc.ctrl, got, tc.want)
+		}
+	}
+}
+
+// A v1 memory limit that was reset reads back as the largest page-aligned
+// number, which an attached manager must take for no limit.
+func TestUnlimitedV1(t *testing.T) {
+	for v, want := range map[string]bool{
+		"9223372036854771712": true, // 4 KiB pages
+		"9223372036854710272": true, // 64 KiB pages
+		"4611686018427387904": true,
+		"134217728":           false,
+		"-1":                  false, // never read back, and not a limit vhqos wrote either
+		"":                    false,
+	} {
+		if got := unlimitedV1(v); got != want {
+			t.Errorf("unlimitedV1(%q) = %v, want %v", v, got, want)
 		}
 	}
 }

@@ -45,6 +45,9 @@ type v2state struct {
 	undo    []subtreeEdit   // what vhqos enabled, in order
 	leaf    string          // the supervisor's leaf, if it moved
 	origin  string          // where it was before
+	// inner holds the groups with groups inside them (tenants, nested.go),
+	// whose cgroup.subtree_control hands our controllers down too.
+	inner map[string]bool
 }
 
 type subtreeEdit struct{ dir, ctrl string }
@@ -219,16 +222,16 @@ func (m *Manager) enableControllers(ctrls []string) error {
 		avail := filepath.Join(m.v2.base, "cgroup.controllers")
 		words, err := readWords(avail)
 		if err != nil {
-			return fmt.Errorf("cgroups: reading %s: %w", avail, err)
+			return fmt.Errorf("reading %s: %w", avail, err)
 		}
 		if !slices.Contains(words, c) {
-			return fmt.Errorf("cgroups: the cgroup v2 %s controller is not available: %s lists only %q (enable it in the parent's cgroup.subtree_control, run vhqos under systemd with Delegate=yes, or set settings.cgroup_parent; on a hybrid layout it may be bound to a v1 hierarchy)", c, avail, strings.Join(words, " "))
+			return fmt.Errorf("the cgroup v2 %s controller is not available: %s lists only %q (enable it in the parent's cgroup.subtree_control, run vhqos under systemd with Delegate=yes, or set settings.cgroup_parent; on a hybrid layout it may be bound to a v1 hierarchy)", c, avail, strings.Join(words, " "))
 		}
 		for _, dir := range m.v2.chain {
 			file := filepath.Join(dir, "cgroup.subtree_control")
 			on, err := readWords(file)
 			if err != nil {
-				return fmt.Errorf("cgroups: reading %s: %w", file, err)
+				return fmt.Errorf("reading %s: %w", file, err)
 			}
 			if slices.Contains(on, c) {
 				continue
@@ -238,9 +241,15 @@ func (m *Manager) enableControllers(ctrls []string) error {
 				if errors.Is(err, unix.EBUSY) {
 					hint = " (the cgroup holds processes, so it may not hand controllers down)"
 				}
-				return fmt.Errorf("cgroups: enabling the cgroup v2 %s controller: %w%s", c, err, hint)
+				return fmt.Errorf("enabling the cgroup v2 %s controller: %w%s", c, err, hint)
 			}
 			m.v2.undo = append(m.v2.undo, subtreeEdit{dir, c})
+		}
+		// Inside the subtree: removed with it, so nothing to undo.
+		for _, dir := range m.innerDirs() {
+			if err := enableIn(dir, c); err != nil {
+				return fmt.Errorf("handing the cgroup v2 %s controller down inside the subtree: %w", c, err)
+			}
 		}
 		m.v2.enabled[c] = true
 		m.log.Debug("enabled cgroup v2 controller", "controller", c, "from", m.v2.base)

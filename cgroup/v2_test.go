@@ -115,7 +115,7 @@ func TestV2PlaceRemoveClose(t *testing.T) {
 }
 
 func TestV2MissingControllers(t *testing.T) {
-	if mount := v2Mount(t); rootHas(t, mount, "cpu") || rootHas(t, mount, "io") {
+	if mount := v2Mount(t); rootHas(t, mount, "cpu") || rootHas(t, mount, "io") || rootHas(t, mount, "memory") || rootHas(t, mount, "pids") {
 		t.Skip(mount + " offers controllers (TestV2EnableChain covers the error)")
 	}
 	m, err := newV2(t, Options{Parent: "/"})
@@ -131,6 +131,9 @@ func TestV2MissingControllers(t *testing.T) {
 		{Resources{CPUQuotaPercent: 50}, "cpu"},
 		{Resources{IOWeight: 300}, "io"},
 		{Resources{Devices: []DeviceLimit{dev}}, "io"},
+		{Resources{MemoryMax: 64 << 20}, "memory"},
+		{Resources{MemoryHigh: 64 << 20}, "memory"},
+		{Resources{TasksMax: 5}, "pids"},
 	} {
 		err := m.Set("vhost-a", tc.r)
 		if err == nil {
@@ -138,7 +141,8 @@ func TestV2MissingControllers(t *testing.T) {
 			continue
 		}
 		msg := err.Error()
-		for _, want := range []string{"the cgroup v2 " + tc.ctrl + " controller is not available", filepath.Join(m.hier[0].root, "cgroup.controllers")} {
+		// The table key that needs it comes first.
+		for _, want := range []string{keysNeeding(tc.r, tc.ctrl) + ": the cgroup v2 " + tc.ctrl + " controller is not available", filepath.Join(m.hier[0].root, "cgroup.controllers")} {
 			if !strings.Contains(msg, want) {
 				t.Errorf("error %q does not say %q", msg, want)
 			}

@@ -62,6 +62,16 @@
 // (resp.Client, resp.Server). Get returns only once the server has closed
 // the connection.
 //
+// Across a device:
+//
+//	v, err := NewVeth("vqb-srv", "vqb-cli", "169.254.77.1", "169.254.77.2"); defer v.Close()
+//	v.InClients(func() error { c, err = net.Dial("tcp", "169.254.77.1:8081"); return err })
+//
+// makes a veth pair whose server end stays in the tests' namespace and whose
+// other end is in a namespace of its own: connections (and processes)
+// made in InClients cross the device and its qdisc, as loopback would not
+// (the bandwidth tests and the bench's -rates use it).
+//
 // DSCP on the wire:
 //
 //	capture, err := StartCapture() // before the traffic; defer capture.Stop()

@@ -101,7 +101,8 @@ func runNginxConf(t *testing.T, prefix, listen []string, conf func(dir string) s
 }
 
 // runNginxFastCGI runs nginx natively in front of the pool, with the sites
-// shop.example (the default server) and blog.example on frontAddr.
+// shop.example (the default server), blog.example and legacy.example on
+// frontAddr.
 func runNginxFastCGI(t *testing.T, fpm *PHPFPM) *Daemon {
 	t.Helper()
 	return runNginxConf(t, nil, []string{frontAddr}, func(dir string) string {
@@ -109,7 +110,8 @@ func runNginxFastCGI(t *testing.T, fpm *PHPFPM) *Daemon {
 		b.WriteString(NginxHTTP(dir))
 		// A burner answers only once the test opens its gate.
 		b.WriteString("    fastcgi_read_timeout 10m;\n")
-		for _, name := range []string{"shop.example", "blog.example"} {
+		// shop.example's block comes first: nginx's default server.
+		for _, name := range []string{"shop.example", "blog.example", "legacy.example"} {
 			b.WriteString(NginxFastCGISite(frontAddr, name, fpm.WWW, fpm.Pass()))
 		}
 		b.WriteString("}\n")
@@ -168,12 +170,15 @@ func cgroupOf(pid int) (string, error) {
 	return cpuCgroup(cgroups), nil
 }
 
-// One php-fpm pool under vhqos behind nginx with two name-based sites:
-// each request is served by a worker of the pool sitting in its site's
-// cgroup, whichever worker it is and whatever it served before; a name no
-// vhost has gets the defaults. nginx sends SERVER_NAME (the server block's
-// name: shop.example for other.example too, as the default server) and
-// HTTP_HOST (the client's Host): HTTP_HOST decides.
+// One php-fpm pool under vhqos behind nginx with two name-based sites and
+// a third the table lacks: each request is served by a worker of the pool
+// sitting in its site's cgroup, whichever worker it is and whatever it
+// served before. nginx sends SERVER_NAME (the server block's name) and
+// HTTP_HOST (the client's Host): HTTP_HOST decides where a vhost claims it;
+// where none does (a name nginx serves from its default server, shop's, or
+// an IP address) the server block's SERVER_NAME does, so that shop's PHP
+// runs in shop's cgroup whatever Host a client sends; a site no vhost has
+// gets the defaults.
 func TestFastCGINginxSites(t *testing.T) {
 	fpm := runWrappedPHPFPM(t, fastcgiQoS, PHPFPMConfig{Addr: fpmAddr, Workers: 4})
 	runNginxFastCGI(t, fpm)
@@ -181,7 +186,9 @@ func TestFastCGINginxSites(t *testing.T) {
 	sites := []struct{ host, group string }{
 		{"shop.example", "vhost-shop"},
 		{"blog.example", "vhost-blog"},
-		{"other.example", "default"},
+		{"other.example", "vhost-shop"},
+		{"127.0.0.1", "vhost-shop"},
+		{"legacy.example", "default"},
 	}
 	workers := map[int]map[string]bool{} // worker -> the sites it served
 	for round := 0; round < 4; round++ {
@@ -550,9 +557,14 @@ func TestRawFastCGIByteSegments(t *testing.T) {
 		{"SERVER_NAME alone", fcgiParams(fpm, "/whoami.php",
 			[2]string{"HTTP_X_LONG", long}, [2]string{"SERVER_NAME", "blog.example"}),
 			64, 0, "", "blog.example", "vhost-blog", 18},
-		{"HTTP_HOST of no vhost", fcgiParams(fpm, "/whoami.php",
+		// nginx's SERVER_NAME, its server block, where no vhost has the
+		// client's Host.
+		{"HTTP_HOST of no vhost, SERVER_NAME of a site", fcgiParams(fpm, "/whoami.php",
 			[2]string{"SERVER_NAME", "shop.example"}, [2]string{"HTTP_HOST", "other.example:8080"}),
-			1000, 5, "other.example:8080", "shop.example", "default", 16},
+			1000, 5, "other.example:8080", "shop.example", "vhost-shop", 46},
+		{"neither of a vhost", fcgiParams(fpm, "/whoami.php",
+			[2]string{"SERVER_NAME", "legacy.example"}, [2]string{"HTTP_HOST", "other.example:8080"}),
+			1000, 5, "other.example:8080", "legacy.example", "default", 16},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := fcgiRequest(tc.params, nil, tc.recordSize, tc.pad)

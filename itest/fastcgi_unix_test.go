@@ -81,13 +81,13 @@ match = ["unix:%[2]s"]
 	vhqosPid := fpm.Cmd.Process.Pid
 
 	// nginx natively in front: shop.example (the default server, so
-	// other.example lands there too) and blog.example on the shared pool,
-	// own.example on the pool of its own.
+	// other.example lands there too), blog.example and legacy.example (no
+	// vhost has it) on the shared pool, own.example on the pool of its own.
 	runNginxConf(t, nil, []string{frontAddr}, func(ndir string) string {
 		var b strings.Builder
 		b.WriteString(NginxHTTP(ndir))
 		for _, site := range []struct{ name, sock string }{
-			{"shop.example", shared}, {"blog.example", shared}, {"own.example", own},
+			{"shop.example", shared}, {"blog.example", shared}, {"legacy.example", shared}, {"own.example", own},
 		} {
 			b.WriteString(NginxFastCGISite(frontAddr, site.name, filepath.Join(dir, "www"), "unix:"+site.sock))
 		}
@@ -98,8 +98,9 @@ match = ["unix:%[2]s"]
 	sites := []struct{ host, group string }{
 		{"shop.example", "vhost-shop"},
 		{"blog.example", "vhost-blog"},
-		{"other.example", "default"}, // no vhost has the name, nor the shared socket
-		{"own.example", "vhost-own"}, // its socket's path decides
+		{"other.example", "vhost-shop"}, // no vhost has the name: shop's block's SERVER_NAME decides
+		{"legacy.example", "default"},   // no vhost has the site, nor the shared socket
+		{"own.example", "vhost-own"},    // its socket's path decides
 	}
 	workers := map[int]map[string]bool{} // worker -> the sites it served
 	for round := 0; round < 4; round++ {

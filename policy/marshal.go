@@ -28,6 +28,20 @@ func (t *Table) Marshal() []byte {
 	}
 	b.WriteString("[defaults]\n")
 	writeLimits(&b, &t.Defaults)
+	for i := range t.Tenants {
+		tn := &t.Tenants[i]
+		b.WriteString("\n[[tenant]]\n")
+		fmt.Fprintf(&b, "name = %s\n", tomlString(tn.Name))
+		if tn.Parent != "" {
+			fmt.Fprintf(&b, "tenant = %s\n", tomlString(tn.Parent))
+		}
+		// Only resources: Parse refuses the other keys in a tenant, and
+		// each site was written with its tenant's defaults merged in.
+		limits := newClass()
+		limits.Resources = tn.Resources
+		limits.Admission = Admission{RefuseStatus: DefaultRefuseStatus, RetryAfter: DefaultRetryAfter}
+		writeLimits(&b, &limits)
+	}
 	for i := range t.VHosts {
 		c := &t.VHosts[i]
 		b.WriteString("\n[[vhost]]\n")
@@ -36,6 +50,9 @@ func (t *Table) Marshal() []byte {
 		fmt.Fprintf(&b, "match = [%s]\n", strings.Join(pats, ", "))
 		if len(c.Listen) > 0 {
 			fmt.Fprintf(&b, "listen = [%s]\n", strings.Join(rawPatterns(c.Listen), ", "))
+		}
+		if c.Tenant != "" {
+			fmt.Fprintf(&b, "tenant = %s\n", tomlString(c.Tenant))
 		}
 		writeLimits(&b, c)
 	}
@@ -59,6 +76,7 @@ func writeSettings(b *strings.Builder, s *Settings) {
 	if len(s.ProxyProtocol) > 0 {
 		fmt.Fprintf(b, "proxy_protocol = [%s]\n", strings.Join(rawPatterns(s.ProxyProtocol), ", "))
 	}
+	writeShapeDevices(b, s.ShapeDevices)
 }
 
 // rawPatterns quotes patterns as the operator wrote them.
@@ -108,6 +126,7 @@ func writeLimits(b *strings.Builder, c *Class) {
 			fmt.Fprintf(b, "%s = { %s }\n", f.key, strings.Join(parts, ", "))
 		}
 	}
+	writeMemoryTasks(b, r)
 	if c.DSCP >= 0 {
 		name := DSCPName(c.DSCP)
 		if _, err := strconv.Atoi(name); err != nil {
@@ -115,6 +134,7 @@ func writeLimits(b *strings.Builder, c *Class) {
 		}
 		fmt.Fprintf(b, "dscp = %s\n", name)
 	}
+	writeRates(b, c.Rates)
 	a := &c.Admission
 	if a.MaxConnections != 0 {
 		fmt.Fprintf(b, "max_connections = %d\n", a.MaxConnections)

@@ -17,22 +17,24 @@ import (
 
 // The keys of each section. Functions rather than package variables: the
 // lists are handed to callers that could otherwise change them.
-func topKeys() []string { return []string{"settings", "defaults", "vhost"} }
+func topKeys() []string { return []string{"settings", "defaults", "tenant", "vhost"} }
 func settingsKeys() []string {
-	return []string{"cgroup_parent", "track", "sniff_timeout", "sniff_bytes", "proxy_protocol"}
+	return []string{"cgroup_parent", "track", "sniff_timeout", "sniff_bytes", "proxy_protocol", "shape_devices"}
 }
 func limitKeys() []string {
-	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp",
-		"max_connections", "max_connections_per_ip", "over_limit", "refuse_status", "retry_after"}
+	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops",
+		"memory_max", "memory_high", "tasks_max", "dscp", "egress_rate", "connection_rate", "max_connections", "max_connections_per_ip", "over_limit", "refuse_status", "retry_after"}
 }
-func vhostKeys() []string { return append([]string{"name", "match", "listen"}, limitKeys()...) }
+func vhostKeys() []string {
+	return append(append([]string{"name", "match", "listen"}, limitKeys()...), "tenant")
+}
 
 func isLimitKey(k string) bool {
 	switch k {
 	case "cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops", "dscp":
 		return true
 	}
-	return isAdmissionKey(k)
+	return isMemoryTaskKey(k) || isRateKey(k) || isAdmissionKey(k)
 }
 
 // parser turns the decoded document into a Table, collecting every problem
@@ -51,6 +53,9 @@ type parser struct {
 	// matchIdx holds, per vhost, the file index of each pattern kept in
 	// its Match (patterns with problems are dropped, so indices shift).
 	matchIdx [][]int
+	// tenants are the [[tenant]] sections by lower-case name, read before
+	// the vhosts that name them.
+	tenants map[string]*parsedTenant
 }
 
 // scope is the section being read: its path prefix and how messages name it.
@@ -150,6 +155,8 @@ func (p *parser) table(doc map[string]any) *Table {
 			} else {
 				p.keyProblem(top, k, "must be a section: write [defaults] (single brackets) on a line of its own, then its keys")
 			}
+		case "tenant":
+			p.tenants = p.readTenants(doc[k], t)
 		case "vhost":
 			p.vhosts(doc[k], t)
 		default:
@@ -157,6 +164,8 @@ func (p *parser) table(doc map[string]any) *Table {
 		}
 	}
 	p.crossCheck(t)
+	p.rateChecks(t)
+	p.tenantBounds(t)
 	p.admissions(t)
 	if p.errorCount() > 0 {
 		return t
@@ -179,7 +188,7 @@ func unknownTopKey(k string) string {
 	case slices.Contains(settingsKeys(), k):
 		return "belongs in [settings]: write [settings] on the line above it"
 	}
-	return "unknown section" + didYouMean(k, topKeys()) + " Sections are [settings], [defaults] and [[vhost]]"
+	return "unknown section" + didYouMean(k, topKeys()) + " Sections are [settings], [defaults], [[tenant]] and [[vhost]]"
 }
 
 func (p *parser) vhosts(v any, t *Table) {
@@ -200,6 +209,9 @@ func (p *parser) vhosts(v any, t *Table) {
 		}
 		if name, ok := m["name"].(string); ok && name != "" {
 			s.where = fmt.Sprintf("vhost %q (%s)", name, s.prefix)
+		}
+		if tenant, ok := m["tenant"].(string); ok {
+			m = withTenantDefaults(m, tenant, p.tenants)
 		}
 		c := newClass()
 		p.class(m, s, &c)
@@ -237,6 +249,8 @@ func (p *parser) settings(m map[string]any, st *Settings) {
 			}
 		case k == "proxy_protocol":
 			st.ProxyProtocol = p.proxyProtocol(s, key, m[k])
+		case k == "shape_devices":
+			st.ShapeDevices = p.shapeDevices(s, key, m[k])
 		case isLimitKey(k):
 			p.keyProblem(s, key, "is a limit, not a setting; put it under [defaults] or a [[vhost]]")
 		default:
@@ -295,6 +309,10 @@ func (p *parser) class(m map[string]any, s scope, c *Class) {
 			p.match(s, key, v, c)
 		case k == "listen" && isVHost:
 			p.listen(s, key, v, c)
+		case k == "tenant" && isVHost:
+			if name, ok := p.siteTenant(s, v, p.tenants); ok {
+				c.Tenant = name
+			}
 		case k == "cpu_weight":
 			if n, ok := p.intIn(s, key, v, 1, 10000, "like systemd's CPUWeight=; 100 is the kernel's default"); ok {
 				c.Resources.CPUWeight = uint64(n)
@@ -317,8 +335,14 @@ func (p *parser) class(m map[string]any, s scope, c *Class) {
 			} else {
 				c.DSCP = d
 			}
+		case isMemoryTaskKey(k):
+			p.memoryTaskKey(s, key, k, v, &c.Resources)
+		case isRateKey(k):
+			p.rateKey(s, key, k, v, &c.Rates)
 		case isAdmissionKey(k):
 			p.admissionKey(s, key, k, v, &c.Admission)
+		case k == "tenant" && !isVHost:
+			p.keyProblem(s, key, "not allowed here: [defaults] belongs to no tenant; give each site its tenant in its [[vhost]] section")
 		case (k == "name" || k == "match" || k == "listen") && !isVHost:
 			p.keyProblem(s, key, "not allowed here: [defaults] is the class of every connection no vhost matches; to give some connections their own limits, add a [[vhost]] with name and match")
 		case slices.Contains(settingsKeys(), k):

@@ -126,6 +126,12 @@ func aliasOf(word string) string {
 		return "io_read_iops"
 	case "iowriteiopsmax", "io_write_iops_max", "write_iops":
 		return "io_write_iops"
+	case "memorymax", "memory.max", "memory.limit_in_bytes", "memory_limit", "mem_limit", "memory", "pmem", "memorylimit":
+		return "memory_max"
+	case "memoryhigh", "memory.high", "memory.soft_limit_in_bytes", "memory_soft_limit", "soft_limit":
+		return "memory_high"
+	case "tasksmax", "pids.max", "pids_max", "max_tasks", "max_pids", "nproc", "max_processes", "processes", "limitnproc":
+		return "tasks_max"
 	case "tos", "traffic_class", "tclass", "diffserv", "mark":
 		return "dscp"
 	case "matches", "hosts", "addresses", "address", "names", "server_name", "server_names":

@@ -22,7 +22,10 @@ type Table struct {
 	// Defaults applies to connections that match no vhost.
 	Defaults Class
 	// VHosts are in file order; Matcher rules index into them.
-	VHosts  []Class
+	VHosts []Class
+	// Tenants are in file order; a vhost's Tenant and a tenant's Parent
+	// name one of them.
+	Tenants []Tenant
 	Matcher *vhost.Matcher
 	// Source is the file the table came from.
 	Source string
@@ -66,6 +69,10 @@ type Settings struct {
 	// address in every address rule; elsewhere a header is only skipped
 	// to find the host name. Empty: no listener is trusted.
 	ProxyProtocol []vhost.Pattern
+	// ShapeDevices are the network devices on which egress_rate is
+	// shaped (package shaper), by interface name; empty: none. They are
+	// set up when vhqos run starts and cannot change while it runs.
+	ShapeDevices []string
 }
 
 // Defaults and bounds of the name-sniffing settings.
@@ -104,6 +111,12 @@ type Class struct {
 	DSCP int
 	// Admission caps the connections of the class.
 	Admission Admission
+	// Rates are the class's bandwidth limits (egress_rate,
+	// connection_rate).
+	Rates Rates
+	// Tenant names the tenant the vhost belongs to (Table.Tenants), ""
+	// for none (and for the defaults): its cgroup is inside the tenant's.
+	Tenant string
 }
 
 // DefaultsName is the name of the class of connections matching no vhost:

@@ -288,7 +288,7 @@ func TestProblems(t *testing.T) {
 		{"unknown key, systemd name", vh + "CPUQuota = \"50%\"\n", 4, 1, "vhost[0].CPUQuota", `did you mean "cpu_max"?`},
 		{"unknown key, no suggestion", vh + "colour = 3\n", 4, 1, "vhost[0].colour", "unknown key. Known keys here: name, match, listen, cpu_weight"},
 		{"unknown section", "[vhosts]\n", 1, 1, "vhosts", `unknown section; did you mean "vhost"?`},
-		{"unknown section, no suggestion", "[limits]\n", 1, 1, "limits", "unknown section. Sections are [settings], [defaults] and [[vhost]]"},
+		{"unknown section, no suggestion", "[limits]\n", 1, 1, "limits", "unknown section. Sections are [settings], [defaults], [[tenant]] and [[vhost]]"},
 		{"key above the sections", "cpu_weight = 5\n[defaults]\n", 1, 1, "cpu_weight", "belongs to no section"},
 		{"name in defaults", "[defaults]\nname = \"x\"\n", 2, 1, "defaults.name", "not allowed here: [defaults] is the class of every connection no vhost matches"},
 		{"limit in settings", "[settings]\ndscp = 1\n", 2, 1, "settings.dscp", "is a limit, not a setting"},

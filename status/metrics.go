@@ -104,6 +104,15 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		descAdmissions, descLimit, descLimitPerIP, descOpen} {
 		ch <- d
 	}
+	for _, d := range memoryTaskDescs() {
+		ch <- d
+	}
+	for _, d := range tenantDescs() {
+		ch <- d
+	}
+	for _, d := range bandwidthDescs() {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector from one fresh report.
@@ -125,6 +134,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(descFaults, float64(c.Faults))
 		counter(descIORead, float64(c.IOReadBytes))
 		counter(descIOWrite, float64(c.IOWriteBytes))
+		collectMemoryTasks(ch, c)
+		collectBandwidth(ch, c)
 		if a := c.Admission; a != nil {
 			ch <- prometheus.MustNewConstMetric(descAdmissions, prometheus.CounterValue, float64(a.Admitted), c.Name, "admitted")
 			ch <- prometheus.MustNewConstMetric(descAdmissions, prometheus.CounterValue, float64(a.Alternate), c.Name, "alternate")
@@ -143,6 +154,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			byAddress += float64(c.Connections)
 		}
 	}
+	collectTenants(ch, r)
 	ch <- prometheus.MustNewConstMetric(descClassified, prometheus.CounterValue, byAddress, "vhost")
 	ch <- prometheus.MustNewConstMetric(descSniffs, prometheus.CounterValue, float64(r.Supervisor.NamesFound), "found")
 	ch <- prometheus.MustNewConstMetric(descSniffs, prometheus.CounterValue, float64(r.Supervisor.NameFallbacks), "none")

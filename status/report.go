@@ -33,7 +33,9 @@ type Report struct {
 	Generation uint64    `json:"table_generation"`
 	Cgroup     int       `json:"cgroup_version"`
 	Classes    []Class   `json:"vhosts"`
-	Supervisor Counters  `json:"supervisor"`
+	// Tenants are the table's tenants, in file order.
+	Tenants    []Tenant `json:"tenants,omitempty"`
+	Supervisor Counters `json:"supervisor"`
 
 	// KeeperPID is the keeper's pid.
 	KeeperPID int `json:"keeper_pid"`
@@ -110,8 +112,10 @@ func (r *Report) UnmarshalJSON(data []byte) error {
 type Class struct {
 	Name string `json:"name"`
 	// Default is the class of connections matching no vhost.
-	Default bool   `json:"default,omitempty"`
-	Cgroup  string `json:"cgroup"`
+	Default bool `json:"default,omitempty"`
+	// Tenant is the tenant the vhost belongs to, "" for none.
+	Tenant string `json:"tenant,omitempty"`
+	Cgroup string `json:"cgroup"`
 	// DSCP is the class's mark, -1 when it has none.
 	DSCP        int     `json:"dscp"`
 	CPUWeight   uint64  `json:"cpu_weight,omitempty"`
@@ -129,6 +133,19 @@ type Class struct {
 	// Admission is the class's connection caps and what they decided;
 	// nil when the class has no cap.
 	Admission *Admission `json:"admission,omitempty"`
+	// Memory and Tasks are the class's memory and task limits and what
+	// the kernel counted against them; nil where the kernel does not
+	// account for the class (under cgroup v2 until some class has such a
+	// limit, which turns the controller on).
+	Memory *Memory `json:"memory,omitempty"`
+	Tasks  *Tasks  `json:"tasks,omitempty"`
+	// EgressRate and ConnectionRate are the class's egress_rate and
+	// connection_rate in bits per second, 0 for none.
+	EgressRate     uint64 `json:"egress_rate_bits_per_second,omitempty"`
+	ConnectionRate uint64 `json:"connection_rate_bits_per_second,omitempty"`
+	// Egress is what the kernel counted in the class's shaper (its HTB
+	// class on the shaped devices, added up); nil without egress_rate.
+	Egress *Egress `json:"egress,omitempty"`
 }
 
 // Admission is a class's connection caps (max_connections,
@@ -204,7 +221,10 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 		s.Notifications, s.Accepted, s.Continued, s.Requeued, s.PlacementErrors, s.Errors, s.Reloads, s.ReloadsRefused)
 	fmt.Fprintf(w, "tracking %s: %d processes known, %d listening sockets, %d connections followed\n",
 		s.Track, s.KnownProcesses, s.ListenerCopies, s.FollowedConnections)
+	r.writeTenants(w)
 	r.writeAdmissions(w)
+	r.writeMemoryTasks(w)
+	r.writeBandwidth(w)
 	if s.NamesFound+s.NameFallbacks+s.NameTimeouts > 0 {
 		fmt.Fprintf(w, "host names: %d found, %d connections without one, %d timed out waiting for one, %d keep-alive connections moved by a later request\n",
 			s.NamesFound, s.NameFallbacks, s.NameTimeouts, s.Reclassified)
@@ -272,6 +292,7 @@ func (c Class) limits() string {
 	if c.IOWeight != 0 {
 		parts = append(parts, "io_weight="+strconv.FormatUint(c.IOWeight, 10))
 	}
+	parts = c.memoryTaskLimits(parts)
 	if len(parts) == 0 {
 		return "-"
 	}

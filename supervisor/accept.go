@@ -255,8 +255,8 @@ func (s *Supervisor) leaveToKernel(l *listener, call *acceptCall) bool {
 		l.fastNoted = true
 		s.admissions.noteFast(l.bound)
 	}
-	if d.DSCP != l.markedDSCP {
-		s.markListener(l, d.DSCP)
+	if d.DSCP != l.markedDSCP || d.shaping() != l.shaped {
+		s.markListener(l, d)
 	}
 	if l.drain > 0 {
 		l.drain--

@@ -17,8 +17,10 @@
 //   - apply the class's connection caps (max_connections and per
 //     client): admitted, sent on to the class's alternate, or refused,
 //     which the supervisor answers itself: admission.go, refuse.go
-//   - mark its socket with the class's DSCP: mark.go; put the process in
-//     the class's cgroup: place (supervisor.go)
+//   - mark its socket with the class's DSCP: mark.go, and with its
+//     bandwidth limits (SO_MARK for egress_rate, SO_MAX_PACING_RATE for
+//     connection_rate): shape.go; put the process in the class's cgroup:
+//     place (supervisor.go)
 //   - hand the connection over and answer: deliver, complete (accept.go),
 //     handOver (track.go)
 //   - follow connections after accept (track = "fork", "full"): track.go;

@@ -421,6 +421,18 @@ func (c *lateClassifier) ClassifyName(host string, local netip.AddrPort) Decisio
 	return c.h.names.ClassifyName(host, local)
 }
 
+// NameMatches and NameMatchesOnPath pass the names classifier's answer on
+// when it is a NameMatcher; otherwise no rule claims a name.
+func (c *lateClassifier) NameMatches(host string, local netip.AddrPort) bool {
+	m, ok := c.h.names.(NameMatcher)
+	return ok && m.NameMatches(host, local)
+}
+
+func (c *lateClassifier) NameMatchesOnPath(host, path string) bool {
+	m, ok := c.h.names.(NameMatcher)
+	return ok && m.NameMatchesOnPath(host, path)
+}
+
 func (c *lateClassifier) SniffLimits() (time.Duration, int) {
 	if c.h.names == nil {
 		return time.Second, 16384

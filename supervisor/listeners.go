@@ -60,6 +60,12 @@ type listener struct {
 	markedDSCP int
 	ownDSCP    int
 	everMarked bool
+	// shaped is the class shaping (mark and pacing cap) vhqos set on the
+	// listener, inherited by its connections, or zero while it carries
+	// its own, ownShaping, saved when it was first shaped (shape.go).
+	shaped     shaping
+	ownShaping shaping
+	everShaped bool
 	// continued says an accept on this socket was ever left to the kernel.
 	// It and the marks are remembered across expiry of the copy (in
 	// listenerTable.remembered): the socket keeps its mark and its blocked
@@ -103,6 +109,8 @@ type listenerTable struct {
 type listenerMemory struct {
 	continued, everMarked bool
 	markedDSCP, ownDSCP   int
+	everShaped            bool
+	shaped, ownShaping    shaping
 }
 
 func newListenerTable() *listenerTable {
@@ -121,6 +129,7 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 	l := &listener{key: key, fd: fd, fixedGen: ^uint64(0), markedDSCP: -1}
 	if m, ok := t.remembered[key]; ok {
 		l.continued, l.everMarked, l.markedDSCP, l.ownDSCP = m.continued, m.everMarked, m.markedDSCP, m.ownDSCP
+		l.everShaped, l.shaped, l.ownShaping = m.everShaped, m.shaped, m.ownShaping
 		delete(t.remembered, key)
 	}
 	l.bound, l.family, _ = localAddrOf(fd)
@@ -186,8 +195,9 @@ func (t *listenerTable) closeIdle(idle time.Duration, ev *eventLoop, bells *bell
 			}
 			unix.Close(l.fd)
 			delete(t.byKey, key)
-			if l.continued || l.everMarked {
-				t.remembered[key] = listenerMemory{continued: l.continued, everMarked: l.everMarked, markedDSCP: l.markedDSCP, ownDSCP: l.ownDSCP}
+			if l.continued || l.everMarked || l.everShaped {
+				t.remembered[key] = listenerMemory{continued: l.continued, everMarked: l.everMarked, markedDSCP: l.markedDSCP, ownDSCP: l.ownDSCP,
+					everShaped: l.everShaped, shaped: l.shaped, ownShaping: l.ownShaping}
 			}
 		}
 		l.mu.Unlock()

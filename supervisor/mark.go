@@ -8,7 +8,8 @@ import (
 )
 
 // Marks: which DSCP a socket carries, decided in one place (decideMark)
-// for every socket vhqos marks: a listener whose address decides its class
+// for every socket vhqos marks (its mark for egress shaping and its
+// pacing cap follow the same rules: shape.go): a listener whose address decides its class
 // (markListener), a connection it accepted (finish), and an established
 // connection that a reload (remark) or a keep-alive request for another
 // vhost (resniff) reclassified (markFor).
@@ -79,20 +80,30 @@ func markConn(fd int, family uint16, local netip.Addr, dscp int) error {
 	return markDSCP(fd, family, dscp)
 }
 
-// markListener gives the listener the class's DSCP, or back its own mark
-// when the class has none (a vhost lost its dscp or left the table). Called
-// with l.mu held.
-func (s *Supervisor) markListener(l *listener, dscp int) {
-	if !l.everMarked {
-		l.ownDSCP = currentDSCP(l.fd, l.family)
-		l.everMarked = true
+// markListener gives the listener the mark and shaping of class d (a
+// DSCP of -1 and zero shaping: the listener's own back, when a vhost lost
+// its dscp or its rates, or left the table). Called with l.mu held.
+func (s *Supervisor) markListener(l *listener, d Decision) {
+	changed := false
+	if d.DSCP != l.markedDSCP {
+		if !l.everMarked {
+			l.ownDSCP = currentDSCP(l.fd, l.family)
+			l.everMarked = true
+		}
+		target, _ := decideMark(d.DSCP, l.ownDSCP, true)
+		if err := markDSCP(l.fd, l.family, target); err != nil {
+			s.log.Warn("setting DSCP on a listening socket", "addr", l.bound, "err", err)
+		} else {
+			l.markedDSCP = d.DSCP
+			changed = true
+		}
 	}
-	target, _ := decideMark(dscp, l.ownDSCP, true)
-	if err := markDSCP(l.fd, l.family, target); err != nil {
-		s.log.Warn("setting DSCP on a listening socket", "addr", l.bound, "err", err)
+	if sh := d.shaping(); sh != l.shaped && s.shapeListener(l, sh) {
+		changed = true
+	}
+	if !changed {
 		return
 	}
-	l.markedDSCP = dscp
 	// Connections already queued were made with the old mark. Only a
 	// non-blocking listener can be drained safely: on a blocking one a
 	// process the kernel is already accepting for may win a queued
@@ -130,6 +141,7 @@ func (s *Supervisor) finish(c *conn, d Decision) {
 			s.log.Warn("setting DSCP on a connection", "local", c.local, "dscp", d.DSCP, "err", err)
 		}
 	}
+	s.shapeAccepted(c, d)
 }
 
 // markFor returns the mark an established connection to local of class d

@@ -188,7 +188,7 @@ func TestMarkListenerGivesOwnBack(t *testing.T) {
 	for _, step := range []struct {
 		dscp, want int
 	}{{34, 34}, {10, 10}, {-1, 8}, {46, 46}, {-1, 8}} {
-		s.markListener(l, step.dscp)
+		s.markListener(l, Decision{DSCP: step.dscp})
 		if got := currentDSCP(lfd, unix.AF_INET); got != step.want || l.markedDSCP != step.dscp {
 			t.Fatalf("after marking for %d: listener carries %d (recorded %d), want %d", step.dscp, got, l.markedDSCP, step.want)
 		}

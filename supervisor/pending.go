@@ -163,8 +163,9 @@ func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 	switch p.res {
 	case vhost.Found:
 		s.stats.NamesFound.Add(1)
-		c.host = p.name
-		s.finish(c, c.byName(cl, p.name))
+		d, host := c.byNames(cl, p.name, p.alt)
+		c.host = host
+		s.finish(c, d)
 		return true
 	case vhost.NoName:
 		s.stats.NameFallbacks.Add(1)
@@ -181,11 +182,12 @@ func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
 
 // peeked is what a connection's first bytes say.
 type peeked struct {
-	// name and res are vhost.SniffName's answer, from the bytes after a
-	// PROXY protocol header, if one came first (proxy; Len 0 when none).
-	name  string
-	res   vhost.Sniff
-	proxy vhost.ProxyHeader
+	// name, alt and res are vhost.SniffNames's answer, from the bytes
+	// after a PROXY protocol header, if one came first (proxy; Len 0 when
+	// none).
+	name, alt string
+	res       vhost.Sniff
+	proxy     vhost.ProxyHeader
 	// n is how many bytes were there; none yet gives n 0 and NeedMore.
 	n int
 	// gone says there is nothing to read and never will be: the client
@@ -221,7 +223,7 @@ func (s *Supervisor) peekName(fd, limit int) peeked {
 		p.proxy = hdr
 		data = data[hdr.Len:]
 	}
-	p.name, p.res = vhost.SniffName(data)
+	p.name, p.alt, p.res = vhost.SniffNames(data)
 	if p.res == vhost.NeedMore {
 		p.begins = vhost.BeginsRequest(data)
 	}
@@ -247,6 +249,49 @@ func (c *conn) byName(cl Classifier, host string) Decision {
 		return cl.ClassifyNameOnPath(host, c.path)
 	}
 	return cl.ClassifyName(host, c.rulesAddr())
+}
+
+// byNames is c's class when its first bytes named host, and alt besides
+// (a FastCGI SERVER_NAME: vhost.SniffNames), with the name that decided:
+// alt where host matches no name rule and alt does, so that a request
+// nginx serves from a site's server block is that site's whatever Host the
+// client sent; host otherwise.
+func (c *conn) byNames(cl Classifier, host, alt string) (Decision, string) {
+	if alt != "" && alt != host {
+		if m, ok := nameMatcherOf(cl); ok && !nameMatches(m, host, c.path, c.rulesAddr()) && nameMatches(m, alt, c.path, c.rulesAddr()) {
+			return c.byName(cl, alt), alt
+		}
+	}
+	return c.byName(cl, host), host
+}
+
+// NameMatcher is what a Classifier may also do: say whether a name rule
+// claims a host name on a connection. With it, a FastCGI request whose
+// HTTP_HOST no rule claims is classified by its SERVER_NAME, when a rule
+// claims that (vhost.SniffNames); without it, HTTP_HOST alone decides.
+type NameMatcher interface {
+	// NameMatches reports whether a name rule claims host on a
+	// connection to local.
+	NameMatches(host string, local netip.AddrPort) bool
+	// NameMatchesOnPath is NameMatches for a connection to the
+	// Unix-domain listener bound to path.
+	NameMatchesOnPath(host, path string) bool
+}
+
+// nameMatcherOf is cl as a NameMatcher, if the table behind it is one.
+func nameMatcherOf(cl Classifier) (NameMatcher, bool) {
+	if g, ok := cl.(*classifierGen); ok {
+		cl = g.Classifier
+	}
+	m, ok := cl.(NameMatcher)
+	return m, ok
+}
+
+func nameMatches(m NameMatcher, host, path string, local netip.AddrPort) bool {
+	if path != "" {
+		return m.NameMatchesOnPath(host, path)
+	}
+	return m.NameMatches(host, local)
 }
 
 // proxied says c came through a trusted proxy whose PROXY header

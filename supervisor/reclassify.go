@@ -156,11 +156,11 @@ func (s *Supervisor) relisten(l *listener, cl *classifierGen) bool {
 	if l.path != "" {
 		return false // a unix socket carries no mark
 	}
-	want := -1
+	want := Decision{DSCP: -1}
 	if l.fixedOK {
-		want = l.fixed.DSCP
+		want = l.fixed
 	}
-	if want == l.markedDSCP {
+	if want.DSCP == l.markedDSCP && want.shaping() == l.shaped {
 		return false
 	}
 	s.markListener(l, want)
@@ -168,7 +168,7 @@ func (s *Supervisor) relisten(l *listener, cl *classifierGen) bool {
 }
 
 // remark gives the established connection fd (the supervisor's copy, of
-// socket ino, local address local) the mark its class has now. Only connections made by a
+// socket ino, local address local) the mark and shaping its class has now. Only connections made by a
 // listener of the server count: one the server opened itself (to a
 // database, say) is not a virtual host's. It reports whether it marked the
 // connection, and whether the connection was seen to be done with: false
@@ -177,7 +177,9 @@ func (s *Supervisor) remark(fd int, ino uint64, local netip.AddrPort, family uin
 	if s.listeners.serving(local) == nil {
 		return false, false
 	}
-	dscp, ok := s.markFor(s.servedBy(fd, s.decisionOf(ino, local, s.classifier.Load())), local)
+	d := s.servedBy(fd, s.decisionOf(ino, local, s.classifier.Load()))
+	s.reshape(fd, d, local)
+	dscp, ok := s.markFor(d, local)
 	if !ok {
 		return false, true
 	}

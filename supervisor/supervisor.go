@@ -30,6 +30,13 @@ type Decision struct {
 	// Admission, when set, caps the class's open connections and says
 	// what a connection over a cap gets (admission.go); nil: no cap.
 	Admission *Admission
+	// Mark is the socket mark (SO_MARK) that puts the connection's
+	// packets in its class's egress shaper (egress_rate, package shaper),
+	// 0 for none.
+	Mark uint32
+	// Pacing caps the connection's sending rate (SO_MAX_PACING_RATE, in
+	// bytes per second: connection_rate / 8), 0 for none.
+	Pacing uint64
 }
 
 // Classifier maps a connection's local address (or, on a Unix-domain
@@ -142,6 +149,11 @@ type Supervisor struct {
 	groupStats groupStatsTable
 
 	placementLog rateLimit
+	// shapeLog bounds the warnings about shaping sockets (shape.go);
+	// everShaped says some socket was given a shaping, so a class
+	// without one may have to take it back.
+	shapeLog   rateLimit
+	everShaped atomic.Bool
 
 	// handOvers are the connections being installed in processes that
 	// may wait for CPU first (Decision.Quota); Run waits for them.

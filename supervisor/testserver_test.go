@@ -37,6 +37,8 @@ type acceptResult struct {
 	Nonblock bool   `json:"nonblock"`
 	Cloexec  bool   `json:"cloexec"`
 	TOS      int    `json:"tos"`
+	Mark     uint32 `json:"mark"`   // SO_MARK
+	Pacing   uint64 `json:"pacing"` // SO_MAX_PACING_RATE
 	Pid      int    `json:"pid"`
 	Guard    string `json:"guard"` // buffer bytes past what the kernel may write, hex
 }
@@ -491,6 +493,8 @@ func doAccept(lfd int, is4 bool, flags int, mode string) acceptResult {
 	if tos, err := unix.GetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TOS); err == nil {
 		r.TOS = tos
 	}
+	sh := currentShaping(fd)
+	r.Mark, r.Pacing = sh.mark, sh.pacing
 	if r.Family == unix.AF_INET6 {
 		if tc, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_TCLASS); err == nil {
 			r.TOS = tc

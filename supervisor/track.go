@@ -107,6 +107,16 @@ func (c *trackedConn) byName(cl Classifier, host string) Decision {
 	return cl.ClassifyName(host, c.rules)
 }
 
+// byNames is conn.byNames for a later request on c.
+func (c *trackedConn) byNames(cl Classifier, host, alt string) (Decision, string) {
+	if alt != "" && alt != host {
+		if m, ok := nameMatcherOf(cl); ok && !nameMatches(m, host, c.path, c.rules) && nameMatches(m, alt, c.path, c.rules) {
+			return c.byName(cl, alt), alt
+		}
+	}
+	return c.byName(cl, host), host
+}
+
 // namesApply reports whether a host name may classify c (a reload can
 // change it).
 func (t *trackTable) namesApply(c *trackedConn) bool {
@@ -347,13 +357,13 @@ func (s *Supervisor) resniffed(p *proc, copyFd int, c *trackedConn, peek peeked)
 		return // the rest of a request, a TLS record, or not all there yet
 	}
 	cl := s.classifier.Load()
-	name := peek.name
-	d := c.byName(cl, name)
+	d, name := c.byNames(cl, peek.name, peek.alt)
 	if !s.tracked.setDecision(c, name, d) {
 		s.placeLocked(p, d.Group)
 		return
 	}
 	s.stats.Reclassified.Add(1)
+	s.reshape(copyFd, d, c.local)
 	if dscp, ok := s.markFor(d, c.local); ok {
 		if err := markConn(copyFd, c.family, c.local.Addr(), dscp); err != nil {
 			s.log.Warn("setting DSCP on a reclassified connection", "local", c.local, "err", err)

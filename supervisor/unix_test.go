@@ -97,7 +97,35 @@ func (c *pathClassifier) ClassifyNameOnPath(host, path string) Decision {
 	return c.ClassifyPath(path)
 }
 
+// NameMatches and NameMatchesOnPath make pathClassifier a NameMatcher, as
+// the table is: a FastCGI SERVER_NAME stands in for an HTTP_HOST no rule
+// claims.
+func (c *pathClassifier) NameMatches(host string, local netip.AddrPort) bool {
+	return c.m.MatchName(host, local) >= 0
+}
+
+func (c *pathClassifier) NameMatchesOnPath(host, path string) bool {
+	return c.m.MatchNameOnPath(host, path) >= 0
+}
+
 var poolDecision = Decision{Group: "pool", DSCP: -1}
+
+// fcgiRequest is a FastCGI request head as nginx sends one: an
+// FCGI_BEGIN_REQUEST record, the params in one FCGI_PARAMS record (names
+// and values under 128 bytes) in the order given, and the empty record
+// that ends them.
+func fcgiRequest(params ...[2]string) []byte {
+	var body []byte
+	for _, kv := range params {
+		body = append(body, byte(len(kv[0])), byte(len(kv[1])))
+		body = append(body, kv[0]...)
+		body = append(body, kv[1]...)
+	}
+	out := []byte{1, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0} // BEGIN_REQUEST, id 1, responder
+	out = append(out, 1, 4, 0, 1, byte(len(body)>>8), byte(len(body)), 0, 0)
+	out = append(out, body...)
+	return append(out, 1, 4, 0, 1, 0, 0, 0, 0)
+}
 
 // A unix listener that a unix: rule names puts the process accepting on
 // it in that vhost, by its filesystem path or its abstract name; one no
@@ -184,7 +212,13 @@ func TestUnixListenerNames(t *testing.T) {
 			{"http Host", [][]byte{http("a.blog.example")}, nameDecisions[1]},
 			{"unknown name: the path", [][]byte{http("nobody.example")}, poolDecision},
 			{"no name: the path", [][]byte{[]byte("\x00\x01 not a request\r\n\r\n")}, poolDecision},
-		}, 4},
+			// nginx's SERVER_NAME (its server block) where the client's
+			// Host is no site's.
+			{"fastcgi unknown HTTP_HOST: SERVER_NAME", [][]byte{fcgiRequest([2]string{"SERVER_NAME", "shop.example.com"}, [2]string{"HTTP_HOST", "unknown.example"})}, nameDecisions[0]},
+			{"fastcgi IP HTTP_HOST: SERVER_NAME", [][]byte{fcgiRequest([2]string{"SERVER_NAME", "x.blog.example"}, [2]string{"HTTP_HOST", "192.0.2.1"})}, nameDecisions[1]},
+			{"fastcgi known HTTP_HOST beats SERVER_NAME", [][]byte{fcgiRequest([2]string{"SERVER_NAME", "shop.example.com"}, [2]string{"HTTP_HOST", "a.blog.example"})}, nameDecisions[1]},
+			{"fastcgi neither known: the path", [][]byte{fcgiRequest([2]string{"SERVER_NAME", "x.example"}, [2]string{"HTTP_HOST", "y.example"})}, poolDecision},
+		}, 8},
 		{"names listen elsewhere", true, []sendCase{
 			{"fastcgi HTTP_HOST", [][]byte{fcgi}, poolDecision},
 			{"http Host", [][]byte{http("a.blog.example")}, poolDecision},

@@ -179,7 +179,12 @@ func (r *fcgiReader) length() int {
 // sniffFastCGI returns the host name a FastCGI request is for: the
 // HTTP_HOST parameter (its value as an HTTP Host: port stripped,
 // normalised) as soon as it is read, or, when the params stream has ended
-// (an empty FCGI_PARAMS record) without HTTP_HOST, the last SERVER_NAME.
+// (an empty FCGI_PARAMS record) without a valid HTTP_HOST, the last
+// SERVER_NAME. With HTTP_HOST it also returns alt, the last valid
+// SERVER_NAME read before it ("" for none): nginx sends its fastcgi_params,
+// SERVER_NAME among them, before the request's headers, and SERVER_NAME is
+// then the name of the server block that serves the request, which the
+// caller may use when the client's Host names no site (SniffNames).
 // data[0] is FCGI_VERSION_1.
 //
 // The connection must start with an FCGI_BEGIN_REQUEST record (after
@@ -192,7 +197,7 @@ func (r *fcgiReader) length() int {
 // give NoName, as does a request whose name is not decided within
 // maxFastCGI bytes (at once when a length claims more). Like SniffName it
 // never modifies data and allocates only the returned name.
-func sniffFastCGI(data []byte) (string, Sniff) {
+func sniffFastCGI(data []byte) (name, alt string, result Sniff) {
 	if len(data) > maxFastCGI {
 		data = data[:maxFastCGI]
 	}
@@ -207,15 +212,15 @@ func sniffFastCGI(data []byte) (string, Sniff) {
 	// header right after them, so any padding would break it.
 	for len(h) > 1 && h[1] == fcgiStdin {
 		if h[0] != fcgiVersion1 {
-			return "", NoName
+			return "", "", NoName
 		}
 		for i := 4; i < min(len(h), 7); i++ { // content and padding length
 			if h[i] != 0 {
-				return "", NoName
+				return "", "", NoName
 			}
 		}
 		if len(h) < fcgiHeaderLen {
-			return "", short
+			return "", "", short
 		}
 		h = h[fcgiHeaderLen:]
 	}
@@ -224,19 +229,19 @@ func sniffFastCGI(data []byte) (string, Sniff) {
 	// what is not FastCGI is refused early.
 	switch {
 	case len(h) == 0:
-		return "", short
+		return "", "", short
 	case h[0] != fcgiVersion1:
-		return "", NoName
+		return "", "", NoName
 	case len(h) > 1 && h[1] != fcgiBeginRequest:
-		return "", NoName
+		return "", "", NoName
 	case len(h) > 3 && h[2]|h[3] == 0: // the null request id of management records
-		return "", NoName
+		return "", "", NoName
 	case len(h) > 5 && (h[4] != 0 || h[5] != fcgiBeginLen):
-		return "", NoName
+		return "", "", NoName
 	case len(h) > 9 && (h[8] != 0 || h[9] < fcgiResponder || h[9] > fcgiFilter):
-		return "", NoName
+		return "", "", NoName
 	case len(h) < fcgiHeaderLen+fcgiBeginLen:
-		return "", short
+		return "", "", short
 	}
 	r := fcgiReader{
 		data: data,
@@ -245,11 +250,14 @@ func sniffFastCGI(data []byte) (string, Sniff) {
 		pad:  int(h[6]),
 	}
 	var (
-		name  [len("SERVER_NAME")]byte
+		key   [len("SERVER_NAME")]byte
 		value [maxHostValue]byte
 		buf   [253]byte // the name found
 		last  [253]byte // the last valid SERVER_NAME
 		n     int       // its length, 0 for none
+		// hostDone says the first HTTP_HOST was read and was no valid
+		// name: later ones change nothing.
+		hostDone bool
 	)
 	for !r.atEnd() && !r.failed {
 		nameLen, valueLen := r.length(), r.length()
@@ -260,23 +268,29 @@ func sniffFastCGI(data []byte) (string, Sniff) {
 			r.skip(nameLen + valueLen)
 			continue
 		}
-		if !r.read(name[:nameLen]) {
+		if !r.read(key[:nameLen]) {
 			break
 		}
 		// The first HTTP_HOST decides, so that more bytes never change the
 		// answer; nginx and Apache send one (nginx drops the Host header
 		// when a fastcgi_param sets HTTP_HOST). Comparisons of converted
 		// byte slices do not allocate.
-		host := string(name[:nameLen]) == "HTTP_HOST"
-		if !host && string(name[:nameLen]) != "SERVER_NAME" {
+		host := string(key[:nameLen]) == "HTTP_HOST"
+		if !host && string(key[:nameLen]) != "SERVER_NAME" {
+			r.skip(valueLen)
+			continue
+		}
+		if host && hostDone {
 			r.skip(valueLen)
 			continue
 		}
 		if valueLen > len(value) {
-			if host {
-				return "", NoName
+			// No valid name is that long: an HTTP_HOST that long is
+			// invalid, a SERVER_NAME that long forgets an earlier one.
+			hostDone = hostDone || host
+			if !host {
+				n = 0
 			}
-			n = 0
 			r.skip(valueLen)
 			continue
 		}
@@ -285,10 +299,16 @@ func sniffFastCGI(data []byte) (string, Sniff) {
 		}
 		k, ok := hostPort(value[:valueLen], &buf)
 		if host {
-			if !ok {
-				return "", NoName
+			// The first HTTP_HOST decides; an invalid or IP-literal
+			// one leaves the decision to SERVER_NAME at the end.
+			hostDone = true
+			if ok {
+				if n > 0 {
+					alt = string(last[:n])
+				}
+				return string(buf[:k]), alt, Found
 			}
-			return string(buf[:k]), Found
+			continue
 		}
 		// php-fpm keeps the last of repeated parameters.
 		n = 0
@@ -297,10 +317,10 @@ func sniffFastCGI(data []byte) (string, Sniff) {
 		}
 	}
 	if r.failed {
-		return "", r.why
+		return "", "", r.why
 	}
 	if n == 0 {
-		return "", NoName
+		return "", "", NoName
 	}
-	return string(last[:n]), Found
+	return string(last[:n]), "", Found
 }

@@ -121,9 +121,15 @@ func fcgiReframe(tb testing.TB, data []byte, size, pad int) []byte {
 	return cat(b, rest)
 }
 
+// sniffFCGI is sniffFastCGI without alt, as SniffName answers.
+func sniffFCGI(data []byte) (string, Sniff) {
+	name, _, r := sniffFastCGI(data)
+	return name, r
+}
+
 func checkFastCGI(t *testing.T, label string, data []byte, wantName string, want Sniff) {
 	t.Helper()
-	if name, got := sniffFastCGI(data); got != want || name != wantName {
+	if name, got := sniffFCGI(data); got != want || name != wantName {
 		t.Errorf("%s: sniffFastCGI = %q, %v; want %q, %v", label, name, got, wantName, want)
 	}
 }
@@ -135,7 +141,7 @@ func checkFastCGIArrival(t *testing.T, label string, data []byte, wantName strin
 	t.Helper()
 	decided := false
 	for n := 0; n <= len(data); n++ {
-		name, got := sniffFastCGI(data[:n])
+		name, got := sniffFCGI(data[:n])
 		if got == NeedMore && !decided {
 			continue
 		}
@@ -172,17 +178,21 @@ var fastCGICases = []struct {
 	{"HTTP_HOST decides before the end", fcgiOpen("A=1", "HTTP_HOST=b.example"), "b.example", Found},
 	{"HTTP_HOST among others", fcgiReq("QUERY_STRING=", "REQUEST_METHOD=GET", "HTTP_HOST=b.example", "HTTP_ACCEPT=*/*"), "b.example", Found},
 	{"HTTP_HOST first of two", fcgiOpen("HTTP_HOST=a.example", "HTTP_HOST=b.example"), "a.example", Found},
-	{"HTTP_HOST IPv4", fcgiReq("HTTP_HOST=192.0.2.1:80", "SERVER_NAME=a.example"), "", NoName},
+	// An HTTP_HOST that is no name leaves the decision to SERVER_NAME.
+	{"HTTP_HOST IPv4, SERVER_NAME after it", fcgiReq("HTTP_HOST=192.0.2.1:80", "SERVER_NAME=a.example"), "a.example", Found},
+	{"HTTP_HOST IPv4, SERVER_NAME before it", fcgiReq("SERVER_NAME=a.example", "HTTP_HOST=192.0.2.1:80"), "a.example", Found},
+	{"HTTP_HOST IPv4, then a valid one", fcgiReq("HTTP_HOST=192.0.2.1", "HTTP_HOST=b.example", "SERVER_NAME=a.example"), "a.example", Found},
 	{"HTTP_HOST IPv6", fcgiReq("HTTP_HOST=[::1]:80"), "", NoName},
 	{"HTTP_HOST numeric label", fcgiReq("HTTP_HOST=example.123"), "", NoName},
-	{"HTTP_HOST empty", fcgiReq("HTTP_HOST=", "SERVER_NAME=a.example"), "", NoName},
+	{"HTTP_HOST empty", fcgiReq("HTTP_HOST=", "SERVER_NAME=a.example"), "a.example", Found},
 	{"HTTP_HOST bad port", fcgiReq("HTTP_HOST=a.example:8x"), "", NoName},
 	{"HTTP_HOST two colons", fcgiReq("HTTP_HOST=a.example:1:2"), "", NoName},
 	{"HTTP_HOST space", fcgiReq("HTTP_HOST=a example"), "", NoName},
 	{"HTTP_HOST NUL", fcgiReq("HTTP_HOST=a.example\x00.evil"), "", NoName},
 	{"HTTP_HOST empty label", fcgiReq("HTTP_HOST=a..example"), "", NoName},
 	{"HTTP_HOST too long", fcgiReq("HTTP_HOST=" + strings.Repeat("a.", 127) + "ab"), "", NoName},
-	{"HTTP_HOST value over 260", fcgiOpen("HTTP_HOST=a.example:" + strings.Repeat("0", 252)), "", NoName},
+	{"HTTP_HOST value over 260", fcgiReq("HTTP_HOST=a.example:" + strings.Repeat("0", 252)), "", NoName},
+	{"HTTP_HOST value over 260, SERVER_NAME", fcgiReq("HTTP_HOST=a.example:"+strings.Repeat("0", 252), "SERVER_NAME=a.example"), "a.example", Found},
 	{"http_host is another name", fcgiReq("http_host=a.example"), "", NoName},
 
 	// SERVER_NAME once the params ended without HTTP_HOST.
@@ -382,7 +392,7 @@ var fastCGICaptures = map[string]string{
 	"nginx-get.bin":                        "shop.example.com",
 	"nginx-post-keepconn.bin":              "shop.example.com",
 	"nginx-http10-nohost.bin":              "shop.example.com", // Debian's HTTP_HOST $host: the server name
-	"nginx-ip.bin":                         "",                 // HTTP_HOST 127.0.0.1
+	"nginx-ip.bin":                         "shop.example.com", // HTTP_HOST 127.0.0.1: the block's SERVER_NAME
 	"nginx-upstream-port.bin":              "shop.example.com", // HTTP_HOST shop.example.com:8080
 	"nginx-upstream-http10-nohost.bin":     "shop.example.com", // SERVER_NAME only
 	"apache-get.bin":                       "shop.example.com", // HTTP_HOST shop.example.com:8081
@@ -460,8 +470,8 @@ func TestSniffFastCGIAllocs(t *testing.T) {
 		fcgiReframe(t, readFastCGI(t, "apache-get.bin"), 3, 1),
 	}
 	for _, in := range inputs {
-		if n := testing.AllocsPerRun(100, func() { sniffFastCGI(in) }); n > 1 {
-			t.Errorf("sniffFastCGI(% x...) allocates %v times; want at most 1 (the name)", in[:16], n)
+		if n := testing.AllocsPerRun(100, func() { sniffFastCGI(in) }); n > 2 {
+			t.Errorf("sniffFastCGI(% x...) allocates %v times; want at most 2 (the name and alt)", in[:16], n)
 		}
 	}
 }
@@ -473,7 +483,7 @@ func BenchmarkSniffFastCGI(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(data)))
 			for b.Loop() {
-				if _, r := sniffFastCGI(data); r != Found {
+				if _, r := sniffFCGI(data); r != Found {
 					b.Fatal(r)
 				}
 			}
@@ -492,10 +502,10 @@ func FuzzSniffFastCGI(f *testing.F) {
 		f.Add(c.data)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		checkSniffer(t, sniffFastCGI, data)
-		name, r := sniffFastCGI(data)
+		checkSniffer(t, sniffFCGI, data)
+		name, r := sniffFCGI(data)
 		if len(data) > maxFastCGI {
-			if name2, r2 := sniffFastCGI(data[:maxFastCGI]); r2 != r || name2 != name {
+			if name2, r2 := sniffFCGI(data[:maxFastCGI]); r2 != r || name2 != name {
 				t.Fatalf("looks past %d bytes: %q, %v there, %q, %v with them", maxFastCGI, name2, r2, name, r)
 			}
 		}
@@ -508,7 +518,7 @@ func FuzzSniffFastCGI(f *testing.F) {
 				if len(split) > maxFastCGI {
 					continue
 				}
-				name2, r2 := sniffFastCGI(split)
+				name2, r2 := sniffFCGI(split)
 				if r == NoName && r2 == NeedMore && !ended && len(split) < len(data) {
 					// Cut off mid-stream, data may claim bytes past the
 					// limit that a shorter framing still has room for.
@@ -520,4 +530,31 @@ func FuzzSniffFastCGI(f *testing.F) {
 			}
 		}
 	})
+}
+
+// With HTTP_HOST, the SERVER_NAME before it comes back as alt: nginx sends
+// its fastcgi_params (SERVER_NAME, the server block's name) before the
+// request's headers; Apache sends the headers first, so there is none.
+func TestSniffFastCGIAlt(t *testing.T) {
+	for _, tc := range []struct {
+		label     string
+		data      []byte
+		name, alt string
+		want      Sniff
+	}{
+		{"SERVER_NAME first", fcgiReq("SERVER_NAME=b.example", "HTTP_HOST=a.example"), "a.example", "b.example", Found},
+		{"HTTP_HOST first", fcgiReq("HTTP_HOST=a.example", "SERVER_NAME=b.example"), "a.example", "", Found},
+		{"the last SERVER_NAME before it", fcgiReq("SERVER_NAME=c.example", "SERVER_NAME=b.example:80", "HTTP_HOST=a.example"), "a.example", "b.example", Found},
+		{"an invalid SERVER_NAME", fcgiReq("SERVER_NAME=192.0.2.1", "HTTP_HOST=a.example"), "a.example", "", Found},
+		{"nginx", readFastCGI(t, "nginx-get.bin"), "shop.example.com", "shop.example.com", Found},
+		{"Apache", readFastCGI(t, "apache-get.bin"), "shop.example.com", "", Found},
+	} {
+		name, alt, r := sniffFastCGI(tc.data)
+		if name != tc.name || alt != tc.alt || r != tc.want {
+			t.Errorf("%s: sniffFastCGI = %q, %q, %v; want %q, %q, %v", tc.label, name, alt, r, tc.name, tc.alt, tc.want)
+		}
+		if n2, a2, r2 := SniffNames(tc.data); n2 != name || a2 != alt || r2 != r {
+			t.Errorf("%s: SniffNames = %q, %q, %v; sniffFastCGI %q, %q, %v", tc.label, n2, a2, r2, name, alt, r)
+		}
+	}
 }

@@ -61,18 +61,33 @@ const (
 //
 // SniffName never modifies data and allocates only the returned name.
 func SniffName(data []byte) (name string, result Sniff) {
+	name, _, result = SniffNames(data)
+	return name, result
+}
+
+// SniffNames is SniffName with the name a FastCGI request gives besides its
+// HTTP_HOST: alt is the SERVER_NAME param that came before HTTP_HOST (the
+// server block nginx serves the request from, whatever Host the client
+// sent), "" for none and for every other protocol. A caller may classify by
+// alt where name matches no site (the client's Host is an alias the table
+// lacks, or a scanner's guess), so that a site's code does not run outside
+// its limits. It allocates only the names it returns.
+func SniffNames(data []byte) (name, alt string, result Sniff) {
 	if len(data) == 0 {
-		return "", NeedMore
+		return "", "", NeedMore
 	}
 	switch c := data[0]; {
 	case c == 0x16:
-		return sniffTLS(data)
+		name, result = sniffTLS(data)
+		return name, "", result
 	case c == fcgiVersion1:
 		return sniffFastCGI(data)
 	case c == 'P' && strings.HasPrefix(h2cPreface, string(data[:min(len(data), len(h2cPreface))])):
-		return sniffH2C(data)
+		name, result = sniffH2C(data)
+		return name, "", result
 	case c >= 'A' && c <= 'Z':
-		return sniffHTTP(data)
+		name, result = sniffHTTP(data)
+		return name, "", result
 	case c == '\r' || c == '\n':
 		// Empty lines before a request line are ignored (RFC 9112 §2.2),
 		// by nginx and Apache alike: so they are here.
@@ -81,20 +96,21 @@ func SniffName(data []byte) (name string, result Sniff) {
 			i++
 		}
 		if i == len(data) {
-			return "", NeedMore
+			return "", "", NeedMore
 		}
 		if c := data[i]; c >= 'A' && c <= 'Z' {
-			return sniffHTTP(data[i:])
+			name, result = sniffHTTP(data[i:])
+			return name, "", result
 		}
 	}
-	return "", NoName
+	return "", "", NoName
 }
 
 // BeginsRequest reports whether data, the bytes waiting on a connection
 // that has carried requests before (keep-alive), starts a next request
 // whose host name may still come: a FastCGI FCGI_BEGIN_REQUEST record
 // header, or an HTTP/1.x method token (upper-case letters, as every
-// registered method is) and the space after it, after the empty lines RFC
+// registered method is, at most maxMethod of them) and the space after it, after the empty lines RFC
 // 9112 §2.2 lets precede a request line. SniffName says NeedMore of other
 // things too, which are not requests: a request body that starts like a
 // method, a FastCGI FCGI_STDIN record, a TLS record.
@@ -107,16 +123,12 @@ func BeginsRequest(data []byte) bool {
 		switch {
 		case c == ' ':
 			return i > 0
-		case c < 'A' || c > 'Z' || i >= maxMethodLen:
+		case c < 'A' || c > 'Z' || i >= maxMethod:
 			return false
 		}
 	}
 	return false
 }
-
-// maxMethodLen bounds an HTTP method token for BeginsRequest: the longest
-// registered one, UPDATEREDIRECTREF, has 17 letters.
-const maxMethodLen = 20
 
 // hostName writes h, lower-cased and without one trailing dot, into buf. It
 // refuses what is not a DNS name: empty labels, labels over 63 or names over

@@ -29,6 +29,9 @@ func checkCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, w)
 	}
 	verdict := fmt.Sprintf("%s: OK, %d vhost(s)", fs.Arg(0), len(table.VHosts))
+	if n := len(table.Tenants); n > 0 {
+		verdict += fmt.Sprintf(", %d tenant(s)", n)
+	}
 	if n := len(table.Warnings); n > 0 {
 		verdict += fmt.Sprintf(", %d warning(s)", n)
 	}

@@ -51,6 +51,8 @@ type keeper struct {
 	cgroupParent    string
 	cgroupName      string
 	track           string
+	// shapeDevices are the devices claimed for egress_rate (bandwidth.go).
+	shapeDevices []string
 
 	// What happened so far, told to each new supervisor.
 	mu           sync.Mutex
@@ -138,7 +140,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	defer signal.Stop(upgradeOrders)
 
 	k := &keeper{log: log, opts: opts, self: self, started: time.Now(), cgroupParent: settings.CgroupParent,
-		cgroupName: "vhqos." + strconv.Itoa(os.Getpid()), track: settings.Track}
+		cgroupName: "vhqos." + strconv.Itoa(os.Getpid()), track: settings.Track, shapeDevices: settings.ShapeDevices}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Refused before anything starts: two vhqos on one socket would answer
@@ -165,6 +167,14 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 		}
 	}
 
+	// Before the server starts, and once the status socket says no other
+	// vhqos answers there (its qdisc would be taken for a stale one and
+	// given back): a device with someone else's qdisc stops vhqos here.
+	// Given back last, after the server's processes are gone.
+	if err := claimDevices(log, k.shapeDevices); err != nil {
+		return 0, err
+	}
+	defer releaseDevices(log, k.shapeDevices)
 	if removed, err := cgroup.RemoveStale(ctx, settings.CgroupParent, log); err != nil {
 		log.Warn("removing cgroups left by a vhqos that is gone", "err", err)
 	} else if len(removed) > 0 {
@@ -484,7 +494,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 // to kill the server's leftovers. It runs beside the keeper, outside the
 // cgroups it watches.
 func (k *keeper) startReaper() error {
-	raw, _ := json.Marshal(keeperState{KeeperPID: os.Getpid(), CgroupParent: k.cgroupParent, CgroupName: k.cgroupName})
+	raw, _ := json.Marshal(keeperState{KeeperPID: os.Getpid(), CgroupParent: k.cgroupParent, CgroupName: k.cgroupName, ShapeDevices: k.shapeDevices})
 	cmd := exec.Command(k.self, "reap", "--log-level", k.opts.logLevel, "--log-format", k.opts.logFormat, "--keeper-state", string(raw))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -506,7 +516,7 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		ServerPID: k.serverPid, CgroupParent: k.cgroupParent, CgroupName: k.cgroupName, Track: k.track,
 		Metrics: k.metricsListener != nil, Restarts: k.restarts, Upgrades: k.upgrades, FailedOpen: k.failedOpen + sinceOrZero(k.failingSince),
 		FailedOpenNotifications: k.failedOpenNotifications, LostConnections: k.lostConnections,
-		Table: len(k.table) > 0,
+		Table: len(k.table) > 0, ShapeDevices: k.shapeDevices,
 	}
 	lastTable := k.table
 	k.mu.Unlock()

@@ -60,6 +60,8 @@ func reapCommand(args []string, stderr io.Writer) int {
 	if n := killSubtree(cg); n > 0 {
 		log.Error("the keeper died; killed the server's processes", "keeper_pid", ks.KeeperPID, "killed", n)
 	}
+	// What the keeper would have given back as it exited.
+	releaseDevices(log, ks.ShapeDevices)
 	return 0
 }
 

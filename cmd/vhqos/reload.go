@@ -32,6 +32,8 @@ type reloader struct {
 	raw  []byte
 	// applied, if set, is told the bytes of each table put in force.
 	applied func(raw []byte)
+	// shapeDevices are the devices the keeper claimed (bandwidth.go).
+	shapeDevices []string
 
 	mu         sync.Mutex // current, for readers outside the watch loop
 	current    *policy.Table
@@ -163,6 +165,9 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 	if next.Settings.Track != r.current.Settings.Track {
 		return nil, nil, nil, errors.New("settings.track cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
 	}
+	if !sameDevices(next.Settings.ShapeDevices, r.shapeDevices) {
+		return nil, nil, nil, fmt.Errorf("settings.shape_devices cannot change while vhqos runs (running with %q): vhqos run set the devices up when it started; restart it", r.shapeDevices)
+	}
 	old := classes(r.current)
 	neu := classes(next)
 	var undo []func()
@@ -193,6 +198,9 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 			undo = append(undo, func() { r.cg.Remove(name) })
 		}
 	}
+	// Classes first: a connection marked for one that is not there yet
+	// would go unshaped.
+	syncShaping(r.log, r.shapeDevices, next)
 	r.sup.SetClassifier(newTableClassifier(next))
 	r.mu.Lock()
 	r.current = next
@@ -207,12 +215,15 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 			"connections_remarked", n.Connections, "processes_moved", n.Processes)
 	}
 	var errs []error
-	for _, name := range sortedNames(old) {
+	// Deepest first: a tenant's group goes after what was inside it.
+	gone := sortedNames(old)
+	slices.Reverse(gone)
+	for _, name := range gone {
 		if _, kept := neu[name]; kept {
 			continue
 		}
 		removed = append(removed, old[name].Name)
-		if err := r.cg.RemoveTo(name, groupName(&next.Defaults, next)); err != nil {
+		if err := r.cg.RemoveTo(name, movedTo(old[name], next)); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -225,13 +236,31 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 	return added, removed, changed, nil
 }
 
-// classes maps the cgroup group of every class of t to the class.
+// classes maps the cgroup group of every class of t to the class, and of
+// every tenant to a class that stands for it: a tenant has only a name
+// ("tenant NAME", for the log) and resources.
 func classes(t *policy.Table) map[string]*policy.Class {
 	out := map[string]*policy.Class{groupName(&t.Defaults, t): &t.Defaults}
 	for i := range t.VHosts {
 		out[groupName(&t.VHosts[i], t)] = &t.VHosts[i]
 	}
+	for i := range t.Tenants {
+		tn := &t.Tenants[i]
+		out[t.TenantGroup(tn)] = &policy.Class{Name: "tenant " + tn.Name, Resources: tn.Resources, DSCP: -1}
+	}
 	return out
+}
+
+// movedTo is where the processes still in the group of a class that next
+// no longer has go: the group of the vhost of the same name if next has
+// one (a site that moved to another tenant keeps its class), else next's
+// defaults.
+func movedTo(c *policy.Class, next *policy.Table) string {
+	// A tenant's stand-in has a name no class can have ("tenant NAME").
+	if now := next.Class(c.Name); now != nil {
+		return groupName(now, next)
+	}
+	return groupName(&next.Defaults, next)
 }
 
 func sortedNames(m map[string]*policy.Class) []string {
@@ -262,5 +291,5 @@ func classificationChanged(old, neu map[string]*policy.Class) bool {
 // sameClassification reports whether two versions of a class claim the
 // same connections and mark them alike.
 func sameClassification(a, b *policy.Class) bool {
-	return a.DSCP == b.DSCP && slices.Equal(a.Match, b.Match) && slices.Equal(a.Listen, b.Listen) && a.Admission == b.Admission
+	return a.DSCP == b.DSCP && slices.Equal(a.Match, b.Match) && slices.Equal(a.Listen, b.Listen) && a.Admission == b.Admission && a.Rates == b.Rates
 }

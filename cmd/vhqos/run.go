@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -152,16 +154,17 @@ func exitStatus(ps *os.ProcessState) int {
 }
 
 // groupName is the cgroup of a class of t: the defaults' group, or the
-// vhost's (the cgroup package owns both names).
-func groupName(c *policy.Class, t *policy.Table) string {
-	if c == &t.Defaults {
-		return cgroup.DefaultGroup
-	}
-	return cgroup.VHostGroup(c.Name)
-}
+// vhost's, inside its tenants' (policy.Table.GroupOf).
+func groupName(c *policy.Class, t *policy.Table) string { return t.GroupOf(c) }
 
-// applyTable gives every class of the table its cgroup and limits.
+// applyTable gives every class of the table its cgroup and limits, each
+// tenant's before those inside it.
 func applyTable(cg *cgroup.Manager, t *policy.Table) error {
+	for _, tn := range tenantsOuterFirst(t) {
+		if err := cg.Set(t.TenantGroup(tn), tn.Resources); err != nil {
+			return fmt.Errorf("setting up tenant %q: %w", tn.Name, err)
+		}
+	}
 	if err := cg.Set(groupName(&t.Defaults, t), t.Defaults.Resources); err != nil {
 		return fmt.Errorf("setting up the defaults' cgroup: %w", err)
 	}
@@ -171,6 +174,19 @@ func applyTable(cg *cgroup.Manager, t *policy.Table) error {
 		}
 	}
 	return nil
+}
+
+// tenantsOuterFirst lists t's tenants so that each comes after the tenant
+// it is inside: their cgroups are made in this order.
+func tenantsOuterFirst(t *policy.Table) []*policy.Tenant {
+	out := make([]*policy.Tenant, len(t.Tenants))
+	for i := range t.Tenants {
+		out[i] = &t.Tenants[i]
+	}
+	slices.SortStableFunc(out, func(a, b *policy.Tenant) int {
+		return strings.Count(t.TenantGroup(a), "/") - strings.Count(t.TenantGroup(b), "/")
+	})
+	return out
 }
 
 // decision is what the supervisor needs to know of a class of t.
@@ -197,8 +213,10 @@ func newTableClassifier(t *policy.Table) tableClassifier {
 	}
 	classes = append(classes, &t.Defaults)
 	index := make(map[*policy.Class]int, len(classes))
+	minors := egressMinors(t)
 	for i, class := range classes {
 		c.decisions[i] = decision(class, t)
+		c.decisions[i].Mark, c.decisions[i].Pacing = shapingOf(class, minors)
 		index[class] = i
 	}
 	for i, class := range classes {
@@ -285,6 +303,18 @@ func (c tableClassifier) ClassifyNameOnPath(host, path string) supervisor.Decisi
 		return c.decisions[i]
 	}
 	return c.ClassifyPath(path)
+}
+
+// NameMatches reports whether a name rule of the table claims host on a
+// connection to local (supervisor.NameMatcher: a FastCGI request whose
+// HTTP_HOST none claims is then classified by its SERVER_NAME).
+func (c tableClassifier) NameMatches(host string, local netip.AddrPort) bool {
+	return c.t.Matcher.MatchName(host, local) >= 0
+}
+
+// NameMatchesOnPath is NameMatches on the unix listener bound to path.
+func (c tableClassifier) NameMatchesOnPath(host, path string) bool {
+	return c.t.Matcher.MatchNameOnPath(host, path) >= 0
 }
 
 // summarizeFallbacks logs, once per interval and only when there were any,

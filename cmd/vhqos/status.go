@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
@@ -74,7 +75,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 	add := func(c *policy.Class) {
 		group := groupName(c, table)
 		cl := status.Class{
-			Name: c.Name, Default: c == &table.Defaults, Cgroup: cg.Path(group), DSCP: c.DSCP,
+			Name: c.Name, Default: c == &table.Defaults, Tenant: c.Tenant, Cgroup: cg.Path(group), DSCP: c.DSCP,
 			CPUWeight: c.Resources.CPUWeight, CPUMax: c.Resources.CPUQuotaPercent, IOWeight: c.Resources.IOWeight,
 			Connections: conns[group], Live: live[group],
 		}
@@ -89,6 +90,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 		if u, err := cg.Usage(group); err == nil {
 			cl.CPUUsec, cl.Throttled, cl.Faults = u.CPUUsec, u.ThrottledUsec, u.ThrottledPeriods
 			cl.IOReadBytes, cl.IOWriteBytes = u.IOReadBytes, u.IOWriteBytes
+			cl.Memory, cl.Tasks = memoryTasks(c.Resources, u)
 		}
 		rep.Classes = append(rep.Classes, cl)
 	}
@@ -96,5 +98,44 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 	for i := range table.VHosts {
 		add(&table.VHosts[i])
 	}
+	rep.Tenants = tenantReport(cg, table)
+	bandwidthReport(r.log, rep, table, r.shapeDevices)
 	return rep
+}
+
+// tenantReport is what each tenant of table used, read from its cgroup.
+func tenantReport(cg *cgroup.Manager, table *policy.Table) []status.Tenant {
+	var out []status.Tenant
+	for i := range table.Tenants {
+		tn := &table.Tenants[i]
+		group := table.TenantGroup(tn)
+		st := status.Tenant{Name: tn.Name, Parent: tn.Parent, Cgroup: cg.Path(group),
+			CPUWeight: tn.Resources.CPUWeight, CPUMax: tn.Resources.CPUQuotaPercent}
+		for j := range table.VHosts {
+			if strings.EqualFold(table.VHosts[j].Tenant, tn.Name) {
+				st.Sites++
+			}
+		}
+		if u, err := cg.Usage(group); err == nil {
+			st.CPUUsec, st.Throttled, st.Faults = u.CPUUsec, u.ThrottledUsec, u.ThrottledPeriods
+			st.IOReadBytes, st.IOWriteBytes = u.IOReadBytes, u.IOWriteBytes
+			st.Memory, st.Tasks = memoryTasks(tn.Resources, u)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// memoryTasks is a class's memory and task limits with what the kernel
+// counted for its group; nil for what the kernel does not account there.
+func memoryTasks(r cgroup.Resources, u cgroup.Usage) (*status.Memory, *status.Tasks) {
+	var m *status.Memory
+	var t *status.Tasks
+	if u.Memory {
+		m = &status.Memory{Max: r.MemoryMax, High: r.MemoryHigh, Current: u.MemoryBytes, Events: u.MemoryEvents}
+	}
+	if u.Pids {
+		t = &status.Tasks{Max: r.TasksMax, Current: u.Tasks, MaxEvents: u.TasksMaxEvents}
+	}
+	return m, t
 }

@@ -64,6 +64,9 @@ type keeperState struct {
 	LostConnections         uint64        `json:"lost_connections"`
 	// Table says the table last in force waits at tableFd.
 	Table bool `json:"table"`
+	// ShapeDevices are the devices the keeper claimed for egress_rate
+	// (bandwidth.go); a table that says otherwise cannot change them.
+	ShapeDevices []string `json:"shape_devices,omitempty"`
 }
 
 // tableSettings is what `vhqos supervise --settings` prints for the keeper:
@@ -72,6 +75,7 @@ type tableSettings struct {
 	CgroupParent string   `json:"cgroup_parent"`
 	Track        string   `json:"track"`
 	Syscalls     []string `json:"syscalls"`
+	ShapeDevices []string `json:"shape_devices,omitempty"`
 }
 
 func superviseCommand(args []string, stdout, stderr io.Writer) int {
@@ -121,7 +125,8 @@ func superviseCommand(args []string, stdout, stderr io.Writer) int {
 	if *settings {
 		logWarnings(log, table)
 		track := table.Settings.Track
-		json.NewEncoder(stdout).Encode(tableSettings{CgroupParent: table.Settings.CgroupParent, Track: track.String(), Syscalls: track.Syscalls()})
+		json.NewEncoder(stdout).Encode(tableSettings{CgroupParent: table.Settings.CgroupParent, Track: track.String(), Syscalls: track.Syscalls(),
+			ShapeDevices: table.Settings.ShapeDevices})
 		return 0
 	}
 	log = log.With("supervisor_pid", os.Getpid())
@@ -178,6 +183,10 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	if err := applyTable(cg, table); err != nil {
 		return err
 	}
+	if !sameDevices(table.Settings.ShapeDevices, ks.ShapeDevices) {
+		log.Warn("the table names other shape_devices than vhqos run started with; they take effect when vhqos run restarts", "table", table.Settings.ShapeDevices, "running", ks.ShapeDevices)
+	}
+	syncShaping(log, ks.ShapeDevices, table)
 	track, err := intercept.ParseTrack(ks.Track)
 	if err != nil {
 		return fmt.Errorf("the keeper's track: %w", err)
@@ -223,7 +232,7 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	go func() { supDone <- sup.Run(ctx) }()
 	log.Info("supervisor started", "version", version, "server_pid", ks.ServerPID, "restarts", ks.Restarts)
 
-	reload := &reloader{path: config, log: log, cg: cg, sup: sup, current: table, raw: raw, applied: tellTable}
+	reload := &reloader{path: config, log: log, cg: cg, sup: sup, current: table, raw: raw, applied: tellTable, shapeDevices: ks.ShapeDevices}
 	hup := make(chan struct{}, 1)
 	report = func() *status.Report {
 		rep := buildReport(ks.KeeperStarted, ks.ServerPID, config, reload, cg, sup)

@@ -16,51 +16,71 @@ import (
 // address decides the class vhqos takes the accept in hand instead of
 // leaving it to the kernel; on the other paths vhqos accepts either way.
 func capsBench(cg *cgroup.Manager, bin, table string, setups []setup, pairs, conns int, opts measureOptions) error {
-	capped := strings.ReplaceAll(table, "dscp = ", "max_connections = 1000000\ndscp = ")
+	return tablesBench(cg, bin, tablePair{
+		base: table, other: strings.ReplaceAll(table, "dscp = ", "max_connections = 1000000\ndscp = "),
+		what: "max_connections = 1000000 on every vhost", baseLabel: "no cap", otherLabel: "cap never reached", ratio: "capped/uncapped",
+		baseCPU: "no cap", otherCPU: "cap",
+	}, setups, pairs, conns, opts)
+}
+
+// tablePair is two tables to measure against each other, and how the
+// output names them.
+type tablePair struct {
+	base, other           string
+	what                  string // what other adds, for the heading
+	baseLabel, otherLabel string // in each round's line
+	ratio                 string // other/base, in words
+	baseCPU, otherCPU     string // in the supervisor CPU figures
+}
+
+// tablesBench runs the same server under vhqos with the two tables of p,
+// alternating, on each path, for Connection: close and keep-alive, and
+// prints each round's requests/s and the median ratio other/base.
+func tablesBench(cg *cgroup.Manager, bin string, p tablePair, setups []setup, pairs, conns int, opts measureOptions) error {
 	files := map[bool]string{}
-	for _, withCap := range []bool{false, true} {
-		t := table
-		if withCap {
-			t = capped
+	for _, other := range []bool{false, true} {
+		t := p.base
+		if other {
+			t = p.other
 		}
-		f := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-caps-%v-%d.toml", withCap, os.Getpid()))
+		f := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-table-%v-%d.toml", other, os.Getpid()))
 		if err := os.WriteFile(f, []byte(t), 0o644); err != nil {
 			return err
 		}
 		defer os.Remove(f)
-		files[withCap] = f
+		files[other] = f
 	}
-	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of vhqos without and with max_connections = 1000000 on every vhost; %s\n", conns, opts.duration, pairs, kernel())
+	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of vhqos without and with %s; %s\n", conns, opts.duration, pairs, p.what, kernel())
 	for _, path := range setups {
 		if !strings.Contains(path.name, opts.only) {
 			continue
 		}
 		fmt.Printf("\n%s\n", path.name)
 		for _, close := range []bool{true, false} {
-			var ratio, cpuOpen, cpuCapped []float64
+			var ratio, cpuBase, cpuOther []float64
 			for i := 0; i < pairs; i++ {
-				run := func(withCap bool) (result, supervisorCost, error) {
-					prefix := append(opts.pinServer(), bin, "run", "--config", files[withCap], "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--")
+				run := func(other bool) (result, supervisorCost, error) {
+					prefix := append(opts.pinServer(), bin, "run", "--config", files[other], "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--")
 					return measure(cg, prefix, opts.pin, path, close, conns, opts.duration, nil)
 				}
-				open, openSup, err := run(false)
+				base, baseSup, err := run(false)
 				if err != nil {
 					return err
 				}
-				withCap, cappedSup, err := run(true)
+				other, otherSup, err := run(true)
 				if err != nil {
 					return err
 				}
-				ratio = append(ratio, withCap.rps/open.rps)
-				if close && open.requests > 0 && withCap.requests > 0 {
-					cpuOpen = append(cpuOpen, openSup.cpu.Seconds()*1e6/float64(open.requests))
-					cpuCapped = append(cpuCapped, cappedSup.cpu.Seconds()*1e6/float64(withCap.requests))
+				ratio = append(ratio, other.rps/base.rps)
+				if close && base.requests > 0 && other.requests > 0 {
+					cpuBase = append(cpuBase, baseSup.cpu.Seconds()*1e6/float64(base.requests))
+					cpuOther = append(cpuOther, otherSup.cpu.Seconds()*1e6/float64(other.requests))
 				}
-				fmt.Printf("  %-10s round %d: no cap %8.0f, cap never reached %8.0f req/s; capped/uncapped %.3f\n", label(close), i+1, open.rps, withCap.rps, withCap.rps/open.rps)
+				fmt.Printf("  %-10s round %d: %s %8.0f, %s %8.0f req/s; %s %.3f\n", label(close), i+1, p.baseLabel, base.rps, p.otherLabel, other.rps, p.ratio, other.rps/base.rps)
 			}
-			fmt.Printf("  %-10s medians: capped/uncapped %.3f", label(close), median(ratio))
+			fmt.Printf("  %-10s medians: %s %.3f", label(close), p.ratio, median(ratio))
 			if close {
-				fmt.Printf("; supervisor CPU per connection: no cap %.1f µs, cap %.1f µs", median(cpuOpen), median(cpuCapped))
+				fmt.Printf("; supervisor CPU per connection: %s %.1f µs, %s %.1f µs", p.baseCPU, median(cpuBase), p.otherCPU, median(cpuOther))
 			}
 			fmt.Println()
 		}

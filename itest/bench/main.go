@@ -68,6 +68,12 @@ type setup struct {
 	// floorMode is how the floor answers this setup's accepts: "continue"
 	// where vhqos lets the kernel accept, "emulate" where vhqos accepts.
 	floorMode string
+	// server is the address Apache listens on ("" for 127.0.0.2), and
+	// clients, if set, the veth pair whose other end wrk runs behind
+	// (-rates: shaping the server's device, not lo, which the client's
+	// packets would cross too).
+	server  string
+	clients *itest.Veth
 }
 
 func main() {
@@ -85,6 +91,9 @@ func main() {
 	baseline := flag.String("baseline", "", "another vhqos binary (an earlier build) measured in each round too, for vhqos/baseline")
 	fpm := flag.Bool("fpm", false, "measure php-fpm behind a native nginx instead: native, floor and vhqos with two name vhosts (FastCGI HTTP_HOST)")
 	caps := flag.Bool("caps", false, "measure vhqos with max_connections = 1000000 on every vhost (a cap never reached) against the same table without it, instead of native and the floor")
+	rates := flag.Bool("rates", false, "measure vhqos with egress_rate and connection_rate on every vhost (limits never reached; lo shaped) against the same table without them, instead of native and the floor")
+	egressRate := flag.String("egress-rate", "10Gbit", "with -rates: the egress_rate (\"\": none)")
+	connectionRate := flag.String("connection-rate", "100Gbit", "with -rates: the connection_rate (\"\": none)")
 	flag.Parse()
 	if os.Getenv(nsEnv) == "" {
 		// A network namespace of its own: any loopback address and port,
@@ -117,9 +126,23 @@ func main() {
 		return
 	}
 	table := qos
+	server := "127.0.0.2"
+	var clients *itest.Veth
+	if *rates {
+		var err error
+		if clients, err = itest.NewVeth(benchDevice, "vqbench1", "169.254.90.1", "169.254.90.2"); err != nil {
+			fail(err)
+		}
+		defer clients.Close()
+		if err := clients.InClients(clientSysctls); err != nil {
+			fail(err)
+		}
+		server = clients.SrvIP
+		table = strings.ReplaceAll(table, "127.0.0.2", server)
+	}
 	setups := []setup{
-		{name: "listener per address (kernel accepts)", url: "http://127.0.0.2:8080/index.html", floorMode: "continue"},
-		{name: "wildcard listener (vhqos emulates accept)", url: "http://127.0.0.2:8080/index.html", listenAll: "8080", floorMode: "emulate"},
+		{name: "listener per address (kernel accepts)", url: "http://" + server + ":8080/index.html", floorMode: "continue"},
+		{name: "wildcard listener (vhqos emulates accept)", url: "http://" + server + ":8080/index.html", listenAll: "8080", floorMode: "emulate"},
 	}
 	if *names {
 		table = nameQoS
@@ -127,9 +150,12 @@ func main() {
 			{name: "name-based, HTTP (Host header)", url: "http://shop.example:8080/index.html", names: true, floorMode: "emulate"},
 			{name: "name-based, HTTPS (TLS SNI)", url: "https://shop.example:8443/index.html", names: true, floorMode: "emulate"},
 		}
-		if err := privateHosts("127.0.0.2 shop.example blog.example\n"); err != nil {
+		if err := privateHosts(server + " shop.example blog.example\n"); err != nil {
 			fail(err)
 		}
+	}
+	for i := range setups {
+		setups[i].server, setups[i].clients = server, clients
 	}
 	qosFile := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-qos-%d.toml", os.Getpid()))
 	os.WriteFile(qosFile, []byte(table), 0o644)
@@ -154,6 +180,13 @@ func main() {
 	if *caps {
 		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
 		if err := capsBench(cg, bin, table, setups, *pairs, *conns, opts); err != nil {
+			fail(err)
+		}
+		return
+	}
+	if *rates {
+		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
+		if err := ratesBench(cg, bin, table, *egressRate, *connectionRate, setups, *pairs, *conns, opts); err != nil {
 			fail(err)
 		}
 		return
@@ -317,8 +350,12 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 	wrapped := len(prefix) > 0 && prefix[len(prefix)-1] == "--"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	server := su.server
+	if server == "" {
+		server = "127.0.0.2"
+	}
 	cfg := itest.ApacheConfig{
-		VHosts:    []itest.VHost{{Name: "shop", Addr: "127.0.0.2:8080"}},
+		VHosts:    []itest.VHost{{Name: "shop", Addr: server + ":8080"}},
 		Prefix:    prefix,
 		ListenAll: su.listenAll,
 		// Enough processes for every keep-alive connection from the start.
@@ -329,8 +366,8 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 		if err != nil {
 			return result{}, supervisorCost{}, err
 		}
-		cfg.VHosts = []itest.VHost{{Name: "shop.example", Addr: "127.0.0.2:8080"}, {Name: "blog.example", Addr: "127.0.0.2:8080"}}
-		cfg.TLSAddr, cfg.CertFile, cfg.KeyFile = "127.0.0.2:8443", cert, key
+		cfg.VHosts = []itest.VHost{{Name: "shop.example", Addr: server + ":8080"}, {Name: "blog.example", Addr: server + ":8080"}}
+		cfg.TLSAddr, cfg.CertFile, cfg.KeyFile = server+":8443", cert, key
 	}
 	a, err := itest.StartApache(ctx, cfg)
 	if err != nil {
@@ -379,7 +416,18 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 	if pin {
 		script = `for f in ` + strings.Join(procs, " ") + `; do echo $$ > $f; done; exec taskset -c 1 wrk "$@"`
 	}
-	out, err := exec.Command("sh", append([]string{"-c", script, "sh"}, append(args, su.url)...)...).CombinedOutput()
+	wrk := exec.Command("sh", append([]string{"-c", script, "sh"}, append(args, su.url)...)...)
+	var out []byte
+	if su.clients != nil {
+		var buf bytes.Buffer
+		wrk.Stdout, wrk.Stderr = &buf, &buf
+		if err = su.clients.InClients(wrk.Start); err == nil {
+			err = wrk.Wait()
+		}
+		out = buf.Bytes()
+	} else {
+		out, err = wrk.CombinedOutput()
+	}
 	var cost supervisorCost
 	if wrapped {
 		for _, pid := range supervisors {

@@ -1,0 +1,357 @@
+package policy
+
+import (
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+
+	"github.com/vhqos/vhqos/cgroup"
+)
+
+// Tenants: a customer with several sites, or a reseller with several
+// customers. A tenant's limits bound the sum of what its sites (and the
+// tenants inside it) use: its cgroup is the parent of theirs, so the
+// kernel enforces the nesting (cgroup v2 and v1 alike: a child's usage
+// counts in its parent). [tenant.defaults] gives its sites the keys they
+// do not set themselves.
+
+// Tenant is one [[tenant]] section.
+type Tenant struct {
+	// Name names the tenant's cgroup (cgroup.TenantGroup) and its status
+	// lines; the rules of vhost names apply.
+	Name string
+	// Parent is the tenant this one is inside (a reseller's customer), ""
+	// for none.
+	Parent string
+	// Resources bound the tenant's sites and inner tenants together.
+	Resources cgroup.Resources
+}
+
+// tenantKeys are the keys of a [[tenant]] section besides the resource
+// keys.
+func tenantKeys() []string { return []string{"name", "tenant", "defaults"} }
+
+// notForTenants says why a class key cannot bound a tenant, "" if it can:
+// a tenant has no connections of its own, only cgroups.
+func notForTenants(k string) string {
+	switch {
+	case k == "dscp", k == "connection_rate":
+		return "marks and paces connections, and a tenant has none of its own; set it in [tenant.defaults] for all of its sites, or on each site"
+	case k == "egress_rate":
+		return "is per site for now (a tenant-wide rate is not supported yet); set it on each site or in [tenant.defaults]"
+	case isAdmissionKey(k):
+		return "caps a site's connections; set it in [tenant.defaults] for each of its sites, or on each site"
+	case k == "match" || k == "listen":
+		return "belongs in the tenant's sites: give each [[vhost]] tenant = \"NAME\""
+	}
+	return ""
+}
+
+// parsedTenant is a tenant as read, with what its sites inherit.
+type parsedTenant struct {
+	Tenant
+	scope scope
+	// defaults are the raw keys of [tenant.defaults], checked once in
+	// their own section and merged into each site's keys.
+	defaults map[string]any
+}
+
+// readTenants reads the [[tenant]] sections into t.Tenants and returns them by
+// lower-case name, with their defaults, for the vhosts to refer to.
+func (p *parser) readTenants(v any, t *Table) map[string]*parsedTenant {
+	list, ok := v.([]any)
+	if !ok {
+		p.keyProblem(scope{vhost: -1}, "tenant", "write [[tenant]] with double brackets: every tenant is one entry in a list of tenants")
+		return nil
+	}
+	byName := map[string]*parsedTenant{}
+	var order []*parsedTenant
+	for i, item := range list {
+		s := scope{prefix: "tenant[" + strconv.Itoa(i) + "]", vhost: -1}
+		s.where = s.prefix
+		m, ok := item.(map[string]any)
+		if !ok {
+			p.keyProblem(scope{vhost: -1}, s.prefix, "each tenant is a [[tenant]] section with name = and its limits")
+			continue
+		}
+		if name, ok := m["name"].(string); ok && name != "" {
+			s.where = fmt.Sprintf("tenant %q (%s)", name, s.prefix)
+		}
+		pt := &parsedTenant{scope: s}
+		own := map[string]any{}
+		for _, k := range sortedKeys(m) {
+			key := s.key(k)
+			switch v := m[k]; {
+			case k == "name":
+				if name, ok := p.name(s, key, v); ok {
+					pt.Name = name
+				}
+			case k == "tenant":
+				if parent, ok := v.(string); ok {
+					pt.Parent = parent
+				} else {
+					p.valueProblem(s, key, "is %s; name the tenant this one is inside as a string, e.g. tenant = \"reseller\"", typeName(v))
+				}
+			case k == "defaults":
+				d, ok := v.(map[string]any)
+				if !ok {
+					p.keyProblem(s, key, "must be a section: write [tenant.defaults] on a line of its own after the tenant's [[tenant]] section, then the keys its sites get")
+					continue
+				}
+				p.tenantDefaults(d, s)
+				pt.defaults = d
+			case notForTenants(k) != "":
+				p.keyProblem(s, key, "not allowed in a tenant: %s %s", k, notForTenants(k))
+			case isLimitKey(k):
+				own[k] = v
+			default:
+				known := tenantKeys()
+				for _, k := range limitKeys() {
+					if notForTenants(k) == "" {
+						known = append(known, k)
+					}
+				}
+				p.keyProblem(s, key, "unknown key%s Known keys here: %s", didYouMean(k, known), strings.Join(known, ", "))
+			}
+		}
+		if _, ok := m["name"]; !ok {
+			p.keyProblem(s, s.key("name"), "missing: every tenant needs a name, e.g. name = \"acme\" (it names the tenant's cgroup)")
+		}
+		c := newClass()
+		p.class(own, s, &c)
+		pt.Resources = c.Resources
+		if pt.Name == "" {
+			continue
+		}
+		folded := strings.ToLower(pt.Name)
+		if prev, dup := byName[folded]; dup {
+			p.valueProblem(s, s.key("name"), "%q is already the name of %s (line %d); tenant names must differ in more than case (they name cgroups and status lines)", prev.Name, prev.scope.prefix, p.line(prev.scope.key("name")))
+			continue
+		}
+		byName[folded] = pt
+		order = append(order, pt)
+	}
+	p.tenantParents(byName, order)
+	for _, pt := range order {
+		t.Tenants = append(t.Tenants, pt.Tenant)
+	}
+	return byName
+}
+
+// tenantDefaults checks the keys of a [tenant.defaults] section: any key a
+// site may set besides name, match, listen and tenant.
+func (p *parser) tenantDefaults(d map[string]any, s scope) {
+	ds := scope{prefix: s.key("defaults"), where: s.where + " [tenant.defaults]", vhost: -1}
+	rest := map[string]any{}
+	for _, k := range sortedKeys(d) {
+		switch k {
+		case "name", "match", "listen", "tenant":
+			p.keyProblem(ds, ds.key(k), "not allowed in [tenant.defaults]: it gives the tenant's sites the limits they do not set themselves; %s belongs in each [[vhost]]", k)
+		default:
+			rest[k] = d[k]
+		}
+	}
+	c := newClass()
+	p.class(rest, ds, &c)
+}
+
+// tenantParents checks that every tenant's parent exists and that no
+// tenant is inside itself, however deep.
+func (p *parser) tenantParents(byName map[string]*parsedTenant, order []*parsedTenant) {
+	inLoop := map[*parsedTenant]bool{} // reported once, at its first member
+	for _, pt := range order {
+		if pt.Parent == "" || inLoop[pt] {
+			continue
+		}
+		key := pt.scope.key("tenant")
+		parent := byName[strings.ToLower(pt.Parent)]
+		if parent == nil {
+			p.valueProblem(pt.scope, key, "%q is no tenant%s", pt.Parent, didYouMean(pt.Parent, tenantNames(order)))
+			continue
+		}
+		pt.Parent = parent.Name
+		chain := []string{pt.Name}
+		seen := map[*parsedTenant]bool{pt: true}
+		for at := parent; at != nil; at = byName[strings.ToLower(at.Parent)] {
+			chain = append(chain, at.Name)
+			if seen[at] {
+				for m := range seen {
+					inLoop[m] = true
+				}
+				p.valueProblem(pt.scope, key, "tenants inside each other in a loop: %s; one of them must be outermost", strings.Join(chain, " -> "))
+				break
+			}
+			seen[at] = true
+			if at.Parent == "" {
+				break
+			}
+		}
+	}
+}
+
+func tenantNames(order []*parsedTenant) []string {
+	names := make([]string, len(order))
+	for i, pt := range order {
+		names[i] = pt.Name
+	}
+	return names
+}
+
+// withTenantDefaults returns a site's keys m with those it does not set
+// taken from its tenant's [tenant.defaults], then from the defaults of
+// the tenants that tenant is inside, the nearest first. A tenant that is
+// not known, or inside a loop, gives nothing (that is reported once, at
+// the tenant).
+func withTenantDefaults(m map[string]any, tenant string, byName map[string]*parsedTenant) map[string]any {
+	if tenant == "" || byName == nil {
+		return m
+	}
+	merged := maps.Clone(m)
+	seen := map[*parsedTenant]bool{}
+	for at := byName[strings.ToLower(tenant)]; at != nil && !seen[at]; at = byName[strings.ToLower(at.Parent)] {
+		seen[at] = true
+		for k, v := range at.defaults {
+			switch k {
+			case "name", "match", "listen", "tenant":
+				continue
+			}
+			if _, set := merged[k]; !set {
+				merged[k] = v
+			}
+		}
+	}
+	return merged
+}
+
+// siteTenant checks a vhost's tenant key: the tenant must exist. It
+// returns the tenant's name as declared.
+func (p *parser) siteTenant(s scope, v any, byName map[string]*parsedTenant) (string, bool) {
+	key := s.key("tenant")
+	name, ok := v.(string)
+	if !ok {
+		p.valueProblem(s, key, "is %s; name the site's tenant as a string, e.g. tenant = \"acme\"", typeName(v))
+		return "", false
+	}
+	pt := byName[strings.ToLower(name)]
+	if pt == nil {
+		var known []string
+		for _, t := range byName {
+			known = append(known, t.Name)
+		}
+		if len(known) == 0 {
+			p.valueProblem(s, key, "%q is no tenant: add a [[tenant]] section with name = %s", name, tomlString(name))
+		} else {
+			p.valueProblem(s, key, "%q is no tenant%s", name, didYouMean(name, known))
+		}
+		return "", false
+	}
+	return pt.Name, true
+}
+
+// tenantBounds warns where a site's limit is above one of its tenants':
+// allowed (the tenant's cgroup bounds it anyway), but the site's figure
+// then promises what the tenant never gives.
+func (p *parser) tenantBounds(t *Table) {
+	index := map[string]*Tenant{}
+	for i := range t.Tenants {
+		index[strings.ToLower(t.Tenants[i].Name)] = &t.Tenants[i]
+	}
+	check := func(s scope, name string, r cgroup.Resources, tenant string) {
+		seen := map[*Tenant]bool{}
+		for at := index[strings.ToLower(tenant)]; at != nil && !seen[at]; at = index[strings.ToLower(at.Parent)] {
+			seen[at] = true
+			for _, b := range exceededBounds(r, at.Resources) {
+				p.keyWarning(s, s.key(b.key), "%s is above what %s's tenant %q allows (%s): the tenant's cgroup bounds it, so %s never gets more", b.site, name, at.Name, b.tenant, name)
+			}
+		}
+	}
+	for i := range t.Tenants {
+		tn := &t.Tenants[i]
+		if tn.Parent == "" {
+			continue
+		}
+		s := scope{prefix: "tenant[" + strconv.Itoa(i) + "]", where: fmt.Sprintf("tenant %q (tenant[%d])", tn.Name, i), vhost: -1}
+		check(s, "tenant "+strconv.Quote(tn.Name), tn.Resources, tn.Parent)
+	}
+	for i := range t.VHosts {
+		c := &t.VHosts[i]
+		if c.Tenant == "" {
+			continue
+		}
+		s := scope{prefix: "vhost[" + strconv.Itoa(i) + "]", where: fmt.Sprintf("vhost %q (vhost[%d])", c.Name, i), vhost: i}
+		check(s, "vhost "+strconv.Quote(c.Name), c.Resources, c.Tenant)
+	}
+}
+
+// bound is one limit of a site above its tenant's, as written.
+type bound struct{ key, site, tenant string }
+
+// exceededBounds lists the caps in r above the same cap in tenant. Only
+// caps compare: weights are relative to siblings, not bounds.
+func exceededBounds(r, tenant cgroup.Resources) []bound {
+	var out []bound
+	if tenant.CPUQuotaPercent > 0 && r.CPUQuotaPercent > tenant.CPUQuotaPercent {
+		out = append(out, bound{"cpu_max", percentString(r.CPUQuotaPercent), percentString(tenant.CPUQuotaPercent)})
+	}
+	// A site with no memory_max of its own is bounded by memory_high or
+	// nothing; compare what it sets.
+	for _, b := range []struct {
+		key        string
+		site, over uint64
+	}{
+		{"memory_max", r.MemoryMax, tenant.MemoryMax},
+		{"memory_high", r.MemoryHigh, tenant.MemoryHigh},
+	} {
+		if b.over > 0 && b.site > b.over {
+			out = append(out, bound{b.key, strings.Trim(formatSize(b.site), `"`), strings.Trim(formatSize(b.over), `"`)})
+		}
+	}
+	if tenant.TasksMax > 0 && r.TasksMax > tenant.TasksMax {
+		out = append(out, bound{"tasks_max", strconv.FormatUint(r.TasksMax, 10), strconv.FormatUint(tenant.TasksMax, 10)})
+	}
+	return out
+}
+
+func percentString(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64) + "%" }
+
+// TenantOf returns the tenant named name (any case), nil if t has none.
+func (t *Table) TenantOf(name string) *Tenant {
+	for i := range t.Tenants {
+		if strings.EqualFold(t.Tenants[i].Name, name) {
+			return &t.Tenants[i]
+		}
+	}
+	return nil
+}
+
+// GroupOf returns the cgroup group of class c of t (the defaults or one of
+// its vhosts) as the cgroup package names nested groups: each tenant the
+// site is inside, outermost first, then the site, joined by "/", e.g.
+// "tenant-reseller/tenant-acme/vhost-shop"; "vhost-shop" for a site of no
+// tenant, cgroup.DefaultGroup for the defaults.
+func (t *Table) GroupOf(c *Class) string {
+	if c == &t.Defaults {
+		return cgroup.DefaultGroup
+	}
+	return t.tenantPath(c.Tenant, cgroup.VHostGroup(c.Name))
+}
+
+// TenantGroup returns the cgroup group of tenant tn of t, nested as
+// GroupOf nests sites.
+func (t *Table) TenantGroup(tn *Tenant) string {
+	return t.tenantPath(tn.Parent, cgroup.TenantGroup(tn.Name))
+}
+
+func (t *Table) tenantPath(tenant, leaf string) string {
+	parts := []string{leaf}
+	seen := map[*Tenant]bool{}
+	for at := t.TenantOf(tenant); at != nil && !seen[at]; at = t.TenantOf(at.Parent) {
+		seen[at] = true
+		parts = append(parts, cgroup.TenantGroup(at.Name))
+	}
+	for i, j := 0, len(parts)-1; i < j; i, j = i+1, j-1 {
+		parts[i], parts[j] = parts[j], parts[i]
+	}
+	return strings.Join(parts, "/")
+}

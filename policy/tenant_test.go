@@ -1,0 +1,156 @@
+package policy
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+const tenantTable = `
+[[tenant]]
+name = "reseller"
+cpu_max = "300%"
+[tenant.defaults]
+dscp = "AF11"
+io_weight = 300
+
+[[tenant]]
+name = "acme"
+tenant = "reseller"
+cpu_max = "100%"
+[tenant.defaults]
+cpu_weight = 200
+dscp = "EF"
+
+[[vhost]]
+name = "shop"
+match = ["shop.example"]
+tenant = "acme"
+
+[[vhost]]
+name = "blog"
+match = ["blog.example"]
+tenant = "ACME"
+cpu_weight = 50
+dscp = "CS1"
+
+[[vhost]]
+name = "news"
+match = ["news.example"]
+tenant = "reseller"
+
+[[vhost]]
+name = "alone"
+match = ["alone.example"]
+`
+
+// Sites inherit the keys they do not set from their tenant's
+// [tenant.defaults], then from the tenants it is inside, nearest first;
+// their cgroups nest in their tenants'.
+func TestTenants(t *testing.T) {
+	tab, err := parse(t, tenantTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tab.Tenants) != 2 || tab.Tenants[1].Parent != "reseller" || tab.Tenants[1].Resources.CPUQuotaPercent != 100 {
+		t.Fatalf("tenants: %+v", tab.Tenants)
+	}
+	for _, tc := range []struct {
+		vhost, tenant, group string
+		cpuWeight, ioWeight  uint64
+		dscp                 int
+	}{
+		{"shop", "acme", "tenant-reseller/tenant-acme/vhost-shop", 200, 300, 46},
+		{"blog", "acme", "tenant-reseller/tenant-acme/vhost-blog", 50, 300, 8},
+		{"news", "reseller", "tenant-reseller/vhost-news", 0, 300, 10},
+		{"alone", "", "vhost-alone", 0, 0, -1},
+	} {
+		t.Run(tc.vhost, func(t *testing.T) {
+			c := tab.Class(tc.vhost)
+			if c == nil {
+				t.Fatal("no such vhost")
+			}
+			if c.Tenant != tc.tenant || tab.GroupOf(c) != tc.group {
+				t.Errorf("tenant %q, group %q; want %q, %q", c.Tenant, tab.GroupOf(c), tc.tenant, tc.group)
+			}
+			if c.Resources.CPUWeight != tc.cpuWeight || c.Resources.IOWeight != tc.ioWeight || c.DSCP != tc.dscp {
+				t.Errorf("cpu_weight %d, io_weight %d, dscp %d; want %d, %d, %d", c.Resources.CPUWeight, c.Resources.IOWeight, c.DSCP, tc.cpuWeight, tc.ioWeight, tc.dscp)
+			}
+		})
+	}
+	if g := tab.TenantGroup(&tab.Tenants[1]); g != "tenant-reseller/tenant-acme" {
+		t.Errorf("acme's group is %q", g)
+	}
+	if g := tab.GroupOf(&tab.Defaults); g != "default" {
+		t.Errorf("the defaults' group is %q", g)
+	}
+	// What check prints reads back to the same table.
+	back, err := parse(t, string(tab.Marshal()))
+	if err != nil {
+		t.Fatalf("the marshalled table does not parse: %v\n%s", err, tab.Marshal())
+	}
+	if !reflect.DeepEqual(back.Tenants, tab.Tenants) {
+		t.Errorf("tenants after a round trip: %+v, want %+v", back.Tenants, tab.Tenants)
+	}
+	for i := range tab.VHosts {
+		a, b := &tab.VHosts[i], &back.VHosts[i]
+		if a.Tenant != b.Tenant || !a.Resources.Equal(b.Resources) || a.DSCP != b.DSCP {
+			t.Errorf("vhost %s after a round trip: %+v, want %+v", a.Name, b, a)
+		}
+	}
+}
+
+func TestTenantProblems(t *testing.T) {
+	const site = "[[vhost]]\nname = \"shop\"\nmatch = [\"shop.example\"]\n"
+	for _, tc := range []struct {
+		name, toml string
+		line       int
+		key, msg   string
+		warning    bool
+	}{
+		{"unknown tenant", "[[tenant]]\nname = \"acme\"\n" + site + "tenant = \"acne\"\n", 6, "vhost[0].tenant", `"acne" is no tenant; did you mean "acme"?`, false},
+		{"no tenants at all", site + "tenant = \"acme\"\n", 4, "vhost[0].tenant", `"acme" is no tenant: add a [[tenant]] section with name = "acme"`, false},
+		{"unknown parent", "[[tenant]]\nname = \"acme\"\ntenant = \"resseller\"\n[[tenant]]\nname = \"reseller\"\n", 3, "tenant[0].tenant", `"resseller" is no tenant; did you mean "reseller"?`, false},
+		{"inside itself", "[[tenant]]\nname = \"acme\"\ntenant = \"acme\"\n", 3, "tenant[0].tenant", "in a loop: acme -> acme", false},
+		{"a loop", "[[tenant]]\nname = \"a\"\ntenant = \"b\"\n[[tenant]]\nname = \"b\"\ntenant = \"a\"\n", 3, "tenant[0].tenant", "in a loop: a -> b -> a", false},
+		{"duplicate", "[[tenant]]\nname = \"acme\"\n[[tenant]]\nname = \"ACME\"\n", 4, "tenant[1].name", `"acme" is already the name of tenant[0] (line 2)`, false},
+		{"no name", "[[tenant]]\ncpu_max = \"50%\"\n", 1, "tenant[0].name", "missing: every tenant needs a name", false},
+		{"dscp on a tenant", "[[tenant]]\nname = \"acme\"\ndscp = \"EF\"\n", 3, "tenant[0].dscp", "not allowed in a tenant: dscp marks and paces connections", false},
+		{"match on a tenant", "[[tenant]]\nname = \"acme\"\nmatch = [\"a.example\"]\n", 3, "tenant[0].match", "belongs in the tenant's sites", false},
+		{"cap on a tenant", "[[tenant]]\nname = \"acme\"\nmax_connections = 5\n", 3, "tenant[0].max_connections", "set it in [tenant.defaults]", false},
+		{"unknown key", "[[tenant]]\nname = \"acme\"\ncpu_mx = \"5%\"\n", 3, "tenant[0].cpu_mx", `did you mean "cpu_max"?`, false},
+		{"bad limit", "[[tenant]]\nname = \"acme\"\ncpu_max = \"fast\"\n", 3, "tenant[0].cpu_max", "is not a percentage", false},
+		{"bad default", "[[tenant]]\nname = \"acme\"\n[tenant.defaults]\ncpu_weight = 0\n", 4, "tenant[0].defaults.cpu_weight", "1..10000", false},
+		{"match in tenant defaults", "[[tenant]]\nname = \"acme\"\n[tenant.defaults]\nmatch = [\"a.example\"]\n", 4, "tenant[0].defaults.match", "not allowed in [tenant.defaults]", false},
+		{"defaults not a table", "[[tenant]]\nname = \"acme\"\ndefaults = 5\n", 3, "tenant[0].defaults", "must be a section: write [tenant.defaults]", false},
+		{"tenant not an array", "[tenant]\nname = \"acme\"\n", 1, "tenant", "write [[tenant]] with double brackets", false},
+		{"tenant in [defaults]", "[defaults]\ntenant = \"acme\"\n", 2, "defaults.tenant", "[defaults] belongs to no tenant", false},
+		{"tenant not a string", "[[tenant]]\nname = \"acme\"\n" + site + "tenant = 1\n", 6, "vhost[0].tenant", "name the site's tenant as a string", false},
+		{"site above its tenant", "[[tenant]]\nname = \"acme\"\ncpu_max = \"100%\"\n" + site + "tenant = \"acme\"\ncpu_max = \"150%\"\n", 8, "vhost[0].cpu_max", `150% is above what vhost "shop"'s tenant "acme" allows (100%)`, true},
+		{"inner tenant above its parent", "[[tenant]]\nname = \"r\"\ncpu_max = \"100%\"\n[[tenant]]\nname = \"acme\"\ntenant = \"r\"\ncpu_max = \"200%\"\n", 7, "tenant[1].cpu_max", `200% is above what tenant "acme"'s tenant "r" allows (100%)`, true},
+		{"memory above the tenant's", "[[tenant]]\nname = \"acme\"\nmemory_max = \"1G\"\n" + site + "tenant = \"acme\"\nmemory_max = \"2G\"\n", 8, "vhost[0].memory_max", `2G is above what vhost "shop"'s tenant "acme" allows (1G)`, true},
+		{"tasks above the tenant's", "[[tenant]]\nname = \"acme\"\ntasks_max = 100\n" + site + "tenant = \"acme\"\ntasks_max = 200\n", 8, "vhost[0].tasks_max", `200 is above what vhost "shop"'s tenant "acme" allows (100)`, true},
+		{"inherited above the tenant", "[[tenant]]\nname = \"acme\"\ncpu_max = \"100%\"\n[tenant.defaults]\ncpu_max = \"150%\"\n" + site + "tenant = \"acme\"\n", 6, "vhost[0].cpu_max", "is above what", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab, err := parse(t, tc.toml)
+			var ps Problems
+			if tc.warning {
+				if err != nil {
+					t.Fatalf("a warning stopped the table: %v", err)
+				}
+				ps = tab.Warnings
+			} else if !errors.As(err, &ps) {
+				t.Fatalf("err = %v, want Problems", err)
+			}
+			if len(ps) != 1 {
+				t.Fatalf("want one problem, got %d:\n%v", len(ps), ps)
+			}
+			p := ps[0]
+			if p.Line != tc.line || p.Key != tc.key || !strings.Contains(p.Msg, tc.msg) || p.Warning != tc.warning {
+				t.Errorf("got  %s (line %d key %q warning %v)\nwant line %d key %q warning %v mentioning %q", p, p.Line, p.Key, p.Warning, tc.line, tc.key, tc.warning, tc.msg)
+			}
+		})
+	}
+}
