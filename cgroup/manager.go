@@ -114,6 +114,12 @@ type group struct {
 	fdMu    sync.Mutex
 	fds     []int // open cgroup.procs, per hierarchy, written by Place; opened on first use
 	applied map[string]setting
+	// want is what the last Set asked for (wantSet: there was one), and
+	// quota the CPU quota last written, which under v1 may be lower than
+	// want's (nested.go).
+	want    Resources
+	wantSet bool
+	quota   float64
 	cg1     cgroup1.Cgroup
 	stat1   cgroup1.Cgroup // cg1 without memory and pids, for Usage
 	cg2     *cgroup2.Manager
@@ -310,6 +316,11 @@ func v1Controllers() []string { return []string{"cpu", "cpuacct", "blkio", "memo
 func (m *Manager) findV1(parent string) error {
 	all, err := cgroup1.Default()
 	if err != nil {
+		if errors.Is(err, cgroup1.ErrMountPointNotExist) {
+			// ip netns exec mounts a /sys of its own, without the
+			// cgroup hierarchies: the most common way to get here.
+			return fmt.Errorf("cgroups: no cgroup hierarchy is mounted under /sys/fs/cgroup in vhqos's mount namespace (%w); `ip netns exec` mounts a /sys of its own without them: enter the network namespace with `nsenter --net=/run/netns/NAME` instead, or mount them", err)
+		}
 		return fmt.Errorf("cgroups: finding the cgroup v1 hierarchies: %w", err)
 	}
 	self, _, err := cgroups.ParseCgroupFileUnified("/proc/self/cgroup")
@@ -587,7 +598,7 @@ func (m *Manager) Set(group string, r Resources) error {
 		m.placeMu.Unlock()
 		m.log.Debug("created cgroup", "group", group, "dirs", g.dirs)
 	}
-	return m.update(g, r)
+	return m.setNested(g, r)
 }
 
 // update brings g's files to r.
@@ -622,6 +633,7 @@ func (m *Manager) update(g *group, r Resources) error {
 	}
 	writes := diff(g.applied, desired)
 	if len(writes) == 0 {
+		g.quota = r.CPUQuotaPercent
 		return nil
 	}
 	err = apply(g.applied, writes, func(ctrl string) (string, error) {
@@ -637,6 +649,7 @@ func (m *Manager) update(g *group, r Resources) error {
 	if err != nil {
 		return fmt.Errorf("cgroups: group %s: %w", g.name, err)
 	}
+	g.quota = r.CPUQuotaPercent
 	if m.log.Enabled(context.Background(), slog.LevelDebug) {
 		for _, w := range writes {
 			m.log.Debug("cgroup limit", "group", g.name, "file", w.s.file, "value", w.value)

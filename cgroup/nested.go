@@ -156,3 +156,96 @@ func groupsBelow(dir string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// CPU quotas of nested groups under cgroup v1: CFS refuses a group's
+// cpu.cfs_quota_us above its parent's (EINVAL; tg_cfs_schedulable_down in
+// kernel/sched/core.c), where v2 takes any cpu.max and lets the parent
+// bound the child. So under v1 a group's quota is written as the smallest
+// of its own and its ancestors' (the bound in effect is the same), and
+// when a parent's quota goes down its descendants' go down first. A group
+// with no quota of its own is left without one: CFS then bounds it by its
+// parent's.
+
+// setNested gives g the limits r (Set), keeping the quotas of g and the
+// groups inside it acceptable to cgroup v1 at every step. Called with
+// m.mu held.
+func (m *Manager) setNested(g *group, r Resources) error {
+	g.want, g.wantSet = r, true
+	if m.version != 1 {
+		return m.update(g, r)
+	}
+	inside := m.subtreeOf(g.name) // g and its descendants, outer first
+	// Deepest first: nothing may stay above the quota its parent gets. A
+	// group not Set yet (adopted from a predecessor) is bounded by its
+	// ancestors alone; the table's Set of it follows.
+	for i := len(inside) - 1; i >= 0; i-- {
+		d := inside[i]
+		eff := m.effectiveQuota(d)
+		if !d.wantSet {
+			eff = m.ancestorQuota(d.name)
+		}
+		if d.quota > 0 && eff > 0 && d.quota > eff {
+			if err := m.update(d, withQuota(d.want, eff)); err != nil {
+				return err
+			}
+		}
+	}
+	// Outer first: each may now rise as far as its parent lets it.
+	for _, d := range inside {
+		if d.wantSet {
+			if err := m.update(d, withQuota(d.want, m.effectiveQuota(d))); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// subtreeOf lists the groups that are name or inside it, outer ones first.
+// Called with m.mu held.
+func (m *Manager) subtreeOf(name string) []*group {
+	var out []*group
+	for n, g := range m.groups {
+		if n == name || strings.HasPrefix(n, name+"/") {
+			out = append(out, g)
+		}
+	}
+	slices.SortFunc(out, func(a, b *group) int {
+		if d := strings.Count(a.name, "/") - strings.Count(b.name, "/"); d != 0 {
+			return d
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	return out
+}
+
+// effectiveQuota is the CPU quota (percent) to write for g under v1: its
+// own, lowered to the smallest of its ancestors'; 0 when it has none of
+// its own. Called with m.mu held.
+func (m *Manager) effectiveQuota(g *group) float64 {
+	q := g.want.CPUQuotaPercent
+	if q == 0 {
+		return 0
+	}
+	if a := m.ancestorQuota(g.name); a > 0 {
+		q = min(q, a)
+	}
+	return q
+}
+
+// ancestorQuota is the smallest quota the groups name is inside ask for, 0
+// for none. Called with m.mu held.
+func (m *Manager) ancestorQuota(name string) float64 {
+	q := 0.0
+	for p := parentGroup(name); p != ""; p = parentGroup(p) {
+		if a := m.groups[p]; a != nil && a.wantSet && a.want.CPUQuotaPercent > 0 && (q == 0 || a.want.CPUQuotaPercent < q) {
+			q = a.want.CPUQuotaPercent
+		}
+	}
+	return q
+}
+
+func withQuota(r Resources, q float64) Resources {
+	r.CPUQuotaPercent = q
+	return r
+}

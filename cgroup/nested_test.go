@@ -1,8 +1,10 @@
 package cgroup
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -100,4 +102,62 @@ func containsAll(list []string, want ...string) bool {
 		}
 	}
 	return true
+}
+
+// A site's cpu_max above its tenant's, and a tenant and its site lowered
+// together, are what a table may ask for; cgroup v1's CFS refuses a
+// child's quota above its parent's, so there the site's is written as the
+// tenant's, lowered first when the tenant's goes down, and raised again
+// when the tenant's goes up. Under v2 every group gets its own.
+func TestNestedQuotas(t *testing.T) {
+	m := newTestManager(t, Options{})
+	quotaOf := func(group string) float64 {
+		t.Helper()
+		dir := dirOf(t, m, "cpu", group)
+		if m.Version() == 2 {
+			data, err := os.ReadFile(filepath.Join(dir, "cpu.max"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var q, period float64
+			if _, err := fmt.Sscanf(string(data), "%f %f", &q, &period); err != nil {
+				return 0 // "max"
+			}
+			return q / 1000
+		}
+		data, err := os.ReadFile(filepath.Join(dir, "cpu.cfs_quota_us"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, _ := strconv.ParseFloat(strings.TrimSpace(string(data)), 64)
+		return max(q, 0) / 1000
+	}
+	for i, step := range []struct {
+		what                   string
+		tenant, site           float64 // percent asked for
+		wantTenant, wantSiteV1 float64 // percent written (v2: the site's own)
+	}{
+		{"site above its tenant", 100, 150, 100, 100},
+		{"both lowered", 50, 50, 50, 50},
+		{"tenant raised, site kept", 200, 50, 200, 50},
+		{"tenant lowered below the site", 30, 50, 30, 30},
+		{"tenant's cap removed", 0, 50, 0, 50},
+	} {
+		if err := m.Set("tenant-acme", Resources{CPUQuotaPercent: step.tenant}); err != nil {
+			t.Fatalf("step %d, %s: the tenant: %v", i, step.what, err)
+		}
+		if err := m.Set("tenant-acme/vhost-shop", Resources{CPUQuotaPercent: step.site}); err != nil {
+			t.Fatalf("step %d, %s: the site: %v", i, step.what, err)
+		}
+		wantSite := step.wantSiteV1
+		if m.Version() == 2 {
+			wantSite = step.site
+		}
+		if got := quotaOf("tenant-acme"); got != step.wantTenant {
+			t.Errorf("step %d, %s: the tenant's quota is %v%%, want %v%%", i, step.what, got, step.wantTenant)
+		}
+		if got := quotaOf("tenant-acme/vhost-shop"); got != wantSite {
+			t.Errorf("step %d, %s: the site's quota is %v%%, want %v%%", i, step.what, got, wantSite)
+		}
+	}
 }

@@ -433,6 +433,12 @@ func (m *Manager) seedApplied(g *group) error {
 			if v != f.reset && (f.unset == nil || !f.unset(v)) {
 				g.applied[f.file] = setting{ctrl: f.ctrl, file: f.file, key: f.file, value: v, reset: f.reset,
 					desc: fmt.Sprintf("%s %q, set before this process attached", f.file, v)}
+				if f.file == "cpu.cfs_quota_us" {
+					// The quota in force, for nested.go's order of writes.
+					if us, err := strconv.ParseInt(v, 10, 64); err == nil && us > 0 {
+						g.quota = float64(us) / 1000
+					}
+				}
 			}
 			continue
 		}

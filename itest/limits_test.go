@@ -598,3 +598,38 @@ func TestLimitsReload(t *testing.T) {
 		}
 	}
 }
+
+// Apache prefork with several listeners waits for the next connection in
+// poll and on its accept mutex, not in accept, so its children are not
+// seen idling where vhqos sees accepts. After a burst of CGI requests to a
+// site with tasks_max = 8 (Apache forks children for it), those children
+// must leave the site's cgroup once idle: otherwise they fill its
+// tasks_max, and the idle site's next CGI cannot fork (a fresh-user
+// review saw every CGI of such a site answered 500).
+func TestLimitsIdleChildrenLeave(t *testing.T) {
+	const qos = `
+[[vhost]]
+name = "lim"
+match = ["127.0.0.3"]
+tasks_max = 8
+
+[[vhost]]
+name = "other"
+match = ["127.0.0.5"]
+`
+	a, _ := startLimited(t, qos, VHost{Name: "lim", Addr: bombSite}, VHost{Name: "other", Addr: otherSite})
+	vhqosPid := a.Cmd.Process.Pid
+	inParallel(10, func(int) { Get(bombSite, "/cgi-bin/whoami") })
+	eventually(t, patience, "the site's idle children gone from its cgroup", func() bool {
+		return len(groupProcs(t, vhqosPid, "pids", "vhost-lim")) == 0
+	})
+	for i := range 3 {
+		resp, err := Get(bombSite, "/cgi-bin/whoami")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Status != 200 {
+			t.Errorf("CGI %d of the idle site after the burst: HTTP %d, want 200", i, resp.Status)
+		}
+	}
+}

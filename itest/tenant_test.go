@@ -111,7 +111,7 @@ func TestTenantCPUMax(t *testing.T) {
 			acme = &rep.Tenants[i]
 		}
 	}
-	if acme == nil || acme.Sites != 2 || acme.CPUMax != 100 || float64(acme.CPUUsec) < c1 || !strings.HasSuffix(acme.Cgroup, "/tenant-acme") {
+	if acme == nil || acme.Sites != 2 || acme.CPUMax != 100 || float64(acme.CPUUsec)+1 < c1 || !strings.HasSuffix(acme.Cgroup, "/tenant-acme") {
 		t.Errorf("vhqos status shows tenant acme as %+v; want 2 sites, cpu_max 100, at least %.0f µs of CPU", acme, c1)
 	}
 	for _, c := range rep.Classes {

@@ -371,5 +371,6 @@ func (e *eventLoop) sweep(s *Supervisor) {
 	s.dropGoneReads()
 	s.pruneGone()
 	s.leaseBackstop()
+	s.sendIdleHome()
 	s.admissions.flushLog()
 }

@@ -141,6 +141,21 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 	return l
 }
 
+// inodes returns the inodes of every listening socket the table knows: its
+// copies, and those it remembers.
+func (t *listenerTable) inodes() map[uint64]bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[uint64]bool, len(t.byKey)+len(t.remembered))
+	for key := range t.byKey {
+		out[key.ino] = true
+	}
+	for key := range t.remembered {
+		out[key.ino] = true
+	}
+	return out
+}
+
 // all returns the current copies.
 func (t *listenerTable) all() []*listener {
 	t.mu.Lock()
