@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-rates bench-fpm fuzz fuzz-ci lint clean
+.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-rates bench-fpm fuzz fuzz-ci lint clean man deb test-deb test-vm-systemd
 
 all: build
 
@@ -16,9 +16,10 @@ deps:
 build: deps
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/vhqos
 
-# Unit and integration tests on this kernel, then the integration tests
-# again inside a VM with Debian's kernel and unified cgroup v2.
-test: deps lint build test-host test-race fuzz-ci test-vm
+# Unit and integration tests on this kernel, the Debian package's checks,
+# then the integration tests again inside a VM with Debian's kernel and
+# unified cgroup v2, and a boot of it with systemd as init.
+test: deps lint build test-host test-race fuzz-ci test-deb test-vm test-vm-systemd
 
 # Every go test has an explicit -timeout sized for a slow, busy machine of
 # the CI's kind (2 cores, fork and exec several times dearer than on a
@@ -47,6 +48,16 @@ test-vm: build
 	build/vmrun -C $(CURDIR) -timeout 30m -env VHQOS_BIN=$(CURDIR)/$(BIN) -env VHQOS_SOAK_CONNECTIONS=1000 -env VHQOS_SOAK_DURATION=60s -env VHQOS_EMULATED_CPU=1 -- /bin/sh -c \
 		'cd cgroup && ../build/cgroup.test -test.v -test.count=1 -test.timeout 5m && cd ../itest && ../build/itest.test -test.v -test.count=1 -test.timeout 20m'
 
+# A second boot, with Debian's systemd as init on an overlay of the host's
+# root: the package installed, Debian's apache2 and php8.2-fpm units put
+# under vhqos with vhqos enable, started, reloaded, stopped and killed by
+# systemd (itest/systemd).
+test-vm-systemd: build deb
+	$(GO) build -o build/vmrun ./itest/vm/cmd/vmrun
+	$(GO) test -c -o build/systemd.test ./itest/systemd
+	build/vmrun -systemd -C $(CURDIR) -timeout 20m -env VHQOS_VM_SYSTEMD=1 -env VHQOS_DEB=$$(ls $(CURDIR)/build/vhqos_*_amd64.deb) -- \
+		build/systemd.test -test.v -test.count=1 -test.timeout 15m
+
 # The long fork soak, by hand: 100,000 connections through socat fork, or
 # 30 minutes of them, whichever comes first (SOAK_CONNECTIONS,
 # SOAK_DURATION).
@@ -66,10 +77,12 @@ kill-soak: build
 demo: build
 	./demo/run.sh
 
-# Apache prefork (static file), then php-fpm behind nginx (FastCGI).
+# Apache prefork (static file), then php-fpm behind nginx (FastCGI), then
+# what bandwidth limits that are never reached cost (bench-rates).
 bench: build
 	$(GO) run ./itest/bench -vhqos $(BIN)
 	$(GO) run ./itest/bench -vhqos $(BIN) -fpm
+	$(GO) run ./itest/bench -vhqos $(BIN) -rates
 
 # php-fpm behind nginx alone: native, floor and vhqos with name vhosts.
 bench-fpm: build
@@ -102,6 +115,20 @@ fuzz:
 	set -e; for t in $(FUZZ_TARGETS); do \
 		$(GO) test ./$${t%%:*} -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -timeout 30m; \
 	done
+
+# The man pages vhqos(8) and vhqos-qos.toml(5), from README.md and
+# policy/REFERENCE.md (docs/man: their layouts), dated by the commit.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+man:
+	$(GO) run ./docs/man/mkman -o build/man -version $(VERSION) -date $(shell date -u -d @$(SOURCE_DATE_EPOCH) +%F)
+
+# build/vhqos_VERSION_amd64.deb (dist/deb), and its checks: contents,
+# control fields, lintian's errors, install and removal in a scratch root.
+deb: deps man
+	GO="$(GO)" VERSION=$(VERSION) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) dist/deb/build
+
+test-deb: deb
+	VHQOS_DEB=$$(ls $(CURDIR)/build/vhqos_*_amd64.deb) $(GO) test -count=1 -timeout 5m ./dist/deb/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -214,10 +214,17 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	if problem != "" {
 		log.Warn("socket activation: the server will not find the sockets it is promised", "problem", problem)
 	}
+	// sd_notify(3) from the server reaches systemd through the keeper
+	// (notify.go), which stays the unit's main process.
+	env, notify, err := notifyFrom(log, os.Environ())
+	if err != nil {
+		return 0, err
+	}
+	defer notify.Close()
 	proc, err := shim.Start(ctx, shim.Config{
 		Argv:      opts.argv,
 		Syscalls:  settings.Syscalls,
-		Env:       os.Environ(),
+		Env:       env,
 		Stdin:     os.Stdin,
 		Stdout:    os.Stdout,
 		Stderr:    os.Stderr,

@@ -25,7 +25,9 @@ Usage:
         (128+N if it was killed by signal N) and leaves no process and no
         cgroup behind. File descriptors vhqos inherits from 3 up (socket
         activation: LISTEN_FDS) reach SERVER at the same numbers, and a
-        LISTEN_PID naming vhqos names SERVER.
+        LISTEN_PID naming vhqos names SERVER. What SERVER tells
+        NOTIFY_SOCKET (sd_notify) reaches systemd from vhqos, the unit's
+        main process, without MAINPID=.
   vhqos check FILE
         Validate a QoS table and explain every problem with its line and key.
         Limits on disks this machine lacks are warnings (exit status 0):
@@ -39,6 +41,20 @@ Usage:
         losing nothing: the old one hands over the accepts and counters it
         holds. The server keeps running; vhqos run (the keeper, the
         process systemd sees) stays as it is.
+  vhqos reload [--socket PATH] [--timeout 30s]
+        Re-read the QoS table of the running vhqos now (as SIGHUP does),
+        leaving the server alone; wait until it is in force (exit 0) or
+        refused (exit 1, with its problems).
+  vhqos enable UNIT [--config FILE] [--status-socket PATH]
+               [--metrics-listen ADDR] [--root DIR] [-- SERVER [ARGS...]]
+        Run a systemd service's server under vhqos: writes the drop-in
+        /etc/systemd/system/UNIT.d/vhqos.conf (ExecStart= wrapped in
+        vhqos run, Delegate=yes, ExecReload= for the table and the server;
+        Type=forking Apache and nginx kept in the foreground) and reloads
+        systemd. The status socket is /run/vhqos/UNIT.sock. Restart the
+        unit to take effect.
+  vhqos disable UNIT [--root DIR]
+        Remove that drop-in and reload systemd.
   vhqos version
   vhqos help
 
@@ -88,6 +104,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return upgradeCommand(args[2:], stdout, stderr)
 	case "check":
 		return checkCommand(args[2:], stdout, stderr)
+	case "reload":
+		return reloadCommand(args[2:], stdout, stderr)
+	case "enable":
+		return enableCommand(args[2:], stdout, stderr)
+	case "disable":
+		return disableCommand(args[2:], stdout, stderr)
 	case "status":
 		return statusCommand(args[2:], stdout, stderr)
 	case "version", "--version":

@@ -42,7 +42,22 @@ type guest struct {
 	// empty.
 	modprobe   string
 	kernelRoot string
+	// systemd boots systemd as init (Config.Systemd), with the kernel
+	// modules of release at modulesDir (as seen in the VM) linked into
+	// the overlay's /lib/modules.
+	systemd    bool
+	release    string
+	modulesDir string
 }
+
+// With Config.Systemd, the command is the service systemdService, wanted
+// by systemdTarget, the only target systemd starts; the files the VM's
+// init puts in the overlay are in systemdDir.
+const (
+	systemdTarget  = "vhqos-vm.target"
+	systemdService = "vhqos-vm.service"
+	systemdDir     = "/etc/vhqos-vm"
+)
 
 // initScript is the initramfs's /init. It loads the modules for virtio and
 // 9p, mounts the host's root read-only over 9p, puts a tmpfs on its /run
@@ -67,6 +82,10 @@ mount -t devtmpfs -o nosuid,mode=755 devtmpfs /dev || fail "mounting /dev"
 `)
 	for _, m := range g.modules {
 		fmt.Fprintf(&b, "insmod %s || fail %s\n", shellQuote(m), shellQuote("loading the kernel module "+m))
+	}
+	if g.systemd {
+		b.WriteString(systemdInit(g))
+		return b.String()
 	}
 	b.WriteString(`r=/newroot
 mkdir -p $r
@@ -116,7 +135,17 @@ $B mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate,memory_recursiveprot cgrou
 	}
 	b.WriteString(`$B hostname ` + hostnameInVM + `
 $B ip link set lo up || fail "bringing lo up"
-cd ` + shellQuote(g.dir) + ` || fail ` + shellQuote("cannot change to the directory "+g.dir+" in the VM") + `
+`)
+	b.WriteString(runCommand(g))
+	return b.String()
+}
+
+// runCommand is the end of stage 2 (and, under systemd, the service's
+// script): it runs the command between the start and the exit markers and
+// powers the VM off. $B is busybox, fail prints the fail marker.
+func runCommand(g *guest) string {
+	var b strings.Builder
+	b.WriteString(`cd ` + shellQuote(g.dir) + ` || fail ` + shellQuote("cannot change to the directory "+g.dir+" in the VM") + `
 echo
 echo "` + g.markers.start + `"
 `)
@@ -141,6 +170,84 @@ $B poweroff -f
 $B sleep 60
 `)
 	return b.String()
+}
+
+// systemdInit is the end of /init with Config.Systemd: the host's root
+// (read-only over 9p) under a tmpfs in an overlay, so that systemd and
+// what it starts can write (/etc, /var, /run); the VM's files put there;
+// then systemd as PID 1.
+func systemdInit(g *guest) string {
+	dir := systemdDir
+	return `mkdir -p /lower /upper
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /lower ||
+	fail "mounting the host root over 9p (is qemu's -virtfs hostroot there?)"
+mount -t tmpfs -o mode=755 tmpfs /upper || fail "mounting a tmpfs for the overlay"
+mkdir -p /upper/data /upper/work
+r=/newroot
+mkdir -p $r
+mount -t overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work overlay $r ||
+	fail "mounting the overlay root"
+# The host's /run and /tmp (seen through 9p) are not the VM's: systemd
+# would take the one for its own state, and empty the other at boot, file
+# by file over 9p (two minutes in emulation).
+mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs $r/run || fail "mounting a tmpfs on /run"
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs $r/tmp || fail "mounting a tmpfs on /tmp"
+# A container's marker (a host that is a docker container) would make
+# systemd take the VM for a container, and ignore the kernel's command
+# line.
+rm -f $r/.dockerenv $r/run/.containerenv
+mkdir -p $r` + dir + ` $r/etc/systemd/system $r/lib/modules || fail "creating ` + dir + `"
+cp /bin/busybox /command $r` + dir + `/ || fail "copying the command's script"
+cp /` + systemdService + ` /` + systemdTarget + ` $r/etc/systemd/system/ || fail "installing the VM's units"
+rm -rf $r/lib/modules/` + shellQuote(g.release) + `
+ln -s ` + shellQuote(g.modulesDir) + ` $r/lib/modules/` + shellQuote(g.release) + ` || fail "linking the kernel's modules"
+for m in dev proc sys; do
+	mount -o move /$m $r/$m || fail "moving /$m into the new root"
+done
+[ -x $r/lib/systemd/systemd ] || fail "no /lib/systemd/systemd on the host (apt-get install systemd)"
+exec switch_root $r /lib/systemd/systemd --unit=` + systemdTarget + ` --show-status=false
+fail "switch_root failed"
+`
+}
+
+// systemdUnits are the VM's target and service: the command's script, on
+// the console, once basic.target is reached.
+func systemdUnits() (target, service string) {
+	target = `[Unit]
+Description=vhqos VM: the command, and nothing else
+Requires=basic.target ` + systemdService + `
+After=basic.target ` + systemdService + `
+AllowIsolate=yes
+`
+	service = `[Unit]
+Description=vhqos VM: the command
+After=basic.target
+
+[Service]
+Type=oneshot
+ExecStart=` + systemdDir + `/busybox sh ` + systemdDir + `/command
+StandardInput=null
+StandardOutput=tty
+StandardError=inherit
+TTYPath=/dev/console
+TTYReset=no
+TTYVHangup=no
+TimeoutStartSec=infinity
+`
+	return target, service
+}
+
+// commandScript is the service's script: the command between the
+// markers, then power-off.
+func commandScript(g *guest) string {
+	return `B=` + systemdDir + `/busybox
+fail() {
+	echo
+	echo "` + g.markers.fail + `$*"
+	$B poweroff -f
+	$B sleep 60
+}
+` + runCommand(g)
 }
 
 // commandEnv is the command's environment: sane defaults, then what the
@@ -208,7 +315,14 @@ func writeInitramfs(w io.Writer, busybox, modulesDir string, modules []string, g
 	if g.modprobe != "" {
 		c.file("modprobe", 0o755, []byte(modprobeScript(g)))
 	}
-	c.file("stage2", 0o755, []byte(stage2Script(g)))
+	if g.systemd {
+		target, service := systemdUnits()
+		c.file(systemdTarget, 0o644, []byte(target))
+		c.file(systemdService, 0o644, []byte(service))
+		c.file("command", 0o755, []byte(commandScript(g)))
+	} else {
+		c.file("stage2", 0o755, []byte(stage2Script(g)))
+	}
 	c.file("init", 0o755, []byte(initScript(g)))
 	c.trailer()
 	if c.err != nil {

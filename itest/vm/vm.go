@@ -51,6 +51,15 @@ type Config struct {
 	// qemu-system-x86_64 from PATH and /bin/busybox (it must be static).
 	Qemu    string
 	Busybox string
+	// Systemd boots the host's systemd as init (PID 1) instead of the
+	// busybox stage 2, on a writable root: an overlay of a tmpfs over the
+	// host's root (shared read-only as always). The command runs as the
+	// service vhqos-vm.service once basic.target is reached, with only
+	// vhqos-vm.target started (no getty, none of the host's enabled
+	// services), and the VM powers off when it ends. Its output goes to
+	// the console as without Systemd; what it writes to files is lost
+	// with the VM.
+	Systemd bool
 }
 
 // Defaults applied by Run.
@@ -106,7 +115,11 @@ func Run(ctx context.Context, cfg Config, argv []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	mods, err := moduleLoadOrder(k.Modules, modulesNeeded())
+	needed := modulesNeeded()
+	if cfg.Systemd {
+		needed = append(needed, "overlay")
+	}
+	mods, err := moduleLoadOrder(k.Modules, needed)
 	if err != nil {
 		return 0, fmt.Errorf("kernel %s: %w", k.Release, err)
 	}
@@ -122,7 +135,11 @@ func Run(ctx context.Context, cfg Config, argv []string) (int, error) {
 		return 0, err
 	}
 	g := &guest{markers: m, dir: cfg.Dir, env: cfg.Env, argv: argv, kernelRoot: k.Root}
-	if p, err := lookPathSbin("modprobe"); err == nil {
+	if cfg.Systemd {
+		// /lib/modules/RELEASE in the overlay points at the cached
+		// kernel's modules: udev and modprobe find them there.
+		g.systemd, g.release, g.modulesDir = true, k.Release, k.Modules
+	} else if p, err := lookPathSbin("modprobe"); err == nil {
 		g.modprobe = p
 	} else {
 		fmt.Fprintf(cfg.Log, "vm: no modprobe on the host (apt-get install kmod): the VM cannot load modules on demand\n")
@@ -305,7 +322,7 @@ func qemuArgs(cfg Config, k *Kernel, initrd, disk string) []string {
 		"-nic", "none",
 		"-kernel", k.Boot,
 		"-initrd", initrd,
-		"-append", kernelCommandLine(loopsPerJiffy(k)),
+		"-append", kernelCommandLine(loopsPerJiffy(k)) + systemdCommandLine(cfg.Systemd),
 		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap",
 		"-drive", "file=" + disk + ",if=virtio,format=raw,cache=unsafe",
 	}
@@ -321,6 +338,16 @@ func kernelCommandLine(lpj int) string {
 		cmdline += " lpj=" + strconv.Itoa(lpj)
 	}
 	return cmdline
+}
+
+// systemdCommandLine is what systemd as init reads from the kernel's
+// command line: start vhqos-vm.target only, no status lines on the
+// console, no first-boot questions (it would wait for an answer).
+func systemdCommandLine(systemd bool) string {
+	if !systemd {
+		return ""
+	}
+	return " systemd.unit=" + systemdTarget + " systemd.show_status=false systemd.firstboot=off"
 }
 
 // newRunDir makes a directory in cache for one run's files and locks it;

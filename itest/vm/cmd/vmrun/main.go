@@ -19,6 +19,9 @@
 //	-cache DIR    kernel and run files (default: .cache/vm in the repository)
 //	-m MiB, -smp N, -disk MiB
 //	              VM memory (2048), CPUs (2), scratch disk /dev/vda (256)
+//	-systemd      boot the host's systemd as init (PID 1) on a writable
+//	              overlay of the host's root, and run the command as a
+//	              service once basic.target is reached
 //	-v            also show the boot and power-off console
 //	-fetch        only fetch the kernel into the cache, print its release
 //	-q            no progress lines
@@ -72,6 +75,7 @@ func run() int {
 	verbose := fs.Bool("v", false, "also show the boot and power-off console")
 	fetch := fs.Bool("fetch", false, "only fetch the kernel into the cache and print its release")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
+	systemd := fs.Bool("systemd", false, "boot the host's systemd as init, on an overlay root, and run the command as a service")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -115,7 +119,7 @@ func run() int {
 	cfg := vm.Config{
 		Cache: *cache, Dir: *dir, Env: environment(env, log),
 		Output: os.Stdout, Log: log, Verbose: *verbose,
-		MemoryMiB: *mem, CPUs: *cpus, DiskMiB: *disk,
+		MemoryMiB: *mem, CPUs: *cpus, DiskMiB: *disk, Systemd: *systemd,
 	}
 	status, err := vm.Run(ctx, cfg, fs.Args())
 	if err != nil {
