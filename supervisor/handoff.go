@@ -44,8 +44,11 @@ type Handoff struct {
 func (s *Supervisor) Drain(wait time.Duration) Handoff {
 	s.recv.draining.Store(true)
 	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) && (s.pendingCount.Load() > 0 || s.stashed() > 0) {
-		time.Sleep(5 * time.Millisecond)
+	// Held covers a connection a receiver took from the kernel's queue
+	// and is handing over as Drain starts, which is neither pending nor
+	// stashed; refusals under way are no one's to hand over.
+	for time.Now().Before(deadline) && (s.pendingCount.Load() > 0 || s.stashed() > 0 || s.held.n()-int64(s.refusing.Load()) > 0) {
+		time.Sleep(time.Millisecond)
 	}
 	// The receiver may be answering one last notification: what it parks
 	// must be collected too.

@@ -60,15 +60,17 @@ func extract(t *testing.T, deb string) string {
 func TestContents(t *testing.T) {
 	deb := debFile(t)
 	want := map[string]string{
-		"./usr/sbin/vhqos":                              "-rwxr-xr-x",
-		"./lib/systemd/system/vhqos@.service":           "-rw-r--r--",
-		"./etc/vhqos/qos.toml":                          "-rw-r--r--",
-		"./usr/share/man/man8/vhqos.8.gz":               "-rw-r--r--",
-		"./usr/share/man/man5/vhqos-qos.toml.5.gz":      "-rw-r--r--",
-		"./usr/share/bash-completion/completions/vhqos": "-rw-r--r--",
-		"./usr/share/doc/vhqos/copyright":               "-rw-r--r--",
-		"./usr/share/doc/vhqos/changelog.Debian.gz":     "-rw-r--r--",
-		"./usr/share/lintian/overrides/vhqos":           "-rw-r--r--",
+		"./usr/sbin/vhqos":                               "-rwxr-xr-x",
+		"./lib/systemd/system/vhqos@.service":            "-rw-r--r--",
+		"./etc/vhqos/qos.toml":                           "-rw-r--r--",
+		"./usr/share/man/man8/vhqos.8.gz":                "-rw-r--r--",
+		"./usr/share/man/man5/vhqos-qos.toml.5.gz":       "-rw-r--r--",
+		"./usr/share/bash-completion/completions/vhqos":  "-rw-r--r--",
+		"./usr/share/doc/vhqos/copyright":                "-rw-r--r--",
+		"./usr/share/doc/vhqos/changelog.Debian.gz":      "-rw-r--r--",
+		"./usr/share/lintian/overrides/vhqos":            "-rw-r--r--",
+		"./usr/share/vhqos/prometheus/vhqos-rules.yml":   "-rw-r--r--",
+		"./usr/share/vhqos/grafana/vhqos-dashboard.json": "-rw-r--r--",
 	}
 	got := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(output(t, "dpkg-deb", "-c", deb)), "\n") {

@@ -1,0 +1,233 @@
+package itest
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/vhqos/vhqos/status"
+)
+
+// The alerting rules and the dashboard of dist/ name metrics; a renamed or
+// misspelt name would leave an alert that never fires or an empty panel,
+// silently. So promtool checks and unit-tests the rules, and every
+// vhqos_ name they use must be a family a running vhqos exports.
+
+// metricsNamesQoS turns on every per-vhost family that needs no special
+// device: cpu_max (throttling), memory_max, tasks_max and max_connections
+// (admissions).
+const metricsNamesQoS = `
+[[vhost]]
+name = "capped"
+match = ["127.0.0.30"]
+cpu_max = "50%"
+memory_max = "256M"
+tasks_max = 50
+max_connections = 20
+`
+
+// describedOnly are the families a scrape shows only under conditions
+// this test does not make cheaply (an egress_rate shaped on a device of
+// shape_devices): they are checked against what vhqos describes instead.
+var describedOnly = map[string]bool{
+	"vhqos_egress_bytes_total":                    true,
+	"vhqos_egress_packets_total":                  true,
+	"vhqos_egress_drops_total":                    true,
+	"vhqos_egress_overlimits_total":               true,
+	"vhqos_egress_rate_limit_bits_per_second":     true,
+	"vhqos_connection_rate_limit_bits_per_second": true,
+}
+
+var metricName = regexp.MustCompile(`vhqos_[a-z_]+`)
+
+func TestMetricsNamesOfRulesAndDashboard(t *testing.T) {
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := filepath.Join(root, "dist/prometheus/vhqos-rules.yml")
+	rulesTest := filepath.Join(root, "dist/prometheus/vhqos-rules.test.yml")
+	dashboard := filepath.Join(root, "dist/grafana/vhqos-dashboard.json")
+
+	// Not skipped without promtool: .ci/deps installs Debian's prometheus.
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool (Debian package prometheus, in .ci/deps) is needed: %v", err)
+	}
+	for _, args := range [][]string{{"check", "rules", rules}, {"test", "rules", rulesTest}} {
+		if out, err := exec.Command(promtool, args...).CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+
+	used := map[string][]string{} // metric name -> where it is used
+	for name, exprs := range map[string][]string{"vhqos-rules.yml": ruleExprs(t, rules), "vhqos-dashboard.json": dashboardExprs(t, dashboard)} {
+		if len(exprs) == 0 {
+			t.Fatalf("%s has no expressions", name)
+		}
+		for _, e := range exprs {
+			for _, m := range metricName.FindAllString(e, -1) {
+				used[m] = append(used[m], name+": "+e)
+			}
+		}
+	}
+
+	scraped := scrapeRunningVhqos(t)
+	described := describedFamilies()
+	for name, where := range used {
+		switch {
+		case scraped[name] || scraped[strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")]:
+		case describedOnly[name] && described[name]:
+		case describedOnly[name]:
+			t.Errorf("%s (not made by this test's table) is not a family vhqos describes; used in\n  %s", name, strings.Join(where, "\n  "))
+		default:
+			t.Errorf("%s is not in a scrape of a running vhqos; used in\n  %s", name, strings.Join(where, "\n  "))
+		}
+	}
+	if t.Failed() {
+		var have []string
+		for n := range scraped {
+			have = append(have, n)
+		}
+		sort.Strings(have)
+		t.Logf("families scraped: %s", strings.Join(have, " "))
+	}
+}
+
+// ruleExprs are the expr fields of a Prometheus rule file, each on one
+// line (a block scalar is refused rather than read in part).
+func ruleExprs(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exprs []string
+	for _, m := range ruleExpr.FindAllStringSubmatch(string(data), -1) {
+		if e := strings.TrimSpace(m[1]); strings.HasPrefix(e, "|") || strings.HasPrefix(e, ">") {
+			t.Errorf("%s: expr %q spans lines; keep exprs on one line for this test", path, e)
+		} else {
+			exprs = append(exprs, e)
+		}
+	}
+	return exprs
+}
+
+var ruleExpr = regexp.MustCompile(`(?m)^\s*(?:- )?expr:\s*(.+)$`)
+
+// dashboardExprs are the queries of a Grafana dashboard: its panels'
+// targets and its templating variables' queries.
+func dashboardExprs(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+		Templating struct {
+			List []struct {
+				Definition string `json:"definition"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(data, &d); err != nil {
+		t.Fatalf("the dashboard %s is not JSON: %v", path, err)
+	}
+	var exprs []string
+	for _, p := range d.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("dashboard panel %q has no query", p.Title)
+		}
+		for _, q := range p.Targets {
+			exprs = append(exprs, q.Expr)
+		}
+	}
+	for _, v := range d.Templating.List {
+		if v.Definition != "" {
+			exprs = append(exprs, v.Definition)
+		}
+	}
+	return exprs
+}
+
+// scrapeRunningVhqos runs socat under vhqos with metricsNamesQoS, makes a
+// connection to the capped vhost (so its cgroup and the notification
+// latency histogram have figures) and returns the families of a scrape.
+func scrapeRunningVhqos(t *testing.T) map[string]bool {
+	t.Helper()
+	const addr, metrics = "127.0.0.30:31080", "127.0.0.30:31464"
+	dir, err := scratchDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	qos := filepath.Join(dir, "qos.toml")
+	if err := os.WriteFile(qos, []byte(metricsNamesQoS), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	RunDaemon(t, DaemonConfig{
+		Name:   "socat",
+		Dir:    dir,
+		Prefix: []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qos, "--metrics-listen", metrics, "--"},
+		Argv:   []string{"socat", "TCP-LISTEN:31080,bind=127.0.0.30,reuseaddr,fork", "OPEN:" + filepath.Join(dir, "received") + ",creat,append"},
+		Listen: []string{addr},
+	})
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatalf("connecting to socat under vhqos: %v", err)
+	}
+	c.Write([]byte("hello\n"))
+	c.Close()
+	if got, err := readFileEventually(filepath.Join(dir, "received"), 30*time.Second); err != nil || got != "hello\n" {
+		t.Fatalf("socat under vhqos received %q (%v), want the connection's line", got, err)
+	}
+
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping the metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var parser expfmt.TextParser
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("the metrics are not Prometheus text format: %v", err)
+	}
+	names := map[string]bool{}
+	for n := range families {
+		names[n] = true
+	}
+	return names
+}
+
+// describedFamilies are the family names vhqos's metrics describe, under
+// any conditions.
+func describedFamilies() map[string]bool {
+	ch := make(chan *prometheus.Desc)
+	go func() {
+		status.NewMetrics(func() *status.Report { return &status.Report{} }).Describe(ch)
+		close(ch)
+	}()
+	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
+	names := map[string]bool{}
+	for d := range ch {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil {
+			names[m[1]] = true
+		}
+	}
+	return names
+}
