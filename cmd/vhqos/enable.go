@@ -578,6 +578,10 @@ func enableCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vhqos enable: finding the vhqos binary:", err)
 		return 1
 	}
+	if self, err = binaryInRoot(*root, self); err != nil {
+		fmt.Fprintln(stderr, "vhqos enable:", err)
+		return 1
+	}
 	o := enableOptions{statusSocket: *socket, metricsListen: *metrics, vhqos: self, server: server}
 	if o.config, err = filepath.Abs(*config); err != nil {
 		fmt.Fprintln(stderr, "vhqos enable:", err)
@@ -706,4 +710,24 @@ func disable(root, name string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "restart it to run it without vhqos: systemctl restart %s\n", strings.TrimSuffix(name, ".service"))
 	return nil
+}
+
+// packagedBinary is where the Debian package installs vhqos.
+const packagedBinary = "/usr/sbin/vhqos"
+
+// binaryInRoot is the path the drop-in names vhqos by: self, the running
+// binary, on this system; with --root, the path it has inside that system
+// (self under root), else the packaged one there, since a path of the
+// system that runs enable means nothing when the image boots.
+func binaryInRoot(root, self string) (string, error) {
+	if root == "" || root == "/" {
+		return self, nil
+	}
+	if rel, err := filepath.Rel(root, self); err == nil && !strings.HasPrefix(rel, "..") {
+		return "/" + rel, nil
+	}
+	if _, err := os.Stat(filepath.Join(root, packagedBinary)); err != nil {
+		return "", fmt.Errorf("%s is not inside %s, and %s has no %s: install vhqos in that system (its package), or run the vhqos inside it", self, root, root, packagedBinary)
+	}
+	return packagedBinary, nil
 }

@@ -466,9 +466,23 @@ func TestEnableCommandLine(t *testing.T) {
 	}
 	t.Run("enable and disable with --root", func(t *testing.T) {
 		root := testRoot(t, nil)
+		// The system under root has the package installed.
+		if err := os.MkdirAll(filepath.Join(root, "usr/sbin"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "usr/sbin/vhqos"), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		var stdout, stderr bytes.Buffer
 		if code := run([]string{"vhqos", "enable", "nginx", "--root", root, "--config", "/etc/vhqos/qos.toml"}, &stdout, &stderr); code != 0 {
 			t.Fatalf("enable: exit %d: %s", code, stderr.String())
+		}
+		dropIn, err := os.ReadFile(filepath.Join(root, "etc/systemd/system/nginx.service.d/vhqos.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(dropIn), "ExecStart=/usr/sbin/vhqos run") {
+			t.Errorf("the drop-in for an image names vhqos otherwise than as the image has it:\n%s", dropIn)
 		}
 		for _, want := range []string{"wrote /etc/systemd/system/nginx.service.d/vhqos.conf", "--root: systemd reads the change when the system under", "systemctl restart nginx", "vhqos status --socket /run/vhqos/nginx.sock"} {
 			if !strings.Contains(stdout.String(), want) {
@@ -523,5 +537,34 @@ func TestQuoteWord(t *testing.T) {
 		if err != nil || len(ws) != 2 || ws[1].value != s {
 			t.Errorf("quoteWord(%q) = %s, read back as %q, %v", s, q, ws, err)
 		}
+	}
+}
+
+// With --root the drop-in names vhqos as it is inside that system: a
+// path of the system that ran enable means nothing when the image boots.
+func TestBinaryInRoot(t *testing.T) {
+	withPackage := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(withPackage, "usr/sbin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(withPackage, "usr/sbin/vhqos"), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bare := t.TempDir()
+	for _, tc := range []struct {
+		name, root, self, want, err string
+	}{
+		{"no root", "", "/usr/local/bin/vhqos", "/usr/local/bin/vhqos", ""},
+		{"root /", "/", "/usr/sbin/vhqos", "/usr/sbin/vhqos", ""},
+		{"the image's own binary", withPackage, filepath.Join(withPackage, "usr/sbin/vhqos"), "/usr/sbin/vhqos", ""},
+		{"a binary outside, the package inside", withPackage, "/work/build/vhqos", "/usr/sbin/vhqos", ""},
+		{"a binary outside, nothing inside", bare, "/work/build/vhqos", "", "install vhqos in that system"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := binaryInRoot(tc.root, tc.self)
+			if got != tc.want || (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("binaryInRoot(%q, %q) = %q, %v; want %q, an error with %q", tc.root, tc.self, got, err, tc.want, tc.err)
+			}
+		})
 	}
 }
