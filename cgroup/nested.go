@@ -65,9 +65,7 @@ func (m *Manager) handDown(group string) error {
 	if m.v2.inner == nil {
 		m.v2.inner = map[string]bool{}
 	}
-	if !m.v2.inner[group] {
-		m.v2.inner[group] = true
-	}
+	m.v2.inner[group] = true
 	dir := m.hier[0].dir(m.name, group)
 	for c, on := range m.v2.enabled {
 		if on {

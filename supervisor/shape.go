@@ -118,6 +118,11 @@ func (s *Supervisor) shapeListener(l *listener, sh shaping) bool {
 // A class without shaping costs nothing here.
 func (s *Supervisor) shapeAccepted(c *conn, d Decision) {
 	sh := d.shaping()
+	if sh == (shaping{}) && !s.everShaped.Load() {
+		// Nothing shaped anywhere: no listener's values to give back,
+		// and no lock to take per connection.
+		return
+	}
 	var own shaping
 	marked := false
 	if sh.mark == 0 || sh.pacing == 0 {
