@@ -51,26 +51,29 @@ type Syscall struct {
 	Step Step
 	// Track is the lowest tracking mode whose filter contains it.
 	Track Track
+	// Thread says thread placement (PlaceThread) needs it whatever the
+	// tracking mode: the serving thread shows itself by reading.
+	Thread bool
 }
 
 // table is every syscall vhqos can intercept, the only list of them. It is
 // never written after initialisation.
 var table = [...]Syscall{
-	{"accept", unix.SYS_ACCEPT, StepAccept, TrackAccept},
-	{"accept4", unix.SYS_ACCEPT4, StepAccept4, TrackAccept},
-	{"fork", unix.SYS_FORK, StepFork, TrackFull},
-	{"vfork", unix.SYS_VFORK, StepFork, TrackFull},
-	{"clone", unix.SYS_CLONE, StepFork, TrackFull},
-	{"clone3", unix.SYS_CLONE3, StepRefused, TrackFull},
-	{"dup", unix.SYS_DUP, StepDup, TrackFull},
-	{"dup2", unix.SYS_DUP2, StepDupTo, TrackFull},
-	{"dup3", unix.SYS_DUP3, StepDupTo, TrackFull},
-	{"fcntl", unix.SYS_FCNTL, StepDup, TrackFull},
-	{"close", unix.SYS_CLOSE, StepClose, TrackFull},
-	{"read", unix.SYS_READ, StepRead, TrackFull},
-	{"readv", unix.SYS_READV, StepRead, TrackFull},
-	{"recvfrom", unix.SYS_RECVFROM, StepRead, TrackFull},
-	{"recvmsg", unix.SYS_RECVMSG, StepRead, TrackFull},
+	{"accept", unix.SYS_ACCEPT, StepAccept, TrackAccept, false},
+	{"accept4", unix.SYS_ACCEPT4, StepAccept4, TrackAccept, false},
+	{"fork", unix.SYS_FORK, StepFork, TrackFull, false},
+	{"vfork", unix.SYS_VFORK, StepFork, TrackFull, false},
+	{"clone", unix.SYS_CLONE, StepFork, TrackFull, false},
+	{"clone3", unix.SYS_CLONE3, StepRefused, TrackFull, false},
+	{"dup", unix.SYS_DUP, StepDup, TrackFull, false},
+	{"dup2", unix.SYS_DUP2, StepDupTo, TrackFull, false},
+	{"dup3", unix.SYS_DUP3, StepDupTo, TrackFull, false},
+	{"fcntl", unix.SYS_FCNTL, StepDup, TrackFull, false},
+	{"close", unix.SYS_CLOSE, StepClose, TrackFull, false},
+	{"read", unix.SYS_READ, StepRead, TrackFull, true},
+	{"readv", unix.SYS_READV, StepRead, TrackFull, true},
+	{"recvfrom", unix.SYS_RECVFROM, StepRead, TrackFull, true},
+	{"recvmsg", unix.SYS_RECVMSG, StepRead, TrackFull, true},
 }
 
 // ByNr returns the syscall with number nr, as a notification carries it.

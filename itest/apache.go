@@ -66,6 +66,13 @@ type ApacheConfig struct {
 	Wrap []string
 	// Servers is StartServers/MinSpareServers (0 means 4).
 	Servers int
+	// MPM is Apache's multi-processing module: "prefork" (the default
+	// here), or "worker" or "event" (Debian's default), whose child
+	// processes serve on ThreadsPerChild threads each (Threads, 0 means
+	// 8) and whose CGIs are forked by mod_cgid's daemon, not by the
+	// serving child (mod_cgi is for prefork).
+	MPM     string
+	Threads int
 	// ListenAll, when set (e.g. "8080"), makes Apache listen once on every
 	// address at that port instead of once per vhost address, so the
 	// listener's address does not tell the vhosts apart.
@@ -76,6 +83,30 @@ type ApacheConfig struct {
 	// address:port, with the certificate and key in the PEM files
 	// CertFile and KeyFile (mod_ssl; MakeCertificate makes a pair).
 	TLSAddr, CertFile, KeyFile string
+}
+
+// mpmConfig returns the LoadModule lines of cfg's MPM and its CGI module,
+// and the directives that size its processes.
+func mpmConfig(cfg ApacheConfig, dir string, servers int) (modules, procs string, err error) {
+	const modDir = "/usr/lib/apache2/modules/"
+	switch cfg.MPM {
+	case "", "prefork":
+		return "LoadModule mpm_prefork_module " + modDir + "mod_mpm_prefork.so\n" +
+				"LoadModule cgi_module " + modDir + "mod_cgi.so\n",
+			fmt.Sprintf("StartServers %d\nMinSpareServers %d\nMaxSpareServers %d\nMaxRequestWorkers 64\n", servers, servers, servers*2), nil
+	case "worker", "event":
+		threads := cfg.Threads
+		if threads == 0 {
+			threads = 8
+		}
+		// Spare threads are counted over all children: fixing both
+		// bounds at the total keeps exactly Servers children.
+		total := servers * threads
+		return fmt.Sprintf("LoadModule mpm_%[1]s_module %[2]smod_mpm_%[1]s.so\nLoadModule cgid_module %[2]smod_cgid.so\nScriptSock %[3]s/cgisock\n", cfg.MPM, modDir, dir),
+			fmt.Sprintf("StartServers %d\nServerLimit %d\nThreadsPerChild %d\nMinSpareThreads %d\nMaxSpareThreads %d\nMaxRequestWorkers %d\n",
+				servers, servers, threads, total, total, total), nil
+	}
+	return "", "", fmt.Errorf("unknown Apache MPM %q: use prefork, worker or event", cfg.MPM)
 }
 
 // IndexHTML is the content of /index.html.
@@ -157,14 +188,16 @@ func StartApache(ctx context.Context, cfg ApacheConfig) (_ *Apache, err error) {
 	if servers == 0 {
 		servers = 4
 	}
+	mpm, procs, err := mpmConfig(cfg, dir, servers)
+	if err != nil {
+		return nil, err
+	}
 	var b strings.Builder
 	// Modules not listed are compiled in (apache2 -l: core, so, watchdog,
 	// http, log_config, logio, version, unixd).
 	fmt.Fprintf(&b, `ServerRoot /etc/apache2
-LoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so
-LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+%[2]sLoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
 LoadModule mime_module /usr/lib/apache2/modules/mod_mime.so
-LoadModule cgi_module /usr/lib/apache2/modules/mod_cgi.so
 LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so
 LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so
 TypesConfig /etc/mime.types
@@ -177,11 +210,7 @@ Group www-data
 DefaultRuntimeDir %[1]s
 PidFile %[1]s/httpd.pid
 ErrorLog %[1]s/error.log
-StartServers %[2]d
-MinSpareServers %[2]d
-MaxSpareServers %[3]d
-MaxRequestWorkers 64
-KeepAliveTimeout 5
+%[3]sKeepAliveTimeout 5
 MaxKeepAliveRequests 0
 LogFormat "%%v %%P %%s %%U %%a %%{remote}p" vhost_pid
 ScriptAlias /cgi-bin/ %[1]s/cgi-bin/
@@ -190,7 +219,7 @@ DirectoryIndex index.html
 <Directory %[1]s>
     Require all granted
 </Directory>
-`, dir, servers, servers*2)
+`, dir, mpm, procs)
 	listening := map[string]bool{}
 	listen := func(addr string) {
 		if !listening[addr] {

@@ -67,6 +67,9 @@ func writeSettings(b *strings.Builder, s *Settings) {
 	if s.Track != intercept.TrackAccept {
 		fmt.Fprintf(b, "track = %s\n", tomlString(s.Track.String()))
 	}
+	if s.Placement != intercept.PlaceProcess {
+		fmt.Fprintf(b, "placement = %s\n", tomlString(s.Placement.String()))
+	}
 	if s.SniffTimeout != 0 {
 		fmt.Fprintf(b, "sniff_timeout = %s\n", tomlString(s.SniffTimeout.String()))
 	}

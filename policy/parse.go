@@ -19,7 +19,7 @@ import (
 // lists are handed to callers that could otherwise change them.
 func topKeys() []string { return []string{"settings", "defaults", "tenant", "vhost"} }
 func settingsKeys() []string {
-	return []string{"cgroup_parent", "track", "sniff_timeout", "sniff_bytes", "proxy_protocol", "shape_devices"}
+	return []string{"cgroup_parent", "track", "placement", "sniff_timeout", "sniff_bytes", "proxy_protocol", "shape_devices"}
 }
 func limitKeys() []string {
 	return []string{"cpu_weight", "cpu_max", "io_weight", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops",
@@ -238,6 +238,17 @@ func (p *parser) settings(m map[string]any, st *Settings) {
 				}
 			default:
 				p.valueProblem(s, key, "is %s; write \"accept\", \"fork\" or \"full\"", typeName(v))
+			}
+		case k == "placement":
+			switch v := m[k].(type) {
+			case string:
+				if pl, err := intercept.ParsePlacement(v); err == nil {
+					st.Placement = pl
+				} else {
+					p.valueProblem(s, key, "%q is not a placement; use \"process\" (move the process that serves a connection) or \"thread\" (multi-threaded servers: move the thread that reads it)", v)
+				}
+			default:
+				p.valueProblem(s, key, "is %s; write \"process\" or \"thread\"", typeName(v))
 			}
 		case k == "sniff_timeout":
 			if d, ok := p.duration(s, key, m[k], minSniffTimeout, maxSniffTimeout); ok {

@@ -54,6 +54,10 @@ type Settings struct {
 	// Track is how far connections are followed after accept; the zero
 	// value is intercept.TrackAccept.
 	Track intercept.Track
+	// Placement is what moves into a connection's cgroup: the serving
+	// process, or the reading thread of a multi-threaded one; the zero
+	// value is intercept.PlaceProcess.
+	Placement intercept.Placement
 	// SniffTimeout is how long vhqos waits for a client's first bytes
 	// (HTTP request head, TLS ClientHello) when a host name may decide its
 	// vhost; 0 means DefaultSniffTimeout.

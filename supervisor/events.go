@@ -372,5 +372,8 @@ func (e *eventLoop) sweep(s *Supervisor) {
 	s.pruneGone()
 	s.leaseBackstop()
 	s.sendIdleHome()
+	if s.threadPlacer != nil {
+		s.sweepThreads()
+	}
 	s.admissions.flushLog()
 }

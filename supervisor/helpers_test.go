@@ -52,6 +52,37 @@ type recordingPlacer struct {
 	mu     sync.Mutex
 	group  map[int]string
 	everIn map[int]map[string]bool
+	// thread is where PlaceThread last put each thread, by thread id;
+	// threadEverIn every group it put it in.
+	thread       map[int]string
+	threadEverIn map[int]map[string]bool
+}
+
+// PlaceThread makes recordingPlacer a ThreadPlacer.
+func (r *recordingPlacer) PlaceThread(group string, tgid, tid int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.thread == nil {
+		r.thread, r.threadEverIn = map[int]string{}, map[int]map[string]bool{}
+	}
+	r.thread[tid] = group
+	if r.threadEverIn[tid] == nil {
+		r.threadEverIn[tid] = map[string]bool{}
+	}
+	r.threadEverIn[tid][group] = true
+	return nil
+}
+
+func (r *recordingPlacer) threadGroup(tid int) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.thread[tid]
+}
+
+func (r *recordingPlacer) threadWasIn(tid int, group string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.threadEverIn[tid][group]
 }
 
 func (r *recordingPlacer) Place(group string, pid int) error {
@@ -292,6 +323,9 @@ func supervise(t *testing.T, argv, env, syscalls []string, stdin *os.File, opts 
 		cancel()
 		t.Fatal(err)
 	}
+	// The Go test server has several threads whatever it does; the
+	// tests of multi-threaded servers run another (threads_test.go).
+	sup.testOneThreaded = argv[0] == self
 	done := make(chan error, 1)
 	go func() { done <- sup.Run(ctx) }()
 	if err := p.Exec(); err != nil {

@@ -33,8 +33,13 @@ type proc struct {
 	tids      []int
 	forgotten bool
 	// track is the process's fd table as far as fork and full tracking
-	// follow it (under mu).
+	// (and thread placement) follow it (under mu).
 	track trackState
+	// multi says the process was seen with more than one thread, and
+	// threads are the ones the supervisor placed on their own (thread
+	// placement; threads.go), by thread id (under mu).
+	multi   bool
+	threads map[int]*placedThread
 }
 
 // procTable maps the thread ids in notifications to processes.
@@ -105,6 +110,25 @@ func (t *procTable) lookup(notifyFd int, tid int, id uint64) (p *proc, isNew boo
 	t.byTid[tid] = p
 	p.tids = append(p.tids, tid)
 	return p, isNew, nil
+}
+
+// forgetThreads drops the thread ids of p that are not alive, so that
+// the kernel may give them to another process. The main thread's id stays:
+// it is the process's own and goes with it (forget).
+func (t *procTable) forgetThreads(p *proc, alive map[int]bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	kept := p.tids[:0]
+	for _, tid := range p.tids {
+		if alive[tid] || tid == p.tgid {
+			kept = append(kept, tid)
+			continue
+		}
+		if t.byTid[tid] == p {
+			delete(t.byTid, tid)
+		}
+	}
+	p.tids = kept
 }
 
 // forget drops a process that exited (or whose pidfd turned out stale) and

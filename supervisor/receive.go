@@ -252,7 +252,13 @@ func (s *Supervisor) dispatch(n *notification, start time.Time) {
 		s.handleAccept(n, false)
 	case intercept.StepAccept4:
 		s.handleAccept(n, true)
-	case intercept.StepFork, intercept.StepClose, intercept.StepDup, intercept.StepDupTo, intercept.StepRead:
+	case intercept.StepRead:
+		if s.track == intercept.TrackFull {
+			s.handleTracked(n, sc.Step)
+		} else {
+			s.handleThreadRead(n)
+		}
+	case intercept.StepFork, intercept.StepClose, intercept.StepDup, intercept.StepDupTo:
 		s.handleTracked(n, sc.Step)
 	default:
 		// Nothing the filter sends: let it through.

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/failopen"
 	"github.com/vhqos/vhqos/intercept"
 	"golang.org/x/sys/unix"
@@ -113,8 +114,13 @@ type Options struct {
 	// Observe, if set, is told how long answering each notification took,
 	// by syscall name (for the metrics' latency histogram).
 	Observe func(syscall string, d time.Duration)
+	// Placement says whether the threads of a multi-threaded process are
+	// placed one by one (intercept.PlaceThread: Placer must be a
+	// ThreadPlacer, the filter must send the read family; every accept
+	// is emulated) or not at all (intercept.PlaceProcess).
+	Placement intercept.Placement
 	// Track is how far connections are followed after accept; the shim's
-	// filter must send the syscalls Track.Syscalls lists. Fork and full
+	// filter must send the syscalls intercept.Syscalls lists. Fork and full
 	// tracking emulate every accept, to know each connection's socket.
 	Track intercept.Track
 	// ListenerIdle is how long a copy of a listening socket is kept after
@@ -142,6 +148,12 @@ type Supervisor struct {
 	shortcut   bool
 	track      intercept.Track
 	tracked    *trackTable
+	// placement and threadPlacer: thread placement (threads.go), with
+	// threadPlacer nil under process placement; multiNoted says the one
+	// line about a multi-threaded server was logged.
+	placement    intercept.Placement
+	threadPlacer ThreadPlacer
+	multiNoted   atomic.Bool
 	debug      bool // the logger takes debug lines: log each placement
 	observe    func(string, time.Duration)
 	selfPid    int
@@ -178,6 +190,11 @@ type Supervisor struct {
 	// was accepted and before it is handed over: the window a signal must
 	// hit to exercise the requeue path deterministically.
 	testHookBeforeDeliver atomic.Pointer[func(callerPid int)]
+	// testOneThreaded, set by tests before Run, makes multiThreaded
+	// count threads no more: their server is this Go test binary, which
+	// always has several threads but serves each command on one, and
+	// most tests are about placing the process.
+	testOneThreaded bool
 }
 
 // New prepares a Supervisor; Run starts answering.
@@ -206,11 +223,19 @@ func New(opts Options) (*Supervisor, error) {
 		events:    events,
 		idle:      idle,
 		selfPid:   unix.Getpid(),
-		shortcut:  !opts.EmulateAlways && opts.Track == intercept.TrackAccept,
+		shortcut:  !opts.EmulateAlways && opts.Track == intercept.TrackAccept && opts.Placement == intercept.PlaceProcess,
 		track:     opts.Track,
+		placement: opts.Placement,
 		tracked:   newTrackTable(),
 		observe:   opts.Observe,
 		inFlight:  opts.InFlight,
+	}
+	if opts.Placement == intercept.PlaceThread {
+		tp, ok := opts.Placer.(ThreadPlacer)
+		if !ok {
+			return nil, errors.New("thread placement needs a placer that moves threads")
+		}
+		s.threadPlacer = tp
 	}
 	s.stale = func(id uint64) bool { return !idValid(s.notifyFd, id) }
 	s.admissions = newAdmissions(log, func(bound netip.AddrPort) (Decision, bool) {
@@ -247,11 +272,27 @@ func (s *Supervisor) place(p *proc, group string) {
 	s.placeLocked(p, group)
 }
 
-// placeLocked is place with p.mu held.
+// placeLocked is place with p.mu held. A multi-threaded process is never
+// moved into a class (threads.go); one that was, while it had one thread,
+// goes home instead.
 func (s *Supervisor) placeLocked(p *proc, group string) {
 	if p.group == group {
 		return
 	}
+	if group != cgroup.HomeGroup && s.multiThreaded(p) {
+		if s.placement == intercept.PlaceProcess {
+			s.stats.UnplacedMultiThreaded.Add(1)
+		}
+		if p.group == "" || p.group == cgroup.HomeGroup {
+			return
+		}
+		group = cgroup.HomeGroup
+	}
+	s.moveProcess(p, group)
+}
+
+// moveProcess moves every thread of p into group. Called with p.mu held.
+func (s *Supervisor) moveProcess(p *proc, group string) {
 	if s.debug {
 		s.log.Debug("moving a server process", "pid", p.tgid, "from", p.group, "to", group)
 	}
@@ -295,6 +336,13 @@ type Stats struct {
 	NameFallbacks   atomic.Uint64 // ... by address because the first bytes named no host
 	NameTimeouts    atomic.Uint64 // ... by address because no name came in time
 	Reclassified    atomic.Uint64 // keep-alive connections moved by a later request for another vhost (full tracking)
+	// MultiThreadedProcesses counts the server processes seen with more
+	// than one thread; UnplacedMultiThreaded the connections such a
+	// process took that placement = "process" left unplaced; and
+	// ThreadPlacements the moves of single threads (placement = "thread").
+	MultiThreadedProcesses atomic.Uint64
+	UnplacedMultiThreaded  atomic.Uint64
+	ThreadPlacements       atomic.Uint64
 }
 
 // Track returns how far connections are followed.

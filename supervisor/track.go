@@ -253,7 +253,7 @@ func (s *Supervisor) handleTracked(n *notification, step intercept.Step) {
 	case intercept.StepFork:
 		s.trackFork(p)
 	case intercept.StepRead:
-		held = s.trackRead(p, fd, n.ID)
+		held = s.trackRead(p, int(n.Pid), fd, n.ID)
 	}
 }
 
@@ -300,7 +300,7 @@ func (s *Supervisor) trackFork(p *proc) {
 // blocking read that comes before its request is held until the request
 // does (heldread.go), and trackRead then returns true: the read id is no
 // longer the caller's to answer. Called with p.mu held.
-func (s *Supervisor) trackRead(p *proc, fd int, id uint64) (held bool) {
+func (s *Supervisor) trackRead(p *proc, tid, fd int, id uint64) (held bool) {
 	if p.track.read[fd] {
 		if ino, ok := p.track.fds[fd]; ok {
 			if c := s.tracked.get(ino); c != nil && s.tracked.namesApply(c) {
@@ -325,7 +325,7 @@ func (s *Supervisor) trackRead(p *proc, fd int, id uint64) (held bool) {
 		p.track.fds = map[int]uint64{}
 	}
 	p.track.fds[fd] = ino
-	s.placeLocked(p, s.tracked.decision(c).Group)
+	s.placeReader(p, tid, s.tracked.decision(c).Group, ino)
 	return false
 }
 
@@ -385,7 +385,7 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 	cloexec := call.flags&unix.SOCK_CLOEXEC != 0
 	// A connection a host name decided is recorded in every mode: only
 	// the record knows its class when a new table comes.
-	follow := s.track != intercept.TrackAccept
+	follow := s.track != intercept.TrackAccept || s.placement == intercept.PlaceThread
 	if !follow && !c.namesApply && c.rulesAddr() == c.local {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err

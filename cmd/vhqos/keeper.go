@@ -51,6 +51,7 @@ type keeper struct {
 	cgroupParent    string
 	cgroupName      string
 	track           string
+	placement       string
 	// shapeDevices are the devices claimed for egress_rate (bandwidth.go).
 	shapeDevices []string
 
@@ -140,7 +141,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 	defer signal.Stop(upgradeOrders)
 
 	k := &keeper{log: log, opts: opts, self: self, started: time.Now(), cgroupParent: settings.CgroupParent,
-		cgroupName: "vhqos." + strconv.Itoa(os.Getpid()), track: settings.Track, shapeDevices: settings.ShapeDevices}
+		cgroupName: "vhqos." + strconv.Itoa(os.Getpid()), track: settings.Track, placement: settings.Placement, shapeDevices: settings.ShapeDevices}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Refused before anything starts: two vhqos on one socket would answer
@@ -260,7 +261,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 		return 0, fmt.Errorf("starting %s: %w", opts.argv[0], err)
 	}
 	log.Info("server started", "pid", proc.Pid(), "command", opts.argv, "config", opts.config,
-		"cgroup_version", cg.Version(), "track", settings.Track, "supervisor_pid", sup.cmd.Process.Pid)
+		"cgroup_version", cg.Version(), "track", settings.Track, "placement", settings.Placement, "supervisor_pid", sup.cmd.Process.Pid)
 
 	exited := make(chan struct{})
 	go func() {
@@ -520,7 +521,7 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 	k.mu.Lock()
 	state := keeperState{
 		KeeperPID: os.Getpid(), KeeperVersion: version, KeeperStarted: k.started,
-		ServerPID: k.serverPid, CgroupParent: k.cgroupParent, CgroupName: k.cgroupName, Track: k.track,
+		ServerPID: k.serverPid, CgroupParent: k.cgroupParent, CgroupName: k.cgroupName, Track: k.track, Placement: k.placement,
 		Metrics: k.metricsListener != nil, Restarts: k.restarts, Upgrades: k.upgrades, FailedOpen: k.failedOpen + sinceOrZero(k.failingSince),
 		FailedOpenNotifications: k.failedOpenNotifications, LostConnections: k.lostConnections,
 		Table: len(k.table) > 0, ShapeDevices: k.shapeDevices,

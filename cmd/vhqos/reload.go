@@ -165,6 +165,9 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 	if next.Settings.Track != r.current.Settings.Track {
 		return nil, nil, nil, errors.New("settings.track cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
 	}
+	if next.Settings.Placement != r.current.Settings.Placement {
+		return nil, nil, nil, errors.New("settings.placement cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
+	}
 	if !sameDevices(next.Settings.ShapeDevices, r.shapeDevices) {
 		return nil, nil, nil, fmt.Errorf("settings.shape_devices cannot change while vhqos runs (running with %q): vhqos run set the devices up when it started; restart it", r.shapeDevices)
 	}

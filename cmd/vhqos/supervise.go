@@ -54,8 +54,11 @@ type keeperState struct {
 	CgroupName    string    `json:"cgroup_name"`
 	// Track is the tracking the filter was installed for; a table that
 	// says otherwise cannot change it without a restart of vhqos run.
-	Track   string `json:"track"`
-	Metrics bool   `json:"metrics"`
+	Track string `json:"track"`
+	// Placement is the placement the filter was installed for (it adds
+	// the read family), fixed like Track.
+	Placement string `json:"placement"`
+	Metrics   bool   `json:"metrics"`
 	// Restarts counts the supervisors started after one died.
 	Restarts                uint64        `json:"restarts"`
 	Upgrades                uint64        `json:"upgrades"`
@@ -74,6 +77,7 @@ type keeperState struct {
 type tableSettings struct {
 	CgroupParent string   `json:"cgroup_parent"`
 	Track        string   `json:"track"`
+	Placement    string   `json:"placement"`
 	Syscalls     []string `json:"syscalls"`
 	ShapeDevices []string `json:"shape_devices,omitempty"`
 }
@@ -124,8 +128,9 @@ func superviseCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	if *settings {
 		logWarnings(log, table)
-		track := table.Settings.Track
-		json.NewEncoder(stdout).Encode(tableSettings{CgroupParent: table.Settings.CgroupParent, Track: track.String(), Syscalls: track.Syscalls(),
+		track, placement := table.Settings.Track, table.Settings.Placement
+		json.NewEncoder(stdout).Encode(tableSettings{CgroupParent: table.Settings.CgroupParent, Track: track.String(),
+			Placement: placement.String(), Syscalls: intercept.Syscalls(track, placement),
 			ShapeDevices: table.Settings.ShapeDevices})
 		return 0
 	}
@@ -194,12 +199,20 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	if table.Settings.Track != track {
 		log.Warn("the table asks for another track than vhqos run started with; it takes effect when vhqos run restarts", "table", table.Settings.Track, "running", track)
 	}
+	placement, err := intercept.ParsePlacement(ks.Placement)
+	if err != nil {
+		return fmt.Errorf("the keeper's placement: %w", err)
+	}
+	if table.Settings.Placement != placement {
+		log.Warn("the table asks for another placement than vhqos run started with; it takes effect when vhqos run restarts", "table", table.Settings.Placement, "running", placement)
+	}
 	supOpts := supervisor.Options{
 		NotifyFd:   notifyFd,
 		Classifier: newTableClassifier(table),
 		Placer:     cg,
 		Logger:     log,
 		Track:      track,
+		Placement:  placement,
 		InFlight:   inFlight,
 	}
 	if metrics != nil {
