@@ -154,11 +154,11 @@ type Supervisor struct {
 	placement    intercept.Placement
 	threadPlacer ThreadPlacer
 	multiNoted   atomic.Bool
-	debug      bool // the logger takes debug lines: log each placement
-	observe    func(string, time.Duration)
-	selfPid    int
-	stats      Stats
-	groupStats groupStatsTable
+	debug        bool // the logger takes debug lines: log each placement
+	observe      func(string, time.Duration)
+	selfPid      int
+	stats        Stats
+	groupStats   groupStatsTable
 
 	placementLog rateLimit
 	// shapeLog bounds the warnings about shaping sockets (shape.go);
