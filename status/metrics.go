@@ -113,6 +113,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range bandwidthDescs() {
 		ch <- d
 	}
+	for _, d := range placementDescs() {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector from one fresh report.
@@ -155,6 +158,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	collectTenants(ch, r)
+	collectPlacement(ch, r)
 	ch <- prometheus.MustNewConstMetric(descClassified, prometheus.CounterValue, byAddress, "vhost")
 	ch <- prometheus.MustNewConstMetric(descSniffs, prometheus.CounterValue, float64(r.Supervisor.NamesFound), "found")
 	ch <- prometheus.MustNewConstMetric(descSniffs, prometheus.CounterValue, float64(r.Supervisor.NameFallbacks), "none")

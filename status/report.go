@@ -192,6 +192,15 @@ type Counters struct {
 	KnownProcesses      int    `json:"known_processes"`
 	ListenerCopies      int    `json:"listener_copies"`
 	FollowedConnections int    `json:"followed_connections"`
+	// Placement is what moves into a connection's cgroup ("process" or
+	// "thread"); MultiThreadedProcesses counts the server processes seen
+	// with more than one thread, UnplacedMultiThreaded the connections
+	// such a process took that placement "process" left outside their
+	// cgroup, and ThreadPlacements the moves of single threads.
+	Placement              string `json:"placement"`
+	MultiThreadedProcesses uint64 `json:"multi_threaded_processes"`
+	UnplacedMultiThreaded  uint64 `json:"unplaced_multi_threaded"`
+	ThreadPlacements       uint64 `json:"thread_placements"`
 }
 
 // WriteTable prints r for a terminal. With prev (an earlier report of the
@@ -221,6 +230,7 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 		s.Notifications, s.Accepted, s.Continued, s.Requeued, s.PlacementErrors, s.Errors, s.Reloads, s.ReloadsRefused)
 	fmt.Fprintf(w, "tracking %s: %d processes known, %d listening sockets, %d connections followed\n",
 		s.Track, s.KnownProcesses, s.ListenerCopies, s.FollowedConnections)
+	r.writeThreads(w)
 	r.writeTenants(w)
 	r.writeAdmissions(w)
 	r.writeMemoryTasks(w)
@@ -228,6 +238,20 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 	if s.NamesFound+s.NameFallbacks+s.NameTimeouts > 0 {
 		fmt.Fprintf(w, "host names: %d found, %d connections without one, %d timed out waiting for one, %d keep-alive connections moved by a later request\n",
 			s.NamesFound, s.NameFallbacks, s.NameTimeouts, s.Reclassified)
+	}
+}
+
+// writeThreads says what the placement in force does with a multi-threaded
+// server, when the server has such processes.
+func (r *Report) writeThreads(w io.Writer) {
+	s := r.Supervisor
+	switch {
+	case s.Placement == "thread":
+		fmt.Fprintf(w, "placement by thread: %d multi-threaded server processes, %d moves of a serving thread\n",
+			s.MultiThreadedProcesses, s.ThreadPlacements)
+	case s.MultiThreadedProcesses > 0:
+		fmt.Fprintf(w, "placement by process: %d multi-threaded server processes stay home (moving one moves all its threads, which serve other vhosts too); %d of their connections were served outside their vhost's cgroup; set placement = \"thread\" in [settings] to place the serving threads\n",
+			s.MultiThreadedProcesses, s.UnplacedMultiThreaded)
 	}
 }
 

@@ -143,6 +143,11 @@ func (s *Supervisor) handleAccept(n *notification, is4 bool) {
 	}
 	if isNew {
 		s.events.watchExit(p)
+		// A threaded server says so at its first accept, not at its
+		// first move (which under process placement never comes).
+		p.mu.Lock()
+		s.multiThreaded(p)
+		p.mu.Unlock()
 	}
 	call.proc = p
 	for attempt := 0; attempt < 3; attempt++ {

@@ -348,6 +348,9 @@ type Stats struct {
 // Track returns how far connections are followed.
 func (s *Supervisor) Track() intercept.Track { return s.track }
 
+// Placement returns what moves into a connection's cgroup.
+func (s *Supervisor) Placement() intercept.Placement { return s.placement }
+
 // Stats returns the supervisor's live counters.
 func (s *Supervisor) Stats() *Stats { return &s.stats }
 

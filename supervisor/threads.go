@@ -20,10 +20,15 @@ import (
 // instead, while it serves it: the accepting thread is rarely the serving
 // one (a listener thread hands connections to a pool), and a read is where
 // the serving thread shows itself. The sweep sends a placed thread home
-// when it is idle (blocked, and no CPU used since the sweep before) or its
-// connection is gone: a pool thread waiting for its next connection serves
-// nobody, and an event MPM worker hands a keep-alive connection back to its
-// listener between requests.
+// when its connection is gone, or when it waits for work: blocked in futex
+// or epoll_wait and no CPU used since the sweep before. A pool thread
+// waiting for its next connection serves nobody (Apache's workers, Java
+// and Ruby pools wait on a condition variable, a futex), and an event MPM
+// worker hands a keep-alive connection back to its listener between
+// requests. A thread that serves while blocked elsewhere (asleep, in poll
+// or read on its connection or a database's) stays; one that waits on a
+// lock or another thread's result for a whole sweep looks idle and goes
+// home, until its next read of the connection.
 
 // ThreadPlacer is what a Placer may also do: move one thread of a process,
 // leaving its others where they are (cgroup.Manager.PlaceThread). Thread
@@ -221,7 +226,7 @@ func (s *Supervisor) sweepThreadsOf(p *proc) {
 			delete(p.threads, tid)
 			continue
 		}
-		idle := t.seen && !running && cpu == t.cpu
+		idle := t.seen && !running && cpu == t.cpu && waitsForWork(p.tgid, tid)
 		t.cpu, t.seen = cpu, true
 		if idle || s.tracked.get(t.ino) == nil {
 			s.placeThread(p, tid, t, cgroup.HomeGroup)
@@ -234,6 +239,32 @@ func (s *Supervisor) sweepThreadsOf(p *proc) {
 			delete(p.track.fds, fd)
 		}
 	}
+}
+
+// waitsForWork reports whether thread tid of process pid is blocked where
+// an idle pool or event-loop thread waits: futex (a condition variable or
+// semaphore), futex_waitv, or the epoll_wait family.
+func waitsForWork(pid, tid int) bool {
+	b, err := os.ReadFile(taskSyscallPath(pid, tid))
+	if err != nil {
+		return false
+	}
+	return waitSyscall(b)
+}
+
+// waitSyscall reads a thread's /proc/.../syscall for waitsForWork: its
+// first field is the number of the system call it is blocked in, or
+// "running" (proc(5)).
+func waitSyscall(b []byte) bool {
+	f := bytes.Fields(b)
+	if len(f) == 0 {
+		return false
+	}
+	switch nr, _ := strconv.Atoi(string(f[0])); nr {
+	case unix.SYS_FUTEX, unix.SYS_FUTEX_WAITV, unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT, unix.SYS_EPOLL_PWAIT2:
+		return true
+	}
+	return false
 }
 
 // threadCPU reads thread tid of process pid from /proc: whether it is

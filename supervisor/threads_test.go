@@ -22,10 +22,11 @@ import (
 
 // threadLab is a threaded server in the style of Python's
 // ThreadingHTTPServer: the main thread accepts, and a new thread per
-// connection reads it, says so, and waits (blocked, using no CPU) until
-// told to let go.
+// connection reads it, says so, and waits until told to let go: on an
+// Event (a futex, as an idle pool thread waits), or asleep in short naps
+// (as a handler serving a slow request does).
 const threadLab = `
-import os, socket, sys, threading
+import os, socket, sys, threading, time
 lst = []
 for _ in range(2):
     s = socket.socket()
@@ -38,10 +39,14 @@ def say(*a):
     with lock:
         out.write(" ".join(str(x) for x in a) + "\n"); out.flush()
 release = {}
-def serve(name, c):
+def serve(name, mode, c):
     c.recv(1)
     say("read", name, threading.get_native_id())
-    release[name].wait()
+    if mode == "sleep":
+        while not release[name].is_set():
+            time.sleep(0.05)
+    else:
+        release[name].wait()
     c.close()
 say("ready", os.getpid(), lst[0].getsockname()[1], lst[1].getsockname()[1])
 for line in sys.stdin:
@@ -49,7 +54,7 @@ for line in sys.stdin:
     if f[0] == "accept":
         c, _ = lst[int(f[1])].accept()
         release[f[2]] = threading.Event()
-        threading.Thread(target=serve, args=(f[2], c)).start()
+        threading.Thread(target=serve, args=(f[2], f[3], c)).start()
     elif f[0] == "release":
         release[f[1]].set()
 `
@@ -133,9 +138,9 @@ func (lb *threadLabRun) line() string {
 }
 
 // serve connects to listener i, sends a byte and has the lab accept the
-// connection and read it on a new thread, named name; it returns that
-// thread's id.
-func (lb *threadLabRun) serve(i int, name string) int {
+// connection and read it on a new thread, named name, which then waits
+// (mode "wait") or naps (mode "sleep"); it returns that thread's id.
+func (lb *threadLabRun) serve(i int, name, mode string) int {
 	lb.t.Helper()
 	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(lb.ports[i]))
 	if err != nil {
@@ -143,7 +148,7 @@ func (lb *threadLabRun) serve(i int, name string) int {
 	}
 	lb.t.Cleanup(func() { c.Close() })
 	c.Write([]byte("x"))
-	fmt.Fprintf(lb.in, "accept %d %s\n", i, name)
+	fmt.Fprintf(lb.in, "accept %d %s %s\n", i, name, mode)
 	f := strings.Fields(lb.line())
 	if len(f) != 3 || f[0] != "read" || f[1] != name {
 		lb.t.Fatalf("lab said %q, want read %s TID", f, name)
@@ -154,8 +159,9 @@ func (lb *threadLabRun) serve(i int, name string) int {
 
 func TestThreadPlacementPlacesTheReadingThread(t *testing.T) {
 	lb := startThreadLab(t, intercept.PlaceThread)
-	shop := lb.serve(0, "s1")
-	blog := lb.serve(1, "b1")
+	shop := lb.serve(0, "s1", "wait")
+	blog := lb.serve(1, "b1", "wait")
+	napping := lb.serve(0, "s2", "sleep")
 	if shop == lb.pid || blog == lb.pid || shop == blog {
 		t.Fatalf("the lab's threads are not distinct: main %d, shop %d, blog %d", lb.pid, shop, blog)
 	}
@@ -181,11 +187,15 @@ func TestThreadPlacementPlacesTheReadingThread(t *testing.T) {
 	if n := lb.sup.Stats().ThreadPlacements.Load(); n < 2 {
 		t.Errorf("%d thread placements counted, want at least 2", n)
 	}
-	// Both threads now wait, blocked, using no CPU: the sweep (every
-	// second) sends them home.
-	waitFor(t, "both serving threads sent home while idle", func() bool {
+	// Two threads now wait for work as an idle pool thread does: the
+	// sweep (every second) sends them home. The third, asleep in its
+	// handler, still serves.
+	waitFor(t, "both waiting threads sent home", func() bool {
 		return lb.placer.threadGroup(shop) == cgroup.HomeGroup && lb.placer.threadGroup(blog) == cgroup.HomeGroup
 	})
+	if g := lb.placer.threadGroup(napping); g != "shop" {
+		t.Errorf("the thread asleep in its handler is in %q, want shop", g)
+	}
 	if c := strings.Count(lb.log.String(), "the server is multi-threaded"); c != 1 {
 		t.Errorf("the log says %d times that the server is multi-threaded, want once:\n%s", c, lb.log)
 	}
@@ -193,10 +203,10 @@ func TestThreadPlacementPlacesTheReadingThread(t *testing.T) {
 
 func TestProcessPlacementLeavesThreadedProcessHome(t *testing.T) {
 	lb := startThreadLab(t, intercept.PlaceProcess)
-	lb.serve(0, "s1")
-	lb.serve(1, "b1")
-	lb.serve(0, "s2")
-	lb.serve(1, "b2")
+	lb.serve(0, "s1", "wait")
+	lb.serve(1, "b1", "wait")
+	lb.serve(0, "s2", "wait")
+	lb.serve(1, "b2", "wait")
 	if lb.placer.wasIn(lb.pid, "blog") {
 		t.Errorf("the threaded process was moved into blog as a whole")
 	}
@@ -215,6 +225,27 @@ func TestProcessPlacementLeavesThreadedProcessHome(t *testing.T) {
 	}
 	if !strings.Contains(log, `placement = \"thread\"`) {
 		t.Errorf("the log does not say what to do about it:\n%s", log)
+	}
+}
+
+func TestWaitSyscall(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want bool
+	}{
+		{"202 0x7f3c 0x80 0x0 0x0 0x0 0x0 0x7ffd 0x7f3c", true}, // futex: a pool's condition variable
+		{"232 0x4 0x7ffd 0x200 0xffffffff 0x0 0x0 0x7ffd 0x7f3c", true},
+		{"281 0x4 0x7ffd 0x200 0xffffffff 0x0 0x8 0x7ffd 0x7f3c", true},
+		{"230 0x0 0x0 0x7ffd 0x0 0x0 0x0 0x7ffd 0x7f3c", false}, // clock_nanosleep: a handler asleep serves
+		{"7 0x7ffd 0x1 0x1388 0x0 0x0 0x0 0x7ffd 0x7f3c", false}, // poll on its connection (worker MPM keep-alive)
+		{"0 0x9 0x55d0 0x2000 0x0 0x0 0x0 0x7ffd 0x7f3c", false},
+		{"running", false},
+		{"-1 0x7ffd 0x7f3c", false},
+		{"", false},
+	} {
+		if got := waitSyscall([]byte(tc.line)); got != tc.want {
+			t.Errorf("waitSyscall(%q) = %v, want %v", tc.line, got, tc.want)
+		}
 	}
 }
 

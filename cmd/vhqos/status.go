@@ -67,6 +67,8 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 			NamesFound: st.NamesFound.Load(), NameFallbacks: st.NameFallbacks.Load(), NameTimeouts: st.NameTimeouts.Load(), Reclassified: st.Reclassified.Load(),
 			Reloads: r.reloads.Load(), ReloadsRefused: r.refused.Load(),
 			Track: sup.Track().String(), KnownProcesses: procs, ListenerCopies: listeners, FollowedConnections: followed,
+			Placement: sup.Placement().String(), MultiThreadedProcesses: st.MultiThreadedProcesses.Load(),
+			UnplacedMultiThreaded: st.UnplacedMultiThreaded.Load(), ThreadPlacements: st.ThreadPlacements.Load(),
 		},
 	}
 	conns := sup.GroupConnections()
