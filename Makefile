@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-rates bench-fpm fuzz fuzz-ci lint clean man deb test-deb test-vm-systemd
+.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-rates bench-fpm bench-threads fuzz fuzz-ci lint clean man deb test-deb test-vm-systemd
 
 all: build
 
@@ -78,11 +78,21 @@ demo: build
 	./demo/run.sh
 
 # Apache prefork (static file), then php-fpm behind nginx (FastCGI), then
-# what bandwidth limits that are never reached cost (bench-rates).
+# what bandwidth limits that are never reached cost (bench-rates), then
+# Apache's event MPM under both placements (bench-threads' static file
+# half; some 6 minutes).
 bench: build
 	$(GO) run ./itest/bench -vhqos $(BIN)
 	$(GO) run ./itest/bench -vhqos $(BIN) -fpm
 	$(GO) run ./itest/bench -vhqos $(BIN) -rates
+	$(GO) run ./itest/bench -vhqos $(BIN) -threads
+
+# Threaded servers (issue 16): Apache's event MPM native, under the floor
+# and under vhqos with placement = "process" and "thread", a static file
+# and a CPU-bound mod_lua handler.
+bench-threads: build
+	$(GO) run ./itest/bench -vhqos $(BIN) -threads
+	$(GO) run ./itest/bench -vhqos $(BIN) -threads -lua
 
 # php-fpm behind nginx alone: native, floor and vhqos with name vhosts.
 bench-fpm: build

@@ -102,10 +102,52 @@
 // otherwise. RemoveStale removes the subtrees of owners that died without
 // Close (SIGKILL): vhqos.<PID> directories whose PID is no running process.
 //
+// # Threads
+//
+// With Options.Threads, PlaceThread moves one thread of a process and
+// leaves the others where they are (threads.go). Under v1 the thread goes
+// into tasks of the group in the cpu, cpuacct, blkio and pids hierarchies,
+// which all account per thread; memory charges the process (its mm), so
+// the memory hierarchy keeps the whole process where Place put it.
+//
+// Under v2 the threads of a process may only be spread within one threaded
+// subtree, over the threaded controllers (cpu, pids; io and memory are
+// domain controllers): Documentation/admin-guide/cgroup-v2.rst, "Threads".
+// So Parent/Name/threads is a domain (it becomes "domain threaded") whose
+// children are threaded twins of the groups: threads/home, threads/default,
+// threads/vhost-x, threads/tenant-t and threads/tenant-t/vhost-x, each of
+// cgroup.type "threaded", with cpu and pids handed down in their
+// cgroup.subtree_control as they are enabled for the subtree. Set writes a
+// group's cpu weight, cpu max and tasks max to its twin as well; Remove
+// moves the twin's threads into the target's twin and deletes it; Usage adds
+// the twin's CPU time, throttling and tasks to the group's; an attached
+// manager opens the twins it finds. The domain groups are unchanged, for
+// processes Place moves whole with every controller.
+//
+//	Parent/Name/                 io, memory, cpu, pids handed down
+//	├── home, default, vhost-x   domain groups: Place (whole processes)
+//	├── tenant-t/vhost-x
+//	└── threads/                 domain threaded: io and memory of every
+//	    │                        process in the threaded subtree; no limits
+//	    ├── home, default, vhost-x      threaded: PlaceThread (cpu, pids)
+//	    └── tenant-t/vhost-x
+//
+// A thread gets into a twin only when its process is in the threaded
+// subtree (else the kernel says EOPNOTSUPP): PlaceThread then first moves
+// the whole process into threads/home through its cgroup.procs. From then
+// on the process's io and memory are charged to threads, which carries no
+// limit: the io and memory limits of the groups reach processes Place put
+// in them (single-threaded ones: CGIs, prefork children), not placed
+// threads. threads competes with the domain groups as one group of the
+// default cpu weight, and a group's cpu max bounds the group and its twin
+// each.
+//
 // # Hot path
 //
 // Place runs per accepted connection: it writes the pid, with one write(2)
 // per hierarchy, to cgroup.procs files kept open from the group's creation,
 // under a read lock, without allocating. Writing a thread id to cgroup.procs
-// moves its whole process.
+// moves its whole process. PlaceThread does the same with cgroup.threads
+// (v2) or tasks (v1) files: one write under v2, one per hierarchy but
+// memory's under v1.
 package cgroup

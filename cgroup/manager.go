@@ -44,7 +44,16 @@ type Options struct {
 	// when the caller sits there (a child the owner started inherits it).
 	// Parent must be what the owner was given.
 	Attach bool
-	Logger *slog.Logger
+	// Threads makes PlaceThread work: under cgroup v2 New (or an
+	// attached New that finds none) makes the threaded subtree
+	// Parent/Name/threads with a threaded twin of every group, which Set,
+	// Remove and Usage keep in step with the group; under v1 it needs no
+	// cgroups of its own. Without it nothing of this exists and
+	// PlaceThread fails, except that an attached manager under v2 uses a
+	// threaded subtree it finds (its owner's, or an earlier attached
+	// manager's). See threads.go.
+	Threads bool
+	Logger  *slog.Logger
 }
 
 // Usage is what a group has consumed since it was created.
@@ -63,8 +72,18 @@ type Usage struct {
 	IOReadBytes  uint64
 	IOWriteBytes uint64
 	IO           bool
-	// Processes is how many processes the group holds now.
+	// Processes is how many processes the group holds now: under v2
+	// those in it as a whole (Place's; a process in the threaded subtree
+	// shows in Threads only, since the kernel lists no processes of a
+	// threaded cgroup), under v1 every process with a thread there (v1's
+	// cgroup.procs).
 	Processes int
+	// Threads is how many threads (tasks) the group holds now: every
+	// thread of its processes and the threads PlaceThread put there alone
+	// (v2: the lines of cgroup.threads of the group and of its threaded
+	// twin; v1: the lines of tasks in the cpu hierarchy). Unlike Tasks it
+	// needs no pids controller.
+	Threads int
 	// Memory says whether the kernel accounts memory for the group (v1:
 	// the memory hierarchy is mounted; v2: the memory controller is
 	// enabled for the subtree, which a memory limit of any group does).
@@ -114,6 +133,13 @@ type group struct {
 	fdMu    sync.Mutex
 	fds     []int // open cgroup.procs, per hierarchy, written by Place; opened on first use
 	applied map[string]setting
+	// threadFiles are where PlaceThread writes a thread id (v1: tasks in
+	// the per-thread hierarchies, v2: the twin's cgroup.threads), tfds
+	// the same opened on first use, twin the v2 threaded twin; all empty
+	// without thread placement (threads.go).
+	threadFiles []string
+	tfds        []int
+	twin        *twin
 	// want is what the last Set asked for (wantSet: there was one), and
 	// quota the CPU quota last written, which under v1 may be lower than
 	// want's (nested.go).
@@ -143,6 +169,12 @@ type Manager struct {
 	attached bool       // Options.Attach: Parent/Name is another process's
 
 	v2 v2state
+
+	threads    bool             // PlaceThread works (Options.Threads; threads.go)
+	threadHier []int            // v1: the hierarchies PlaceThread writes to, all but memory's
+	troot      *cgroup2.Manager // v2: the threaded subtree's domain, Parent/Name/threads
+	threadRoot string           // and its directory
+	threadMu   sync.Mutex       // serializes moving a process into the threaded subtree (enterThreaded)
 
 	mu      sync.Mutex // serializes Set, Remove and Close
 	closing []*group   // the groups Close is removing
@@ -216,6 +248,9 @@ func newManager(ctx context.Context, opts Options, lay layout) (*Manager, error)
 	} else {
 		m.version = 1
 		err = m.initV1(ctx, opts.Parent)
+	}
+	if err == nil {
+		err = m.initThreads(opts.Threads)
 	}
 	switch {
 	case err != nil:
@@ -392,6 +427,9 @@ func (m *Manager) adoptGroups() error {
 	}
 	names := []string{HomeGroup}
 	for _, name := range below {
+		if isThreadsName(name) {
+			continue // the threaded twins: each group opens its own
+		}
 		if name != HomeGroup {
 			names = append(names, name)
 		}
@@ -516,6 +554,12 @@ func (m *Manager) createGroup(name string) (*group, error) {
 		g.dirs = append(g.dirs, dir)
 		g.procs = append(g.procs, filepath.Join(dir, "cgroup.procs"))
 	}
+	if err := m.prepareThreads(g); err != nil {
+		if derr := g.delete(); derr != nil {
+			m.log.Warn("removing a group whose threaded twin failed", "group", name, "err", derr)
+		}
+		return nil, err
+	}
 	return g, nil
 }
 
@@ -528,18 +572,27 @@ func (g *group) openFds() ([]int, error) {
 	if g.fds != nil {
 		return g.fds, nil
 	}
-	fds := make([]int, 0, len(g.procs))
-	for _, procs := range g.procs {
-		fd, err := unix.Open(procs, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	fds, err := openWrite(g.procs)
+	if err != nil {
+		return nil, err
+	}
+	g.fds = fds
+	return fds, nil
+}
+
+// openWrite opens files for writing, all or none.
+func openWrite(files []string) ([]int, error) {
+	fds := make([]int, 0, len(files))
+	for _, file := range files {
+		fd, err := unix.Open(file, unix.O_WRONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			for _, f := range fds {
 				unix.Close(f)
 			}
-			return nil, fmt.Errorf("cgroups: opening %s: %w", procs, err)
+			return nil, fmt.Errorf("cgroups: opening %s: %w", file, err)
 		}
 		fds = append(fds, fd)
 	}
-	g.fds = fds
 	return fds, nil
 }
 
@@ -549,7 +602,10 @@ func (g *group) closeFds() {
 	for _, fd := range g.fds {
 		unix.Close(fd)
 	}
-	g.fds = nil
+	for _, fd := range g.tfds {
+		unix.Close(fd)
+	}
+	g.fds, g.tfds = nil, nil
 }
 
 // Version is 1 on the v1 and hybrid layouts (limits live in v1), 2 on
@@ -575,6 +631,9 @@ func (m *Manager) Set(group string, r Resources) error {
 	}
 	if err := r.validate(); err != nil {
 		return fmt.Errorf("cgroups: limits of %s: %w", group, err)
+	}
+	if isThreadsName(group) {
+		return fmt.Errorf("cgroups: %s: the name %q is the threaded subtree's", group, threadsDir)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -633,6 +692,9 @@ func (m *Manager) update(g *group, r Resources) error {
 	}
 	writes := diff(g.applied, desired)
 	if len(writes) == 0 {
+		if err := m.updateTwin(g, desired); err != nil {
+			return err
+		}
 		g.quota = r.CPUQuotaPercent
 		return nil
 	}
@@ -648,6 +710,9 @@ func (m *Manager) update(g *group, r Resources) error {
 	})
 	if err != nil {
 		return fmt.Errorf("cgroups: group %s: %w", g.name, err)
+	}
+	if err := m.updateTwin(g, desired); err != nil {
+		return err
 	}
 	g.quota = r.CPUQuotaPercent
 	if m.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -714,7 +779,9 @@ func (m *Manager) Remove(group string) error { return m.RemoveTo(group, HomeGrou
 
 // RemoveTo moves the group's processes into group to and deletes the group:
 // when a vhost leaves the table, the processes serving it go on serving
-// with the defaults' limits.
+// with the defaults' limits. With thread placement the threads PlaceThread
+// put there move one by one into to (under v2 into its threaded twin), and
+// the twin is deleted too.
 func (m *Manager) RemoveTo(group, to string) error {
 	if err := validGroup(group); err != nil {
 		return fmt.Errorf("cgroups: %w", err)
@@ -757,13 +824,21 @@ func (m *Manager) RemoveTo(group, to string) error {
 	}
 }
 
-// moveAll moves every process of from into to, in every hierarchy.
+// moveAll moves every process of from into to, in every hierarchy, and
+// its threads (moveThreads): under v1 thread by thread in the per-thread
+// hierarchies, where a process may have threads in several groups.
 func (m *Manager) moveAll(from, to *group) error {
 	toFds, err := to.openFds()
 	if err != nil {
 		return err
 	}
+	if err := m.moveThreads(from, to); err != nil {
+		return err
+	}
 	for i, dir := range from.dirs {
+		if slices.Contains(m.threadHier, i) {
+			continue // moved thread by thread
+		}
 		pids, err := readPids(filepath.Join(dir, "cgroup.procs"))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -800,6 +875,9 @@ func (g *group) delete() error {
 	}
 	if errors.Is(err, cgroup1.ErrCgroupDeleted) || errors.Is(err, os.ErrNotExist) {
 		err = nil
+	}
+	if err == nil && g.twin != nil {
+		err = g.twin.delete()
 	}
 	return err
 }
@@ -847,7 +925,22 @@ func (m *Manager) Usage(group string) (Usage, error) {
 		if err := memoryUsage(&u, 2, g.dirs[0], g.dirs[0]); err != nil {
 			return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
 		}
+		if u.Threads, err = countLines(filepath.Join(g.dirs[0], "cgroup.threads")); err != nil {
+			return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
+		}
+		if g.twin != nil {
+			if err := g.twin.usage(&u); err != nil {
+				return u, fmt.Errorf("cgroups: usage of %s, its threaded twin: %w", group, err)
+			}
+		}
 		return u, nil
+	}
+	tasks := g.dirs[0]
+	if i, ok := m.ctrlHier["cpu"]; ok {
+		tasks = g.dirs[i]
+	}
+	if u.Threads, err = countLines(filepath.Join(tasks, "tasks")); err != nil {
+		return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
 	}
 	memDir, pidsDir := "", ""
 	if i, ok := m.ctrlHier["memory"]; ok {

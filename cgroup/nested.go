@@ -74,6 +74,15 @@ func (m *Manager) handDown(group string) error {
 			}
 		}
 	}
+	if g := m.groups[group]; g != nil && g.twin != nil {
+		for _, c := range threadedControllers() {
+			if m.v2.enabled[c] {
+				if err := enableIn(g.twin.dir, c); err != nil {
+					return fmt.Errorf("cgroups: handing the %s controller down from the threaded twin of %s: %w", c, group, err)
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -81,6 +90,16 @@ func (m *Manager) handDown(group string) error {
 // outer ones first: enableControllers writes a new controller into their
 // cgroup.subtree_control after the chain's.
 func (m *Manager) innerDirs() []string {
+	groups := m.innerGroups()
+	dirs := make([]string, len(groups))
+	for i, g := range groups {
+		dirs[i] = m.hier[0].dir(m.name, g)
+	}
+	return dirs
+}
+
+// innerGroups lists the groups that have children, the outer ones first.
+func (m *Manager) innerGroups() []string {
 	var groups []string
 	for g := range m.v2.inner {
 		if m.groups[g] != nil {
@@ -93,11 +112,7 @@ func (m *Manager) innerDirs() []string {
 		}
 		return strings.Compare(a, b)
 	})
-	dirs := make([]string, len(groups))
-	for i, g := range groups {
-		dirs[i] = m.hier[0].dir(m.name, g)
-	}
-	return dirs
+	return groups
 }
 
 // enableIn lists controller c in dir's cgroup.subtree_control if it is not

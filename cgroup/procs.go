@@ -59,6 +59,11 @@ func procsUnder(dir string) ([]int, error) {
 	var pids []int
 	for _, d := range dirs {
 		list, err := readPids(filepath.Join(d, "cgroup.procs"))
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			// A threaded cgroup (threads.go): its processes are listed
+			// by the threaded subtree's domain, higher up.
+			continue
+		}
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}

@@ -407,14 +407,43 @@ func limitFiles(version int) []limitFile {
 // Files the kernel does not offer here (a controller not enabled, or not
 // mounted) hold no limit and are skipped.
 func (m *Manager) seedApplied(g *group) error {
-	for _, f := range limitFiles(m.version) {
-		dir := g.dirs[0]
+	err := seedFiles(g.applied, &g.quota, limitFiles(m.version), func(ctrl string) (string, bool) {
 		if m.version == 1 {
-			i, ok := m.ctrlHier[f.ctrl]
+			i, ok := m.ctrlHier[ctrl]
 			if !ok {
-				continue
+				return "", false
 			}
-			dir = g.dirs[i]
+			return g.dirs[i], true
+		}
+		return g.dirs[0], true
+	})
+	if err == nil && g.twin != nil {
+		// The twin's cpu and pids limits, which the group's own files
+		// repeat: the twin may have been made after them, by a later
+		// attached manager.
+		var files []limitFile
+		for _, f := range limitFiles(2) {
+			if slices.Contains(threadedControllers(), f.ctrl) {
+				files = append(files, f)
+			}
+		}
+		var quota float64
+		err = seedFiles(g.twin.applied, &quota, files, func(string) (string, bool) { return g.twin.dir, true })
+	}
+	if err != nil {
+		return fmt.Errorf("cgroups: reading the limits of %s: %w", g.name, err)
+	}
+	return nil
+}
+
+// seedFiles reads back into applied the values that are not the kernel's
+// defaults in files, found by dirOf (false: not mounted), and the v1 CPU
+// quota in force into quota.
+func seedFiles(applied map[string]setting, quota *float64, files []limitFile, dirOf func(ctrl string) (string, bool)) error {
+	for _, f := range files {
+		dir, ok := dirOf(f.ctrl)
+		if !ok {
+			continue
 		}
 		file := filepath.Join(dir, f.file)
 		data, err := os.ReadFile(file)
@@ -422,7 +451,7 @@ func (m *Manager) seedApplied(g *group) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("cgroups: reading the limits of %s: %w", g.name, err)
+			return err
 		}
 		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 		if f.perDevice == nil {
@@ -431,12 +460,12 @@ func (m *Manager) seedApplied(g *group) error {
 				v = strings.TrimPrefix(v, "default ") // io.bfq.weight reads "default N" on newer kernels
 			}
 			if v != f.reset && (f.unset == nil || !f.unset(v)) {
-				g.applied[f.file] = setting{ctrl: f.ctrl, file: f.file, key: f.file, value: v, reset: f.reset,
+				applied[f.file] = setting{ctrl: f.ctrl, file: f.file, key: f.file, value: v, reset: f.reset,
 					desc: fmt.Sprintf("%s %q, set before this process attached", f.file, v)}
 				if f.file == "cpu.cfs_quota_us" {
 					// The quota in force, for nested.go's order of writes.
 					if us, err := strconv.ParseInt(v, 10, 64); err == nil && us > 0 {
-						g.quota = float64(us) / 1000
+						*quota = float64(us) / 1000
 					}
 				}
 			}
@@ -449,7 +478,7 @@ func (m *Manager) seedApplied(g *group) error {
 			}
 			line = strings.TrimSpace(line)
 			if reset := f.perDevice(dev); line != reset {
-				g.applied[f.file+" "+dev] = setting{ctrl: f.ctrl, file: f.file, key: f.file + " " + dev, value: line, reset: reset,
+				applied[f.file+" "+dev] = setting{ctrl: f.ctrl, file: f.file, key: f.file + " " + dev, value: line, reset: reset,
 					desc: fmt.Sprintf("%s %q, set before this process attached", f.file, line), dev: dev}
 			}
 		}

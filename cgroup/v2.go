@@ -246,7 +246,11 @@ func (m *Manager) enableControllers(ctrls []string) error {
 			m.v2.undo = append(m.v2.undo, subtreeEdit{dir, c})
 		}
 		// Inside the subtree: removed with it, so nothing to undo.
-		for _, dir := range m.innerDirs() {
+		inner := m.innerDirs()
+		if slices.Contains(threadedControllers(), c) {
+			inner = append(inner, m.threadInnerDirs()...)
+		}
+		for _, dir := range inner {
 			if err := enableIn(dir, c); err != nil {
 				return fmt.Errorf("handing the cgroup v2 %s controller down inside the subtree: %w", c, err)
 			}

@@ -77,6 +77,9 @@ type ApacheConfig struct {
 	// address at that port instead of once per vhost address, so the
 	// listener's address does not tell the vhosts apart.
 	ListenAll string
+	// Lua serves /lua/whoami and /lua/burn?G from mod_lua, handlers that
+	// run in the serving thread and report its cgroup (apache_lua.go).
+	Lua bool
 	// Extra is appended to the configuration.
 	Extra string
 	// TLSAddr, when set, serves every vhost over HTTPS too, on this
@@ -248,6 +251,13 @@ DirectoryIndex index.html
 				cfg.TLSAddr, v.Name, aliases, a.AccessLog, cfg.CertFile, cfg.KeyFile)
 		}
 	}
+	if cfg.Lua {
+		lua, err := luaConfig(dir)
+		if err != nil {
+			return nil, err
+		}
+		b.WriteString(lua)
+	}
 	b.WriteString(cfg.Extra)
 	if err := os.WriteFile(a.Conf, []byte(b.String()), 0o644); err != nil {
 		return nil, err
@@ -267,9 +277,10 @@ DirectoryIndex index.html
 	a.exited = exited
 	go func() { a.Cmd.Wait(); close(exited) }()
 	// Apache listens before it handles signals: a SIGTERM before
-	// "resuming normal operations" (AH00163, logged once its signal
-	// handlers are set and its children started) kills it outright.
-	if err := waitLogged(ctx, filepath.Join(dir, "error.log"), "AH00163", exited); err != nil {
+	// "resuming normal operations" (prefork's AH00163, worker's AH00292,
+	// event's AH00489, logged once its signal handlers are set and its
+	// children started) kills it outright.
+	if err := waitLogged(ctx, filepath.Join(dir, "error.log"), "resuming normal operations", exited); err != nil {
 		a.Stop()
 		a.KillLeftovers()
 		out := a.Output()

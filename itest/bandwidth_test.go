@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -404,5 +405,166 @@ func TestBandwidthRefusesOthersQdisc(t *testing.T) {
 	}
 	if q, _ := shaper.RootQdisc(dev); q != "tbf 1:" {
 		t.Errorf("%s's root qdisc is %q after vhqos refused it, want the operator's tbf 1:", dev, q)
+	}
+}
+
+// tenantBandwidthQoS gives tenant acme 40 Mbit/s for its sites together:
+// shop (bulk.example's listener, so the kernel accepts and the listener
+// carries the mark) when shopInAcme, and blog (paced.example by its Host,
+// so vhqos accepts and marks the connection), neither with a rate of its
+// own. free.example is of no tenant and has no rate.
+func tenantBandwidthQoS(dev, srvIP string, shopInAcme bool) string {
+	shopTenant := "tenant = \"acme\"\n"
+	if !shopInAcme {
+		shopTenant = ""
+	}
+	return fmt.Sprintf(`[settings]
+shape_devices = [%q]
+
+[[tenant]]
+name = "acme"
+egress_rate = "40Mbit"
+
+[[vhost]]
+name = "shop"
+match = ["%[2]s:8081"]
+%[3]s
+[[vhost]]
+name = "blog"
+match = ["paced.example"]
+listen = ["%[2]s:8082"]
+tenant = "acme"
+`, dev, srvIP, shopTenant)
+}
+
+// A tenant's egress_rate bounds what its sites send together: two sites
+// without rates of their own, two downloads each, get 40 Mbit/s in all;
+// a reload that moves a site out of the tenant frees it and leaves the
+// other site the tenant's whole rate; once vhqos is gone the device has
+// its old qdisc.
+func TestBandwidthTenant(t *testing.T) {
+	const dev = "vqt-srv"
+	v := newVethLink(t, dev, "vqt-cli", "169.254.80.1", "169.254.80.2")
+	before, err := shaper.RootQdisc(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qos := filepath.Join(t.TempDir(), "qos.toml")
+	if err := os.WriteFile(qos, []byte(tenantBandwidthQoS(dev, v.SrvIP, true)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	socket := statusSocket(t)
+	d := bandwidthNginx(t, []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qos, "--status-socket", socket, "--"}, v.SrvIP)
+	checkCgroupsGone(t, d)
+
+	// The tenant's class holds the classes of both sites.
+	link, err := netlink.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := func() map[string]string {
+		cs, _ := netlink.ClassList(link, netlink.MakeHandle(shaper.Major, 0))
+		out := map[string]string{}
+		for _, c := range cs {
+			if htb, ok := c.(*netlink.HtbClass); ok {
+				_, minor := netlink.MajorMinor(htb.Handle)
+				parent := "root"
+				if htb.Parent != netlink.HANDLE_ROOT {
+					_, pm := netlink.MajorMinor(htb.Parent)
+					parent = fmt.Sprintf("%x", pm)
+				}
+				out[fmt.Sprintf("%x", minor)] = fmt.Sprintf("%s %d/%d", parent, htb.Rate*8, htb.Ceil*8)
+			}
+		}
+		return out
+	}
+	classes := tree()
+	rootClasses, inner := 0, 0
+	for _, c := range classes {
+		if strings.HasPrefix(c, "root 40000000/40000000") {
+			rootClasses++
+		}
+		if strings.HasSuffix(c, " 20000000/40000000") && !strings.HasPrefix(c, "root") {
+			inner++
+		}
+	}
+	if len(classes) != 3 || rootClasses != 1 || inner != 2 {
+		t.Fatalf("classes on %s: %v; want the tenant's at 40 Mbit/s with the two sites' inside it, 20 Mbit/s each and 40 at most", dev, classes)
+	}
+
+	addrs := []string{v.SrvIP + ":8081", v.SrvIP + ":8081", v.SrvIP + ":8082", v.SrvIP + ":8082"}
+	hosts := []string{"bulk.example", "bulk.example", "paced.example", "paced.example"}
+	xs := v.downloads(t, addrs, hosts)
+	total := aggregate(xs)
+	t.Logf("tenant acme (egress_rate 40Mbit), 2 downloads of shop and 2 of blog together: %.2f Mbit/s (shop %.2f, blog %.2f; each %.2f %.2f %.2f %.2f)",
+		total, aggregate(xs[:2]), aggregate(xs[2:]), xs[0].mbits(), xs[1].mbits(), xs[2].mbits(), xs[3].mbits())
+	if total < 40*0.85 || total > 40*1.15 {
+		t.Errorf("the tenant's 4 downloads together got %.2f Mbit/s; want 40 Mbit/s ±15%%", total)
+	}
+	rep := statusReport(t, socket)
+	if len(rep.Tenants) != 1 || rep.Tenants[0].EgressRate != 40e6 || rep.Tenants[0].Egress == nil || rep.Tenants[0].Egress.Bytes < 4*bandwidthFile {
+		t.Errorf("status of the tenants: %+v; want acme at 40 Mbit/s with at least %d bytes sent", rep.Tenants, 4*bandwidthFile)
+	}
+	for _, name := range []string{"shop", "blog"} {
+		if c := classOf(t, rep, name); c.EgressRate != 0 || c.Egress == nil || c.Egress.Bytes < 2*bandwidthFile {
+			t.Errorf("status of %s: rate %d, shaper %+v; want no rate of its own and at least %d bytes sent in its class", name, c.EgressRate, c.Egress, 2*bandwidthFile)
+		}
+	}
+	text, err := exec.Command(vhqosBinary(t), "status", "--socket", socket).CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^tenant acme +40Mbit +- +\d`).Match(text) {
+		t.Errorf("vhqos status: %v\n%s\nwant a line for tenant acme in the bandwidth table, at 40Mbit, with what it sent", err, text)
+	}
+
+	// shop leaves the tenant: its class goes, blog's stays inside acme's.
+	gen := rep.Supervisor.Reloads
+	writeByRename(t, qos, tenantBandwidthQoS(dev, v.SrvIP, false))
+	eventually(t, patience, "vhqos applying the table that moves shop out of acme", func() bool {
+		now := statusReport(t, socket).Supervisor
+		if now.ReloadsRefused != rep.Supervisor.ReloadsRefused {
+			t.Fatalf("vhqos refused the table:\n%s", d.Output())
+		}
+		return now.Reloads > gen
+	})
+	if classes := tree(); len(classes) != 2 {
+		t.Errorf("after shop left acme the classes are %v; want acme's and blog's inside it", classes)
+	}
+	blog := v.downloads(t, addrs[2:], hosts[2:])
+	t.Logf("blog alone in acme, 2 downloads: %.2f Mbit/s", aggregate(blog))
+	if r := aggregate(blog); r < 40*0.85 || r > 40*1.15 {
+		t.Errorf("blog's 2 downloads, alone in the tenant, got %.2f Mbit/s; want the tenant's 40 Mbit/s ±15%%", r)
+	}
+	shop := v.downloads(t, addrs[:1], hosts[:1])
+	t.Logf("shop out of the tenant, no rate: %.0f Mbit/s", shop[0].mbits())
+	if shop[0].mbits() < 2*40 {
+		t.Errorf("shop, moved out of the tenant, got %.2f Mbit/s: still shaped", shop[0].mbits())
+	}
+
+	d.Stop()
+	if after, err := shaper.RootQdisc(dev); err != nil || after != before {
+		t.Errorf("after vhqos exited %s's root qdisc is %q (%v), want %q as before", dev, after, err, before)
+	}
+}
+
+// vhqos check looks the devices of shape_devices up, as vhqos run does
+// when it starts: a missing one is an error naming it, at its place.
+func TestCheckShapeDevices(t *testing.T) {
+	const dev = "vqe-srv"
+	newVethLink(t, dev, "vqe-cli", "169.254.81.1", "169.254.81.2")
+	file := filepath.Join(t.TempDir(), "qos.toml")
+	write := func(devices string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte("[settings]\nshape_devices = "+devices+"\n[[vhost]]\nname = \"shop\"\nmatch = [\"169.254.81.1\"]\negress_rate = \"10Mbit\"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`["vqe-srv", "vqe-none"]`)
+	_, stderr, code := vhqosCheck(t, file)
+	want := file + `:2:29: [settings] shape_devices[1]: no network device "vqe-none" in this network namespace (ip link lists them); vhqos run does not start without it`
+	if code != 2 || strings.TrimSpace(stderr) != want {
+		t.Errorf("vhqos check with a missing device: exit %d, said\n%s\nwant exit 2 and\n%s", code, stderr, want)
+	}
+	write(`["vqe-srv"]`)
+	if stdout, stderr, code := vhqosCheck(t, file); code != 0 || !strings.Contains(stdout, "OK") {
+		t.Errorf("vhqos check with the device there: exit %d\n%s%s", code, stdout, stderr)
 	}
 }

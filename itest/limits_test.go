@@ -633,3 +633,58 @@ match = ["127.0.0.5"]
 		}
 	}
 }
+
+// A tenant's memory_max bounds its sites together: a CGI touching 300 MiB
+// in a site without a memory limit of its own, inside a tenant with
+// memory_max = "128M", is killed, and vhqos status counts the kill on the
+// tenant as well as on the site, under cgroup v1 too (whose kernel counts
+// it in the site's cgroup only). The site of no tenant serves meanwhile.
+func TestLimitsTenantMemoryMax(t *testing.T) {
+	const qos = `
+[[tenant]]
+name = "acme"
+memory_max = "128M"
+
+[[vhost]]
+name = "mem"
+tenant = "acme"
+match = ["127.0.0.2"]
+
+[[vhost]]
+name = "other"
+match = ["127.0.0.5"]
+`
+	_, socket := startLimited(t, qos, VHost{Name: "mem", Addr: memSite}, VHost{Name: "other", Addr: otherSite})
+	tenantKills := func(r status.Report) uint64 {
+		for _, tn := range r.Tenants {
+			if tn.Name == "acme" && tn.Memory != nil {
+				return tn.Memory.Events["oom_kill"]
+			}
+		}
+		t.Fatalf("no memory accounting for tenant acme in the status report: %+v", r.Tenants)
+		return 0
+	}
+	first := statusReport(t, socket)
+	before, siteBefore := tenantKills(first), classOf(t, first, "mem").Memory.Events["oom_kill"]
+	stop := make(chan struct{})
+	others := servedMeanwhile(t, memSite, stop)
+	resp, err := Get(memSite, "/cgi-bin/alloc?300")
+	close(stop)
+	others.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Status == 200 || strings.Contains(resp.Body, "allocated") {
+		t.Errorf("300 MiB under the tenant's memory_max 128M: status %d, %q; want the CGI stopped", resp.Status, resp.Body)
+	}
+	var r status.Report
+	eventually(t, patience, "the OOM kill counted on the site in vhqos status", func() bool {
+		r = statusReport(t, socket)
+		return classOf(t, r, "mem").Memory.Events["oom_kill"] > siteBefore
+	})
+	kills := classOf(t, r, "mem").Memory.Events["oom_kill"] - siteBefore
+	t.Logf("300 MiB under tenant acme's memory_max 128M: HTTP %d; OOM kills on the site %d, on the tenant %d before, %d after", resp.Status, kills, before, tenantKills(r))
+	if got := tenantKills(r) - before; got != kills {
+		t.Errorf("tenant acme counts %d OOM kills, its site %d; want the site's kills on the tenant too", got, kills)
+	}
+}

@@ -8,8 +8,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,6 +52,9 @@ var describedOnly = map[string]bool{
 
 var metricName = regexp.MustCompile(`vhqos_[a-z_]+`)
 
+// sumBy finds the grouping labels of aggregations: sum by (a, b).
+var sumBy = regexp.MustCompile(`(?:sum|avg|max|min) by \(([^)]*)\)`)
+
 func TestMetricsNamesOfRulesAndDashboard(t *testing.T) {
 	root, err := RepoRoot()
 	if err != nil {
@@ -78,6 +83,16 @@ func TestMetricsNamesOfRulesAndDashboard(t *testing.T) {
 		for _, e := range exprs {
 			for _, m := range metricName.FindAllString(e, -1) {
 				used[m] = append(used[m], name+": "+e)
+			}
+		}
+	}
+
+	// A vhost's limits and usage hold per machine: a panel that adds up
+	// a vhost's series across instances shows a limit no machine has.
+	for _, e := range dashboardExprs(t, dashboard) {
+		for _, by := range sumBy.FindAllStringSubmatch(e, -1) {
+			if !slices.Contains(strings.Split(strings.ReplaceAll(by[1], " ", ""), ","), "instance") {
+				t.Errorf("the dashboard adds up across instances: %s", e)
 			}
 		}
 	}
@@ -230,4 +245,112 @@ func describedFamilies() map[string]bool {
 		}
 	}
 	return names
+}
+
+// TestTableRefusedGauge: vhqos_table_refused says whether the table file
+// holds a table vhqos refused, for as long as it does: the alert
+// VhqosReloadRefused lasts as long as the broken file, across a
+// supervisor's crash, and ends when the file is fixed. vhqos status
+// says it too.
+func TestTableRefusedGauge(t *testing.T) {
+	const addr, metrics = "127.0.0.31:31080", "127.0.0.31:31464"
+	dir, err := scratchDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	qos := filepath.Join(dir, "qos.toml")
+	socket := filepath.Join(dir, "status.sock")
+	const good = "[[vhost]]\nname = \"web\"\nmatch = [\"127.0.0.31\"]\ncpu_weight = 200\n"
+	write := func(content string) {
+		t.Helper()
+		// As an editor saves: a new file renamed over the old one.
+		if err := os.WriteFile(qos+".new", []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(qos+".new", qos); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(good)
+	d := RunDaemon(t, DaemonConfig{
+		Name:   "socat",
+		Dir:    dir,
+		Prefix: []string{vhqosBinary(t), "run", "--stop-timeout", "10s", "--config", qos, "--status-socket", socket, "--metrics-listen", metrics, "--"},
+		Argv:   []string{"socat", "TCP-LISTEN:31080,bind=127.0.0.31,reuseaddr,fork", "SYSTEM:echo hello"},
+		Listen: []string{addr},
+	})
+	gauge := func() float64 {
+		t.Helper()
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return -1 // between a supervisor's crash and its successor
+		}
+		defer resp.Body.Close()
+		var parser expfmt.TextParser
+		families, err := parser.TextToMetricFamilies(resp.Body)
+		if err != nil {
+			t.Fatalf("the metrics are not Prometheus text format: %v", err)
+		}
+		f := families["vhqos_table_refused"]
+		if f == nil || len(f.GetMetric()) != 1 {
+			t.Fatalf("vhqos_table_refused: %v, want one series", f)
+		}
+		m := f.GetMetric()[0]
+		if l := m.GetLabel(); len(l) != 1 || l[0].GetName() != "path" || l[0].GetValue() != qos {
+			t.Errorf("vhqos_table_refused's labels are %v, want path=%q", l, qos)
+		}
+		return m.GetGauge().GetValue()
+	}
+	waitGauge := func(want float64, what string) {
+		t.Helper()
+		eventually(t, patience, what, func() bool { return gauge() == want })
+	}
+	statusSays := func() (bool, string) {
+		t.Helper()
+		rep, err := status.Fetch(socket)
+		if err != nil {
+			t.Fatalf("vhqos status: %v", err)
+		}
+		var text strings.Builder
+		rep.WriteTable(&text, nil)
+		return rep.TableRefused, text.String()
+	}
+
+	if g := gauge(); g != 0 {
+		t.Fatalf("vhqos_table_refused is %v with a good table, want 0", g)
+	}
+	write(good + "cpu_wieght = 3\n")
+	waitGauge(1, "vhqos_table_refused 1 after a broken table was written")
+	if refused, text := statusSays(); !refused || !strings.Contains(text, "table refused: "+qos) {
+		t.Errorf("vhqos status: table_refused %v, and its table says\n%s\nwant it refused", refused, text)
+	}
+	// Another event on the directory (the file touched, an editor's swap
+	// file) changes nothing: the file still holds the refused table.
+	os.WriteFile(filepath.Join(dir, "unrelated"), nil, 0o644)
+	if g := gauge(); g != 1 {
+		t.Errorf("vhqos_table_refused is %v after an unrelated change, want 1", g)
+	}
+
+	// A new supervisor after a crash keeps the table in force, and the
+	// file is still refused.
+	keeper := d.Cmd.Process.Pid
+	first := supervisorOf(keeper)
+	if first == 0 {
+		t.Fatal("no supervisor found")
+	}
+	syscall.Kill(first, syscall.SIGKILL)
+	eventually(t, patience, "a new supervisor", func() bool { p := supervisorOf(keeper); return p != 0 && p != first })
+	eventually(t, patience, "the new supervisor answering", func() bool {
+		rep, err := status.Fetch(socket)
+		return err == nil && rep.SupervisorRestarts == 1 && rep.Supervisor.ReloadsRefused > 0
+	})
+	if g := gauge(); g != 1 {
+		t.Errorf("vhqos_table_refused is %v after the supervisor's restart, the file still broken; want 1", g)
+	}
+
+	write(good + "# fixed\n")
+	waitGauge(0, "vhqos_table_refused 0 once the file was fixed")
+	if refused, text := statusSays(); refused || strings.Contains(text, "table refused") {
+		t.Errorf("vhqos status after the fix: table_refused %v, table\n%s", refused, text)
+	}
 }

@@ -184,3 +184,60 @@ func TestTenantReloadMovesSite(t *testing.T) {
 		t.Errorf("the cgroup of tenant acme, gone from the table, is still there (%v)", err)
 	}
 }
+
+// A table that vhqos check takes but that the kernel refuses only when the
+// supervisor applies it: vhqos run exits 1 and prints the supervisor's own
+// error, once, not only that the supervisor did not get ready, and the
+// server never runs. The kernel refuses it because of the operator's
+// cgroup vhqos nests under (cgroup_parent): under cgroup v1 a CPU quota of
+// 10% there, which a vhost's cpu_max of 50% may not exceed (CFS v1 refuses
+// a child's quota above its parent's, and vhqos bounds a site's quota by
+// its tenants' only); under v2 a cgroup.max.depth of 2, which a site
+// inside a tenant (vhqos.PID/tenant-acme/vhost-shop, 3 deep) exceeds and
+// the keeper's own cgroups (vhqos.PID/home, 2 deep) do not.
+func TestSupervisorStartErrorShown(t *testing.T) {
+	parent := fmt.Sprintf("vhqos-itest-starterr-%d", os.Getpid())
+	qos := filepath.Join(t.TempDir(), "qos.toml")
+	table := fmt.Sprintf("[settings]\ncgroup_parent = \"/%s\"\n\n[[tenant]]\nname = \"acme\"\n\n[[vhost]]\nname = \"shop\"\ntenant = \"acme\"\nmatch = [\"192.0.2.1\"]\ncpu_max = \"50%%\"\n", parent)
+	if err := os.WriteFile(qos, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(vhqosBinary(t), "check", qos).CombinedOutput(); err != nil {
+		t.Fatalf("vhqos check refuses the table: %v\n%s", err, out)
+	}
+	dir, file, value := "/sys/fs/cgroup/cpu/"+parent, "cpu.cfs_quota_us", "10000"
+	if cgroupV2() {
+		dir, file, value = "/sys/fs/cgroup/"+parent, "cgroup.max.depth", "2"
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// vhqos removes what it made of the path, in every hierarchy; the
+		// test's own directory is the test's to remove.
+		eventually(t, patience, "removing "+dir, func() bool {
+			err := os.Remove(dir)
+			return err == nil || os.IsNotExist(err)
+		})
+	})
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(t.TempDir(), "ran")
+	cmd := exec.Command(vhqosBinary(t), "run", "--config", qos, "--status-socket", statusSocket(t), "--", "touch", marker)
+	outb, err := cmd.CombinedOutput()
+	output := string(outb)
+	if err == nil || cmd.ProcessState.ExitCode() != 1 {
+		t.Errorf("vhqos run with a table the kernel refuses: %v; want exit status 1", err)
+	}
+	const want = `vhqos run: the supervisor could not start: setting up vhost "shop": `
+	if !strings.Contains(output, want) || strings.Count(output, `setting up vhost "shop"`) != 1 || strings.Contains(output, "did not get ready") {
+		t.Errorf("vhqos run said:\n%s\nwant the supervisor's error once, on a line starting %q", output, want)
+	} else {
+		i := strings.Index(output, want)
+		t.Logf("vhqos run said: %s", strings.SplitN(output[i:], "\n", 2)[0])
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("the server ran")
+	}
+}

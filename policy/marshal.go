@@ -39,6 +39,7 @@ func (t *Table) Marshal() []byte {
 		// each site was written with its tenant's defaults merged in.
 		limits := newClass()
 		limits.Resources = tn.Resources
+		limits.Rates.Egress = tn.Egress
 		limits.Admission = Admission{RefuseStatus: DefaultRefuseStatus, RetryAfter: DefaultRetryAfter}
 		writeLimits(&b, &limits)
 	}

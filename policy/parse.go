@@ -56,6 +56,9 @@ type parser struct {
 	// tenants are the [[tenant]] sections by lower-case name, read before
 	// the vhosts that name them.
 	tenants map[string]*parsedTenant
+	// inherited holds, per vhost, the keys it took from a tenant's
+	// [tenant.defaults] and where they are written.
+	inherited []map[string]inheritedKey
 }
 
 // scope is the section being read: its path prefix and how messages name it.
@@ -103,11 +106,23 @@ func (p *parser) errorCount() int {
 	return n
 }
 
-// placeProblems gives every problem its line and column.
+// placeProblems gives every problem its line and column; a site's key
+// taken from a tenant's [tenant.defaults] is placed where it is written
+// (placeInherited).
 func (p *parser) placeProblems() {
+	seen := map[[3]string]bool{}
 	for i := range p.problems {
-		p.problems[i].Line, p.problems[i].Column = p.locate(p.problems[i].Key, p.atValue[i])
+		pr := &p.problems[i]
+		pr.Line, pr.Column = p.locate(pr.Key, p.atValue[i])
+		seen[[3]string{strconv.Itoa(pr.Line), strconv.Itoa(pr.Column), pr.Msg}] = true
 	}
+	kept, atValue := p.problems[:0], p.atValue[:0]
+	for i := range p.problems {
+		if p.placeInherited(i, seen) {
+			kept, atValue = append(kept, p.problems[i]), append(atValue, p.atValue[i])
+		}
+	}
+	p.problems, p.atValue = kept, atValue
 }
 
 func (p *parser) locate(key string, atValue bool) (line, col int) {
@@ -201,6 +216,7 @@ func (p *parser) vhosts(v any, t *Table) {
 		s := scope{prefix: "vhost[" + strconv.Itoa(i) + "]", vhost: i}
 		s.where = s.prefix
 		p.matchIdx = append(p.matchIdx, nil)
+		p.inherited = append(p.inherited, nil)
 		m, ok := item.(map[string]any)
 		if !ok {
 			p.keyProblem(scope{vhost: -1}, s.prefix, "each vhost is a [[vhost]] section with name = and match =")
@@ -211,7 +227,7 @@ func (p *parser) vhosts(v any, t *Table) {
 			s.where = fmt.Sprintf("vhost %q (%s)", name, s.prefix)
 		}
 		if tenant, ok := m["tenant"].(string); ok {
-			m = withTenantDefaults(m, tenant, p.tenants)
+			m, p.inherited[i] = withTenantDefaults(m, tenant, p.tenants)
 		}
 		c := newClass()
 		p.class(m, s, &c)

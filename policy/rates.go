@@ -177,9 +177,10 @@ func (p *parser) rateKey(s scope, key, k string, v any, r *Rates) {
 
 // shapeDevices reads [settings] shape_devices: network interface names,
 // as the kernel takes them (dev_valid_name: 1 to 15 bytes, not "." or
-// "..", no "/", ":" or white space). Whether the device exists is for
-// vhqos run to find out: one table may serve several machines. A name
-// listed twice is harmless and kept once; an empty list is none.
+// "..", no "/", ":" or white space). Whether the device exists is asked
+// of the config's NetDeviceCheck, when it has one (vhqos check); else it
+// is for vhqos run to find out. A name listed twice is harmless and kept
+// once; an empty list is none.
 func (p *parser) shapeDevices(s scope, key string, v any) []string {
 	const example = `shape_devices = ["eth0"]`
 	list, ok := v.([]any)
@@ -205,31 +206,84 @@ func (p *parser) shapeDevices(s scope, key string, v any) []string {
 		case name == "" || len(name) > 15 || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\r\v\f"):
 			p.valueProblem(s, ikey, "%q is not a network interface name (1 to 15 bytes, no '/', ':' or spaces; ip link lists the devices), e.g. %s", name, example)
 		case !slices.Contains(out, name):
+			if p.cfg.netDevice != nil {
+				if err := p.cfg.netDevice(name); err != nil {
+					p.valueProblem(s, ikey, "%v", err)
+				}
+			}
 			out = append(out, name)
 		}
 	}
 	return out
 }
 
+// maxEgressDepth is how many HTB classes nest, from one under the root to
+// a site's (package shaper, MaxDepth): a site's class may be inside at
+// most maxEgressDepth-1 tenants with an egress_rate.
+const maxEgressDepth = 8
+
 // rateChecks finds problems of the rates across the table: an egress_rate
-// with no device to shape on, and more rated classes than HTB can number.
+// with no device to shape on, more HTB classes than can be numbered, and
+// tenants with an egress_rate nested deeper than HTB nests classes. The
+// classes are those package shaper is given (cmd/vhqos): one for each
+// class and tenant with an egress_rate, and one for each site inside a
+// tenant with one, whether the site has its own or not.
 func (p *parser) rateChecks(t *Table) {
 	n := 0
-	for i, c := range append([]Class{t.Defaults}, t.VHosts...) {
-		if c.Rates.Egress == 0 {
+	count := func(s scope, key string) {
+		n++
+		if n == maxEgressClasses+1 {
+			p.valueProblem(s, key, "makes %d classes with an egress_rate (each site inside a tenant with one counts); at most %d", n, maxEgressClasses)
+		}
+	}
+	// rated lists the tenants with an egress_rate among the tenant named
+	// tenant and those it is inside, innermost first.
+	rated := func(tenant string) []*Tenant {
+		var chain []*Tenant
+		seen := map[*Tenant]bool{}
+		for at := t.TenantOf(tenant); at != nil && !seen[at]; at = t.TenantOf(at.Parent) {
+			seen[at] = true
+			if at.Egress != 0 {
+				chain = append(chain, at)
+			}
+		}
+		return chain
+	}
+	noDevices := len(t.Settings.ShapeDevices) == 0
+	const needDevices = "needs the devices its traffic leaves by: add shape_devices to [settings], e.g. shape_devices = [\"eth0\"] (see \"Bandwidth\" in the reference)"
+	for i := range t.Tenants {
+		tn := &t.Tenants[i]
+		if tn.Egress == 0 {
 			continue
 		}
+		s := scope{prefix: "tenant[" + strconv.Itoa(i) + "]", where: fmt.Sprintf("tenant %q (tenant[%d])", tn.Name, i), vhost: -1}
+		key := s.key("egress_rate")
+		if noDevices {
+			p.valueProblem(s, key, "%s", needDevices)
+		}
+		count(s, key)
+		if chain := rated(tn.Name); len(chain) == maxEgressDepth {
+			names := make([]string, len(chain))
+			for j, at := range chain {
+				names[len(chain)-1-j] = at.Name
+			}
+			p.valueProblem(s, key, "tenants with an egress_rate are nested %d deep here (%s); HTB nests at most %d such classes above a site's class: leave egress_rate out of one of them", len(chain), strings.Join(names, " -> "), maxEgressDepth-1)
+		}
+	}
+	for i, c := range append([]Class{t.Defaults}, t.VHosts...) {
 		s := scope{prefix: "defaults", where: "[defaults]", vhost: -1}
 		if i > 0 {
 			s = scope{prefix: "vhost[" + strconv.Itoa(i-1) + "]", vhost: i - 1}
 			s.where = fmt.Sprintf("vhost %q (%s)", c.Name, s.prefix)
 		}
-		n++
 		switch {
-		case len(t.Settings.ShapeDevices) == 0:
-			p.valueProblem(s, s.key("egress_rate"), "needs the devices its traffic leaves by: add shape_devices to [settings], e.g. shape_devices = [\"eth0\"] (see \"Bandwidth\" in the reference)")
-		case n == maxEgressClasses+1:
-			p.valueProblem(s, s.key("egress_rate"), "is the egress_rate of class %d; at most %d classes can have one", n, maxEgressClasses)
+		case c.Rates.Egress != 0:
+			if noDevices {
+				p.valueProblem(s, s.key("egress_rate"), "%s", needDevices)
+			}
+			count(s, s.key("egress_rate"))
+		case c.Tenant != "" && len(rated(c.Tenant)) > 0:
+			count(s, s.key("tenant"))
 		}
 	}
 }

@@ -166,3 +166,29 @@ func TestEgressRateNeedsDevices(t *testing.T) {
 		}
 	}
 }
+
+// With a NetDeviceCheck (vhqos check), a device of shape_devices it
+// refuses is an error at its place in the list; without one (run and
+// reloads) nothing is looked up.
+func TestShapeDevicesChecked(t *testing.T) {
+	src := "[settings]\nshape_devices = [\"eth0\", \"gone0\"]\n[[vhost]]\nname = \"shop\"\nmatch = [\"192.0.2.1\"]\negress_rate = \"40Mbit\"\n"
+	asked := map[string]bool{}
+	check := WithNetDeviceCheck(func(name string) error {
+		asked[name] = true
+		if name == "gone0" {
+			return errors.New(`no network device "gone0" here`)
+		}
+		return nil
+	})
+	_, err := Parse("qos.toml", []byte(src), check)
+	var ps Problems
+	if !errors.As(err, &ps) || len(ps) != 1 || ps[0].Key != "settings.shape_devices[1]" || ps[0].Line != 2 || ps[0].Column != 26 || ps[0].Msg != `no network device "gone0" here` {
+		t.Errorf("a missing device: %v; want the one problem at 2:26 on shape_devices[1]", err)
+	}
+	if !asked["eth0"] || !asked["gone0"] {
+		t.Errorf("asked about %v, want both devices", asked)
+	}
+	if _, err := parse(t, src); err != nil {
+		t.Errorf("without a NetDeviceCheck: %v", err)
+	}
+}

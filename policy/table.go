@@ -224,6 +224,21 @@ type Option func(*config)
 
 type config struct {
 	resolveDevice DeviceResolver
+	netDevice     NetDeviceCheck
+}
+
+// NetDeviceCheck says whether a network device named in shape_devices is
+// there: nil if it is, else an error saying what is wrong with it.
+type NetDeviceCheck func(name string) error
+
+// WithNetDeviceCheck makes a device of shape_devices that check refuses
+// an error of the table, at its place in the list. vhqos check uses it,
+// since vhqos run refuses to start without the devices; run and reloads
+// do not: run finds a missing device itself when it starts, and a device
+// that goes away while vhqos runs must not make reloads fail (the list
+// cannot change while vhqos runs anyway).
+func WithNetDeviceCheck(check NetDeviceCheck) Option {
+	return func(c *config) { c.netDevice = check }
 }
 
 // WithDeviceResolver replaces how device keys are resolved; tests use it
@@ -260,6 +275,12 @@ func Parse(filename string, data []byte, opts ...Option) (*Table, error) {
 	}
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {
+		var de *toml.DecodeError
+		if errors.As(err, &de) && len(de.Key()) > 0 && de.Key()[0] == "tenant" {
+			if pr := tenantHeaderProblem(filename, data); pr != nil {
+				return nil, Problems{*pr}
+			}
+		}
 		return nil, Problems{syntaxProblem(filename, err)}
 	}
 	p := &parser{file: filename, data: data, cfg: cfg}

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pelletier/go-toml/v2/unstable"
 	"github.com/vhqos/vhqos/cgroup"
 )
 
@@ -13,8 +14,9 @@ import (
 // customers. A tenant's limits bound the sum of what its sites (and the
 // tenants inside it) use: its cgroup is the parent of theirs, so the
 // kernel enforces the nesting (cgroup v2 and v1 alike: a child's usage
-// counts in its parent). [tenant.defaults] gives its sites the keys they
-// do not set themselves.
+// counts in its parent), and its egress_rate is an HTB class that holds
+// its sites' classes (package shaper). [tenant.defaults] gives its sites
+// the keys they do not set themselves.
 
 // Tenant is one [[tenant]] section.
 type Tenant struct {
@@ -26,6 +28,10 @@ type Tenant struct {
 	Parent string
 	// Resources bound the tenant's sites and inner tenants together.
 	Resources cgroup.Resources
+	// Egress (egress_rate) bounds what the connections of all the
+	// tenant's sites, and of the tenants inside it, send together on the
+	// devices of Settings.ShapeDevices, in bits per second; 0 for none.
+	Egress uint64
 }
 
 // tenantKeys are the keys of a [[tenant]] section besides the resource
@@ -33,19 +39,77 @@ type Tenant struct {
 func tenantKeys() []string { return []string{"name", "tenant", "defaults"} }
 
 // notForTenants says why a class key cannot bound a tenant, "" if it can:
-// a tenant has no connections of its own, only cgroups.
+// a tenant has no connections of its own, only its cgroup and, with an
+// egress_rate, the HTB class that holds its sites'.
 func notForTenants(k string) string {
 	switch {
 	case k == "dscp", k == "connection_rate":
 		return "marks and paces connections, and a tenant has none of its own; set it in [tenant.defaults] for all of its sites, or on each site"
-	case k == "egress_rate":
-		return "is per site for now (a tenant-wide rate is not supported yet); set it on each site or in [tenant.defaults]"
 	case isAdmissionKey(k):
 		return "caps a site's connections; set it in [tenant.defaults] for each of its sites, or on each site"
 	case k == "match" || k == "listen":
 		return "belongs in the tenant's sites: give each [[vhost]] tenant = \"NAME\""
 	}
 	return ""
+}
+
+// defaultsFirst says what is wrong with a [tenant.defaults] that comes
+// before any [[tenant]].
+const defaultsFirst = "[tenant.defaults] comes before any [[tenant]]: TOML gives a [tenant.defaults] to the [[tenant]] above it, so write it after its tenant's [[tenant]] section (its name = and limits), before the next [[tenant]] or [[vhost]]"
+
+// tenantHeaderProblem finds a tenant section header that TOML reads
+// otherwise than meant, for a document whose decoding failed on the key
+// "tenant": a [tenant.defaults] (or [tenant.X]) before the first
+// [[tenant]], or a [tenant] with single brackets beside [[tenant]]. TOML's
+// own message ("key tenant already exists as a table, but should be an
+// array table") points at the [[tenant]] that is right. Nil when there is
+// no such header.
+func tenantHeaderProblem(filename string, data []byte) *Problem {
+	var parser unstable.Parser
+	parser.Reset(data)
+	arraySeen := false
+	for parser.NextExpression() {
+		e := parser.Expression()
+		if e.Kind != unstable.Table && e.Kind != unstable.ArrayTable {
+			continue
+		}
+		var parts []string
+		var first *unstable.Node
+		for it := e.Key(); it.Next(); {
+			if first == nil {
+				first = it.Node()
+			}
+			parts = append(parts, string(it.Node().Data))
+		}
+		if len(parts) == 0 || parts[0] != "tenant" {
+			continue
+		}
+		if e.Kind == unstable.ArrayTable {
+			arraySeen = arraySeen || len(parts) == 1
+			continue
+		}
+		pr := Problem{File: filename, Key: joinPath("", parts...)}
+		if first.Raw.Length > 0 {
+			off := int(first.Raw.Offset)
+			for off > 0 && (data[off-1] == '[' || data[off-1] == ' ' || data[off-1] == '\t') {
+				off--
+			}
+			pr.Line, pr.Column = lineCol(data, off)
+		}
+		switch {
+		case len(parts) == 1:
+			pr.Msg = "write [[tenant]] with double brackets: every tenant is one entry in a list of tenants"
+		case !arraySeen:
+			pr.Where, pr.Msg = "", defaultsFirst
+			if parts[1] != "defaults" {
+				pr.Msg = fmt.Sprintf("[%s] comes before any [[tenant]]: a tenant's sections belong after its [[tenant]] (and a tenant takes only [tenant.defaults])", pr.Key)
+			}
+		default:
+			continue
+		}
+		return &pr
+	}
+	return nil
 }
 
 // parsedTenant is a tenant as read, with what its sites inherit.
@@ -62,6 +126,10 @@ type parsedTenant struct {
 func (p *parser) readTenants(v any, t *Table) map[string]*parsedTenant {
 	list, ok := v.([]any)
 	if !ok {
+		if m, isMap := v.(map[string]any); isMap && m["defaults"] != nil && m["name"] == nil {
+			p.keyProblem(scope{vhost: -1}, "tenant.defaults", "%s", defaultsFirst)
+			return nil
+		}
 		p.keyProblem(scope{vhost: -1}, "tenant", "write [[tenant]] with double brackets: every tenant is one entry in a list of tenants")
 		return nil
 	}
@@ -120,7 +188,7 @@ func (p *parser) readTenants(v any, t *Table) map[string]*parsedTenant {
 		}
 		c := newClass()
 		p.class(own, s, &c)
-		pt.Resources = c.Resources
+		pt.Resources, pt.Egress = c.Resources, c.Rates.Egress
 		if pt.Name == "" {
 			continue
 		}
@@ -198,16 +266,26 @@ func tenantNames(order []*parsedTenant) []string {
 	return names
 }
 
+// inheritedKey says where a key a site did not set came from.
+type inheritedKey struct {
+	// from is the path of the [tenant.defaults] it was written in,
+	// "tenant[0].defaults".
+	from string
+	// tenant is the name of that tenant.
+	tenant string
+}
+
 // withTenantDefaults returns a site's keys m with those it does not set
 // taken from its tenant's [tenant.defaults], then from the defaults of
-// the tenants that tenant is inside, the nearest first. A tenant that is
-// not known, or inside a loop, gives nothing (that is reported once, at
-// the tenant).
-func withTenantDefaults(m map[string]any, tenant string, byName map[string]*parsedTenant) map[string]any {
+// the tenants that tenant is inside, the nearest first, and where each
+// key so taken was written. A tenant that is not known, or inside a loop,
+// gives nothing (that is reported once, at the tenant).
+func withTenantDefaults(m map[string]any, tenant string, byName map[string]*parsedTenant) (map[string]any, map[string]inheritedKey) {
 	if tenant == "" || byName == nil {
-		return m
+		return m, nil
 	}
 	merged := maps.Clone(m)
+	origin := map[string]inheritedKey{}
 	seen := map[*parsedTenant]bool{}
 	for at := byName[strings.ToLower(tenant)]; at != nil && !seen[at]; at = byName[strings.ToLower(at.Parent)] {
 		seen[at] = true
@@ -218,10 +296,41 @@ func withTenantDefaults(m map[string]any, tenant string, byName map[string]*pars
 			}
 			if _, set := merged[k]; !set {
 				merged[k] = v
+				origin[k] = inheritedKey{from: at.scope.key("defaults"), tenant: at.Name}
 			}
 		}
 	}
-	return merged
+	return merged, origin
+}
+
+// placeInherited points a problem of a site's key that the site took from
+// a tenant's [tenant.defaults] at the line where that key is written,
+// saying so, rather than at the site's section, where the key is not: an
+// operator edits it there. It reports false for a problem that the
+// [tenant.defaults] section has already been told about in the same
+// words at the same place (a bad value is checked there once, and again
+// in every site that takes it).
+func (p *parser) placeInherited(i int, seen map[[3]string]bool) bool {
+	pr := &p.problems[i]
+	head, rest := headPath(pr.Key)
+	if !strings.HasPrefix(head, "vhost[") || rest == "" {
+		return true
+	}
+	n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(head, "vhost["), "]"))
+	if err != nil || n >= len(p.inherited) {
+		return true
+	}
+	k, _ := headPath(rest)
+	origin, ok := p.inherited[n][k]
+	if !ok {
+		return true
+	}
+	pr.Line, pr.Column = p.locate(joinPath(origin.from, rest), p.atValue[i])
+	if seen[[3]string{strconv.Itoa(pr.Line), strconv.Itoa(pr.Column), pr.Msg}] {
+		return false
+	}
+	pr.Msg = fmt.Sprintf("from [tenant.defaults] of tenant %q: %s", origin.tenant, pr.Msg)
+	return true
 }
 
 // siteTenant checks a vhost's tenant key: the tenant must exist. It
@@ -257,12 +366,15 @@ func (p *parser) tenantBounds(t *Table) {
 	for i := range t.Tenants {
 		index[strings.ToLower(t.Tenants[i].Name)] = &t.Tenants[i]
 	}
-	check := func(s scope, name string, r cgroup.Resources, tenant string) {
+	check := func(s scope, name string, r cgroup.Resources, egress uint64, tenant string) {
 		seen := map[*Tenant]bool{}
 		for at := index[strings.ToLower(tenant)]; at != nil && !seen[at]; at = index[strings.ToLower(at.Parent)] {
 			seen[at] = true
 			for _, b := range exceededBounds(r, at.Resources) {
-				p.keyWarning(s, s.key(b.key), "%s is above what %s's tenant %q allows (%s): the tenant's cgroup bounds it, so %s never gets more", b.site, name, at.Name, b.tenant, name)
+				p.keyWarning(s, s.key(b.key), "%s is above what %s's tenant %q allows (%s): %s", b.site, name, at.Name, b.tenant, b.why(name))
+			}
+			if at.Egress != 0 && egress > at.Egress {
+				p.keyWarning(s, s.key("egress_rate"), "%s is above what %s's tenant %q allows (%s): the tenant's class bounds it, so %s never sends more", formatBitRate(egress), name, at.Name, formatBitRate(at.Egress), name)
 			}
 		}
 	}
@@ -272,7 +384,7 @@ func (p *parser) tenantBounds(t *Table) {
 			continue
 		}
 		s := scope{prefix: "tenant[" + strconv.Itoa(i) + "]", where: fmt.Sprintf("tenant %q (tenant[%d])", tn.Name, i), vhost: -1}
-		check(s, "tenant "+strconv.Quote(tn.Name), tn.Resources, tn.Parent)
+		check(s, "tenant "+strconv.Quote(tn.Name), tn.Resources, tn.Egress, tn.Parent)
 	}
 	for i := range t.VHosts {
 		c := &t.VHosts[i]
@@ -280,35 +392,50 @@ func (p *parser) tenantBounds(t *Table) {
 			continue
 		}
 		s := scope{prefix: "vhost[" + strconv.Itoa(i) + "]", where: fmt.Sprintf("vhost %q (vhost[%d])", c.Name, i), vhost: i}
-		check(s, "vhost "+strconv.Quote(c.Name), c.Resources, c.Tenant)
+		check(s, "vhost "+strconv.Quote(c.Name), c.Resources, c.Rates.Egress, c.Tenant)
 	}
 }
 
-// bound is one limit of a site above its tenant's, as written.
-type bound struct{ key, site, tenant string }
+// bound is one limit of a site above its tenant's, as written; highOverMax
+// says it is the site's memory_high above the tenant's memory_max.
+type bound struct {
+	key, site, tenant string
+	highOverMax       bool
+}
+
+// why says what becomes of a limit above its tenant's, for the site (or
+// inner tenant) called name.
+func (b bound) why(name string) string {
+	if b.highOverMax {
+		return fmt.Sprintf("the tenant's cgroup reaches its memory_max first (its memory reclaimed, then the OOM killer) before %s's memory_high slows it down, so this memory_high never acts", name)
+	}
+	return fmt.Sprintf("the tenant's cgroup bounds it, so %s never gets more", name)
+}
 
 // exceededBounds lists the caps in r above the same cap in tenant. Only
 // caps compare: weights are relative to siblings, not bounds.
 func exceededBounds(r, tenant cgroup.Resources) []bound {
 	var out []bound
 	if tenant.CPUQuotaPercent > 0 && r.CPUQuotaPercent > tenant.CPUQuotaPercent {
-		out = append(out, bound{"cpu_max", percentString(r.CPUQuotaPercent), percentString(tenant.CPUQuotaPercent)})
+		out = append(out, bound{key: "cpu_max", site: percentString(r.CPUQuotaPercent), tenant: percentString(tenant.CPUQuotaPercent)})
 	}
 	// A site with no memory_max of its own is bounded by memory_high or
-	// nothing; compare what it sets.
-	for _, b := range []struct {
-		key        string
-		site, over uint64
-	}{
-		{"memory_max", r.MemoryMax, tenant.MemoryMax},
-		{"memory_high", r.MemoryHigh, tenant.MemoryHigh},
-	} {
-		if b.over > 0 && b.site > b.over {
-			out = append(out, bound{b.key, strings.Trim(formatSize(b.site), `"`), strings.Trim(formatSize(b.over), `"`)})
-		}
+	// nothing; compare what it sets. A memory_high above the tenant's
+	// memory_max is told as that alone: it is above the tenant's
+	// memory_high too (Parse refuses a tenant's memory_high above its
+	// memory_max), and that matters less.
+	size := func(n uint64) string { return strings.Trim(formatSize(n), `"`) }
+	if tenant.MemoryMax > 0 && r.MemoryMax > tenant.MemoryMax {
+		out = append(out, bound{key: "memory_max", site: size(r.MemoryMax), tenant: size(tenant.MemoryMax)})
+	}
+	switch {
+	case tenant.MemoryMax > 0 && r.MemoryHigh > tenant.MemoryMax:
+		out = append(out, bound{key: "memory_high", site: size(r.MemoryHigh), tenant: "memory_max " + size(tenant.MemoryMax), highOverMax: true})
+	case tenant.MemoryHigh > 0 && r.MemoryHigh > tenant.MemoryHigh:
+		out = append(out, bound{key: "memory_high", site: size(r.MemoryHigh), tenant: size(tenant.MemoryHigh)})
 	}
 	if tenant.TasksMax > 0 && r.TasksMax > tenant.TasksMax {
-		out = append(out, bound{"tasks_max", strconv.FormatUint(r.TasksMax, 10), strconv.FormatUint(tenant.TasksMax, 10)})
+		out = append(out, bound{key: "tasks_max", site: strconv.FormatUint(r.TasksMax, 10), tenant: strconv.FormatUint(tenant.TasksMax, 10)})
 	}
 	return out
 }

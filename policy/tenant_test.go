@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -103,6 +104,7 @@ func TestTenants(t *testing.T) {
 
 func TestTenantProblems(t *testing.T) {
 	const site = "[[vhost]]\nname = \"shop\"\nmatch = [\"shop.example\"]\n"
+	const shaped = "[settings]\nshape_devices = [\"eth0\"]\n\n"
 	for _, tc := range []struct {
 		name, toml string
 		line       int
@@ -131,7 +133,18 @@ func TestTenantProblems(t *testing.T) {
 		{"inner tenant above its parent", "[[tenant]]\nname = \"r\"\ncpu_max = \"100%\"\n[[tenant]]\nname = \"acme\"\ntenant = \"r\"\ncpu_max = \"200%\"\n", 7, "tenant[1].cpu_max", `200% is above what tenant "acme"'s tenant "r" allows (100%)`, true},
 		{"memory above the tenant's", "[[tenant]]\nname = \"acme\"\nmemory_max = \"1G\"\n" + site + "tenant = \"acme\"\nmemory_max = \"2G\"\n", 8, "vhost[0].memory_max", `2G is above what vhost "shop"'s tenant "acme" allows (1G)`, true},
 		{"tasks above the tenant's", "[[tenant]]\nname = \"acme\"\ntasks_max = 100\n" + site + "tenant = \"acme\"\ntasks_max = 200\n", 8, "vhost[0].tasks_max", `200 is above what vhost "shop"'s tenant "acme" allows (100)`, true},
-		{"inherited above the tenant", "[[tenant]]\nname = \"acme\"\ncpu_max = \"100%\"\n[tenant.defaults]\ncpu_max = \"150%\"\n" + site + "tenant = \"acme\"\n", 6, "vhost[0].cpu_max", "is above what", true},
+		{"egress_rate on a tenant without devices", "[[tenant]]\nname = \"acme\"\negress_rate = \"40Mbit\"\n", 3, "tenant[0].egress_rate", "needs the devices its traffic leaves by", false},
+		{"connection_rate on a tenant", "[[tenant]]\nname = \"acme\"\nconnection_rate = \"1Mbit\"\n", 3, "tenant[0].connection_rate", "not allowed in a tenant: connection_rate marks and paces connections", false},
+		{"egress_rate above the tenant's", shaped + "[[tenant]]\nname = \"acme\"\negress_rate = \"40Mbit\"\n" + site + "tenant = \"acme\"\negress_rate = \"100Mbit\"\n", 11, "vhost[0].egress_rate", `100Mbit is above what vhost "shop"'s tenant "acme" allows (40Mbit): the tenant's class bounds it`, true},
+		{"memory_high above the tenant's memory_max", "[[tenant]]\nname = \"acme\"\nmemory_max = \"256M\"\n" + site + "tenant = \"acme\"\nmemory_high = \"512M\"\n", 8, "vhost[0].memory_high", `512M is above what vhost "shop"'s tenant "acme" allows (memory_max 256M): the tenant's cgroup reaches its memory_max first`, true},
+		{"memory_high above the tenant's memory_high", "[[tenant]]\nname = \"acme\"\nmemory_max = \"1G\"\nmemory_high = \"128M\"\n" + site + "tenant = \"acme\"\nmemory_high = \"512M\"\n", 9, "vhost[0].memory_high", `512M is above what vhost "shop"'s tenant "acme" allows (128M): the tenant's cgroup bounds it`, true},
+		{"a bad default is told once, where it is written", "[[tenant]]\nname = \"acme\"\n[tenant.defaults]\ncpu_weight = 0\n" + site + "tenant = \"acme\"\n" + strings.ReplaceAll(site, "shop", "blog") + "tenant = \"acme\"\n", 4, "tenant[0].defaults.cpu_weight", "1..10000", false},
+		{"a site's problem with an inherited key points at the tenant", "[[tenant]]\nname = \"acme\"\n[tenant.defaults]\negress_rate = \"10Mbit\"\n" + site + "tenant = \"acme\"\n", 4, "vhost[0].egress_rate", `from [tenant.defaults] of tenant "acme": needs the devices`, false},
+		{"[tenant.defaults] before its [[tenant]]", "[tenant.defaults]\ncpu_weight = 200\n\n[[tenant]]\nname = \"acme\"\n", 1, "tenant.defaults", "[tenant.defaults] comes before any [[tenant]]: TOML gives a [tenant.defaults] to the [[tenant]] above it", false},
+		{"[tenant.defaults] and no [[tenant]]", "[tenant.defaults]\ncpu_weight = 200\n" + site, 1, "tenant.defaults", "[tenant.defaults] comes before any [[tenant]]", false},
+		{"[tenant] beside [[tenant]]", "[[tenant]]\nname = \"a\"\n\n[tenant]\nname = \"b\"\n", 4, "tenant", "write [[tenant]] with double brackets", false},
+		{"tenants with egress_rate too deep", shaped + deepTenants(8), 41, "tenant[7].egress_rate", "tenants with an egress_rate are nested 8 deep here (t0 -> t1 -> t2 -> t3 -> t4 -> t5 -> t6 -> t7)", false},
+		{"inherited above the tenant", "[[tenant]]\nname = \"acme\"\ncpu_max = \"100%\"\n[tenant.defaults]\ncpu_max = \"150%\"\n" + site + "tenant = \"acme\"\n", 5, "vhost[0].cpu_max", `from [tenant.defaults] of tenant "acme": 150% is above what`, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tab, err := parse(t, tc.toml)
@@ -152,5 +165,36 @@ func TestTenantProblems(t *testing.T) {
 				t.Errorf("got  %s (line %d key %q warning %v)\nwant line %d key %q warning %v mentioning %q", p, p.Line, p.Key, p.Warning, tc.line, tc.key, tc.warning, tc.msg)
 			}
 		})
+	}
+}
+
+// deepTenants is n tenants with egress_rate, each inside the one before.
+func deepTenants(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "[[tenant]]\nname = \"t%d\"\n", i)
+		if i > 0 {
+			fmt.Fprintf(&b, "tenant = \"t%d\"\n", i-1)
+		}
+		fmt.Fprintf(&b, "egress_rate = \"%dMbit\"\n\n", 100-i)
+	}
+	return b.String()
+}
+
+// A tenant's egress_rate is read, written back by Marshal, and shown in
+// the tenant; its sites keep their own.
+func TestTenantEgress(t *testing.T) {
+	tab, err := parse(t, "[settings]\nshape_devices = [\"eth0\"]\n[[tenant]]\nname = \"acme\"\negress_rate = \"40Mbit\"\n"+
+		"[[vhost]]\nname = \"shop\"\nmatch = [\"shop.example\"]\ntenant = \"acme\"\n"+
+		"[[vhost]]\nname = \"blog\"\nmatch = [\"blog.example\"]\ntenant = \"acme\"\negress_rate = \"10Mbit\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tab.Tenants[0].Egress != 40e6 || tab.Class("shop").Rates.Egress != 0 || tab.Class("blog").Rates.Egress != 10e6 || len(tab.Warnings) != 0 {
+		t.Fatalf("tenant %+v, shop %+v, blog %+v, warnings %v", tab.Tenants[0], tab.Class("shop").Rates, tab.Class("blog").Rates, tab.Warnings)
+	}
+	back, err := parse(t, string(tab.Marshal()))
+	if err != nil || !reflect.DeepEqual(back.Tenants, tab.Tenants) {
+		t.Errorf("after a round trip: %+v (%v), want %+v\n%s", back, err, tab.Tenants, tab.Marshal())
 	}
 }

@@ -1,14 +1,19 @@
 // Package shaper limits what the connections of each vhost send together
-// (egress_rate) with the kernel's traffic control, set up over rtnetlink
-// (github.com/vishvananda/netlink), never by running tc(8).
+// (egress_rate), and of each tenant's vhosts together, with the kernel's
+// traffic control, set up over rtnetlink (github.com/vishvananda/netlink),
+// never by running tc(8).
 //
 // On each device vhqos shapes (settings.shape_devices) it puts one HTB
 // qdisc at the root, handle 7668: ("vh"), in place of the kernel's
 // default qdisc. Every vhost with an egress_rate has an HTB class there,
-// 7668:N, with rate and ceil both egress_rate, and the connections of
-// that vhost carry N's class id as their socket mark (SO_MARK, set by the
-// supervisor beside the DSCP). One classic BPF filter on the root reads
-// each packet's mark and, when its upper 16 bits are 0x7668, returns it
+// 7668:N, and the connections of that vhost carry N's class id as their
+// socket mark (SO_MARK, set by the supervisor beside the DSCP). A tenant
+// with an egress_rate has an inner class, and the classes of its vhosts
+// (each of them has one, with an egress_rate of its own or not) are
+// inside it: they borrow from it up to their own rate, and together never
+// send more than the tenant's. Which classes there are, and their rates,
+// the caller decides (Sync's Class). One classic BPF filter on the root
+// reads each packet's mark and, when its upper 16 bits are 0x7668, returns it
 // as the class: no filter per vhost, and nothing else the kernel must
 // have but sch_htb and cls_bpf (kernels without cls_fw, as on the project's
 // machines, work the same). Packets without such a mark, everything else
@@ -27,7 +32,8 @@
 //   - filter.go: the filter's program and the rtnetlink request that
 //     attaches it (the library builds eBPF filters only).
 //   - classes.go: Sync makes the classes under the root exactly the
-//     table's, adding, changing and deleting them in place.
+//     table's, adding, changing and deleting them in place (a class that
+//     moves to another parent is made again there).
 //   - minor.go: Minors numbers the rated vhosts by name, so that a vhost
 //     keeps its class (and the mark its open connections carry) across
 //     reloads and restarts.

@@ -24,8 +24,9 @@ type ClassStats struct {
 }
 
 // Stats returns the counters of vhqos's classes by minor, summed over the
-// devices. Devices that are gone or not vhqos's count nothing; other
-// errors are joined, with what could be read.
+// devices. An inner class (a tenant's) counts what every class inside it
+// sent. Devices that are gone or not vhqos's count nothing; other errors
+// are joined, with what could be read.
 func Stats(devices []string) (map[uint16]ClassStats, error) {
 	out := map[uint16]ClassStats{}
 	var errs []error
@@ -42,7 +43,7 @@ func Stats(devices []string) (map[uint16]ClassStats, error) {
 		for _, c := range classes {
 			a := c.Attrs()
 			major, minor := netlink.MajorMinor(a.Handle)
-			if c.Type() != "htb" || major != Major || a.Parent != netlink.HANDLE_ROOT || a.Statistics == nil {
+			if _, ours := parentMinor(a.Parent); c.Type() != "htb" || major != Major || !ours || a.Statistics == nil {
 				continue
 			}
 			s := out[minor]

@@ -27,13 +27,21 @@ type Egress struct {
 	Backlog uint64 `json:"backlog_bytes"`
 }
 
-// writeBandwidth prints a line per class with a rate: the rates, and what
-// its shaper sent, dropped and held back.
+// writeBandwidth prints a line per class with a rate or a shaper (a site
+// inside a tenant with an egress_rate has one): the rates, and what its
+// shaper sent, dropped and held back; then a line per tenant with an
+// egress_rate.
 func (r *Report) writeBandwidth(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	header := false
-	for _, c := range r.Classes {
-		if c.EgressRate == 0 && c.ConnectionRate == 0 {
+	rows := r.Classes
+	for _, tn := range r.Tenants {
+		if tn.EgressRate != 0 {
+			rows = append(rows[:len(rows):len(rows)], Class{Name: "tenant " + tn.Name, EgressRate: tn.EgressRate, Egress: tn.Egress})
+		}
+	}
+	for _, c := range rows {
+		if c.EgressRate == 0 && c.ConnectionRate == 0 && c.Egress == nil {
 			continue
 		}
 		if !header {

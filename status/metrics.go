@@ -76,6 +76,7 @@ var (
 	descSniffs     = prometheus.NewDesc("vhqos_host_name_sniffs_total", "Connections whose first bytes were read for a host name, by result: found, none (not HTTP/TLS, no Host/SNI, byte limit), timeout.", []string{"result"}, nil)
 	descLive       = prometheus.NewDesc("vhqos_connections_live", "Established connections the server's processes hold, by vhost.", []string{"vhost"}, nil)
 	descProcs      = prometheus.NewDesc("vhqos_processes", "Processes in the vhost's cgroup.", []string{"vhost"}, nil)
+	descThreads    = prometheus.NewDesc("vhqos_threads", "Threads in the vhost's cgroup: those of its processes, and with placement \"thread\" the threads placed there alone while they serve its connections.", []string{"vhost"}, nil)
 	descCPU        = prometheus.NewDesc("vhqos_cpu_seconds_total", "CPU time used by the vhost's cgroup.", []string{"vhost"}, nil)
 	descThrottled  = prometheus.NewDesc("vhqos_cpu_throttled_seconds_total", "Time the vhost's processes were held back by cpu_max.", []string{"vhost"}, nil)
 	descFaults     = prometheus.NewDesc("vhqos_cpu_throttled_periods_total", "Scheduler periods in which cpu_max held the vhost back (its faults).", []string{"vhost"}, nil)
@@ -83,6 +84,7 @@ var (
 	descIOWrite    = prometheus.NewDesc("vhqos_io_written_bytes_total", "Bytes the vhost's cgroup wrote to block devices.", []string{"vhost"}, nil)
 	descReloads    = prometheus.NewDesc("vhqos_reloads_total", "QoS table reloads, by result.", []string{"result"}, nil)
 	descGeneration = prometheus.NewDesc("vhqos_table_generation", "How many times a new QoS table was applied since start.", nil, nil)
+	descRefused    = prometheus.NewDesc("vhqos_table_refused", "1 while the QoS table file holds a table vhqos refused (the one before stays in force), 0 once a table from the file is in force; path is the file.", []string{"path"}, nil)
 	descErrors     = prometheus.NewDesc("vhqos_supervisor_errors_total", "Errors of the supervisor, by kind.", []string{"kind"}, nil)
 
 	descRestarts        = prometheus.NewDesc("vhqos_supervisor_restarts_total", "Supervisors the keeper started again after one crashed (upgrades not counted).", nil, nil)
@@ -99,7 +101,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConns, descClassified, descLive, descProcs, descCPU, descThrottled, descFaults, descIORead, descIOWrite, descReloads, descGeneration, descErrors, descSniffs,
+	for _, d := range []*prometheus.Desc{descConns, descClassified, descLive, descProcs, descThreads, descCPU, descThrottled, descFaults, descIORead, descIOWrite, descReloads, descGeneration, descRefused, descErrors, descSniffs,
 		descRestarts, descUpgrades, descFailedOpenNotes, descFailedOpenTime, descLost, descBuildInfo,
 		descAdmissions, descLimit, descLimitPerIP, descOpen} {
 		ch <- d
@@ -132,6 +134,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(descConns, float64(c.Connections))
 		gauge(descLive, float64(c.Live))
 		gauge(descProcs, float64(len(c.PIDs)))
+		gauge(descThreads, float64(c.Threads))
 		counter(descCPU, float64(c.CPUUsec)/1e6)
 		counter(descThrottled, float64(c.Throttled)/1e6)
 		counter(descFaults, float64(c.Faults))
@@ -167,6 +170,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.Supervisor.Reloads), "applied")
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.Supervisor.ReloadsRefused), "refused")
 	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(r.Generation))
+	refused := 0.0
+	if r.TableRefused {
+		refused = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.GaugeValue, refused, r.Config)
 	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(r.Supervisor.PlacementErrors), "placement")
 	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(r.Supervisor.Errors), "other")
 	ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(r.SupervisorRestarts))

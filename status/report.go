@@ -31,8 +31,12 @@ type Report struct {
 	Started    time.Time `json:"started"`
 	Now        time.Time `json:"now"`
 	Generation uint64    `json:"table_generation"`
-	Cgroup     int       `json:"cgroup_version"`
-	Classes    []Class   `json:"vhosts"`
+	// TableRefused is true while the table file holds a table vhqos
+	// refused, the one before it still in force; false once a table
+	// from the file is in force.
+	TableRefused bool    `json:"table_refused"`
+	Cgroup       int     `json:"cgroup_version"`
+	Classes      []Class `json:"vhosts"`
 	// Tenants are the table's tenants, in file order.
 	Tenants    []Tenant `json:"tenants,omitempty"`
 	Supervisor Counters `json:"supervisor"`
@@ -146,6 +150,10 @@ type Class struct {
 	// Egress is what the kernel counted in the class's shaper (its HTB
 	// class on the shaped devices, added up); nil without egress_rate.
 	Egress *Egress `json:"egress,omitempty"`
+	// Threads is how many threads the class's cgroup holds: those of its
+	// processes and, with placement "thread", the threads placed there
+	// alone while they serve one of its connections.
+	Threads int `json:"threads"`
 }
 
 // Admission is a class's connection caps (max_connections,
@@ -208,9 +216,12 @@ type Counters struct {
 func (r *Report) WriteTable(w io.Writer, prev *Report) {
 	fmt.Fprintf(w, "vhqos pid %d, server pid %d, up %s, table %s (generation %d), cgroup v%d\n",
 		r.PID, r.ServerPID, r.Now.Sub(r.Started).Round(time.Second), r.Config, r.Generation, r.Cgroup)
+	if r.TableRefused {
+		fmt.Fprintf(w, "table refused: %s holds a table vhqos refused, and the one before stays in force (vhqos check %s, or the log, says why)\n", r.Config, r.Config)
+	}
 	r.writeParts(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VHOST\tLIVE\tCONNS\tPROCS\tCPU%\tCPU s\tTHROTTLED s\tFAULTS\tIO READ\tIO WRITE\tDSCP\tLIMITS")
+	fmt.Fprintln(tw, "VHOST\tLIVE\tCONNS\tPROCS\tTHREADS\tCPU%\tCPU s\tTHROTTLED s\tFAULTS\tIO READ\tIO WRITE\tDSCP\tLIMITS")
 	for _, c := range r.Classes {
 		rate := "-"
 		if prev != nil {
@@ -220,8 +231,8 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 				}
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\n",
-			c.Name, c.Live, c.Connections, len(c.PIDs), rate, float64(c.CPUUsec)/1e6, float64(c.Throttled)/1e6,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\n",
+			c.Name, c.Live, c.Connections, len(c.PIDs), c.Threads, rate, float64(c.CPUUsec)/1e6, float64(c.Throttled)/1e6,
 			c.Faults, bytes(c.IOReadBytes), bytes(c.IOWriteBytes), dscp(c.DSCP), c.limits())
 	}
 	tw.Flush()

@@ -110,7 +110,7 @@ func TestReportFailedOpenFromJSON(t *testing.T) {
 // them are as before.
 func TestWriteTableParts(t *testing.T) {
 	const head = "vhqos pid 1234, server pid 1241, up 3h2m0s, table /etc/vhqos/qos.toml (generation 2), cgroup v2\n"
-	const tail = "VHOST  LIVE  CONNS  PROCS  CPU%  CPU s  THROTTLED s  FAULTS  IO READ  IO WRITE  DSCP  LIMITS\n" +
+	const tail = "VHOST  LIVE  CONNS  PROCS  THREADS  CPU%  CPU s  THROTTLED s  FAULTS  IO READ  IO WRITE  DSCP  LIMITS\n" +
 		"supervisor: 0 notifications, 0 accepted, 0 left to the kernel, 0 requeued, 0 placement errors, 0 errors, 0 reloads (0 refused)\n" +
 		"tracking : 0 processes known, 0 listening sockets, 0 connections followed\n"
 	for _, tc := range []struct {

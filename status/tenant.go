@@ -30,6 +30,11 @@ type Tenant struct {
 	// Memory and Tasks are as for a vhost (Class).
 	Memory *Memory `json:"memory,omitempty"`
 	Tasks  *Tasks  `json:"tasks,omitempty"`
+	// EgressRate is the tenant's egress_rate in bits per second, 0 for
+	// none; Egress is what its HTB class counted, the sum of what its
+	// sites sent (nil without egress_rate).
+	EgressRate uint64  `json:"egress_rate_bits_per_second,omitempty"`
+	Egress     *Egress `json:"egress,omitempty"`
 }
 
 // writeTenants prints a line per tenant: its use of CPU, memory and tasks

@@ -132,8 +132,11 @@ func (s *Supervisor) placeReader(p *proc, tid int, group string, ino uint64) {
 	if !p.multi {
 		switch {
 		case tid != p.tgid:
-			// Only the main thread's id is the process's.
-			s.becameMultiThreaded(p, 0)
+			// Only the main thread's id is the process's: it has
+			// more than one, and the count is for the log line.
+			if !s.multiThreaded(p) {
+				s.becameMultiThreaded(p, 0)
+			}
 		case p.group == group:
 			return
 		case !s.multiThreaded(p):

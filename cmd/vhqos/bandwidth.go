@@ -20,27 +20,116 @@ import (
 // when it starts and on every reload, and adopts what a crashed or
 // upgraded predecessor left (the qdisc survives both).
 
-// egressMinors numbers the classes of t that have an egress_rate
-// (shaper.Minors, by name in lower case), the defaults among them.
-func egressMinors(t *policy.Table) map[*policy.Class]uint16 {
-	var rated []*policy.Class
-	for _, c := range append([]*policy.Class{&t.Defaults}, vhostPointers(t)...) {
-		if c.Rates.Egress != 0 {
-			rated = append(rated, c)
+// egressPlan is the HTB classes that shape t's egress rates (package
+// shaper): a leaf for each class with an egress_rate, an inner class for
+// each tenant with one, and, inside it, a leaf for each of its sites,
+// whether the site has a rate of its own or not. A leaf's class id is the
+// socket mark of its connections.
+type egressPlan struct {
+	classes map[uint16]shaper.Class
+	// sites are the leaves of the defaults and the vhosts, by class.
+	sites map[*policy.Class]uint16
+	// tenants are the inner classes, by tenant.
+	tenants map[*policy.Tenant]uint16
+}
+
+// tenantMinorName is the name a tenant's class is numbered by: apart from
+// every vhost's (a ':' is in no name), so that a tenant and a vhost may
+// share a name.
+func tenantMinorName(tn *policy.Tenant) string { return "tenant:" + tn.Name }
+
+// planEgress numbers the classes by name (shaper.Minors, in lower case),
+// so that a vhost keeps its class, and its connections their mark, when
+// it joins or leaves a tenant, and sets their rates. A class right under
+// the root has its egress_rate as rate and ceil. A class inside a
+// tenant's is guaranteed an equal share of the tenant's rate (HTB's rate;
+// the shares add up to the tenant's, so that HTB bounds the sum: a class
+// below its rate sends without asking its parent) and may borrow up to
+// its own egress_rate or the tenant's ceil, whichever is less (HTB's
+// ceil); a share is at least 8 kbit/s, the least rate a table may set.
+func planEgress(t *policy.Table) egressPlan {
+	// ratedTenant is the nearest tenant with an egress_rate that a tenant
+	// named name is, or is inside; nil for none.
+	ratedTenant := func(name string) *policy.Tenant {
+		seen := map[*policy.Tenant]bool{}
+		for at := t.TenantOf(name); at != nil && !seen[at]; at = t.TenantOf(at.Parent) {
+			seen[at] = true
+			if at.Egress != 0 {
+				return at
+			}
+		}
+		return nil
+	}
+	type node struct {
+		name   string
+		egress uint64
+		parent *policy.Tenant
+		site   *policy.Class
+		tenant *policy.Tenant
+	}
+	var nodes []node
+	for _, tn := range tenantsOuterFirst(t) {
+		if tn.Egress != 0 {
+			nodes = append(nodes, node{name: tenantMinorName(tn), egress: tn.Egress, parent: ratedTenant(tn.Parent), tenant: tn})
 		}
 	}
-	names := make([]string, len(rated))
-	for i, c := range rated {
-		names[i] = c.Name
+	for _, c := range append([]*policy.Class{&t.Defaults}, vhostPointers(t)...) {
+		parent := ratedTenant(c.Tenant)
+		if c.Rates.Egress != 0 || parent != nil {
+			nodes = append(nodes, node{name: c.Name, egress: c.Rates.Egress, parent: parent, site: c})
+		}
+	}
+	names := make([]string, len(nodes))
+	children := map[*policy.Tenant]int{}
+	for i, n := range nodes {
+		names[i] = n.name
+		if n.parent != nil {
+			children[n.parent]++
+		}
 	}
 	minors := shaper.Minors(names)
-	out := make(map[*policy.Class]uint16, len(rated))
-	for _, c := range rated {
-		if m, ok := minors[strings.ToLower(c.Name)]; ok {
-			out[c] = m
+	plan := egressPlan{classes: map[uint16]shaper.Class{}, sites: map[*policy.Class]uint16{}, tenants: map[*policy.Tenant]uint16{}}
+	// Tenants come first, outermost first: a parent's class is planned
+	// before the classes inside it.
+	for _, n := range nodes {
+		m, ok := minors[strings.ToLower(n.name)]
+		if !ok {
+			continue // past shaper.MaxClasses: policy refuses such tables
+		}
+		c := shaper.Class{Rate: n.egress, Ceil: n.egress}
+		if n.parent != nil {
+			pm, ok := plan.tenants[n.parent]
+			if !ok {
+				continue
+			}
+			p := plan.classes[pm]
+			c.Parent = pm
+			c.Ceil = p.Ceil
+			if n.egress != 0 {
+				c.Ceil = min(n.egress, p.Ceil)
+			}
+			c.Rate = min(max(p.Rate/uint64(children[n.parent]), minShare), c.Ceil)
+		}
+		plan.classes[m] = c
+		if n.site != nil {
+			plan.sites[n.site] = m
+		} else {
+			plan.tenants[n.tenant] = m
 		}
 	}
-	return out
+	return plan
+}
+
+// minShare is the least rate of a class inside a tenant's, in bits per
+// second: policy's least egress_rate. Shares that would be smaller (a
+// tenant with more sites than its rate has 8 kbit/s for) add up to more
+// than the tenant's rate; its ceil still bounds each of them.
+const minShare = 8000
+
+// egressMinors is the class, and so the mark, of each class of t whose
+// connections are shaped (planEgress).
+func egressMinors(t *policy.Table) map[*policy.Class]uint16 {
+	return planEgress(t).sites
 }
 
 func vhostPointers(t *policy.Table) []*policy.Class {
@@ -68,11 +157,7 @@ func syncShaping(log *slog.Logger, devices []string, t *policy.Table) {
 	if len(devices) == 0 {
 		return
 	}
-	rates := map[uint16]uint64{}
-	for c, m := range egressMinors(t) {
-		rates[m] = c.Rates.Egress
-	}
-	if err := shaper.Sync(devices, rates); err != nil {
+	if err := shaper.Sync(devices, planEgress(t).classes); err != nil {
 		log.Error("shaping egress_rate on shape_devices", "devices", devices, "err", err)
 	}
 }
@@ -114,16 +199,23 @@ func releaseDevices(log *slog.Logger, devices []string) {
 	}
 }
 
-// bandwidthReport adds each class's rates, and the counters of its HTB
-// class, to rep.
+// bandwidthReport adds each class's and each tenant's rates, and the
+// counters of its HTB class, to rep.
 func bandwidthReport(log *slog.Logger, rep *status.Report, t *policy.Table, devices []string) {
-	minors := egressMinors(t)
+	plan := planEgress(t)
 	var stats map[uint16]shaper.ClassStats
-	if len(minors) > 0 && len(devices) > 0 {
+	if len(plan.classes) > 0 && len(devices) > 0 {
 		var err error
 		if stats, err = shaper.Stats(devices); err != nil {
 			log.Warn("reading the counters of the shaped classes", "err", err)
 		}
+	}
+	counters := func(m uint16, ok bool) *status.Egress {
+		if !ok || stats == nil {
+			return nil
+		}
+		s := stats[m]
+		return &status.Egress{Bytes: s.Bytes, Packets: s.Packets, Drops: s.Drops, Overlimits: s.Overlimits, Backlog: s.Backlog}
 	}
 	byName := map[string]*policy.Class{}
 	for _, c := range append([]*policy.Class{&t.Defaults}, vhostPointers(t)...) {
@@ -136,9 +228,17 @@ func bandwidthReport(log *slog.Logger, rep *status.Report, t *policy.Table, devi
 			continue
 		}
 		rc.EgressRate, rc.ConnectionRate = c.Rates.Egress, c.Rates.Connection
-		if m, ok := minors[c]; ok && stats != nil {
-			s := stats[m]
-			rc.Egress = &status.Egress{Bytes: s.Bytes, Packets: s.Packets, Drops: s.Drops, Overlimits: s.Overlimits, Backlog: s.Backlog}
+		m, ok := plan.sites[c]
+		rc.Egress = counters(m, ok)
+	}
+	for i := range rep.Tenants {
+		rt := &rep.Tenants[i]
+		tn := t.TenantOf(rt.Name)
+		if tn == nil {
+			continue
 		}
+		rt.EgressRate = tn.Egress
+		m, ok := plan.tenants[tn]
+		rt.Egress = counters(m, ok)
 	}
 }

@@ -544,34 +544,23 @@ func daemonReload(root string, stdout io.Writer) error {
 
 // enableCommand is vhqos enable UNIT [options] [-- SERVER ARGS...].
 func enableCommand(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("vhqos enable", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	config := fl.String("config", defaultConfig, "the QoS table the unit's vhqos reads")
-	socket := fl.String("status-socket", "", "the status socket (default /run/vhqos/UNIT.sock)")
-	metrics := fl.String("metrics-listen", "", "serve Prometheus metrics at ADDR/metrics (default: off)")
-	root := fl.String("root", "", "work on the system under this directory (an image) instead of /")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: vhqos enable UNIT [--config FILE] [--status-socket PATH] [--metrics-listen ADDR] [--root DIR] [-- SERVER ARGS...]")
-		fl.PrintDefaults()
-	}
-	name, rest, ok := unitArg(args, fl, stderr)
+	fl := newFlagSet("enable")
+	config := fl.String("config", defaultConfig, "the unit's vhqos reads the QoS table `FILE` (checked now)")
+	socket := fl.String("status-socket", "", "the unit's vhqos answers vhqos status on the socket `PATH` (default /run/vhqos/UNIT.sock, UNIT without .service)")
+	metrics := fl.String("metrics-listen", "", "the unit's vhqos serves Prometheus metrics at http://`ADDR`/metrics (default: off)")
+	root := fl.String("root", "", "work on the system whose root directory is `DIR` (an image) instead of /")
+	p, code, ok := parseCommandLine(fl, args, stdout, stderr)
 	if !ok {
-		return 2
+		return code
 	}
-	if err := fl.Parse(rest); err != nil {
-		return 2
+	name, ok := unitArg(p.operands, fl, stderr)
+	if !ok {
+		return exitUsage
 	}
-	var server []string
-	if fl.NArg() > 0 {
-		if dash := slices.Index(rest, "--"); dash < 0 || len(rest)-dash-1 != fl.NArg() {
-			fmt.Fprintf(stderr, "vhqos enable: unexpected %q; the server's own command, if given, follows --\n", fl.Arg(0))
-			return 2
-		}
-		server = fl.Args()
-		if !filepath.IsAbs(server[0]) {
-			fmt.Fprintf(stderr, "vhqos enable: the server's command must start with an absolute path, not %q\n", server[0])
-			return 2
-		}
+	server := p.afterDash
+	if len(server) > 0 && !filepath.IsAbs(server[0]) {
+		fmt.Fprintf(stderr, "vhqos enable: the server's command must start with an absolute path, not %q\n", server[0])
+		return exitUsage
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -594,23 +583,23 @@ func enableCommand(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// unitArg takes the unit name, which comes first (flags follow it, as in
-// `vhqos enable apache2 --config FILE`), and checks it.
-func unitArg(args []string, fl *flag.FlagSet, stderr io.Writer) (name string, rest []string, ok bool) {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-			fl.Usage()
-			return "", nil, false
-		}
-		fmt.Fprintf(stderr, "%s: name the unit first, e.g. %s apache2.service\n", fl.Name(), fl.Name())
-		return "", nil, false
+// unitArg checks that the operands (the words before -- that are not
+// options) are one unit name, and returns it.
+func unitArg(operands []string, fl *flag.FlagSet, stderr io.Writer) (name string, ok bool) {
+	switch {
+	case len(operands) == 0:
+		fmt.Fprintf(stderr, "%s: name the unit, e.g. %s apache2.service\n", fl.Name(), fl.Name())
+		return "", false
+	case len(operands) > 1:
+		fmt.Fprintf(stderr, "%s: unexpected %q after the unit %s; a server's own command follows --\n", fl.Name(), operands[1], operands[0])
+		return "", false
 	}
-	name, err := unitName(args[0])
+	name, err := unitName(operands[0])
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", fl.Name(), err)
-		return "", nil, false
+		return "", false
 	}
-	return name, args[1:], true
+	return name, true
 }
 
 // enable writes the drop-in for unit name and has systemd read it.
@@ -665,23 +654,15 @@ func enable(root, name string, o enableOptions, stdout io.Writer) error {
 
 // disableCommand is vhqos disable UNIT [--root DIR].
 func disableCommand(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("vhqos disable", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	root := fl.String("root", "", "work on the system under this directory (an image) instead of /")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: vhqos disable UNIT [--root DIR]")
-		fl.PrintDefaults()
-	}
-	name, rest, ok := unitArg(args, fl, stderr)
+	fl := newFlagSet("disable")
+	root := fl.String("root", "", "work on the system whose root directory is `DIR` (an image) instead of /")
+	operands, code, ok := parseArgs(fl, args, 1, stdout, stderr)
 	if !ok {
-		return 2
+		return code
 	}
-	if err := fl.Parse(rest); err != nil {
-		return 2
-	}
-	if fl.NArg() > 0 {
-		fmt.Fprintf(stderr, "vhqos disable: unexpected %q\n", fl.Arg(0))
-		return 2
+	name, ok := unitArg(operands, fl, stderr)
+	if !ok {
+		return exitUsage
 	}
 	if err := disable(*root, name, stdout); err != nil {
 		fmt.Fprintln(stderr, "vhqos disable:", err)

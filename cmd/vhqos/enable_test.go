@@ -444,17 +444,19 @@ func TestEnableCommandLine(t *testing.T) {
 		code int
 		says string
 	}{
-		{[]string{"enable"}, 2, "name the unit first"},
-		{[]string{"enable", "--config", "/x"}, 2, "name the unit first"},
+		{[]string{"enable"}, 2, "name the unit, e.g. vhqos enable apache2.service"},
+		{[]string{"enable", "--config", "/x"}, 2, "name the unit"},
+		{[]string{"enable", "--bogus", "nginx"}, 2, "unknown option --bogus; see 'vhqos help enable'"},
+		{[]string{"enable", "nginx", "--config"}, 2, "a value is missing after --config"},
 		{[]string{"enable", "apache2.socket"}, 2, "apache2.socket is not a service"},
 		{[]string{"enable", "apache2@.service"}, 2, "apache2@.service is a template"},
 		{[]string{"enable", "a/b"}, 2, "is not a unit name"},
 		{[]string{"enable", "nginx", "extra"}, 2, `unexpected "extra"`},
 		{[]string{"enable", "nginx", "--", "nginx", "-g", "daemon off;"}, 2, "must start with an absolute path"},
-		{[]string{"disable"}, 2, "name the unit first"},
+		{[]string{"disable"}, 2, "name the unit"},
 		{[]string{"disable", "nginx", "more"}, 2, `unexpected "more"`},
 		{[]string{"reload", "x"}, 2, `unexpected "x"`},
-		{[]string{"reload", "--socket", "/nonexistent/vhqos.sock"}, 1, "vhqos reload:"},
+		{[]string{"reload", "--socket", "/nonexistent/vhqos.sock"}, 3, "vhqos reload: no vhqos is running"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -473,13 +475,26 @@ func TestEnableCommandLine(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(root, "usr/sbin/vhqos"), nil, 0o755); err != nil {
 			t.Fatal(err)
 		}
+		// Options before the unit, as users type them too: the same
+		// drop-in.
 		var stdout, stderr bytes.Buffer
+		if code := run([]string{"vhqos", "enable", "--root", root, "--config", "/etc/vhqos/qos.toml", "nginx"}, &stdout, &stderr); code != 0 {
+			t.Fatalf("enable with the options first: exit %d: %s", code, stderr.String())
+		}
+		first, err := os.ReadFile(filepath.Join(root, "etc/systemd/system/nginx.service.d/vhqos.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout.Reset()
 		if code := run([]string{"vhqos", "enable", "nginx", "--root", root, "--config", "/etc/vhqos/qos.toml"}, &stdout, &stderr); code != 0 {
 			t.Fatalf("enable: exit %d: %s", code, stderr.String())
 		}
 		dropIn, err := os.ReadFile(filepath.Join(root, "etc/systemd/system/nginx.service.d/vhqos.conf"))
 		if err != nil {
 			t.Fatal(err)
+		}
+		if !bytes.Equal(first, dropIn) {
+			t.Errorf("the options' order changed the drop-in:\n%s\nversus\n%s", first, dropIn)
 		}
 		if !strings.Contains(string(dropIn), "ExecStart=/usr/sbin/vhqos run") {
 			t.Errorf("the drop-in for an image names vhqos otherwise than as the image has it:\n%s", dropIn)

@@ -587,10 +587,20 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 		if err == nil {
 			return p, nil
 		}
-		cmd.Process.Kill()
-		<-p.exited
+		// It exits by itself once it has closed its end, having said why
+		// or logged it; a kill now would only race its last words.
+		select {
+		case <-p.exited:
+		case <-time.After(supervisorExitWait):
+			cmd.Process.Kill()
+			<-p.exited
+		}
 		failopen.AnswerLeftovers(k.notifyFd, p.inFlight, true)
 		p.release()
+		var own supervisorError
+		if errors.As(err, &own) {
+			return nil, fmt.Errorf("the supervisor could not start: %w", err)
+		}
 		return nil, fmt.Errorf("the supervisor did not get ready (%s): %w", cmd.ProcessState, err)
 	case <-time.After(supervisorReadyTimeout):
 		cmd.Process.Kill()
@@ -601,9 +611,17 @@ func (k *keeper) startSupervisor() (*supervisorProc, error) {
 	}
 }
 
+// supervisorError is the error that kept a supervisor from starting, as
+// it said it ("error" on its control socket).
+type supervisorError string
+
+func (e supervisorError) Error() string { return string(e) }
+
 // listen reads what supervisor p says on its control socket until it
-// closes: "ready" once (to ready), "table BASE64" for each table it put in
-// force, "handoff JSON" when it drained (to p.handoff).
+// closes: "ready" once (to ready), or instead "error QUOTED" with the
+// error that stops it (to ready, as a supervisorError); "table BASE64"
+// for each table it put in force, "handoff JSON" when it drained (to
+// p.handoff).
 func (k *keeper) listen(p *supervisorProc, ready chan<- error) {
 	readyOnce := false
 	for {
@@ -622,6 +640,15 @@ func (k *keeper) listen(p *supervisorProc, ready chan<- error) {
 				readyOnce = true
 				ready <- nil
 			}
+		case "error":
+			if !readyOnce {
+				readyOnce = true
+				msg, err := strconv.Unquote(arg)
+				if err != nil {
+					msg = arg
+				}
+				ready <- supervisorError(msg)
+			}
 		case "table":
 			if raw, err := base64.StdEncoding.DecodeString(arg); err == nil {
 				k.mu.Lock()
@@ -637,6 +664,11 @@ func (k *keeper) listen(p *supervisorProc, ready chan<- error) {
 // supervisorReadyTimeout bounds a supervisor's start: reading the table and
 // attaching to the cgroups take milliseconds.
 const supervisorReadyTimeout = 10 * time.Second
+
+// supervisorExitWait bounds how long a supervisor that did not start is
+// given to exit by itself (its deferred clean-up: the cgroups it made)
+// before it is killed.
+const supervisorExitWait = 5 * time.Second
 
 // release closes what the keeper holds for a supervisor that is gone.
 func (p *supervisorProc) release() {

@@ -40,6 +40,11 @@ type reloader struct {
 	generation uint64
 	reloads    atomic.Uint64
 	refused    atomic.Uint64
+	// onDiskRefused is set while the file holds a table this reloader
+	// refused (the one before stays in force), cleared when a table from
+	// it is applied: unlike the refused counter it says what is true now,
+	// for an alert that lasts as long as the broken file.
+	onDiskRefused atomic.Bool
 }
 
 // table returns the table in force and its generation (0 for the first).
@@ -109,6 +114,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 			r.log.Error("internal error while applying the QoS table; please report it", "path", r.path,
 				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			r.refused.Add(1)
+			r.onDiskRefused.Store(true)
 		}
 	}()
 	data, err := os.ReadFile(r.path)
@@ -131,6 +137,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 		r.log.Error("refused QoS table; the previous one stays in force", "path", r.path, "problems", err.Error())
 		r.raw = data
 		r.refused.Add(1)
+		r.onDiskRefused.Store(true)
 		return
 	}
 	added, removed, changed, err := r.apply(next)
@@ -141,10 +148,12 @@ func (r *reloader) reload(since time.Time, force bool) {
 		// each try writes the limits that fit and takes them back.
 		r.raw = data
 		r.refused.Add(1)
+		r.onDiskRefused.Store(true)
 		return
 	}
 	r.raw = data
 	r.reloads.Add(1)
+	r.onDiskRefused.Store(false)
 	if r.applied != nil {
 		r.applied(data)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,21 +18,19 @@ import (
 // and SIGHUP restarts it at once, dropping the requests in flight).
 // Waits until the supervisor has taken the table or refused it: exit 0
 // when it is in force, 1 when it was refused (its problems are printed)
-// or no vhqos answers.
+// or not taken in time, 3 when no vhqos answers.
 func reloadCommand(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("vhqos reload", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	socket := fl.String("socket", status.DefaultSocket, "the status socket of the vhqos to reload")
-	timeout := fl.Duration("timeout", 30*time.Second, "how long to wait for the table to be taken or refused")
-	if err := fl.Parse(args); err != nil {
-		return 2
-	}
-	if fl.NArg() > 0 {
-		fmt.Fprintf(stderr, "vhqos reload: unexpected %q\n", fl.Arg(0))
-		return 2
+	fl := newFlagSet("reload")
+	socket := fl.String("socket", status.DefaultSocket, "ask the vhqos whose status socket is `PATH` (vhqos run's --status-socket)")
+	timeout := fl.Duration("timeout", 30*time.Second, "wait at most `DURATION` for the table to be taken or refused")
+	if _, code, ok := parseArgs(fl, args, 0, stdout, stderr); !ok {
+		return code
 	}
 	if err := reloadTable(*socket, *timeout, stdout); err != nil {
 		fmt.Fprintln(stderr, "vhqos reload:", err)
+		if errors.Is(err, status.ErrNotRunning) {
+			return exitNotRunning
+		}
 		return 1
 	}
 	return 0

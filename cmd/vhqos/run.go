@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,24 +43,24 @@ type runOptions struct {
 	inherited []int
 }
 
-func parseRunFlags(args []string, stderr io.Writer) (runOptions, error) {
-	var o runOptions
-	fs := flag.NewFlagSet("vhqos run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.config, "config", defaultConfig, "QoS table")
-	fs.DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long the server may take to stop")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	fs.StringVar(&o.statusPath, "status-socket", status.DefaultSocket, "where vhqos status finds this vhqos")
-	fs.StringVar(&o.metricsAddr, "metrics-listen", "", "serve Prometheus metrics at ADDR/metrics (\":9464\" means 127.0.0.1:9464); off by default")
-	if err := fs.Parse(args); err != nil {
-		return o, err
+// parseRunFlags reads vhqos run's command line; ok false means exit with
+// code (its help was printed, or what is wrong with it).
+func parseRunFlags(args []string, stdout, stderr io.Writer) (o runOptions, code int, ok bool) {
+	fs := newFlagSet("run")
+	fs.StringVar(&o.config, "config", defaultConfig, "read the QoS table from `FILE`")
+	fs.DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "after passing on TERM, INT or QUIT, wait `DURATION` for the server to exit, then kill everything left")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log on stderr what is at `LEVEL` or above: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log in `FORMAT`: text, or json (one object a line)")
+	fs.StringVar(&o.statusPath, "status-socket", status.DefaultSocket, "answer vhqos status, reload and upgrade on the unix socket `PATH`; give a second vhqos on the same host its own")
+	fs.StringVar(&o.metricsAddr, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics; \":9464\" means 127.0.0.1:9464 (default: off)")
+	if o.argv, code, ok = parseLeading(fs, args, stdout, stderr); !ok {
+		return o, code, false
 	}
-	o.argv = fs.Args()
 	if len(o.argv) == 0 {
-		return o, errors.New("no server command; usage: vhqos run [--config FILE] -- SERVER [ARGS...]")
+		fmt.Fprintln(stderr, "vhqos run: no server command; usage: vhqos run [options] -- SERVER [ARGS...] (see 'vhqos help run')")
+		return o, exitUsage, false
 	}
-	return o, nil
+	return o, 0, true
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
@@ -79,7 +78,7 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: use text or json", format)
 }
 
-func runCommand(args []string, stderr io.Writer) int {
+func runCommand(args []string, stdout, stderr io.Writer) int {
 	// Before vhqos opens anything: what it holds now beyond stdio came from
 	// its parent, for the server (the sockets of socket activation).
 	inherited, err := shim.InheritedFds()
@@ -87,24 +86,21 @@ func runCommand(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vhqos run:", err)
 		return 1
 	}
-	opts, err := parseRunFlags(args, stderr)
-	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "vhqos run:", err)
-		}
-		return 2
+	opts, code, ok := parseRunFlags(args, stdout, stderr)
+	if !ok {
+		return code
 	}
 	opts.inherited = inherited
 	log, err := newLogger(stderr, opts.logLevel, opts.logFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos run:", err)
-		return 2
+		return exitUsage
 	}
-	code, err := keep(log, opts)
+	code, err = keep(log, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos run:", err)
 		if errors.Is(err, errRefusedTable) {
-			return 2
+			return exitUsage
 		}
 		return 1
 	}

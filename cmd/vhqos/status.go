@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,13 +16,12 @@ import (
 )
 
 func statusCommand(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("vhqos status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	socket := fs.String("socket", status.DefaultSocket, "the status socket of the vhqos to ask")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
-	watch := fs.Duration("watch", 0, "refresh every DURATION (e.g. 2s), like top")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	fs := newFlagSet("status")
+	socket := fs.String("socket", status.DefaultSocket, "ask the vhqos whose status socket is `PATH` (vhqos run's --status-socket)")
+	asJSON := fs.Bool("json", false, "print the report as JSON, for scripts")
+	watch := fs.Duration("watch", 0, "refresh every `DURATION` (e.g. 2s), like top, with the CPU rate between refreshes")
+	if _, code, ok := parseArgs(fs, args, 0, stdout, stderr); !ok {
+		return code
 	}
 	var prev *status.Report
 	for {
@@ -31,7 +29,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			fmt.Fprintln(stderr, "vhqos status:", err)
 			if errors.Is(err, status.ErrNotRunning) {
-				return 3
+				return exitNotRunning
 			}
 			return 1
 		}
@@ -60,7 +58,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 	procs, listeners, followed := sup.Tables()
 	rep := &status.Report{
 		PID: os.Getpid(), ServerPID: serverPid, Config: path, Started: started, Now: time.Now(),
-		Generation: gen, Cgroup: cg.Version(),
+		Generation: gen, TableRefused: r.onDiskRefused.Load(), Cgroup: cg.Version(),
 		Supervisor: status.Counters{
 			Notifications: st.Notifications.Load(), Accepted: st.Accepted.Load(), Continued: st.Continued.Load(),
 			Requeued: st.Requeued.Load(), PlacementErrors: st.PlacementErrors.Load(), Errors: st.Errors.Load(),
@@ -93,6 +91,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 			cl.CPUUsec, cl.Throttled, cl.Faults = u.CPUUsec, u.ThrottledUsec, u.ThrottledPeriods
 			cl.IOReadBytes, cl.IOWriteBytes = u.IOReadBytes, u.IOWriteBytes
 			cl.Memory, cl.Tasks = memoryTasks(c.Resources, u)
+			cl.Threads = u.Threads
 		}
 		rep.Classes = append(rep.Classes, cl)
 	}
@@ -101,6 +100,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 		add(&table.VHosts[i])
 	}
 	rep.Tenants = tenantReport(cg, table)
+	tenantKillsV1(rep, table)
 	bandwidthReport(r.log, rep, table, r.shapeDevices)
 	return rep
 }

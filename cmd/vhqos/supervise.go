@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -136,15 +137,25 @@ func superviseCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	log = log.With("supervisor_pid", os.Getpid())
 	if err := supervise(log, *config, table, raw, ks); err != nil {
-		log.Error("supervisor stopped", "err", err)
+		var told errToldKeeper
+		if !errors.As(err, &told) {
+			log.Error("supervisor stopped", "err", err)
+		}
 		return 1
 	}
 	return 0
 }
 
+// errToldKeeper is an error that kept a supervisor from starting and that
+// it told the keeper, whose vhqos run says it (or logs it, for a
+// supervisor started after a crash): it is not logged a second time.
+type errToldKeeper struct{ error }
+
+func (e errToldKeeper) Unwrap() error { return e.error }
+
 // supervise runs the supervisor for the keeper until the server is gone or
 // the keeper says stop (SIGTERM).
-func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte, ks keeperState) error {
+func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte, ks keeperState) (err error) {
 	started := time.Now()
 	// The keeper forwards what the operator sends; a terminal's Ctrl-C
 	// reaches the keeper, not this process group.
@@ -154,6 +165,17 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 
 	ctrl := os.NewFile(ctrlFd, "control")
 	defer ctrl.Close()
+	// Until it is ready, an error that stops the supervisor is the
+	// keeper's to show (keeper.listen): said on the control socket before
+	// it closes, which the keeper reads as the supervisor's end.
+	ready := false
+	defer func() {
+		if err != nil && !ready {
+			if _, werr := ctrl.WriteString("error " + strconv.Quote(err.Error()) + "\n"); werr == nil {
+				err = errToldKeeper{err}
+			}
+		}
+	}()
 	region, err := failopen.Map(inFlightFd)
 	if err != nil {
 		return err
@@ -180,7 +202,14 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cg, err := cgroup.New(ctx, cgroup.Options{Parent: ks.CgroupParent, Name: ks.CgroupName, Logger: log, Attach: true})
+	// The placement is parsed before the cgroups are attached: thread
+	// placement makes the threaded subtree (cgroup v2) they need.
+	placement, err := intercept.ParsePlacement(ks.Placement)
+	if err != nil {
+		return fmt.Errorf("the keeper's placement: %w", err)
+	}
+	cg, err := cgroup.New(ctx, cgroup.Options{Parent: ks.CgroupParent, Name: ks.CgroupName, Logger: log, Attach: true,
+		Threads: placement == intercept.PlaceThread})
 	if err != nil {
 		return err
 	}
@@ -198,10 +227,6 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	}
 	if table.Settings.Track != track {
 		log.Warn("the table asks for another track than vhqos run started with; it takes effect when vhqos run restarts", "table", table.Settings.Track, "running", track)
-	}
-	placement, err := intercept.ParsePlacement(ks.Placement)
-	if err != nil {
-		return fmt.Errorf("the keeper's placement: %w", err)
 	}
 	if table.Settings.Placement != placement {
 		log.Warn("the table asks for another placement than vhqos run started with; it takes effect when vhqos run restarts", "table", table.Settings.Placement, "running", placement)
@@ -236,6 +261,7 @@ func supervise(log *slog.Logger, config string, table *policy.Table, raw []byte,
 	if err := tell("ready"); err != nil {
 		return fmt.Errorf("telling the keeper this supervisor is ready: %w", err)
 	}
+	ready = true
 	orders := bufio.NewReader(ctrl)
 	line, err := orders.ReadString('\n')
 	if err != nil || strings.TrimSpace(line) != "go" {

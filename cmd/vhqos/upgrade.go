@@ -1,7 +1,7 @@
 package main
 
 import (
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"syscall"
@@ -14,16 +14,18 @@ import (
 // disk: the keeper starts it, the old one hands over what it holds, and
 // the server notices nothing.
 func upgradeCommand(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("vhqos upgrade", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	socket := fs.String("socket", status.DefaultSocket, "the status socket of the vhqos to upgrade")
-	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the new supervisor")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	fs := newFlagSet("upgrade")
+	socket := fs.String("socket", status.DefaultSocket, "ask the vhqos whose status socket is `PATH` (vhqos run's --status-socket)")
+	timeout := fs.Duration("timeout", 30*time.Second, "wait at most `DURATION` for the new supervisor to take over")
+	if _, code, ok := parseArgs(fs, args, 0, stdout, stderr); !ok {
+		return code
 	}
 	before, err := status.Fetch(*socket)
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos upgrade:", err)
+		if errors.Is(err, status.ErrNotRunning) {
+			return exitNotRunning
+		}
 		return 1
 	}
 	if before.KeeperPID == 0 {

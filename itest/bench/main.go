@@ -92,6 +92,8 @@ func main() {
 	fpm := flag.Bool("fpm", false, "measure php-fpm behind a native nginx instead: native, floor and vhqos with two name vhosts (FastCGI HTTP_HOST)")
 	caps := flag.Bool("caps", false, "measure vhqos with max_connections = 1000000 on every vhost (a cap never reached) against the same table without it, instead of native and the floor")
 	rates := flag.Bool("rates", false, "measure vhqos with egress_rate and connection_rate on every vhost (limits never reached; lo shaped) against the same table without them, instead of native and the floor")
+	threads := flag.Bool("threads", false, "measure Apache's event MPM (threaded) with two address vhosts instead: native, floor (continue), vhqos placement = \"process\", floor (reads: accepts and the read family answered \"continue\") and vhqos placement = \"thread\"")
+	lua := flag.Bool("lua", false, "with -threads: ask for a CPU-bound mod_lua handler (some 1 ms of CPU) instead of the static file")
 	egressRate := flag.String("egress-rate", "10Gbit", "with -rates: the egress_rate (\"\": none)")
 	connectionRate := flag.String("connection-rate", "100Gbit", "with -rates: the connection_rate (\"\": none)")
 	flag.Parse()
@@ -173,6 +175,13 @@ func main() {
 	}
 	if *fpm {
 		if err := fpmBench(cg, bin, *pairs, *conns, measureOptions{duration: *duration, only: *only, pin: *pin}); err != nil {
+			fail(err)
+		}
+		return
+	}
+	if *threads {
+		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
+		if err := threadsBench(cg, bin, *pairs, *conns, opts, *profile, *lua); err != nil {
 			fail(err)
 		}
 		return

@@ -3,13 +3,20 @@
 //
 //	go run ./docs/man/mkman [-C REPO] [-o build/man] [-version V] [-date YYYY-MM-DD]
 //
-// Each page has a layout, docs/man/PAGE.md, a text/template that holds only
-// what a man page has and the README lacks (NAME, FILES, SEE ALSO) and pulls
-// everything else out of README.md and policy/REFERENCE.md by section
-// title. A section a layout names that is not there (renamed, removed) is an
-// error, not a silently shorter page. The assembled Markdown is converted to
-// roff by github.com/cpuguy83/go-md2man. The pages are built, never
-// committed: `make man` writes them to build/man, `make deb` packages them.
+// Each page has a layout, docs/man/PAGE.md, a text/template that holds what
+// a man page has and the README lacks (NAME, the commands' OPTIONS, EXIT
+// STATUS, FILES, SEE ALSO) and pulls the rest out of README.md and
+// policy/REFERENCE.md by section title. A section a layout names that is
+// not there (renamed, removed) is an error, not a silently shorter page;
+// so is a section of a document the layout reads that it neither takes
+// nor leaves out by name (a new README section needs a decision). The
+// reader of a man page has the Debian package, not the repository: the
+// repository's files a page names are written as what the package installs
+// in their place (installed), and a name of the repository that is left
+// (a test's file, a make target) is an error. The assembled Markdown is
+// converted to roff by github.com/cpuguy83/go-md2man. The pages are built,
+// never committed: `make man` writes them to build/man, `make deb`
+// packages them.
 package main
 
 import (
@@ -19,7 +26,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"sort"
 	"strings"
 	"text/template"
 
@@ -69,13 +78,117 @@ func build(repo, out string, m meta) error {
 	return nil
 }
 
-// render builds one page: its layout filled in, then converted to roff.
+// render builds one page: its layout filled in, the repository's paths
+// made the installed ones, then converted to roff.
 func render(repo, page string, m meta) ([]byte, error) {
 	md, err := assemble(repo, page, m)
 	if err != nil {
 		return nil, err
 	}
+	md = toInstalled(md)
+	if left, err := repoNames(repo, md); err != nil {
+		return nil, err
+	} else if len(left) > 0 {
+		return nil, fmt.Errorf("%s names what only the repository has, not the package: %s (write what the package installs, map it in mkman's installed, or leave that text out of the page)", page, strings.Join(left, ", "))
+	}
 	return md2man.Render(tablesToLists(md)), nil
+}
+
+// installed maps the repository's files the pages name to what the Debian
+// package (dist/deb/nfpm.yaml) installs in their place.
+func installed() map[string]string {
+	return map[string]string{
+		"policy/REFERENCE.md":               "**vhqos-qos.toml**(5)",
+		"README.md":                         "`/usr/share/doc/vhqos/README.md.gz`",
+		"docs/benchmarks.md":                "`/usr/share/doc/vhqos/benchmarks.md.gz`",
+		"docs/design-notes.md":              "`/usr/share/doc/vhqos/design-notes.md.gz`",
+		"demo/qos.toml":                     "`/usr/share/doc/vhqos/examples/demo.toml`",
+		"policy/testdata/example.toml":      "`/usr/share/doc/vhqos/examples/example.toml`",
+		"dist/qos.toml":                     "`/etc/vhqos/qos.toml`",
+		"dist/vhqos@.service":               "`/lib/systemd/system/vhqos@.service`",
+		"dist/prometheus/vhqos-rules.yml":   "`/usr/share/vhqos/prometheus/vhqos-rules.yml`",
+		"dist/grafana/vhqos-dashboard.json": "`/usr/share/vhqos/grafana/vhqos-dashboard.json`",
+	}
+}
+
+// toInstalled writes each repository file installed names, quoted in
+// backquotes or not, as what the package installs.
+func toInstalled(md []byte) []byte {
+	var names []string
+	for name := range installed() {
+		names = append(names, name)
+	}
+	// Longest first: README.md is also the end of other names.
+	sort.Slice(names, func(i, j int) bool { return len(names[i]) > len(names[j]) })
+	text := string(md)
+	for _, name := range names {
+		to := installed()[name]
+		text = strings.ReplaceAll(text, "`"+name+"`", to)
+		bare := regexp.MustCompile(`(^|[^\w/.-])` + regexp.QuoteMeta(name) + `($|[^\w/-])`)
+		text = bare.ReplaceAllString(text, "${1}"+strings.ReplaceAll(to, "$", "$$")+"${2}")
+	}
+	return []byte(text)
+}
+
+// repoNames finds what in md names the repository rather than an
+// installed system: a path under one of its top-level directories
+// (itest/..., cmd/...), one of its Markdown files, a make target.
+func repoNames(repo string, md []byte) ([]string, error) {
+	entries, err := os.ReadDir(repo)
+	if err != nil {
+		return nil, fmt.Errorf("listing the repository: %w", err)
+	}
+	var dirs, files []string
+	for _, e := range entries {
+		switch {
+		case e.Name() == ".git" || e.Name() == ".cache":
+		case e.IsDir():
+			dirs = append(dirs, regexp.QuoteMeta(e.Name()))
+		case strings.HasSuffix(e.Name(), ".md"):
+			files = append(files, regexp.QuoteMeta(e.Name()))
+		}
+	}
+	targets, err := makeTargets(repo)
+	if err != nil {
+		return nil, err
+	}
+	// A name counts at the start of a word: /usr/share/doc/vhqos/README.md.gz
+	// and /sys/fs/cgroup/memory are not the repository's; ./cgroup (a go
+	// command's package) is.
+	pattern := `(?:^|[\s(\x60"'*])((?:` + strings.Join(dirs, "|") + `)/[\w.@/-]*|\./(?:` + strings.Join(dirs, "|") + `)\b`
+	if len(files) > 0 {
+		pattern += `|(?:` + strings.Join(files, "|") + `)\b`
+	}
+	if len(targets) > 0 {
+		pattern += `|make (?:` + strings.Join(targets, "|") + `)\b`
+	}
+	pattern += `)`
+	seen := map[string]bool{}
+	var found []string
+	for _, m := range regexp.MustCompile(pattern).FindAllStringSubmatch(string(md), -1) {
+		if !seen[m[1]] {
+			seen[m[1]] = true
+			found = append(found, m[1])
+		}
+	}
+	return found, nil
+}
+
+// makeTargets are the Makefile's phony targets: "make deb" in a page is
+// the repository's, "make room" is not.
+func makeTargets(repo string) ([]string, error) {
+	data, err := os.ReadFile(filepath.Join(repo, "Makefile"))
+	if err != nil {
+		return nil, fmt.Errorf("reading the Makefile for its targets: %w", err)
+	}
+	m := regexp.MustCompile(`(?m)^\.PHONY:(.*)$`).FindAllStringSubmatch(string(data), -1)
+	var targets []string
+	for _, line := range m {
+		for _, t := range strings.Fields(line[1]) {
+			targets = append(targets, regexp.QuoteMeta(t))
+		}
+	}
+	return targets, nil
 }
 
 // tablesToLists rewrites each Markdown table as a definition list: a row's
@@ -203,8 +316,9 @@ func assemble(repo, page string, m meta) ([]byte, error) {
 			}
 			return d.code(title)
 		},
-		// section FILE TITLE: a section's text, without its heading.
-		"section": func(file, title string) (string, error) {
+		// section FILE TITLE [SUBSECTION...]: a section's text, without
+		// its heading, and without the subsections ("### ") named.
+		"section": func(file, title string, except ...string) (string, error) {
 			d, err := load(file)
 			if err != nil {
 				return "", err
@@ -213,7 +327,36 @@ func assemble(repo, page string, m meta) ([]byte, error) {
 			if err != nil {
 				return "", err
 			}
-			return s.text(), nil
+			d.used[title] = true
+			return s.without(d.name, except)
+		},
+		// subsection FILE TITLE SUBSECTION: a subsection's text, without
+		// its heading. The section it is in still needs a decision.
+		"subsection": func(file, title, sub string) (string, error) {
+			d, err := load(file)
+			if err != nil {
+				return "", err
+			}
+			s, err := d.section(title)
+			if err != nil {
+				return "", err
+			}
+			return s.subsection(d.name, sub)
+		},
+		// leftOut FILE TITLE...: sections this page does not have, by
+		// decision; it prints nothing.
+		"leftOut": func(file string, titles ...string) (string, error) {
+			d, err := load(file)
+			if err != nil {
+				return "", err
+			}
+			for _, t := range titles {
+				if _, err := d.section(t); err != nil {
+					return "", fmt.Errorf("leaving out a section: %w", err)
+				}
+				d.used[t] = true
+			}
+			return "", nil
 		},
 		// sections FILE EXCEPT...: every section but those named, each
 		// a man page section (its title in capitals); their own
@@ -234,6 +377,18 @@ func assemble(repo, page string, m meta) ([]byte, error) {
 	if err := tmpl.Execute(&b, m); err != nil {
 		return nil, fmt.Errorf("building %s: %w", page, err)
 	}
+	for _, d := range docs {
+		var undecided []string
+		for _, t := range d.titles() {
+			if !d.used[t] {
+				undecided = append(undecided, fmt.Sprintf("%q", t))
+			}
+		}
+		if len(undecided) > 0 {
+			sort.Strings(undecided)
+			return nil, fmt.Errorf("building %s: %s has sections the layout neither takes nor leaves out: %s (add them to {{section}} or {{leftOut}} in %s)", page, d.name, strings.Join(undecided, ", "), layout)
+		}
+	}
 	return b.Bytes(), nil
 }
 
@@ -242,6 +397,8 @@ type document struct {
 	name     string
 	intro    []string // lines before the first section, its title left out
 	sections []*section
+	// used are the titles of the sections a layout took or left out.
+	used map[string]bool
 }
 
 // section is one "## " heading and the lines up to the next.
@@ -254,7 +411,7 @@ type section struct {
 // is a line starting with "#" outside a fenced code block; indented code
 // cannot hold one (it starts with spaces).
 func parse(name, text string) *document {
-	d := &document{name: name}
+	d := &document{name: name, used: map[string]bool{}}
 	fenced := false
 	var cur *section
 	for _, line := range strings.Split(strings.ReplaceAll(text, "\r\n", "\n"), "\n") {
@@ -333,6 +490,7 @@ func (d *document) sectionsExcept(except []string) (string, error) {
 	}
 	var b strings.Builder
 	for _, s := range d.sections {
+		d.used[s.title] = true
 		if slices.Contains(except, s.title) {
 			continue
 		}
@@ -345,6 +503,58 @@ func (d *document) sectionsExcept(except []string) (string, error) {
 }
 
 func (s *section) text() string { return trimBlank(s.lines) }
+
+// subsections cuts a section at its "### " headings: the text before the
+// first, then each subsection with its heading line. Fenced code cannot
+// hold one.
+func (s *section) subsections() (lead []string, subs []*section) {
+	fenced := false
+	var cur *section
+	for _, line := range s.lines {
+		if strings.HasPrefix(line, "```") || strings.HasPrefix(line, "~~~") {
+			fenced = !fenced
+		}
+		switch {
+		case !fenced && strings.HasPrefix(line, "### "):
+			cur = &section{title: strings.TrimSpace(strings.TrimPrefix(line, "### ")), lines: []string{line}}
+			subs = append(subs, cur)
+		case cur != nil:
+			cur.lines = append(cur.lines, line)
+		default:
+			lead = append(lead, line)
+		}
+	}
+	return lead, subs
+}
+
+// without is the section's text less the subsections named.
+func (s *section) without(doc string, except []string) (string, error) {
+	lead, subs := s.subsections()
+	for _, e := range except {
+		if !slices.ContainsFunc(subs, func(sub *section) bool { return sub.title == e }) {
+			return "", fmt.Errorf("leaving out a subsection: %s has no subsection %q in %q", doc, e, s.title)
+		}
+	}
+	lines := lead
+	for _, sub := range subs {
+		if !slices.Contains(except, sub.title) {
+			lines = append(append(lines, ""), sub.lines...)
+		}
+	}
+	return trimBlank(lines), nil
+}
+
+// subsection is the text of the subsection called title, without its
+// heading.
+func (s *section) subsection(doc, title string) (string, error) {
+	_, subs := s.subsections()
+	for _, sub := range subs {
+		if sub.title == title {
+			return trimBlank(sub.lines[1:]), nil
+		}
+	}
+	return "", fmt.Errorf("%s has no subsection %q in %q", doc, title, s.title)
+}
 
 // trimBlank joins lines, leaving out blank lines at either end.
 func trimBlank(lines []string) string {

@@ -3,6 +3,19 @@
 //
 //   floor continue -- SERVER ARGS...   answer every accept with "continue"
 //   floor emulate  -- SERVER ARGS...   perform every accept for the server
+//   floor reads    -- SERVER ARGS...   intercept accept, accept4 and the
+//                                      read family (read, readv, recvfrom,
+//                                      recvmsg) and answer each "continue":
+//                                      the least a supervisor that watches
+//                                      reads costs (vhqos placement = "thread")
+//   floor emulate-reads -- SERVER...   the same filter; perform every accept
+//                                      as emulate does, answer reads "continue"
+//                                      (what vhqos does under placement =
+//                                      "thread" but the placing)
+//
+// SIGPWR (which the floor does not forward) makes the floor write the
+// number of notifications it has answered so far to its stderr ("floor: N
+// notifications"), for the bench to count notifications per request.
 //
 // One thread blocked in SECCOMP_IOCTL_NOTIF_RECV. "emulate" does per
 // accept only what the kernel needs: a pidfd and a copy of the listening
@@ -10,8 +23,9 @@
 // flags, the peer address and its length written with one
 // process_vm_writev, the new socket installed with SECCOMP_ADDFD_FLAG_SEND.
 // It trusts its caches (no check that a process or an fd number was
-// reused) and blocks in accept4 for a blocking listener: it serves a
-// benchmark, not a customer. Built by the bench with cc; not part of vhqos.
+// reused) and blocks in accept4 for a blocking listener (but lets the
+// kernel accept on a unix socket): it serves a benchmark, not a customer.
+// Built by the bench with cc; not part of vhqos.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -31,17 +45,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t pending_signal, child_exited;
+static volatile sig_atomic_t pending_signal, child_exited, count_asked;
 
 static void on_signal(int sig) {
 	if (sig == SIGCHLD)
 		child_exited = 1;
+	else if (sig == SIGPWR)
+		count_asked = 1;
 	else
 		pending_signal = sig;
 }
 
-static int install_filter(void) {
-	struct sock_filter prog[] = {
+// install_filter sends accept and accept4 to the supervisor, and with reads
+// the read family too (as vhqos's filter does under placement = "thread").
+static int install_filter(int reads) {
+	struct sock_filter accepts[] = {
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
@@ -51,7 +69,23 @@ static int install_filter(void) {
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
 	};
-	struct sock_fprog fprog = {.len = sizeof prog / sizeof prog[0], .filter = prog};
+	struct sock_filter with_reads[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_read, 6, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_recvfrom, 5, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_accept4, 4, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_accept, 3, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_readv, 2, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_recvmsg, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+	};
+	struct sock_fprog fprog = {.len = sizeof accepts / sizeof accepts[0], .filter = accepts};
+	if (reads)
+		fprog = (struct sock_fprog){.len = sizeof with_reads / sizeof with_reads[0], .filter = with_reads};
 	return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &fprog);
 }
 
@@ -59,6 +93,7 @@ static int install_filter(void) {
 struct copy {
 	pid_t pid;
 	int fd, pidfd, local;
+	int domain; // AF_INET, AF_INET6, AF_UNIX
 };
 #define COPIES 4096
 static struct copy copies[COPIES];
@@ -96,7 +131,10 @@ static struct copy *listener(pid_t tid, int fd) {
 		close(pidfd);
 		return NULL;
 	}
-	*c = (struct copy){.pid = tid, .fd = fd, .pidfd = pidfd, .local = local};
+	int domain = 0;
+	socklen_t len = sizeof domain;
+	getsockopt(local, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+	*c = (struct copy){.pid = tid, .fd = fd, .pidfd = pidfd, .local = local, .domain = domain};
 	return c;
 }
 
@@ -115,8 +153,11 @@ static void emulate(int notify, struct seccomp_notif *req, struct seccomp_notif_
 	__u64 addr = req->data.args[1], lenp = req->data.args[2];
 	int flags = req->data.nr == __NR_accept4 ? (int)req->data.args[3] : 0;
 	struct copy *c = listener(req->pid, fd);
-	if (!c) {
-		answer(notify, resp, req->id, 0); // let the kernel say what is wrong
+	if (!c || c->domain == AF_UNIX) {
+		// Let the kernel say what is wrong; and accept on a unix
+		// socket itself (mod_cgid's daemon blocks in accept there,
+		// which would block this one thread).
+		answer(notify, resp, req->id, 0);
 		return;
 	}
 	struct sockaddr_storage peer;
@@ -150,11 +191,12 @@ static void emulate(int notify, struct seccomp_notif *req, struct seccomp_notif_
 }
 
 int main(int argc, char **argv) {
-	if (argc < 4 || strcmp(argv[2], "--") || (strcmp(argv[1], "continue") && strcmp(argv[1], "emulate"))) {
-		fprintf(stderr, "usage: floor continue|emulate -- SERVER ARGS...\n");
+	if (argc < 4 || strcmp(argv[2], "--") ||
+	    (strcmp(argv[1], "continue") && strcmp(argv[1], "emulate") && strcmp(argv[1], "reads") && strcmp(argv[1], "emulate-reads"))) {
+		fprintf(stderr, "usage: floor continue|emulate|reads|emulate-reads -- SERVER ARGS...\n");
 		return 2;
 	}
-	int emulating = !strcmp(argv[1], "emulate");
+	int emulating = !strncmp(argv[1], "emulate", 7), reads = !!strstr(argv[1], "reads");
 	int report[2], go[2];
 	if (pipe2(report, O_CLOEXEC) || pipe2(go, O_CLOEXEC)) {
 		perror("floor: pipe");
@@ -164,7 +206,7 @@ int main(int argc, char **argv) {
 	if (child == 0) {
 		// Apache prefork signals its whole process group on shutdown.
 		setpgid(0, 0);
-		int notify = install_filter();
+		int notify = install_filter(reads);
 		if (notify < 0) {
 			perror("floor: seccomp");
 			_exit(127);
@@ -193,6 +235,7 @@ int main(int argc, char **argv) {
 	int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD};
 	for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
 		sigaction(forwarded[i], &sa, NULL);
+	sigaction(SIGPWR, &sa, NULL);
 	if (write(go[1], "g", 1) != 1)
 		return 1;
 
@@ -200,7 +243,12 @@ int main(int argc, char **argv) {
 	syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes);
 	struct seccomp_notif *req = calloc(1, sizes.seccomp_notif);
 	struct seccomp_notif_resp *resp = calloc(1, sizes.seccomp_notif_resp);
+	unsigned long long answered = 0;
 	for (;;) {
+		if (count_asked) {
+			count_asked = 0;
+			fprintf(stderr, "floor: %llu notifications\n", answered);
+		}
 		if (pending_signal) {
 			kill(child, pending_signal);
 			pending_signal = 0;
@@ -214,7 +262,8 @@ int main(int argc, char **argv) {
 		memset(req, 0, sizes.seccomp_notif);
 		if (ioctl(notify, SECCOMP_IOCTL_NOTIF_RECV, req) < 0)
 			continue; // EINTR (a signal above) or ENOENT (the caller went away)
-		if (emulating)
+		answered++;
+		if (emulating && (req->data.nr == __NR_accept || req->data.nr == __NR_accept4))
 			emulate(notify, req, resp);
 		else
 			answer(notify, resp, req->id, 0);

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		operands  []string
+		afterDash []string
+		config    string
+		json      bool
+	}{
+		{name: "operand first", args: []string{"apache2", "--config", "/x"}, operands: []string{"apache2"}, config: "/x"},
+		{name: "operand last", args: []string{"--config", "/x", "apache2"}, operands: []string{"apache2"}, config: "/x"},
+		{name: "operand between", args: []string{"--json", "apache2", "--config=/x"}, operands: []string{"apache2"}, config: "/x", json: true},
+		{name: "single dash", args: []string{"-config", "/x", "a"}, operands: []string{"a"}, config: "/x"},
+		{name: "a boolean takes no value", args: []string{"--json", "a"}, operands: []string{"a"}, json: true},
+		{name: "what follows -- is not an option", args: []string{"a", "--", "/usr/sbin/nginx", "--config", "-g"}, operands: []string{"a"}, afterDash: []string{"/usr/sbin/nginx", "--config", "-g"}, config: "/etc/vhqos/qos.toml"},
+		{name: "a value that looks like --", args: []string{"--config", "--", "a"}, operands: []string{"a"}, config: "--"},
+		{name: "- is an operand", args: []string{"-"}, operands: []string{"-"}, config: "/etc/vhqos/qos.toml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := newFlagSet("test")
+			config := fs.String("config", "/etc/vhqos/qos.toml", "")
+			json := fs.Bool("json", false, "")
+			var stdout, stderr bytes.Buffer
+			p, code, ok := parseCommandLine(fs, tc.args, &stdout, &stderr)
+			if !ok {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+			if !slices.Equal(p.operands, tc.operands) || !slices.Equal(p.afterDash, tc.afterDash) {
+				t.Errorf("operands %q, after --: %q; want %q, %q", p.operands, p.afterDash, tc.operands, tc.afterDash)
+			}
+			if tc.config != "" && *config != tc.config {
+				t.Errorf("--config %q, want %q", *config, tc.config)
+			}
+			if *json != tc.json {
+				t.Errorf("--json %v, want %v", *json, tc.json)
+			}
+		})
+	}
+}
+
+// TestHelp: every command's --help, -h and `vhqos help COMMAND` print its
+// help on stdout and exit 0, as users expect of --help; the help names
+// each option the command takes, as users type it.
+func TestHelp(t *testing.T) {
+	for _, c := range commands() {
+		var want string
+		for i, args := range [][]string{{c.name, "--help"}, {c.name, "-h"}, {"help", c.name}} {
+			var stdout, stderr bytes.Buffer
+			code := run(append([]string{"vhqos"}, args...), &stdout, &stderr)
+			if code != 0 || stderr.Len() > 0 || !strings.HasPrefix(stdout.String(), "usage: vhqos "+c.name) {
+				t.Errorf("vhqos %s: exit %d, stdout %q, stderr %q; want exit 0 and the command's usage on stdout",
+					strings.Join(args, " "), code, head(stdout.String()), stderr.String())
+				continue
+			}
+			if i == 0 {
+				want = stdout.String()
+			} else if stdout.String() != want {
+				t.Errorf("vhqos %s prints other help than vhqos %s --help", strings.Join(args, " "), c.name)
+			}
+			if !strings.Contains(stdout.String(), "\nExit status:\n") {
+				t.Errorf("vhqos %s says no exit status", strings.Join(args, " "))
+			}
+		}
+	}
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}} {
+		var stdout, stderr bytes.Buffer
+		code := run(append([]string{"vhqos"}, args...), &stdout, &stderr)
+		if code != 0 || stderr.Len() > 0 {
+			t.Errorf("vhqos %s: exit %d, stderr %q", strings.Join(args, " "), code, stderr.String())
+		}
+		for _, c := range commands() {
+			if !strings.Contains(stdout.String(), "\n  vhqos "+c.name) {
+				t.Errorf("vhqos %s does not list %s", strings.Join(args, " "), c.name)
+			}
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"vhqos", "run", "--help"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("vhqos run --help: exit %d", code)
+	}
+	if got := helpOptions(stdout.String()); !slices.Equal(got, []string{"--config", "--log-format", "--log-level", "--metrics-listen", "--status-socket", "--stop-timeout"}) {
+		t.Errorf("vhqos run --help lists the options %q", got)
+	}
+	if !strings.Contains(stdout.String(), "  --stop-timeout DURATION\n") || !strings.Contains(stdout.String(), "(default 30s)") {
+		t.Errorf("vhqos run --help lacks --stop-timeout's value or default:\n%s", stdout.String())
+	}
+}
+
+// helpOptions are the options a command's help lists.
+func helpOptions(help string) []string {
+	var opts []string
+	for _, m := range regexp.MustCompile(`(?m)^  (--[a-z-]+)`).FindAllStringSubmatch(help, -1) {
+		opts = append(opts, m[1])
+	}
+	return opts
+}
+
+// TestExitStatus: what the commands exit with, as their help and
+// vhqos(8) say. vhqos run's own statuses need a server and root: itest
+// has them.
+func TestExitStatus(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.toml")
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(good, []byte("[[vhost]]\nname = \"a\"\nmatch = [\"192.0.2.1\"]\n"), 0o644)
+	os.WriteFile(bad, []byte("[[vhost]]\nname = \"a\"\nmatch = [\"192.0.2.1\"]\ncpu_wieght = 3\n"), 0o644)
+	none := filepath.Join(dir, "none.sock")
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{nil, 2},
+		{[]string{"bogus"}, 2},
+		{[]string{"version"}, 0},
+		{[]string{"--version"}, 0},
+		{[]string{"version", "extra"}, 2},
+		{[]string{"help"}, 0},
+		{[]string{"help", "bogus"}, 2},
+		{[]string{"check", good}, 0},
+		{[]string{"check", bad}, 2},
+		{[]string{"check", filepath.Join(dir, "missing.toml")}, 2},
+		{[]string{"check"}, 2},
+		{[]string{"check", good, good}, 2},
+		{[]string{"run"}, 2},
+		{[]string{"run", "--config"}, 2},
+		{[]string{"run", "--stop-timeout", "soon", "--", "true"}, 2},
+		{[]string{"status", "--socket", none}, 3},
+		{[]string{"reload", "--socket", none}, 3},
+		{[]string{"upgrade", "--socket", none}, 3},
+		{[]string{"status", "--watch", "often"}, 2},
+		{[]string{"enable"}, 2},
+		{[]string{"enable", "apache2.socket"}, 2},
+		{[]string{"disable", "a", "b"}, 2},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(append([]string{"vhqos"}, tc.args...), &stdout, &stderr); code != tc.code {
+				t.Errorf("exit %d, want %d; stderr %q", code, tc.code, stderr.String())
+			}
+			if tc.code != 0 && stderr.Len() == 0 {
+				t.Errorf("exit %d without a word on stderr", tc.code)
+			}
+		})
+	}
+}
+
+func TestWrap(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		width int
+		want  string
+	}{
+		{"a b c", 3, "a b\nc"},
+		{"a\nb  c", 80, "a b c"},
+		{"longword x", 4, "longword\nx"},
+		{"", 10, ""},
+	} {
+		if got := wrap(tc.in, tc.width); got != tc.want {
+			t.Errorf("wrap(%q, %d) = %q, want %q", tc.in, tc.width, got, tc.want)
+		}
+	}
+}
+
+func head(s string) string {
+	if len(s) > 300 {
+		return s[:300] + "..."
+	}
+	return s
+}
