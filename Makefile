@@ -116,7 +116,7 @@ bench-rates: build
 # fuzzing coordinator can report a bare "context deadline exceeded" when a
 # duration runs out while a worker on a busy machine is mid-call
 # (go.dev/issue/75804, fixed in Go 1.27), a failure with no input behind it.
-FUZZ_TARGETS = vhost:FuzzSniffHTTP vhost:FuzzSniffTLS vhost:FuzzSniffName vhost:FuzzSniffFastCGI vhost:FuzzParseProxy vhost:FuzzSniffH2C vhost:FuzzParsePattern policy:FuzzParse
+FUZZ_TARGETS = vhost:FuzzSniffHTTP vhost:FuzzSniffTLS vhost:FuzzSniffName vhost:FuzzSniffFastCGI vhost:FuzzParseCGID vhost:FuzzParseProxy vhost:FuzzSniffH2C vhost:FuzzParsePattern policy:FuzzParse
 fuzz-ci:
 	$(MAKE) fuzz FUZZTIME=200000x
 

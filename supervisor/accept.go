@@ -65,6 +65,10 @@ type conn struct {
 	// connection's first bytes carried (Len 0: none).
 	trusted bool
 	proxy   vhost.ProxyHeader
+	// cgidServer is the address a mod_cgid request on c names
+	// (SERVER_ADDR:SERVER_PORT, cgid.go), which stands for its local
+	// address as a trusted proxy's does; path is "" then.
+	cgidServer netip.AddrPort
 	// accepted and deadline bound the wait for the client's first bytes.
 	accepted, deadline time.Time
 	// held counts c until it is closed (Supervisor.held).
@@ -298,6 +302,9 @@ func (s *Supervisor) continueAccept(call *acceptCall, d Decision) {
 // listenerDecision is the Decision for every connection of l, when its
 // address (or a Unix-domain listener's path) alone decides them.
 func listenerDecision(cl Classifier, l *listener) (Decision, bool) {
+	if l.cgid != nil {
+		return Decision{}, false // each request names its vhost (cgid.go)
+	}
 	if l.path != "" {
 		return cl.ListenerDecidesPath(l.path)
 	}
@@ -326,9 +333,10 @@ func (s *Supervisor) acceptOn(l *listener, call *acceptCall) bool {
 		return true
 	}
 	// Each pass takes one connection from the kernel's queue; one that
-	// must wait for its bytes does not keep the caller from the next.
+	// must wait for its bytes does not keep the caller from the next,
+	// except on mod_cgid's socket (inOrder).
 	for range acceptBurst {
-		if !readable(l.fd) {
+		if !readable(l.fd) || l.inOrder() {
 			break
 		}
 		c, errno := s.acceptHeld(l, call.flags&unix.SOCK_NONBLOCK != 0)
@@ -452,6 +460,14 @@ func (s *Supervisor) pump(l *listener) {
 		if len(l.stash) > 0 {
 			c = l.stash[0]
 			l.stash = l.stash[1:]
+		} else if l.inOrder() {
+			// Taken again when the pending one is ready (pendingReady).
+			if l.polling {
+				s.events.unwatch(l.fd)
+				l.polling = false
+			}
+			l.mu.Unlock()
+			return
 		} else if l.hasBlockingWaiter() && readable(l.fd) {
 			var errno unix.Errno
 			c, errno = s.acceptHeld(l, false)

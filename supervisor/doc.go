@@ -12,8 +12,8 @@
 //   - the caller's process (pidfd, cached) and the listening socket behind
 //     its fd (the supervisor's copy, one per socket): procs.go, listeners.go
 //   - classify the connection by its address, or hold it until its first
-//     bytes name a host: pending.go, from the table installed by
-//     SetClassifier (supervisor.go)
+//     bytes name a host: pending.go (a CGI request to mod_cgid's daemon:
+//     cgid.go), from the table installed by SetClassifier (supervisor.go)
 //   - apply the class's connection caps (max_connections and per
 //     client): admitted, sent on to the class's alternate, or refused,
 //     which the supervisor answers itself: admission.go, refuse.go

@@ -50,7 +50,10 @@ type listener struct {
 	// path is what a Unix-domain listener is bound to ("/run/php/a.sock",
 	// "@abstract"; "" for an unnamed one or another family): its
 	// connections have no local address, so rules match them by path.
-	path     string
+	path string
+	// cgid is set when path is mod_cgid's ScriptSock: its connections are
+	// classified by the CGI request they carry (cgid.go).
+	cgid     *cgidState
 	fixedGen uint64
 	fixedOK  bool
 	fixed    Decision
@@ -135,6 +138,9 @@ func (t *listenerTable) adopt(key fileKey, fd int) *listener {
 	l.bound, l.family, _ = localAddrOf(fd)
 	if l.family == 0 {
 		l.path, _ = unixPathOf(fd)
+		if cgidSocket(l.path) {
+			l.cgid = newCGIDState()
+		}
 	}
 	l.touch()
 	t.byKey[key] = l

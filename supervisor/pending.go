@@ -12,7 +12,8 @@ import (
 
 // Connections waiting for their first bytes: how connections whose host
 // name may decide their vhost are held until it arrives (the bytes are
-// parsed by vhost.SniffName).
+// parsed by vhost.SniffName; on mod_cgid's socket by vhost.ParseCGID,
+// cgid.go).
 //
 // The supervisor accepts such a connection and looks at the client's first
 // bytes with MSG_PEEK, so the server later reads every byte exactly as the
@@ -90,7 +91,12 @@ func (s *Supervisor) classify(l *listener, c *conn) bool {
 		c.namesApply = cl.NamesApply(c.local)
 		c.trusted = cl.ProxyTrusted(c.local)
 	}
-	if !c.namesApply && !c.trusted {
+	if l.cgid != nil {
+		// Its request names the vhost (cgid.go); nothing follows it on
+		// the connection that a name could classify (the CGI's input and
+		// output), so names do not apply after.
+		c.namesApply = false
+	} else if !c.namesApply && !c.trusted {
 		s.finishByAddr(c, cl)
 		return true
 	}
@@ -131,6 +137,9 @@ func (s *Supervisor) classify(l *listener, c *conn) bool {
 // client closed its side, or the byte limit reached. It reports whether c
 // was classified.
 func (s *Supervisor) classifyByBytes(c *conn, cl *classifierGen) bool {
+	if c.l != nil && c.l.cgid != nil {
+		return s.classifyCGID(c, cl)
+	}
 	_, limit := cl.SniffLimits()
 	p := s.peekName(c.fd, limit)
 	closed := false
@@ -299,10 +308,14 @@ func nameMatches(m NameMatcher, host, path string, local netip.AddrPort) bool {
 func (c *conn) proxied() bool { return c.trusted && c.proxy.Len > 0 }
 
 // rulesAddr is the address c's address rules see: the destination a
-// trusted proxy's PROXY header gives (Classifier.ProxyTrusted), else the
+// trusted proxy's PROXY header gives (Classifier.ProxyTrusted), or the
+// server address a mod_cgid request gives (cgid.go), else the
 // connection's own local address. A header without addresses (a proxy's
 // health check: v2 LOCAL, v1 UNKNOWN) leaves the local address.
 func (c *conn) rulesAddr() netip.AddrPort {
+	if c.cgidServer.IsValid() {
+		return c.cgidServer
+	}
 	if c.proxied() && !c.proxy.Local && c.proxy.Dst.IsValid() {
 		return c.proxy.Dst
 	}

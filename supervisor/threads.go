@@ -85,7 +85,7 @@ func (s *Supervisor) becameMultiThreaded(p *proc, n int) {
 			"pid", p.tgid, "threads", n)
 		return
 	}
-	s.log.Warn(`the server is multi-threaded: its processes are not moved into vhost cgroups (a move takes all their threads, which serve other vhosts too) and stay home, so their connections get DSCP and bandwidth limits but no cgroup limits; set placement = "thread" in [settings] to place the serving threads`,
+	s.log.Warn(`the server is multi-threaded: its processes are not moved into vhost cgroups (a move takes all their threads, which serve other vhosts too) and stay home, so their connections get DSCP and bandwidth limits but no cgroup limits (single-threaded helpers such as mod_cgid's daemon and the CGIs it forks are still placed); set placement = "thread" in [settings] to place the serving threads`,
 		"pid", p.tgid, "threads", n)
 }
 

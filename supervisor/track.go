@@ -26,6 +26,10 @@ type trackedConn struct {
 	// see instead of an address (conn.path); "" for TCP.
 	path  string
 	names bool
+	// cgid says the connection came to mod_cgid's socket (cgid.go): its
+	// request named its class once, and what follows is a CGI's stdin,
+	// where no later request is looked for, whatever a new table says.
+	cgid bool
 	// host is the name the client asked for, "" when none decided: a new
 	// table classifies the connection again from it.
 	host string
@@ -84,7 +88,9 @@ func (t *trackTable) reclassify(cl Classifier) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, c := range t.byIno {
-		if c.path != "" {
+		if c.cgid {
+			c.names = false
+		} else if c.path != "" {
 			c.names = cl.NamesApplyPath(c.path)
 		} else {
 			c.names = cl.NamesApply(c.rules)
@@ -402,7 +408,7 @@ func (s *Supervisor) handOver(call *acceptCall, c *conn) error {
 		return err
 	}
 	s.tracked.add(&trackedConn{ino: st.Ino, decision: c.decision, local: c.local, rules: c.rulesAddr(), family: c.family,
-		path: c.path, names: c.namesApply, host: c.host})
+		path: c.path, names: c.namesApply, host: c.host, cgid: c.l != nil && c.l.cgid != nil})
 	if !follow {
 		_, err := sendFd(s.notifyFd, call.id, c.fd, cloexec)
 		return err

@@ -14,6 +14,11 @@
 // wildcard suffix; a name bound to a port only matches that local port).
 // Both return an index into the caller's list of vhosts, or -1.
 //
+// SniffName and SniffNames read the name a client asks for in its first
+// bytes: an HTTP/1.x Host, a TLS SNI, an HTTP/2 :authority, a FastCGI
+// HTTP_HOST. ParseCGID reads what Apache sends mod_cgid's daemon to have a
+// CGI run: the names and the server address in the CGI's environment.
+//
 // Rules that name the same pattern for two vhosts are the caller's error to
 // report (the policy package does); the Matcher keeps the first.
 package vhost

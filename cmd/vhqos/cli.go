@@ -114,14 +114,14 @@ removed; 2 for a bad command line or unit name.`,
 			main: disableCommand,
 		},
 		{
-			name: "version", args: "", about: "Print vhqos's version.", exit: "0.",
+			name: "version", args: "", about: "Print vhqos's version.", exit: "0; 2 for a bad command line.",
 			main: versionCommand,
 		},
 		{
 			name: "help", args: "[COMMAND]",
 			about: `Print this overview, or a command's options and exit statuses (what
 vhqos COMMAND --help prints).`,
-			exit: "0; 2 for an unknown command.",
+			exit: "0; 2 for an unknown command or a bad command line.",
 			main: helpCommand,
 		},
 	}
@@ -193,12 +193,10 @@ func newFlagSet(name string) *flag.FlagSet {
 }
 
 // parsed is a command line taken apart: the options are set in the flag
-// set; operands came before --, and afterDash after it (dashed says
-// whether there was a --).
+// set; operands came before --, and afterDash after it.
 type parsed struct {
 	operands  []string
 	afterDash []string
-	dashed    bool
 }
 
 // parseCommandLine sets the options of fs from args, which may come
@@ -211,7 +209,7 @@ func parseCommandLine(fs *flag.FlagSet, args []string, stdout, stderr io.Writer)
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "--" {
-			p.dashed, p.afterDash = true, args[i+1:]
+			p.afterDash = args[i+1:]
 			break
 		}
 		if len(a) < 2 || a[0] != '-' {

@@ -179,3 +179,93 @@ func head(s string) string {
 	}
 	return s
 }
+
+// TestManPage: vhqos(8) (its layout, docs/man/vhqos.8.md) has the same
+// commands in its SYNOPSIS, each with the options its --help lists, and
+// the exit statuses its help gives; the bash completion knows them too.
+// A new option, command or exit status fails here until the page says it.
+func TestManPage(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/man/vhqos.8.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(raw)
+	completion, err := os.ReadFile("../../dist/bash-completion/vhqos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := func(title string) string {
+		m := regexp.MustCompile(`(?ms)^# ` + title + `\n(.*?)(?:^# |\z)`).FindStringSubmatch(page)
+		if m == nil {
+			t.Fatalf("vhqos(8) has no %s section", title)
+		}
+		return m[1]
+	}
+	synopsis := section("SYNOPSIS")
+	commandsText := section("COMMANDS")
+	exits := section("EXIT STATUS")
+	// The COMMANDS section, cut at its "### vhqos NAME" subsections.
+	perCommand := map[string]string{}
+	parts := regexp.MustCompile(`(?m)^### vhqos ([a-z]+)`).Split(commandsText, -1)
+	names := regexp.MustCompile(`(?m)^### vhqos ([a-z]+)`).FindAllStringSubmatch(commandsText, -1)
+	for i, n := range names {
+		perCommand[n[1]] = parts[i+1]
+	}
+	// The EXIT STATUS section: a term naming commands, then its text.
+	exitOf := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^(\*\*vhqos .*)\n((?::   .*\n)(?:    .*\n)*)`).FindAllStringSubmatch(exits, -1) {
+		for _, n := range regexp.MustCompile(`\*\*vhqos ([a-z]+)\*\*`).FindAllStringSubmatch(m[1], -1) {
+			exitOf[n[1]] = m[2]
+		}
+	}
+	statuses := func(text string, re string) []string {
+		var out []string
+		for _, m := range regexp.MustCompile(re).FindAllStringSubmatch(text, -1) {
+			if !slices.Contains(out, m[1]) {
+				out = append(out, m[1])
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, c := range commands() {
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{"vhqos", c.name, "--help"}, &stdout, &stderr); code != 0 {
+			t.Fatalf("vhqos %s --help: exit %d", c.name, code)
+		}
+		help := stdout.String()
+		if line := "    " + strings.TrimSpace("vhqos "+c.name+" "+c.args) + "\n"; !strings.Contains(synopsis, line) {
+			t.Errorf("vhqos(8)'s SYNOPSIS lacks %q", line)
+		}
+		text, ok := perCommand[c.name]
+		if !ok {
+			t.Errorf("vhqos(8)'s COMMANDS has no \"### vhqos %s\"", c.name)
+			continue
+		}
+		var manOpts []string
+		for _, m := range regexp.MustCompile(`(?m)^\*\*(--[a-z-]+)\*\*`).FindAllStringSubmatch(text, -1) {
+			manOpts = append(manOpts, m[1])
+		}
+		slices.Sort(manOpts)
+		if opts := helpOptions(help); !slices.Equal(opts, manOpts) {
+			t.Errorf("vhqos %s: --help lists the options %q, vhqos(8) %q", c.name, opts, manOpts)
+		}
+		for _, o := range helpOptions(help) {
+			if !strings.Contains(string(completion), o) {
+				t.Errorf("the bash completion does not know %s's %s", c.name, o)
+			}
+		}
+		if !regexp.MustCompile(`\b` + c.name + `\b`).Match(completion) {
+			t.Errorf("the bash completion does not know the command %s", c.name)
+		}
+		// The statuses each names: "0;", "1 when", "**3**".
+		inHelp := statuses(c.exit, `(?:^|; )(\d+)\b`)
+		inMan := statuses(exitOf[c.name], `\*\*(\d+)\*\*`)
+		if len(inHelp) == 0 || !slices.Equal(inHelp, inMan) {
+			t.Errorf("vhqos %s: its help gives the exit statuses %q, vhqos(8) %q", c.name, inHelp, inMan)
+		}
+	}
+	if len(perCommand) != len(commands()) {
+		t.Errorf("vhqos(8) describes %d commands, vhqos has %d", len(perCommand), len(commands()))
+	}
+}

@@ -48,6 +48,9 @@ func unitDirs() []string {
 type serviceUnit struct {
 	name  string   // e.g. apache2.service, apache2@www.service
 	files []string // what was read, in order
+	// after are the drop-ins systemd applies after vhqos.conf (their
+	// names sort after it): what they set overrides the drop-in.
+	after []string
 	// service holds the [Service] settings after every file was applied:
 	// each key's values in order, an empty assignment having reset the
 	// ones before it (as for ExecStart=; for single-valued keys the last
@@ -187,8 +190,51 @@ func loadUnit(root, name, ignore string) (*serviceUnit, error) {
 		if err := u.apply(dropIns[n]); err != nil {
 			return nil, err
 		}
+		if n > dropInName {
+			u.after = append(u.after, dropIns[n])
+		}
 	}
 	return u, nil
+}
+
+// overridden says which of the drop-ins applied after vhqos.conf set a
+// key of [Service] the drop-in text sets too: systemd would take theirs
+// (or, for a list such as ExecReload=, add to it or reset it), silently
+// undoing what vhqos enable wrote.
+func overridden(after []string, text string) ([]string, error) {
+	ours, err := unit.DeserializeOptions(strings.NewReader(text))
+	if err != nil {
+		return nil, fmt.Errorf("reading the drop-in back: %w", err)
+	}
+	keys := map[string]bool{}
+	for _, o := range ours {
+		if o.Section == "Service" {
+			keys[o.Name] = true
+		}
+	}
+	var out []string
+	for _, file := range after {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("reading the drop-in %s: %w", file, err)
+		}
+		opts, err := unit.DeserializeOptions(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reading the drop-in %s: %w", file, err)
+		}
+		var set []string
+		for _, o := range opts {
+			if o.Section == "Service" && keys[o.Name] && !slices.Contains(set, o.Name+"=") {
+				set = append(set, o.Name+"=")
+			}
+		}
+		if len(set) > 0 {
+			out = append(out, fmt.Sprintf("%s comes after %s and sets %s, which %s sets too: systemd takes its settings, and the unit may not run under vhqos as written; give it a name that sorts before %s, or take those lines out",
+				file, dropInName, strings.Join(set, " "), dropInName, dropInName))
+		}
+	}
+	return out, nil
 }
 
 // apply adds one file's [Service] settings.
@@ -576,7 +622,7 @@ func enableCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vhqos enable:", err)
 		return 2
 	}
-	if err := enable(*root, name, o, stdout); err != nil {
+	if err := enable(*root, name, o, stdout, stderr); err != nil {
 		fmt.Fprintln(stderr, "vhqos enable:", err)
 		return 1
 	}
@@ -602,8 +648,9 @@ func unitArg(operands []string, fl *flag.FlagSet, stderr io.Writer) (name string
 	return name, true
 }
 
-// enable writes the drop-in for unit name and has systemd read it.
-func enable(root, name string, o enableOptions, stdout io.Writer) error {
+// enable writes the drop-in for unit name and has systemd read it;
+// warnings go to stderr.
+func enable(root, name string, o enableOptions, stdout, stderr io.Writer) error {
 	table := filepath.Join(root, o.config)
 	data, err := os.ReadFile(table)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -624,6 +671,10 @@ func enable(root, name string, o enableOptions, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	warnings, err := overridden(u.after, d.text)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return fmt.Errorf("creating the drop-in directory: %w", err)
 	}
@@ -638,6 +689,9 @@ func enable(root, name string, o enableOptions, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "wrote %s\n", strings.TrimPrefix(dst, root))
 	for _, n := range d.notes {
 		fmt.Fprintln(stdout, "  "+n)
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, "vhqos enable: warning:", strings.TrimPrefix(w, root))
 	}
 	if err := daemonReload(root, stdout); err != nil {
 		return err

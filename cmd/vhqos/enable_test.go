@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -293,7 +294,7 @@ func TestEnable(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out bytes.Buffer
-			err = enable(root, name, o, &out)
+			err = enable(root, name, o, &out, io.Discard)
 			dst := dropInPath(root, name)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
@@ -350,7 +351,7 @@ func TestEnableSystemdReadsTheDropIn(t *testing.T) {
 		t.Run(unit, func(t *testing.T) {
 			root := testRoot(t, nil)
 			var out bytes.Buffer
-			if err := enable(root, unit, enableOptions{config: "/etc/vhqos/qos.toml", vhqos: "/usr/sbin/vhqos"}, &out); err != nil {
+			if err := enable(root, unit, enableOptions{config: "/etc/vhqos/qos.toml", vhqos: "/usr/sbin/vhqos"}, &out, io.Discard); err != nil {
 				t.Fatal(err)
 			}
 			cmd := exec.Command(analyze, "verify", "--root="+root, unit)
@@ -396,7 +397,7 @@ func TestDisable(t *testing.T) {
 			}
 			var out bytes.Buffer
 			if tc.enabled {
-				if err := enable(root, "nginx.service", enableOptions{config: "/etc/vhqos/qos.toml", vhqos: "/usr/sbin/vhqos"}, &out); err != nil {
+				if err := enable(root, "nginx.service", enableOptions{config: "/etc/vhqos/qos.toml", vhqos: "/usr/sbin/vhqos"}, &out, io.Discard); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -435,6 +436,39 @@ func equalSettings(a, b map[string][]string) bool {
 		}
 	}
 	return true
+}
+
+// TestEnableWarnsOfLaterDropIns: a drop-in systemd applies after
+// vhqos.conf and that sets what it sets would silently win; enable says
+// so, naming the file and the keys. One that sorts before it, or sets
+// other keys, is no reason for a word.
+func TestEnableWarnsOfLaterDropIns(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		warn  string
+	}{
+		{"ExecStart after", map[string]string{"/etc/systemd/system/nginx.service.d/zz-local.conf": "[Service]\nExecStart=\nExecStart=/usr/sbin/nginx -g 'daemon off;'\n"},
+			"/etc/systemd/system/nginx.service.d/zz-local.conf comes after vhqos.conf and sets ExecStart=, which vhqos.conf sets too"},
+		{"Type and KillMode after, in /run", map[string]string{"/run/systemd/system/nginx.service.d/zz.conf": "[Service]\nType=forking\nKillMode=control-group\nNice=3\n"},
+			"/run/systemd/system/nginx.service.d/zz.conf comes after vhqos.conf and sets Type= KillMode="},
+		{"before", map[string]string{"/etc/systemd/system/nginx.service.d/override.conf": "[Service]\nExecStart=\nExecStart=/usr/sbin/nginx -g 'daemon on;'\n"}, ""},
+		{"other keys after", map[string]string{"/etc/systemd/system/nginx.service.d/zz-limits.conf": "[Service]\nLimitNOFILE=65536\n[Unit]\nDescription=x\n"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := testRoot(t, tc.files)
+			var out, warnings bytes.Buffer
+			if err := enable(root, "nginx.service", enableOptions{config: "/etc/vhqos/qos.toml", vhqos: "/usr/sbin/vhqos"}, &out, &warnings); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case tc.warn == "" && warnings.Len() > 0:
+				t.Errorf("warned:\n%s", warnings.String())
+			case tc.warn != "" && !strings.Contains(warnings.String(), "vhqos enable: warning: "+tc.warn):
+				t.Errorf("warned %q, want %q", warnings.String(), tc.warn)
+			}
+		})
+	}
 }
 
 // TestEnableCommandLine: the command line, as an operator types it.

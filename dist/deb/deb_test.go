@@ -71,6 +71,13 @@ func TestContents(t *testing.T) {
 		"./usr/share/lintian/overrides/vhqos":            "-rw-r--r--",
 		"./usr/share/vhqos/prometheus/vhqos-rules.yml":   "-rw-r--r--",
 		"./usr/share/vhqos/grafana/vhqos-dashboard.json": "-rw-r--r--",
+		// What the man pages send their reader to.
+		"./usr/share/doc/vhqos/README.md.gz":                    "-rw-r--r--",
+		"./usr/share/doc/vhqos/benchmarks.md.gz":                "-rw-r--r--",
+		"./usr/share/doc/vhqos/design-notes.md.gz":              "-rw-r--r--",
+		"./usr/share/doc/vhqos/examples/example.toml":           "-rw-r--r--",
+		"./usr/share/doc/vhqos/examples/demo.toml":              "-rw-r--r--",
+		"./usr/share/doc/vhqos/examples/demo-apache2-site.conf": "-rw-r--r--",
 	}
 	got := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(output(t, "dpkg-deb", "-c", deb)), "\n") {
@@ -202,6 +209,8 @@ func TestBashCompletion(t *testing.T) {
 		{"vhqos run --log-level ", "debug info warn error"},
 		{"vhqos status --", "--socket --json --watch"},
 		{"vhqos disable nginx --", "--root"},
+		{"vhqos enable --config /etc/vhqos/qos.toml nginx --", "--config --status-socket --metrics-listen --root --"},
+		{"vhqos help up", "upgrade"},
 	} {
 		t.Run(tc.line, func(t *testing.T) {
 			// COMP_WORDS as bash splits the line, an empty last word
@@ -316,6 +325,70 @@ func TestInstallRemovePurge(t *testing.T) {
 		if !slices.Contains(before, p) {
 			t.Errorf("left behind: %s", p)
 		}
+	}
+}
+
+// TestRemoveKeepsOperatorsDropIns: dpkg -r removes the drop-ins vhqos
+// enable wrote; a vhqos.conf of the operator's that runs the packaged
+// vhqos is renamed (systemd stops reading it, the text stays); the
+// operator's other drop-ins and vhqos.conf files that do not run it are
+// left alone.
+func TestRemoveKeepsOperatorsDropIns(t *testing.T) {
+	deb := debFile(t)
+	root := t.TempDir()
+	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/log", "usr/lib/systemd/system", "etc/systemd/system"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(root, "var/lib/dpkg/status"), nil, 0o644)
+	unit, err := os.ReadFile("../../cmd/vhqos/testdata/systemd/nginx.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(root, "usr/lib/systemd/system/nginx.service"), unit, 0o644)
+	dpkg := func(args ...string) string {
+		t.Helper()
+		return output(t, "dpkg", append([]string{"--root=" + root, "--force-script-chrootless", "--force-depends", "--log=/dev/null"}, args...)...)
+	}
+	dpkg("-i", deb)
+	output(t, filepath.Join(root, "usr/sbin/vhqos"), "enable", "nginx", "--root", root, "--config", "/etc/vhqos/qos.toml")
+	dir := filepath.Join(root, "etc/systemd/system")
+	own := "[Service]\nExecStart=\nExecStart=/usr/sbin/vhqos run --config /etc/vhqos/web.toml -- /usr/sbin/lighttpd -D\nDelegate=yes\n"
+	files := map[string]string{
+		"nginx.service.d/override.conf": "[Service]\nLimitNOFILE=65536\n",
+		"lighttpd.service.d/vhqos.conf": own,
+		"other.service.d/vhqos.conf":    "[Service]\nNice=5\n",
+	}
+	for name, text := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := dpkg("-r", "vhqos")
+	for _, want := range []string{"nginx.service no longer runs under vhqos", "lighttpd.service no longer runs under vhqos", "kept as vhqos.conf.vhqos-removed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dpkg -r did not say %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "other.service") {
+		t.Errorf("dpkg -r speaks of other.service, whose vhqos.conf does not run vhqos:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nginx.service.d/vhqos.conf")); err == nil {
+		t.Error("the drop-in vhqos enable wrote is still there")
+	}
+	for name, want := range map[string]string{
+		"nginx.service.d/override.conf":               "[Service]\nLimitNOFILE=65536\n",
+		"lighttpd.service.d/vhqos.conf.vhqos-removed": own,
+		"other.service.d/vhqos.conf":                  "[Service]\nNice=5\n",
+	} {
+		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(got) != want {
+			t.Errorf("%s after dpkg -r: %q, %v; want %q", name, got, err, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "lighttpd.service.d/vhqos.conf")); err == nil {
+		t.Error("the operator's vhqos.conf is still read by systemd after dpkg -r")
 	}
 }
 

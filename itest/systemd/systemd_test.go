@@ -143,10 +143,21 @@ var cgroupLine = regexp.MustCompile(`(?m)^0::(\S+)$`)
 
 func get(t *testing.T, url string) string {
 	t.Helper()
+	return getHost(t, url, "")
+}
+
+// getHost is get with host in the Host header ("" for the URL's).
+func getHost(t *testing.T, url, host string) string {
+	t.Helper()
 	// A connection per request: vhqos places the process that accepts a
 	// connection, and Debian's Apache keeps connections alive.
 	c := http.Client{Timeout: within, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get(url)
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
@@ -162,7 +173,14 @@ func get(t *testing.T, url string) string {
 // served the request, which forked it.
 func servedIn(t *testing.T, addr string) string {
 	t.Helper()
-	m := cgroupLine.FindStringSubmatch(get(t, "http://"+addr+"/cgi-bin/cgroup"))
+	return servedAt(t, addr, "")
+}
+
+// servedAt is servedIn for a request naming host in its Host header (""
+// for addr).
+func servedAt(t *testing.T, addr, host string) string {
+	t.Helper()
+	m := cgroupLine.FindStringSubmatch(getHost(t, "http://"+addr+"/cgi-bin/cgroup", host))
 	if m == nil {
 		t.Fatalf("the CGI did not say its cgroup")
 	}
@@ -191,6 +209,7 @@ func TestUnderSystemd(t *testing.T) {
 	}
 	t.Run("remove and purge", func(t *testing.T) {
 		os.Remove("/etc/vhqos/apache2.toml")
+		run(t, "a2dissite", "-q", "vhqos-demo")
 		os.Remove("/etc/vhqos/php.toml")
 		os.Remove("/etc/vhqos/web.toml")
 		os.Remove("/etc/vhqos/web.env")
@@ -211,21 +230,34 @@ func TestUnderSystemd(t *testing.T) {
 	})
 }
 
-const apacheTable = `
-[[vhost]]
-name = "local"
-match = ["127.0.0.1"]
-cpu_weight = 200
+// examples is where the package installs the demo: its table and its
+// sites for Debian's Apache.
+const examples = "/usr/share/doc/vhqos/examples"
 
-[[vhost]]
-name = "other"
-match = ["127.0.0.2"]
-cpu_max = "50%"
-`
+// demoSites are the demo's vhosts (demo/qos.toml) and the address each is
+// served on (demo/apache2-site.conf).
+var demoSites = []struct{ vhost, addr string }{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}, {"static", "127.0.0.4:8080"}}
+
+// shop is the demo site the lifecycle checks use.
+const shop = "127.0.0.2:8080"
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
 
 // cgi prints the cgroup it runs in.
 const cgi = "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\ncat /proc/self/cgroup\n"
 
+// testApache runs the demo as the package ships it under Debian's
+// apache2 unit, the way demo-apache2-site.conf says: its sites enabled,
+// its table copied to /etc/vhqos (the reload checks edit the copy), then
+// the unit's whole life under systemd; and the example table of
+// /etc/vhqos/qos.toml as the package installs it.
 func testApache(t *testing.T) {
 	// Prefork, as hosting providers run it under vhqos: each child
 	// serves one connection, in its vhost's cgroup, and forks its CGIs
@@ -233,10 +265,17 @@ func testApache(t *testing.T) {
 	run(t, "a2dismod", "-q", "mpm_event")
 	run(t, "a2enmod", "-q", "mpm_prefork", "cgi")
 	writeFile(t, "/usr/lib/cgi-bin/cgroup", cgi, 0o755)
-	writeFile(t, "/etc/vhqos/apache2.toml", apacheTable, 0o644)
-	run(t, "vhqos", "enable", "apache2", "--config", "/etc/vhqos/apache2.toml")
+	writeFile(t, "/etc/apache2/sites-available/vhqos-demo.conf", readFile(t, examples+"/demo-apache2-site.conf"), 0o644)
+	run(t, "a2ensite", "-q", "vhqos-demo")
+	demoTable := readFile(t, examples+"/demo.toml")
+	writeFile(t, "/etc/vhqos/apache2.toml", demoTable, 0o644)
+	// The options before the unit, as users type them too.
+	run(t, "vhqos", "enable", "--config", "/etc/vhqos/apache2.toml", "apache2")
 	run(t, "systemctl", "start", "apache2")
 	const socket = "/run/vhqos/apache2.sock"
+	for _, s := range demoSites {
+		waitListening(t, "tcp", s.addr)
+	}
 	waitListening(t, "tcp", "127.0.0.1:80")
 	rep := report(t, socket)
 	main := show(t, "apache2", "MainPID")
@@ -244,15 +283,27 @@ func testApache(t *testing.T) {
 		t.Fatalf("the unit's main process is %s, not vhqos run (%d)", main, rep.KeeperPID)
 	}
 	base := "/system.slice/apache2.service/vhqos." + main
-	if got := servedIn(t, "127.0.0.1"); got != base+"/vhost-local" {
-		t.Errorf("127.0.0.1 served in %s, want %s/vhost-local", got, base)
+	for _, s := range demoSites {
+		if got := servedIn(t, s.addr); got != base+"/vhost-"+s.vhost {
+			t.Errorf("the demo's %s (%s) served in %s, want %s/vhost-%s", s.vhost, s.addr, got, base, s.vhost)
+		}
 	}
-	if got := servedIn(t, "127.0.0.2"); got != base+"/vhost-other" {
-		t.Errorf("127.0.0.2 served in %s, want %s/vhost-other", got, base)
+	// Debian's own site, which no vhost of the demo claims.
+	if got := servedIn(t, "127.0.0.1:80"); got != base+"/default" {
+		t.Errorf("127.0.0.1:80 served in %s, want %s/default", got, base)
 	}
-	if max, _ := os.ReadFile("/sys/fs/cgroup" + base + "/vhost-other/cpu.max"); strings.TrimSpace(string(max)) != "50000 100000" {
-		t.Errorf("vhost-other's cpu.max is %q, want 50000 100000 (delegation)", max)
+	if max, _ := os.ReadFile("/sys/fs/cgroup" + base + "/vhost-blog/cpu.max"); strings.TrimSpace(string(max)) != "50000 100000" {
+		t.Errorf("vhost-blog's cpu.max is %q, want 50000 100000 (the demo's cpu_max = \"50%%\"; delegation)", max)
 	}
+	if w, _ := os.ReadFile("/sys/fs/cgroup" + base + "/vhost-shop/cpu.weight"); strings.TrimSpace(string(w)) != "800" {
+		t.Errorf("vhost-shop's cpu.weight is %q, want 800", w)
+	}
+	// The demo sites log their requests (Apache writes the line once the
+	// answer is out).
+	waitFor(t, "the demo's sites in their access log", func() bool {
+		log, _ := os.ReadFile("/var/log/apache2/vhqos-demo.log")
+		return bytes.Contains(log, []byte("shop ")) && bytes.Contains(log, []byte("blog ")) && bytes.Contains(log, []byte("static "))
+	})
 
 	t.Run("reload", func(t *testing.T) {
 		before := report(t, socket)
@@ -276,13 +327,18 @@ func testApache(t *testing.T) {
 		if got := show(t, "apache2", "MainPID"); got != main {
 			t.Errorf("main process %s after reload, was %s", got, main)
 		}
-		if got := servedIn(t, "127.0.0.1"); got != base+"/vhost-local" {
-			t.Errorf("after reload, 127.0.0.1 served in %s", got)
+		if got := servedIn(t, shop); got != base+"/vhost-shop" {
+			t.Errorf("after reload, %s served in %s", shop, got)
 		}
 		// A table with a mistake: the reload fails, nothing changes.
-		writeFile(t, "/etc/vhqos/apache2.toml", apacheTable+"cpu_wieght = 3\n", 0o644)
+		writeFile(t, "/etc/vhqos/apache2.toml", demoTable+"cpu_wieght = 3\n", 0o644)
 		if out, err := mayRun("systemctl", "reload", "apache2"); err == nil {
 			t.Errorf("systemctl reload with a broken table succeeded:\n%s", out)
+		}
+		// What the alert VhqosReloadRefused fires on, for as long as
+		// the file is broken.
+		if !report(t, socket).TableRefused {
+			t.Error("vhqos status does not say the table file is refused")
 		}
 		if journal, _ := mayRun("journalctl", "-u", "apache2", "--no-pager", "-n", "50"); !strings.Contains(journal, `cpu_wieght: unknown key; did you mean "cpu_weight"?`) {
 			t.Errorf("the journal does not say what is wrong with the table:\n%s", journal)
@@ -290,8 +346,11 @@ func testApache(t *testing.T) {
 		if st := show(t, "apache2", "ActiveState"); st != "active" {
 			t.Errorf("apache2 is %s after a refused reload", st)
 		}
-		writeFile(t, "/etc/vhqos/apache2.toml", apacheTable, 0o644)
+		writeFile(t, "/etc/vhqos/apache2.toml", demoTable, 0o644)
 		run(t, "systemctl", "reload", "apache2")
+		if report(t, socket).TableRefused {
+			t.Error("vhqos status still says the table file is refused after it was fixed")
+		}
 	})
 
 	t.Run("supervisor killed", func(t *testing.T) {
@@ -314,14 +373,14 @@ func testApache(t *testing.T) {
 		// again. Prefork starts 5 children and keeps at most 10 idle.
 		var where []string
 		for i := 0; i < 20; i++ {
-			got := servedIn(t, "127.0.0.1")
+			got := servedIn(t, shop)
 			where = append(where, got)
-			if got == base+"/vhost-local" {
+			if got == base+"/vhost-shop" {
 				break
 			}
 		}
-		if where[len(where)-1] != base+"/vhost-local" {
-			t.Errorf("after the supervisor's restart, 20 requests to 127.0.0.1 were served in %q, none in vhost-local", where)
+		if where[len(where)-1] != base+"/vhost-shop" {
+			t.Errorf("after the supervisor's restart, 20 requests to %s were served in %q, none in vhost-shop", shop, where)
 			journal, _ := mayRun("journalctl", "-u", "apache2", "--no-pager", "-n", "80")
 			st, _ := mayRun("vhqos", "status", "--socket", socket)
 			procs, _ := mayRun("sh", "-c", "for p in $(pgrep -x apache2); do echo $p $(cat /proc/$p/cgroup) $(cat /proc/$p/wchan); done")
@@ -339,15 +398,17 @@ func testApache(t *testing.T) {
 			return err == nil && r.SupervisorPID != 0 && strconv.Itoa(r.KeeperPID) != main &&
 				show(t, "apache2", "ActiveState") == "active"
 		})
-		waitListening(t, "tcp", "127.0.0.1:80")
+		waitListening(t, "tcp", shop)
 		main2 := show(t, "apache2", "MainPID")
-		if got := servedIn(t, "127.0.0.1"); got != "/system.slice/apache2.service/vhqos."+main2+"/vhost-local" {
-			t.Errorf("after the restart, 127.0.0.1 served in %s (main process %s)", got, main2)
+		if got := servedIn(t, shop); got != "/system.slice/apache2.service/vhqos."+main2+"/vhost-shop" {
+			t.Errorf("after the restart, %s served in %s (main process %s)", shop, got, main2)
 		}
 		if _, err := os.Stat("/sys/fs/cgroup" + base); err == nil {
 			t.Errorf("the killed vhqos's cgroups %s are still there", base)
 		}
 	})
+
+	t.Run("the example table", testExampleTable)
 
 	t.Run("stop", func(t *testing.T) {
 		run(t, "systemctl", "stop", "apache2")
@@ -360,6 +421,37 @@ func testApache(t *testing.T) {
 			t.Errorf("apache2 still mentions vhqos:\n%s", out)
 		}
 	})
+}
+
+// testExampleTable puts Debian's Apache under /etc/vhqos/qos.toml as the
+// package installs it, as its comment says to (vhqos enable apache2
+// --config /etc/vhqos/qos.toml): its vhost www claims www.example.com by
+// name, on Debian's default site. With metrics on: they work under
+// systemd, and say that the file is in force.
+func testExampleTable(t *testing.T) {
+	const metrics = "127.0.0.1:9464"
+	run(t, "vhqos", "enable", "apache2", "--config", "/etc/vhqos/qos.toml", "--metrics-listen", metrics)
+	run(t, "systemctl", "restart", "apache2")
+	waitListening(t, "tcp", "127.0.0.1:80")
+	rep := report(t, "/run/vhqos/apache2.sock")
+	if rep.Config != "/etc/vhqos/qos.toml" {
+		t.Fatalf("vhqos runs with %s", rep.Config)
+	}
+	base := "/system.slice/apache2.service/vhqos." + strconv.Itoa(rep.KeeperPID)
+	for host, want := range map[string]string{"www.example.com": "/vhost-www", "example.com": "/vhost-www", "localhost": "/default"} {
+		if got := servedAt(t, "127.0.0.1:80", host); got != base+want {
+			t.Errorf("Host %s served in %s, want %s%s", host, got, base, want)
+		}
+	}
+	if max, _ := os.ReadFile("/sys/fs/cgroup" + base + "/vhost-www/cpu.max"); strings.TrimSpace(string(max)) != "100000 100000" {
+		t.Errorf("vhost-www's cpu.max is %q, want 100000 100000 (cpu_max = \"100%%\")", max)
+	}
+	scrape := get(t, "http://"+metrics+"/metrics")
+	for _, want := range []string{`vhqos_table_refused{path="/etc/vhqos/qos.toml"} 0`, `vhqos_connections_total{vhost="www"} `} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("the metrics lack %q:\n%s", want, scrape)
+		}
+	}
 }
 
 const phpTable = `
