@@ -52,6 +52,18 @@
 // /proc/net/tcp rather than connecting, so a server under vhqos sees only
 // the test's connections.
 //
+// Threaded servers:
+//
+//	p := RunPythonThreads(t, PythonThreadsConfig{Prefix: ...})   // ThreadingHTTPServer
+//	a := RunApache(t, ApacheConfig{MPM: "event", Lua: true, ...})
+//
+// serve handlers that run in the serving thread and report it
+// (ParseThreadReport: /proc/thread-self/cgroup as the handler began and as
+// it answered): the Python server's /whoami, /hold?gate=G&min=S (asleep)
+// and /burn?gate=G (hashing, which releases the GIL); mod_lua's
+// /lua/whoami and /lua/burn?G. p.Started(G) and a.LuaStarted(G) list the
+// threads that began at gate G; OpenGate(G) lets them answer.
+//
 // Clients:
 //
 //	resp, err := Get("127.0.0.2:8080", "/cgi-bin/whoami")         // Connection: close

@@ -107,24 +107,40 @@ func (s *Supervisor) handleThreadRead(n *notification) {
 	// Every connection of a process under thread placement came through
 	// an emulated accept, which recorded its fd (handOver): an fd not
 	// recorded is a file, a pipe or a socket of the server's own, and
-	// costs nothing more.
+	// costs nothing more. A recorded one may be stale: close is not
+	// intercepted here, and the number may now be a file's; placeReader
+	// checks before it acts on it.
 	ino, ok := p.track.fds[fd]
 	if !ok {
 		return
 	}
 	c := s.tracked.get(ino)
 	if c == nil {
+		delete(p.track.fds, fd)
 		return
 	}
-	s.placeReader(p, int(n.Pid), s.tracked.decision(c).Group, ino)
+	s.placeReader(p, int(n.Pid), fd, ino, s.tracked.decision(c).Group, false)
 }
 
-// placeReader puts the thread tid of p, which is about to read the
+// stillHolds reports whether fd of p is still the socket ino, and
+// forgets the record when it is not. Called with p.mu held.
+func (s *Supervisor) stillHolds(p *proc, fd int, ino uint64) bool {
+	if cur, ok := fdInode(p.tgid, fd); ok && cur == ino {
+		return true
+	}
+	delete(p.track.fds, fd)
+	return false
+}
+
+// placeReader puts the thread tid of p, which is about to read fd, the
 // followed connection ino of class group, where it serves: p itself when
 // it is single-threaded (or placement is by process, where placeLocked
-// refuses a multi-threaded one), else the thread alone. Called with p.mu
-// held.
-func (s *Supervisor) placeReader(p *proc, tid int, group string, ino uint64) {
+// refuses a multi-threaded one), else the thread alone. Unless verified
+// says the record of fd is known to be current, fd is checked to still be
+// ino before anything moves or a thread's connection is taken to change
+// (a readlink of /proc/PID/fd/N): reads that change nothing cost nothing.
+// Called with p.mu held.
+func (s *Supervisor) placeReader(p *proc, tid, fd int, ino uint64, group string, verified bool) {
 	if s.threadPlacer == nil {
 		s.placeLocked(p, group)
 		return
@@ -140,9 +156,17 @@ func (s *Supervisor) placeReader(p *proc, tid int, group string, ino uint64) {
 		case p.group == group:
 			return
 		case !s.multiThreaded(p):
-			s.placeLocked(p, group)
+			if verified || s.stillHolds(p, fd, ino) {
+				s.placeLocked(p, group)
+			}
 			return
 		}
+	}
+	if t := p.threads[tid]; t != nil && t.ino == ino && t.group == group {
+		return
+	}
+	if !verified && !s.stillHolds(p, fd, ino) {
+		return
 	}
 	if p.group != "" && p.group != cgroup.HomeGroup {
 		// Placed whole while it had one thread: every thread it made

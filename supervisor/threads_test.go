@@ -41,6 +41,11 @@ def say(*a):
 release = {}
 def serve(name, mode, c):
     c.recv(1)
+    if mode == "close":
+        fd = c.fileno()
+        c.close()
+        say("read", name, threading.get_native_id(), fd)
+        return
     say("read", name, threading.get_native_id())
     if mode == "sleep":
         while not release[name].is_set():
@@ -57,6 +62,13 @@ for line in sys.stdin:
         threading.Thread(target=serve, args=(f[2], f[3], c)).start()
     elif f[0] == "release":
         release[f[1]].set()
+    elif f[0] == "readfile":
+        def readfile():
+            fd = os.open("/proc/self/stat", os.O_RDONLY)
+            os.read(fd, 64)
+            say("readfile", threading.get_native_id(), fd)
+            os.close(fd)
+        threading.Thread(target=readfile).start()
 `
 
 // syncBuffer is a bytes.Buffer a logger may write from several goroutines.
@@ -150,7 +162,7 @@ func (lb *threadLabRun) serve(i int, name, mode string) int {
 	c.Write([]byte("x"))
 	fmt.Fprintf(lb.in, "accept %d %s %s\n", i, name, mode)
 	f := strings.Fields(lb.line())
-	if len(f) != 3 || f[0] != "read" || f[1] != name {
+	if len(f) < 3 || f[0] != "read" || f[1] != name {
 		lb.t.Fatalf("lab said %q, want read %s TID", f, name)
 	}
 	tid, _ := strconv.Atoi(f[2])
@@ -198,6 +210,39 @@ func TestThreadPlacementPlacesTheReadingThread(t *testing.T) {
 	}
 	if c := strings.Count(lb.log.String(), "the server is multi-threaded"); c != 1 {
 		t.Errorf("the log says %d times that the server is multi-threaded, want once:\n%s", c, lb.log)
+	}
+}
+
+// TestThreadPlacementStaleFd: close is not intercepted under thread
+// placement, so the record of a connection's fd outlives the connection;
+// a thread that reads a file which got the same fd number must not be
+// moved into the closed connection's class.
+func TestThreadPlacementStaleFd(t *testing.T) {
+	lb := startThreadLab(t, intercept.PlaceThread)
+	lb.serve(1, "b0", "wait") // the process is threaded from here on
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(lb.ports[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("x"))
+	fmt.Fprintf(lb.in, "accept 0 s1 close\n")
+	f := strings.Fields(lb.line())
+	if len(f) != 4 || f[0] != "read" {
+		t.Fatalf("lab said %q, want read s1 TID FD", f)
+	}
+	closedFd := f[3]
+	fmt.Fprintf(lb.in, "readfile\n")
+	f = strings.Fields(lb.line())
+	if len(f) != 3 || f[0] != "readfile" {
+		t.Fatalf("lab said %q, want readfile TID FD", f)
+	}
+	if f[2] != closedFd {
+		t.Skipf("the file got fd %s, not the closed connection's %s: nothing to test (the lab's fd numbering changed)", f[2], closedFd)
+	}
+	tid, _ := strconv.Atoi(f[1])
+	if lb.placer.threadWasIn(tid, "shop") {
+		t.Errorf("a thread reading a file on fd %s was moved into the class of the connection that fd held before", closedFd)
 	}
 }
 

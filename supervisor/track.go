@@ -299,7 +299,9 @@ func (s *Supervisor) trackFork(p *proc) {
 }
 
 // trackRead places p in the class of the connection it starts reading
-// from: the first read per fd decides. Later reads pass, except on a
+// from: the first read per fd decides (under thread placement every read
+// places the reading thread of a multi-threaded p: another thread may
+// serve the next request). Later reads pass, except on a
 // connection a host name may classify: there each read that finds a whole
 // new request head waiting (keep-alive) is classified again, and a request
 // for another vhost moves the connection and its process there; a
@@ -308,10 +310,21 @@ func (s *Supervisor) trackFork(p *proc) {
 // longer the caller's to answer. Called with p.mu held.
 func (s *Supervisor) trackRead(p *proc, tid, fd int, id uint64) (held bool) {
 	if p.track.read[fd] {
-		if ino, ok := p.track.fds[fd]; ok {
-			if c := s.tracked.get(ino); c != nil && s.tracked.namesApply(c) {
-				return s.resniff(p, fd, c, id)
-			}
+		ino, ok := p.track.fds[fd]
+		if !ok {
+			return false
+		}
+		c := s.tracked.get(ino)
+		if c == nil {
+			return false
+		}
+		if s.tracked.namesApply(c) && s.resniff(p, fd, c, id) {
+			return true
+		}
+		if s.threadPlacer != nil {
+			// Full tracking sees every close and dup: the record is
+			// current.
+			s.placeReader(p, tid, fd, ino, s.tracked.decision(c).Group, true)
 		}
 		return false
 	}
@@ -331,7 +344,7 @@ func (s *Supervisor) trackRead(p *proc, tid, fd int, id uint64) (held bool) {
 		p.track.fds = map[int]uint64{}
 	}
 	p.track.fds[fd] = ino
-	s.placeReader(p, tid, s.tracked.decision(c).Group, ino)
+	s.placeReader(p, tid, fd, ino, s.tracked.decision(c).Group, true)
 	return false
 }
 
