@@ -513,10 +513,24 @@ func TestCrashWithBrokenTable(t *testing.T) {
 	first := supervisorOf(keeper)
 	syscall.Kill(first, syscall.SIGKILL)
 	eventually(t, patience, "a new supervisor", func() bool { p := supervisorOf(keeper); return p != 0 && p != first })
+	var rep *status.Report
 	eventually(t, patience, "the new supervisor answering vhqos status", func() bool {
-		rep, err := status.Fetch(statusSocketOf(a))
+		var err error
+		rep, err = status.Fetch(statusSocketOf(a))
 		return err == nil && rep.SupervisorRestarts == 1
 	})
+	// The table in force is the one before the broken file: shop with
+	// its DSCP, not an empty table (the request alone would not tell:
+	// a child placed before the crash may serve it).
+	shopKept := false
+	for _, c := range rep.Classes {
+		if c.Name == "shop" && c.DSCP == 46 {
+			shopKept = true
+		}
+	}
+	if !shopKept {
+		t.Errorf("after the crash vhqos status lists %+v, want shop with its DSCP EF (the table in force before)", rep.Classes)
+	}
 	s := request(t, "127.0.0.2:8080", "/cgi-bin/whoami")
 	if want := fmt.Sprintf("/vhqos.%d/vhost-shop", keeper); !strings.HasSuffix(s.cgroup, want) {
 		t.Errorf("after the crash a request was served in %q, want …%s (the table in force before)", s.cgroup, want)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -742,5 +743,11 @@ func tableMemfd(raw []byte) (*os.File, error) {
 		return nil, fmt.Errorf("passing the table in force: %w", err)
 	}
 	unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL)
+	// The supervisor inherits this open file, offset and all: it reads
+	// from the start (readTableInForce), and so does a plain read.
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("passing the table in force: %w", err)
+	}
 	return f, nil
 }

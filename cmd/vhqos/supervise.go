@@ -117,7 +117,7 @@ func superviseCommand(args []string, stdout, stderr io.Writer) int {
 		// A new supervisor after a crash, and the file broken meanwhile:
 		// the table in force goes on, as a refused reload leaves it.
 		log.Error("refused QoS table; the previous one stays in force", "path", *config, "problems", err.Error())
-		raw, err = io.ReadAll(os.NewFile(tableFd, "table"))
+		raw, err = readTableInForce(os.NewFile(tableFd, "table"))
 		if err == nil {
 			table, err = policy.Parse(*config, raw)
 		}
@@ -152,6 +152,26 @@ func superviseCommand(args []string, stdout, stderr io.Writer) int {
 type errToldKeeper struct{ error }
 
 func (e errToldKeeper) Unwrap() error { return e.error }
+
+// readTableInForce reads the table the keeper passed (tableMemfd) from its
+// start, whatever the shared file offset says (it is the keeper's open
+// file, and every supervisor it starts shares it). An empty one is an
+// error: the keeper passes a table only when one was in force, and an
+// empty table would silently drop every vhost.
+func readTableInForce(f *os.File) ([]byte, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("reading the table in force from the keeper: %w", err)
+	}
+	raw, err := io.ReadAll(io.NewSectionReader(f, 0, fi.Size()))
+	if err != nil {
+		return nil, fmt.Errorf("reading the table in force from the keeper: %w", err)
+	}
+	if len(raw) == 0 {
+		return nil, errors.New("the keeper passed an empty table in force")
+	}
+	return raw, nil
+}
 
 // supervise runs the supervisor for the keeper until the server is gone or
 // the keeper says stop (SIGTERM).
