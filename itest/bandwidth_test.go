@@ -389,6 +389,12 @@ func TestBandwidthRefusesOthersQdisc(t *testing.T) {
 	}
 	qos := filepath.Join(t.TempDir(), "qos.toml")
 	os.WriteFile(qos, []byte(fmt.Sprintf("[settings]\nshape_devices = [%q]\n", dev)), 0o644)
+	// vhqos check, in the same network namespace, says so first.
+	_, stderr, code := vhqosCheck(t, qos)
+	wantCheck := qos + `:2:18: [settings] shape_devices[0]: ` + dev + ` has a qdisc tbf 1: at its root that vhqos did not make (tc qdisc show dev ` + dev + `); vhqos run does not start while it is there: remove it (tc qdisc del dev ` + dev + ` root) or take ` + dev + ` out of shape_devices`
+	if code != 2 || strings.TrimSpace(stderr) != wantCheck {
+		t.Errorf("vhqos check over an operator's qdisc: exit %d, said\n%s\nwant exit 2 and\n%s", code, stderr, wantCheck)
+	}
 	marker := filepath.Join(t.TempDir(), "ran")
 	cmd := exec.Command(vhqosBinary(t), "run", "--config", qos, "--status-socket", statusSocket(t), "--", "touch", marker)
 	outb, err := cmd.CombinedOutput()
@@ -566,5 +572,13 @@ func TestCheckShapeDevices(t *testing.T) {
 	write(`["vqe-srv"]`)
 	if stdout, stderr, code := vhqosCheck(t, file); code != 0 || !strings.Contains(stdout, "OK") {
 		t.Errorf("vhqos check with the device there: exit %d\n%s%s", code, stdout, stderr)
+	}
+	// A device vhqos shapes already (a vhqos runs there) is fine.
+	if err := shaper.Claim([]string{dev}); err != nil {
+		t.Fatal(err)
+	}
+	defer shaper.Release([]string{dev})
+	if stdout, stderr, code := vhqosCheck(t, file); code != 0 || !strings.Contains(stdout, "OK") {
+		t.Errorf("vhqos check with vhqos's own qdisc on the device: exit %d\n%s%s", code, stdout, stderr)
 	}
 }

@@ -3,6 +3,7 @@ package itest
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -686,5 +687,81 @@ match = ["127.0.0.5"]
 	t.Logf("300 MiB under tenant acme's memory_max 128M: HTTP %d; OOM kills on the site %d, on the tenant %d before, %d after", resp.Status, kills, before, tenantKills(r))
 	if got := tenantKills(r) - before; got != kills {
 		t.Errorf("tenant acme counts %d OOM kills, its site %d; want the site's kills on the tenant too", got, kills)
+	}
+}
+
+// A CGI fork bomb in a site without a tasks_max of its own, inside a
+// tenant with tasks_max = 20: the tenant's cap stops it, and vhqos status
+// counts the refused forks on the tenant, whether the kernel counts them
+// in the cgroup whose pids.max refused them and those around it (cgroup v2
+// since Linux 6.11) or in the cgroup of the process that forked, the
+// site's (v1, and v2 before 6.11: the VM's 6.1), where vhqos adds up the
+// sites' for the tenant. The site of no tenant serves meanwhile.
+func TestLimitsTenantTasksMax(t *testing.T) {
+	const qos = `
+[[tenant]]
+name = "acme"
+tasks_max = 20
+
+[[vhost]]
+name = "bomb"
+tenant = "acme"
+match = ["127.0.0.3"]
+
+[[vhost]]
+name = "other"
+match = ["127.0.0.5"]
+`
+	a, socket := startLimited(t, qos, VHost{Name: "bomb", Addr: bombSite}, VHost{Name: "other", Addr: otherSite})
+	vhqosPid := a.Cmd.Process.Pid
+	const group = "tenant-acme/vhost-bomb"
+	defer func() { t.Logf("killed %d processes of the bomb", killCGIs(t, vhqosPid, "pids", group, "bomb")) }()
+	tenantTasks := func(r status.Report) *status.Tasks {
+		for _, tn := range r.Tenants {
+			if tn.Name == "acme" && tn.Tasks != nil {
+				return tn.Tasks
+			}
+		}
+		t.Fatalf("no task accounting for tenant acme in the status report: %+v", r.Tenants)
+		return nil
+	}
+	answer := make(chan string, 1)
+	go func() {
+		resp, err := Get(bombSite, "/cgi-bin/bomb?bomb")
+		if err != nil {
+			answer <- err.Error()
+			return
+		}
+		answer <- fmt.Sprintf("HTTP %d %s", resp.Status, strings.TrimSpace(resp.Body))
+	}()
+	stop := make(chan struct{})
+	others := servedMeanwhile(t, bombSite, stop)
+	var r status.Report
+	eventually(t, patience, "forks in the tenant's site refused, counted on the tenant", func() bool {
+		r = statusReport(t, socket)
+		return tenantTasks(r).MaxEvents > 0
+	})
+	close(stop)
+	others.Wait()
+	acme, site := tenantTasks(r), classOf(t, r, "bomb").Tasks
+	t.Logf("tenant acme: %d tasks, %d forks refused; its site bomb: %d tasks, %d forks refused", acme.Current, acme.MaxEvents, site.Current, site.MaxEvents)
+	if acme.Max != 20 || acme.Current > 20 {
+		t.Errorf("tenant acme's tasks: %+v; want tasks_max 20 and at most 20 tasks", acme)
+	}
+	if site.MaxEvents > acme.MaxEvents {
+		t.Errorf("site bomb counts %d forks refused, its tenant only %d: the tenant's count lacks its site's", site.MaxEvents, acme.MaxEvents)
+	}
+	text, err := exec.Command(vhqosBinary(t), "status", "--socket", socket).CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^acme +- +1 +.* 20 +[1-9]\d*$`).Match(text) {
+		t.Errorf("vhqos status (%v) shows no refused forks for tenant acme:\n%s", err, text)
+	}
+	if err := a.OpenGate("bomb"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-answer:
+		t.Logf("the bomb answered %q", got)
+	case <-time.After(patience):
+		t.Fatal("the bomb did not answer after its gate opened")
 	}
 }

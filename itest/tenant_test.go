@@ -162,6 +162,20 @@ func TestTenantReloadMovesSite(t *testing.T) {
 	}
 	moved := strings.Replace(tenantQoS, "name = \"shop\"\ntenant = \"acme\"", "name = \"shop\"\ntenant = \"beta\"", 1)
 	reload(moved)
+	// The log says the site moved, not that a site shop was added and
+	// one removed.
+	var line string
+	eventually(t, patience, "vhqos logging the reload", func() bool {
+		for _, l := range strings.Split(a.Output(), "\n") {
+			if strings.Contains(l, "reloaded QoS table") {
+				line = l
+			}
+		}
+		return line != ""
+	})
+	if !strings.Contains(line, `moved="[shop: acme -> beta]"`) || !strings.Contains(line, "added=[]") || !strings.Contains(line, "removed=[]") {
+		t.Errorf("the reload that moved shop from acme to beta logged\n%s\nwant moved=\"[shop: acme -> beta]\", nothing added or removed", line)
+	}
 	out := <-wrk
 	socketErrs, non2xx := wrkErrors(t, out)
 	if socketErrs != 0 || non2xx != 0 {

@@ -748,6 +748,7 @@ func TestKeyCPUMax(t *testing.T) {
 		{value: `50`, err: `write it as a string with %: cpu_max = "50%"`},
 		{value: `"1e3%"`, err: "is not a percentage"},
 		{value: `"50 %"`, err: "is not a percentage"},
+		{value: `"12,5%"`, err: `"12,5%" has a comma in its number; write "12.5%": a decimal point, not a comma`},
 	})
 }
 
@@ -793,6 +794,7 @@ func TestKeyIOSize(t *testing.T) {
 		{value: `"1P"`, err: `unknown unit "P"`},
 		{value: `"1e6"`, err: `unknown unit "e6"`},
 		{value: "1.5", err: "is not a whole number"},
+		{value: `"1,5M"`, err: `"1,5M" has a comma in its number; write "1.5M"`},
 	})
 }
 

@@ -59,6 +59,9 @@ type parser struct {
 	// inherited holds, per vhost, the keys it took from a tenant's
 	// [tenant.defaults] and where they are written.
 	inherited []map[string]inheritedKey
+	// vhostNames are the names the [[vhost]] sections give, as written,
+	// for a tenant key that names a vhost instead of a tenant.
+	vhostNames []string
 }
 
 // scope is the section being read: its path prefix and how messages name it.
@@ -85,6 +88,22 @@ func (p *parser) keyProblem(s scope, key, format string, args ...any) {
 func (p *parser) keyWarning(s scope, key, format string, args ...any) {
 	p.addAt(s, key, false, format, args...)
 	p.problems[len(p.problems)-1].Warning = true
+}
+
+// valueWarning is valueProblem for a problem that does not stop the table.
+func (p *parser) valueWarning(s scope, key, format string, args ...any) {
+	p.addAt(s, key, true, format, args...)
+	p.problems[len(p.problems)-1].Warning = true
+}
+
+// hasError reports whether an error (not a warning) was found at key.
+func (p *parser) hasError(key string) bool {
+	for _, pr := range p.problems {
+		if !pr.Warning && pr.Key == key {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *parser) addAt(s scope, key string, atValue bool, format string, args ...any) {
@@ -156,6 +175,15 @@ func (p *parser) table(doc map[string]any) *Table {
 	t := &Table{Defaults: newClass()}
 	t.Defaults.Name = DefaultsName
 	top := scope{vhost: -1}
+	if list, ok := doc["vhost"].([]any); ok {
+		for _, item := range list {
+			if m, ok := item.(map[string]any); ok {
+				if name, ok := m["name"].(string); ok && name != "" {
+					p.vhostNames = append(p.vhostNames, name)
+				}
+			}
+		}
+	}
 	for _, k := range sortedKeys(doc) {
 		switch k {
 		case "settings":

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"math/big"
 	"slices"
@@ -63,6 +64,9 @@ func parseBitRate(key string, v any) (uint64, error) {
 			return 0, fmt.Errorf("%d has no unit; write the rate as a string with its unit, e.g. %s = %q (%s)", n, key, formatBitRate(uint64(max(n, 0))), rateHint)
 		}
 		return 0, fmt.Errorf("is %s; write %s", typeName(v), rateHint)
+	}
+	if msg := commaProblem(str); msg != "" {
+		return 0, errors.New(msg)
 	}
 	i := 0
 	for i < len(str) && (str[i] >= '0' && str[i] <= '9' || str[i] == '.') {

@@ -47,6 +47,8 @@ func TestParseBitRate(t *testing.T) {
 		{in: "10furlongs", err: `unknown unit "furlongs" in "10furlongs"`},
 		{in: "Mbit", err: `"Mbit" is not a rate`},
 		{in: "1.2.3Mbit", err: "is not a rate"},
+		{in: "1,5Gbit", err: `"1,5Gbit" has a comma in its number; write "1.5Gbit": a decimal point, not a comma`},
+		{in: "1,2,3Mbit", err: `"1,2,3Mbit" has commas in its number; write a number with digits and at most one decimal point`},
 		{in: "0Mbit", err: `"0Mbit" is no rate; to leave the class unlimited, leave egress_rate out`},
 		{in: "10bit", err: `"10bit" is 10 bit/s, less than the least, 8kbit (1000 bytes a second); did you mean "10Mbit"?`},
 		{in: "7999bit", err: "less than the least"},

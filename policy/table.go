@@ -228,12 +228,14 @@ type config struct {
 }
 
 // NetDeviceCheck says whether a network device named in shape_devices is
-// there: nil if it is, else an error saying what is wrong with it.
+// there and vhqos run could shape it (vhqos check: no qdisc of the
+// operator's on it): nil if so, else an error saying what is wrong.
 type NetDeviceCheck func(name string) error
 
 // WithNetDeviceCheck makes a device of shape_devices that check refuses
 // an error of the table, at its place in the list. vhqos check uses it,
-// since vhqos run refuses to start without the devices; run and reloads
+// since vhqos run refuses to start without the devices, or on one with
+// someone else's qdisc; run and reloads
 // do not: run finds a missing device itself when it starts, and a device
 // that goes away while vhqos runs must not make reloads fail (the list
 // cannot change while vhqos runs anyway).

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"maps"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -156,10 +157,13 @@ func (p *parser) readTenants(v any, t *Table) map[string]*parsedTenant {
 					pt.Name = name
 				}
 			case k == "tenant":
-				if parent, ok := v.(string); ok {
-					pt.Parent = parent
-				} else {
+				switch parent, ok := v.(string); {
+				case !ok:
 					p.valueProblem(s, key, "is %s; name the tenant this one is inside as a string, e.g. tenant = \"reseller\"", typeName(v))
+				case parent == "":
+					p.valueProblem(s, key, "is empty: leave tenant out for a tenant inside no other, or name the one it is inside; %s", p.tenantList(list))
+				default:
+					pt.Parent = parent
 				}
 			case k == "defaults":
 				d, ok := v.(map[string]any)
@@ -235,7 +239,7 @@ func (p *parser) tenantParents(byName map[string]*parsedTenant, order []*parsedT
 		key := pt.scope.key("tenant")
 		parent := byName[strings.ToLower(pt.Parent)]
 		if parent == nil {
-			p.valueProblem(pt.scope, key, "%q is no tenant%s", pt.Parent, didYouMean(pt.Parent, tenantNames(order)))
+			p.valueProblem(pt.scope, key, "%s", p.noTenant(pt.Parent, tenantNames(order)))
 			continue
 		}
 		pt.Parent = parent.Name
@@ -279,7 +283,9 @@ type inheritedKey struct {
 // taken from its tenant's [tenant.defaults], then from the defaults of
 // the tenants that tenant is inside, the nearest first, and where each
 // key so taken was written. A tenant that is not known, or inside a loop,
-// gives nothing (that is reported once, at the tenant).
+// gives nothing (that is reported once, at the tenant); nor does a key
+// that is no limit (an unknown key, a setting: reported once, at the
+// [tenant.defaults]).
 func withTenantDefaults(m map[string]any, tenant string, byName map[string]*parsedTenant) (map[string]any, map[string]inheritedKey) {
 	if tenant == "" || byName == nil {
 		return m, nil
@@ -290,8 +296,10 @@ func withTenantDefaults(m map[string]any, tenant string, byName map[string]*pars
 	for at := byName[strings.ToLower(tenant)]; at != nil && !seen[at]; at = byName[strings.ToLower(at.Parent)] {
 		seen[at] = true
 		for k, v := range at.defaults {
-			switch k {
-			case "name", "match", "listen", "tenant":
+			// Only the limits: any other key is an error told once, at
+			// the [tenant.defaults] (tenantDefaults), and would be told
+			// again, in other words, for every site.
+			if !isLimitKey(k) {
 				continue
 			}
 			if _, set := merged[k]; !set {
@@ -348,19 +356,73 @@ func (p *parser) siteTenant(s scope, v any, byName map[string]*parsedTenant) (st
 		for _, t := range byName {
 			known = append(known, t.Name)
 		}
-		if len(known) == 0 {
+		sort.Strings(known)
+		switch {
+		case name == "":
+			p.valueProblem(s, key, "is empty: leave tenant out for a site of no tenant, or name its tenant; %s", tenantChoice(known))
+		case len(known) == 0 && !p.isVHostName(name):
 			p.valueProblem(s, key, "%q is no tenant: add a [[tenant]] section with name = %s", name, tomlString(name))
-		} else {
-			p.valueProblem(s, key, "%q is no tenant%s", name, didYouMean(name, known))
+		default:
+			p.valueProblem(s, key, "%s", p.noTenant(name, known))
 		}
 		return "", false
 	}
 	return pt.Name, true
 }
 
+// noTenant says that name, the value of a tenant key, names no tenant:
+// what it names instead (a vhost: tenant names and vhost names are apart)
+// and which tenants there are, or the one it likely misspells.
+func (p *parser) noTenant(name string, known []string) string {
+	if p.isVHostName(name) {
+		return fmt.Sprintf("%q is a vhost, not a tenant; %s", name, tenantChoice(known))
+	}
+	if hint := didYouMean(name, known); hint != "." {
+		return fmt.Sprintf("%q is no tenant%s", name, hint)
+	}
+	return fmt.Sprintf("%q is no tenant; %s", name, tenantChoice(known))
+}
+
+// tenantChoice lists the tenants of the table for a message, "the
+// tenants are acme, beta", or says there is none.
+func tenantChoice(known []string) string {
+	if len(known) == 0 {
+		return "this table has no [[tenant]] section"
+	}
+	return "the tenants are " + strings.Join(known, ", ")
+}
+
+// tenantList is tenantChoice for the [[tenant]] sections as decoded.
+func (p *parser) tenantList(list []any) string {
+	var known []string
+	for _, item := range list {
+		if m, ok := item.(map[string]any); ok {
+			if name, ok := m["name"].(string); ok && name != "" {
+				known = append(known, name)
+			}
+		}
+	}
+	sort.Strings(known)
+	return tenantChoice(known)
+}
+
+// isVHostName reports whether a [[vhost]] of the table has name, in any
+// case.
+func (p *parser) isVHostName(name string) bool {
+	for _, n := range p.vhostNames {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
+}
+
 // tenantBounds warns where a site's limit is above one of its tenants':
 // allowed (the tenant's cgroup bounds it anyway), but the site's figure
-// then promises what the tenant never gives.
+// then promises what the tenant never gives. The warning points at the
+// value, as an error does; a key that has an error already (a memory_high
+// above the site's own memory_max) gets no warning besides: the error is
+// what to fix.
 func (p *parser) tenantBounds(t *Table) {
 	index := map[string]*Tenant{}
 	for i := range t.Tenants {
@@ -371,10 +433,12 @@ func (p *parser) tenantBounds(t *Table) {
 		for at := index[strings.ToLower(tenant)]; at != nil && !seen[at]; at = index[strings.ToLower(at.Parent)] {
 			seen[at] = true
 			for _, b := range exceededBounds(r, at.Resources) {
-				p.keyWarning(s, s.key(b.key), "%s is above what %s's tenant %q allows (%s): %s", b.site, name, at.Name, b.tenant, b.why(name))
+				if !p.hasError(s.key(b.key)) {
+					p.valueWarning(s, s.key(b.key), "%s is above what %s's tenant %q allows (%s): %s", b.site, name, at.Name, b.tenant, b.why(name))
+				}
 			}
-			if at.Egress != 0 && egress > at.Egress {
-				p.keyWarning(s, s.key("egress_rate"), "%s is above what %s's tenant %q allows (%s): the tenant's class bounds it, so %s never sends more", formatBitRate(egress), name, at.Name, formatBitRate(at.Egress), name)
+			if at.Egress != 0 && egress > at.Egress && !p.hasError(s.key("egress_rate")) {
+				p.valueWarning(s, s.key("egress_rate"), "%s is above what %s's tenant %q allows (%s): the tenant's class bounds it, so %s never sends more", formatBitRate(egress), name, at.Name, formatBitRate(at.Egress), name)
 			}
 		}
 	}

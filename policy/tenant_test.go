@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -196,5 +197,68 @@ func TestTenantEgress(t *testing.T) {
 	back, err := parse(t, string(tab.Marshal()))
 	if err != nil || !reflect.DeepEqual(back.Tenants, tab.Tenants) {
 		t.Errorf("after a round trip: %+v (%v), want %+v\n%s", back, err, tab.Tenants, tab.Marshal())
+	}
+}
+
+// Each problem of a tenant or of a site's tenant key is told once, at the
+// place to edit, a warning like an error at the value, in words that do
+// not contradict each other: every problem of each table, in full.
+func TestTenantProblemsTold(t *testing.T) {
+	const site = "[[vhost]]\nname = \"shop\"\nmatch = [\"shop.example\"]\ntenant = \"acme\"\n"
+	for _, tc := range []struct {
+		name, toml string
+		want       []string
+	}{
+		{"a typo in [tenant.defaults] is told there only",
+			"[[tenant]]\nname = \"acme\"\n[tenant.defaults]\nmemry_max = \"100M\"\n" + site + strings.ReplaceAll(site, "shop", "blog"),
+			[]string{`qos.toml:4:1: tenant "acme" (tenant[0]) [tenant.defaults] defaults.memry_max: unknown key; did you mean "memory_max"? Known keys here: cpu_weight, cpu_max, io_weight, io_read_bps, io_write_bps, io_read_iops, io_write_iops, memory_max, memory_high, tasks_max, dscp, egress_rate, connection_rate, max_connections, max_connections_per_ip, over_limit, refuse_status, retry_after`}},
+		{"a setting in [tenant.defaults] is told there only",
+			"[[tenant]]\nname = \"acme\"\n[tenant.defaults]\ntrack = \"fork\"\n" + site,
+			[]string{`qos.toml:4:1: tenant "acme" (tenant[0]) [tenant.defaults] defaults.track: belongs in [settings], not in tenant "acme" (tenant[0]) [tenant.defaults]`}},
+		{"a warning points at the value",
+			"[[tenant]]\nname = \"acme\"\ntasks_max = 40\n" + site + "tasks_max = 60\n",
+			[]string{`qos.toml:8:13: warning: vhost "shop" (vhost[0]) tasks_max: 60 is above what vhost "shop"'s tenant "acme" allows (40): the tenant's cgroup bounds it, so vhost "shop" never gets more`}},
+		{"an inherited warning points at the value in [tenant.defaults]",
+			"[[tenant]]\nname = \"acme\"\ncpu_max = \"100%\"\n[tenant.defaults]\ncpu_max = \"150%\"\n" + site,
+			[]string{`qos.toml:5:11: warning: vhost "shop" (vhost[0]) cpu_max: from [tenant.defaults] of tenant "acme": 150% is above what vhost "shop"'s tenant "acme" allows (100%): the tenant's cgroup bounds it, so vhost "shop" never gets more`}},
+		{"no warning beside an error at the same key",
+			"[[tenant]]\nname = \"acme\"\nmemory_max = \"1G\"\n" + site + "memory_max = \"512M\"\nmemory_high = \"3G\"\n",
+			[]string{`qos.toml:9:15: vhost "shop" (vhost[0]) memory_high: "3G" is above memory_max ("512M", line 8); memory_high must be at most memory_max: it is there to slow the class down before memory_max stops it`}},
+		{"a vhost named as a tenant",
+			"[[tenant]]\nname = \"beta\"\n[[tenant]]\nname = \"acme\"\n" + site + strings.ReplaceAll(strings.ReplaceAll(site, "shop", "blog"), `"acme"`, `"shop"`),
+			[]string{`qos.toml:12:10: vhost "blog" (vhost[1]) tenant: "shop" is a vhost, not a tenant; the tenants are acme, beta`}},
+		{"a vhost named as a tenant's parent",
+			"[[tenant]]\nname = \"acme\"\ntenant = \"shop\"\n" + site,
+			[]string{`qos.toml:3:10: tenant "acme" (tenant[0]) tenant: "shop" is a vhost, not a tenant; the tenants are acme`}},
+		{"a vhost named as a tenant, and no tenants",
+			strings.ReplaceAll(site, `"acme"`, `"shop"`),
+			[]string{`qos.toml:4:10: vhost "shop" (vhost[0]) tenant: "shop" is a vhost, not a tenant; this table has no [[tenant]] section`}},
+		{"an empty tenant",
+			"[[tenant]]\nname = \"acme\"\n" + strings.ReplaceAll(site, `"acme"`, `""`),
+			[]string{`qos.toml:6:10: vhost "shop" (vhost[0]) tenant: is empty: leave tenant out for a site of no tenant, or name its tenant; the tenants are acme`}},
+		{"an empty parent",
+			"[[tenant]]\nname = \"acme\"\ntenant = \"\"\n",
+			[]string{`qos.toml:3:10: tenant "acme" (tenant[0]) tenant: is empty: leave tenant out for a tenant inside no other, or name the one it is inside; the tenants are acme`}},
+		{"a tenant nothing is close to",
+			"[[tenant]]\nname = \"acme\"\n[[tenant]]\nname = \"beta\"\n" + strings.ReplaceAll(site, `"acme"`, `"zzz"`),
+			[]string{`qos.toml:8:10: vhost "shop" (vhost[0]) tenant: "zzz" is no tenant; the tenants are acme, beta`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab, err := parse(t, tc.toml)
+			var ps Problems
+			if !errors.As(err, &ps) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				ps = tab.Warnings
+			}
+			var got []string
+			for _, p := range ps {
+				got = append(got, p.String())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
 	}
 }

@@ -1,9 +1,11 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/big"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -25,6 +27,9 @@ func parsePercent(v any) (float64, error) {
 		return 0, fmt.Errorf("is %s; write a percentage string such as \"50%%\" (%s)", typeName(v), hint)
 	}
 	num, hasPct := strings.CutSuffix(str, "%")
+	if msg := commaProblem(str); msg != "" {
+		return 0, fmt.Errorf("%s (%s)", msg, hint)
+	}
 	if !isDecimal(num) {
 		return 0, fmt.Errorf("%q is not a percentage; write digits and %%, e.g. \"50%%\" or \"12.5%%\" (%s)", str, hint)
 	}
@@ -36,6 +41,43 @@ func parsePercent(v any) (float64, error) {
 		return 0, fmt.Errorf("%q is out of range: use more than 0%% and at most 100000%% (%s)", str, hint)
 	}
 	return f, nil
+}
+
+// commaProblem says how to write a number with a comma the way the table
+// reads it, for a value s (a size, rate or percentage) whose number has
+// one: "1,5G" is "1.5G"; commas that may group thousands ("1,000M",
+// "1,000,000") are left out, and a single such comma gets both readings.
+// It returns "" when s does not start with digits and a comma between
+// digits.
+func commaProblem(s string) string {
+	end := 0
+	for end < len(s) && (s[end] >= '0' && s[end] <= '9' || s[end] == ',') {
+		end++
+	}
+	num, rest := s[:end], s[end:]
+	groups := strings.Split(num, ",")
+	if len(groups) < 2 || !slices.ContainsFunc(groups[1:], func(g string) bool { return g != "" }) {
+		return ""
+	}
+	for _, g := range groups {
+		if !allDigits(g) {
+			return ""
+		}
+	}
+	thousands := len(groups[0]) <= 3
+	for _, g := range groups[1:] {
+		thousands = thousands && len(g) == 3
+	}
+	plain := strings.Join(groups, "") + rest
+	switch {
+	case thousands && len(groups) == 2:
+		return fmt.Sprintf("%q has a comma in its number; write %q (a decimal point, not a comma) or %q (no thousands separator)", s, groups[0]+"."+groups[1]+rest, plain)
+	case thousands:
+		return fmt.Sprintf("%q has commas in its number; write %q, without thousands separators", s, plain)
+	case len(groups) == 2:
+		return fmt.Sprintf("%q has a comma in its number; write %q: a decimal point, not a comma", s, groups[0]+"."+groups[1]+rest)
+	}
+	return fmt.Sprintf("%q has commas in its number; write a number with digits and at most one decimal point", s)
 }
 
 // isDecimal accepts digits with an optional fraction: "50", "12.5".
@@ -169,6 +211,9 @@ func parseRate(v any, iops bool) (uint64, error) {
 }
 
 func parseSizeString(s, what string) (uint64, error) {
+	if msg := commaProblem(s); msg != "" {
+		return 0, errors.New(msg)
+	}
 	i := 0
 	for i < len(s) && (s[i] >= '0' && s[i] <= '9' || s[i] == '.') {
 		i++

@@ -92,6 +92,26 @@ func Claim(devices []string) error {
 	return errors.Join(errs...)
 }
 
+// Claimable says whether Claim would take dev now, changing nothing: nil
+// when dev is there with the kernel's default egress qdiscs or vhqos's
+// own, a *ForeignError when someone else's qdisc is on it, an error
+// wrapping netlink.LinkNotFoundError when there is no such device, else
+// an error saying what could not be read. vhqos check asks it, in its
+// own network namespace, so that a table vhqos run would refuse there is
+// not called OK.
+func Claimable(dev string) error {
+	link, err := netlink.LinkByName(dev)
+	if err != nil {
+		return fmt.Errorf("finding the network device %q: %w", dev, err)
+	}
+	if _, foreign, err := inspect(link); err != nil {
+		return err
+	} else if foreign != nil {
+		return foreign
+	}
+	return nil
+}
+
 // claim claims one device and returns its link.
 func claim(dev string) (netlink.Link, error) {
 	link, err := netlink.LinkByName(dev)

@@ -29,10 +29,19 @@ type Memory struct {
 }
 
 // Tasks is a class's tasks_max, the tasks (processes and threads) in its
-// cgroup now, and how many forks and clones the limit refused.
+// cgroup now, and how many forks and clones a tasks_max refused.
 type Tasks struct {
-	Max       uint64 `json:"max,omitempty"`
-	Current   uint64 `json:"current"`
+	Max     uint64 `json:"max,omitempty"`
+	Current uint64 `json:"current"`
+	// MaxEvents counts the refused forks and clones where the kernel
+	// counts them (pids.events "max"). Under cgroup v1, and v2 before
+	// Linux 6.11 or mounted with pids_localevents, that is the cgroup of
+	// the process that forked: a vhost's count includes the forks its
+	// tenant's tasks_max refused it, and a tenant's count, which the
+	// kernel leaves at 0 there, is the sum of its sites'. Under v2 since
+	// 6.11 it is the cgroup whose tasks_max refused and those around it:
+	// a vhost counts the refusals of its own tasks_max, a tenant those of
+	// its own and of the sites and tenants inside it.
 	MaxEvents uint64 `json:"max_events"`
 }
 
@@ -116,7 +125,7 @@ var (
 	descMemoryEvents = prometheus.NewDesc("vhqos_memory_events_total", "Times the vhost ran into its memory limits, by the kernel's event (cgroup v2 memory.events: high, max, oom, oom_kill; v1 counts max, from memory.failcnt, and oom_kill only).", []string{"vhost", "event"}, nil)
 	descTasks        = prometheus.NewDesc("vhqos_tasks", "Tasks (processes and threads) in the vhost's cgroup (where the kernel counts them).", []string{"vhost"}, nil)
 	descTasksLimit   = prometheus.NewDesc("vhqos_tasks_limit", "The vhost's tasks_max (vhosts with one only).", []string{"vhost"}, nil)
-	descPidsMax      = prometheus.NewDesc("vhqos_pids_max_events_total", "Forks and clones in the vhost's cgroup that its tasks_max refused (pids.events max).", []string{"vhost"}, nil)
+	descPidsMax      = prometheus.NewDesc("vhqos_pids_max_events_total", "Forks and clones refused by a tasks_max (pids.events max). Where the kernel counts a refusal in the cgroup of the process that forked (cgroup v1; v2 before Linux 6.11 or mounted with pids_localevents), those of the vhost's processes, its tenant's tasks_max refusing them included; elsewhere those its own tasks_max refused.", []string{"vhost"}, nil)
 )
 
 // memoryTaskDescs are the descriptions collectMemoryTasks uses.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/vhqos/vhqos/policy"
 )
 
 // Report is a snapshot of one running vhqos.
@@ -221,7 +223,7 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 	}
 	r.writeParts(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VHOST\tLIVE\tCONNS\tPROCS\tTHREADS\tCPU%\tCPU s\tTHROTTLED s\tFAULTS\tIO READ\tIO WRITE\tDSCP\tLIMITS")
+	fmt.Fprintln(tw, "VHOST\tTENANT\tLIVE\tCONNS\tPROCS\tTHREADS\tCPU%\tCPU s\tTHROTTLED s\tFAULTS\tIO READ\tIO WRITE\tDSCP\tLIMITS")
 	for _, c := range r.Classes {
 		rate := "-"
 		if prev != nil {
@@ -231,8 +233,12 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 				}
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\n",
-			c.Name, c.Live, c.Connections, len(c.PIDs), c.Threads, rate, float64(c.CPUUsec)/1e6, float64(c.Throttled)/1e6,
+		tenant := "-"
+		if c.Tenant != "" {
+			tenant = c.Tenant
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\n",
+			c.Name, tenant, c.Live, c.Connections, len(c.PIDs), c.Threads, rate, float64(c.CPUUsec)/1e6, float64(c.Throttled)/1e6,
 			c.Faults, bytes(c.IOReadBytes), bytes(c.IOWriteBytes), dscp(c.DSCP), c.limits())
 	}
 	tw.Flush()
@@ -328,17 +334,29 @@ func (c Class) limits() string {
 		parts = append(parts, "io_weight="+strconv.FormatUint(c.IOWeight, 10))
 	}
 	parts = c.memoryTaskLimits(parts)
+	if c.EgressRate != 0 {
+		parts = append(parts, "egress_rate="+bitRate(c.EgressRate))
+	}
+	if c.ConnectionRate != 0 {
+		parts = append(parts, "connection_rate="+bitRate(c.ConnectionRate))
+	}
 	if len(parts) == 0 {
 		return "-"
 	}
 	return strings.Join(parts, " ")
 }
 
+// dscp writes a class's mark as the table may: its standard name and
+// number ("AF21 (18)"), or the number alone when it has no name.
 func dscp(d int) string {
 	if d < 0 {
 		return "-"
 	}
-	return strconv.Itoa(d)
+	n := strconv.Itoa(d)
+	if name := policy.DSCPName(d); name != n {
+		return name + " (" + n + ")"
+	}
+	return n
 }
 
 func bytes(n uint64) string {

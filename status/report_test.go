@@ -3,6 +3,8 @@ package status
 import (
 	"encoding/json"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,7 +112,7 @@ func TestReportFailedOpenFromJSON(t *testing.T) {
 // them are as before.
 func TestWriteTableParts(t *testing.T) {
 	const head = "vhqos pid 1234, server pid 1241, up 3h2m0s, table /etc/vhqos/qos.toml (generation 2), cgroup v2\n"
-	const tail = "VHOST  LIVE  CONNS  PROCS  THREADS  CPU%  CPU s  THROTTLED s  FAULTS  IO READ  IO WRITE  DSCP  LIMITS\n" +
+	const tail = "VHOST  TENANT  LIVE  CONNS  PROCS  THREADS  CPU%  CPU s  THROTTLED s  FAULTS  IO READ  IO WRITE  DSCP  LIMITS\n" +
 		"supervisor: 0 notifications, 0 accepted, 0 left to the kernel, 0 requeued, 0 placement errors, 0 errors, 0 reloads (0 refused)\n" +
 		"tracking : 0 processes known, 0 listening sockets, 0 connections followed\n"
 	for _, tc := range []struct {
@@ -185,5 +187,54 @@ func TestReportAdmission(t *testing.T) {
 	(&Report{Classes: []Class{{Name: "default", Default: true}}}).WriteTable(&out, nil)
 	if strings.Contains(out.String(), "CAPPED") {
 		t.Errorf("text report without caps shows the admission table:\n%s", out.String())
+	}
+}
+
+// The vhost table of the text report names each vhost's tenant ("-" for
+// none), its DSCP by name and number where the mark has a name, and every
+// limit the vhost has, its rates included, as the table writes them.
+func TestWriteTableVHosts(t *testing.T) {
+	r := &Report{Classes: []Class{
+		{Name: "shop", Tenant: "acme", DSCP: 18, CPUMax: 50, EgressRate: 40e6, ConnectionRate: 8e6},
+		{Name: "blog", DSCP: 46, Tasks: &Tasks{Max: 20}},
+		{Name: "wiki", Tenant: "acme", DSCP: 5, ConnectionRate: 1500e3},
+		{Name: "default", Default: true, DSCP: -1},
+	}}
+	var out strings.Builder
+	r.WriteTable(&out, nil)
+	_, table, _ := strings.Cut(out.String(), "\nVHOST ")
+	table, _, _ = strings.Cut("VHOST "+table, "\nsupervisor:")
+	rows := map[string][]string{}
+	for _, l := range strings.Split(table, "\n") {
+		// Columns are two spaces apart or more; a cell has single spaces.
+		cells := regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(l), -1)
+		rows[cells[0]] = cells
+	}
+	header := rows["VHOST"]
+	col := func(name string) int {
+		i := slices.Index(header, name)
+		if i < 0 {
+			t.Fatalf("no %s column in the vhost table:\n%s", name, out.String())
+		}
+		return i
+	}
+	if col("TENANT") != 1 {
+		t.Errorf("TENANT is column %d, want the second, beside VHOST:\n%s", col("TENANT"), out.String())
+	}
+	for _, tc := range []struct{ vhost, tenant, dscp, limits string }{
+		{"shop", "acme", "AF21 (18)", "cpu_max=50% egress_rate=40Mbit connection_rate=8Mbit"},
+		{"blog", "-", "EF (46)", "tasks_max=20"},
+		{"wiki", "acme", "5", "connection_rate=1500kbit"},
+		{"default", "-", "-", "-"},
+	} {
+		row := rows[tc.vhost]
+		if len(row) != len(header) {
+			t.Errorf("%s: %d cells %q under %d columns:\n%s", tc.vhost, len(row), row, len(header), out.String())
+			continue
+		}
+		got := []string{row[col("TENANT")], row[col("DSCP")], row[col("LIMITS")]}
+		if want := []string{tc.tenant, tc.dscp, tc.limits}; !slices.Equal(got, want) {
+			t.Errorf("%s: TENANT, DSCP, LIMITS = %q, want %q", tc.vhost, got, want)
+		}
 	}
 }

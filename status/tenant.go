@@ -82,7 +82,7 @@ var (
 	descTenantMemory    = prometheus.NewDesc("vhqos_tenant_memory_bytes", "Memory charged to the tenant's cgroup.", []string{"tenant"}, nil)
 	descTenantMemEvents = prometheus.NewDesc("vhqos_tenant_memory_events_total", "Times the tenant's cgroup ran into its memory limits, by the kernel's memory.events names.", []string{"tenant", "event"}, nil)
 	descTenantTasks     = prometheus.NewDesc("vhqos_tenant_tasks", "Tasks (processes and threads) in the tenant's cgroup.", []string{"tenant"}, nil)
-	descTenantPidsMax   = prometheus.NewDesc("vhqos_tenant_pids_max_events_total", "Forks and clones the tenant's tasks_max refused.", []string{"tenant"}, nil)
+	descTenantPidsMax   = prometheus.NewDesc("vhqos_tenant_pids_max_events_total", "Forks and clones refused inside the tenant by a tasks_max: under cgroup v2 since Linux 6.11 the kernel's count, of its own tasks_max and those of its sites and inner tenants; elsewhere (v1, v2 before 6.11 or mounted with pids_localevents) the sum of its sites' counts, every fork refused to a process of its sites.", []string{"tenant"}, nil)
 )
 
 func tenantDescs() []*prometheus.Desc {

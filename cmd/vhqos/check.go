@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/vhqos/vhqos/policy"
+	"github.com/vhqos/vhqos/shaper"
 	"github.com/vishvananda/netlink"
 )
 
@@ -42,17 +43,35 @@ func checkCommand(args []string, stdout, stderr io.Writer) int {
 
 // netDeviceHere checks a device of shape_devices in the network namespace
 // vhqos check runs in, as vhqos run will (shaper.Claim): a device missing
-// here stops vhqos run from starting, so check says so first. Run check
+// here, or one with a qdisc the operator put at its root, stops vhqos run
+// from starting, so check says so first; a device vhqos shapes already
+// (a vhqos running, or killed with its qdisc left) is fine. Run check
 // where vhqos runs: in a container's or a netns's namespace, with
-// nsenter --net=.
+// nsenter --net=. The device's qdiscs may change between check and run:
+// check tells what run would find now, as it does for the device itself.
 func netDeviceHere(name string) error {
-	_, err := netlink.LinkByName(name)
+	err := shaper.Claimable(name)
 	var missing netlink.LinkNotFoundError
+	var foreign *shaper.ForeignError
 	switch {
 	case err == nil:
 		return nil
 	case errors.As(err, &missing):
 		return fmt.Errorf("no network device %q in this network namespace (ip link lists them); vhqos run does not start without it", name)
+	case errors.As(err, &foreign):
+		where := "at its root"
+		if !foreign.Root {
+			where = "under its root"
+		}
+		// As tc writes a handle: "1:", "8001:", "7668:2".
+		handle := fmt.Sprintf("%x:", foreign.Handle>>16)
+		if minor := foreign.Handle & 0xffff; minor != 0 {
+			handle += fmt.Sprintf("%x", minor)
+		}
+		return fmt.Errorf("%s has a qdisc %s %s %s that vhqos did not make (tc qdisc show dev %s); vhqos run does not start while it is there: remove it (tc qdisc del dev %s root) or take %s out of shape_devices",
+			name, foreign.Kind, handle, where, name, name, name)
 	}
-	return fmt.Errorf("looking for the network device %q: %w", name, err)
+	// Already says what was being done: finding the device, listing its
+	// qdiscs.
+	return err
 }

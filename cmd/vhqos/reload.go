@@ -140,6 +140,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 		r.onDiskRefused.Store(true)
 		return
 	}
+	prev, _ := r.table()
 	added, removed, changed, err := r.apply(next)
 	if err != nil {
 		r.log.Error("applying the QoS table failed; the previous one stays in force (SIGHUP tries this file again)", "path", r.path, "err", err)
@@ -159,7 +160,8 @@ func (r *reloader) reload(since time.Time, force bool) {
 	}
 	// Warnings first: whoever waits for "reloaded" finds them logged.
 	logWarnings(r.log, next)
-	r.log.Info("reloaded QoS table", "path", r.path, "added", added, "removed", removed, "changed", changed,
+	added, removed, moved := tenantMoves(prev, next, added, removed)
+	r.log.Info("reloaded QoS table", "path", r.path, "added", added, "removed", removed, "moved", moved, "changed", changed,
 		"took", time.Since(since).Round(time.Microsecond))
 }
 
@@ -246,6 +248,34 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 		r.log.Warn("removing the cgroups of removed vhosts", "err", errors.Join(errs...))
 	}
 	return added, removed, changed, nil
+}
+
+// tenantMoves takes the vhosts that moved to another tenant out of the
+// added and removed of a reload from prev to next, where they are as
+// their cgroups are (tenant-acme/vhost-blog went, tenant-beta/vhost-blog
+// came), and lists them as moved, "blog: acme -> beta" ("no tenant" for
+// none): the site stayed, with its processes, only its tenant changed.
+func tenantMoves(prev, next *policy.Table, added, removed []string) (stillAdded, stillRemoved, moved []string) {
+	tenant := func(c *policy.Class) string {
+		if c.Tenant == "" {
+			return "no tenant"
+		}
+		return c.Tenant
+	}
+	for _, name := range added {
+		was, now := prev.Class(name), next.Class(name)
+		if was == nil || now == nil || !slices.Contains(removed, name) {
+			stillAdded = append(stillAdded, name)
+			continue
+		}
+		moved = append(moved, fmt.Sprintf("%s: %s -> %s", now.Name, tenant(was), tenant(now)))
+	}
+	for _, name := range removed {
+		if prev.Class(name) == nil || next.Class(name) == nil || !slices.Contains(added, name) {
+			stillRemoved = append(stillRemoved, name)
+		}
+	}
+	return stillAdded, stillRemoved, moved
 }
 
 // classes maps the cgroup group of every class of t to the class, and of

@@ -3,13 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vhqos/vhqos/policy"
 )
 
 // An edit written after vhqos read the table at start but before its watch
@@ -79,4 +83,45 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// A reload that moves a site to another tenant logs it as moved, with
+// both tenants, not as a site added and a site removed (its cgroup's path
+// changed, the site did not); sites that really come and go, and tenants,
+// stay added and removed.
+func TestTenantMoves(t *testing.T) {
+	table := func(src string) *policy.Table {
+		t.Helper()
+		tab, err := policy.Parse("qos.toml", []byte("[[tenant]]\nname = \"acme\"\n[[tenant]]\nname = \"beta\"\n"+src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tab
+	}
+	site := func(name, tenant string) string {
+		s := fmt.Sprintf("[[vhost]]\nname = %q\nmatch = [%q]\n", name, name+".example")
+		if tenant != "" {
+			s += fmt.Sprintf("tenant = %q\n", tenant)
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name                   string
+		prev, next             string
+		added, removed         []string // as apply returns them
+		wantAdded, wantRemoved []string
+		wantMoved              []string
+	}{
+		{"to another tenant", site("blog", "acme"), site("blog", "beta"), []string{"blog"}, []string{"blog"}, nil, nil, []string{"blog: acme -> beta"}},
+		{"out of its tenant, a tenant gone", site("blog", "acme") + site("shop", ""), site("blog", "") + site("shop", "beta"),
+			[]string{"blog", "shop"}, []string{"shop", "blog", "tenant acme"}, nil, []string{"tenant acme"}, []string{"blog: acme -> no tenant", "shop: no tenant -> beta"}},
+		{"a site added and one removed", site("blog", "acme"), site("shop", "acme"), []string{"shop"}, []string{"blog"}, []string{"shop"}, []string{"blog"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			added, removed, moved := tenantMoves(table(tc.prev), table(tc.next), tc.added, tc.removed)
+			if !slices.Equal(added, tc.wantAdded) || !slices.Equal(removed, tc.wantRemoved) || !slices.Equal(moved, tc.wantMoved) {
+				t.Errorf("added %q, removed %q, moved %q; want %q, %q, %q", added, removed, moved, tc.wantAdded, tc.wantRemoved, tc.wantMoved)
+			}
+		})
+	}
 }

@@ -100,7 +100,7 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 		add(&table.VHosts[i])
 	}
 	rep.Tenants = tenantReport(cg, table)
-	tenantKillsV1(rep, table)
+	tenantFaultSums(rep, table, pidsEventsLocal(cg.Version()))
 	bandwidthReport(r.log, rep, table, r.shapeDevices)
 	return rep
 }
