@@ -80,7 +80,7 @@ demo: build
 # Apache prefork (static file), then php-fpm behind nginx (FastCGI), then
 # what bandwidth limits that are never reached cost (bench-rates), then
 # Apache's event MPM under both placements (bench-threads' static file
-# half; some 6 minutes).
+# half; some 5 minutes).
 bench: build
 	$(GO) run ./itest/bench -vhqos $(BIN)
 	$(GO) run ./itest/bench -vhqos $(BIN) -fpm

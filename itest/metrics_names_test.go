@@ -119,6 +119,47 @@ func TestMetricsNamesOfRulesAndDashboard(t *testing.T) {
 	}
 }
 
+// TestMetricsDocumented: every family a running vhqos exports, and every
+// one it describes (those this test's table does not make: egress,
+// tenants), is named in README.md's "Seeing what vhqos does", the list
+// of metrics an operator reads; vhqos(8) has that section whole
+// (docs/man/mkman fails when a section it takes is gone). A new metric
+// fails here until it is documented.
+func TestMetricsDocumented(t *testing.T) {
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := regexp.MustCompile(`(?ms)^## Seeing what vhqos does\n(.*?)^## `).FindSubmatch(readme)
+	if section == nil {
+		t.Fatal(`README.md has no section "## Seeing what vhqos does" followed by another`)
+	}
+	names := scrapeRunningVhqos(t)
+	for n := range describedFamilies() {
+		names[n] = true
+	}
+	var missing []string
+	for n := range names {
+		if !strings.HasPrefix(n, "vhqos_") {
+			continue
+		}
+		if !strings.Contains(string(section[1]), "`"+n+"`") {
+			missing = append(missing, n)
+		}
+	}
+	sort.Strings(missing)
+	if len(missing) > 0 {
+		t.Errorf("README.md's \"Seeing what vhqos does\" (so vhqos(8) too) does not name the metrics %s", strings.Join(missing, ", "))
+	}
+	if len(names) < 40 {
+		t.Errorf("only %d families scraped and described: %v", len(names), names)
+	}
+}
+
 // ruleExprs are the expr fields of a Prometheus rule file, each on one
 // line (a block scalar is refused rather than read in part).
 func ruleExprs(t *testing.T, path string) []string {

@@ -5,7 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"regexp"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Exit statuses every command shares; vhqos run exits with its server's.
@@ -95,7 +99,8 @@ line.`,
 			name: "enable", args: "UNIT [options] [-- SERVER [ARGS...]]",
 			about: `Run a systemd service's server under vhqos: check the QoS table, write
 the drop-in /etc/systemd/system/UNIT.d/vhqos.conf (ExecStart= wrapped in
-vhqos run, Delegate=yes, ExecReload= for the table and the server;
+vhqos run, the table checked by ExecStartPre=, Delegate=yes, ExecReload=
+for the table and the server, a refused table not failing the server's;
 Type=forking Apache and nginx kept in the foreground) and reload
 systemd. Restart the unit to take effect. SERVER, with an absolute
 path, replaces the unit's own command (for a Type=forking unit vhqos
@@ -253,7 +258,7 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code
 		}
 		return 0, false
 	}
-	fmt.Fprintf(stderr, "%s: %s; see 'vhqos help %s'\n", fs.Name(), optionError(err.Error()), name)
+	fmt.Fprintf(stderr, "%s: %s; see 'vhqos help %s'\n", fs.Name(), optionError(err.Error(), args), name)
 	return exitUsage, false
 }
 
@@ -277,16 +282,116 @@ func isBoolFlag(f *flag.Flag) bool {
 	return ok && b.IsBoolFlag()
 }
 
-// optionError says package flag's errors as the help names options:
-// "--name", an option, not "-name", a flag.
-func optionError(msg string) string {
-	return strings.NewReplacer(
-		"flag provided but not defined: -", "unknown option --",
-		"flag needs an argument: -", "a value is missing after --",
-		"for flag -", "for option --",
-		"for -", "for option --",
-		"bad flag syntax: ", "bad option: ",
-	).Replace(msg)
+// flagErrors are package flag's error messages, the option's name (without
+// its dashes) in the second group.
+var flagErrors = []struct {
+	re   *regexp.Regexp
+	says string // with %[1]s for the option as typed, %[2]s for the rest
+}{
+	{regexp.MustCompile(`^flag provided but not defined: -()(.+)$`), "unknown option %[2]s"},
+	{regexp.MustCompile(`^flag needs an argument: -()(.+)$`), "a value is missing after %[2]s"},
+	{regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-([^:]+): (.*)$`), "invalid value %[1]s for option %[2]s: %[3]s"},
+	{regexp.MustCompile(`^bad flag syntax: ()(.*)$`), "bad option: %[2]s"},
+}
+
+// optionError says one of package flag's errors about args as the help
+// names options, "option", and with the option spelt as the user typed
+// it (-x or --x: package flag takes both, and says -x for either).
+func optionError(msg string, args []string) string {
+	for _, e := range flagErrors {
+		m := e.re.FindStringSubmatch(msg)
+		if m == nil {
+			continue
+		}
+		rest := ""
+		if len(m) > 3 {
+			rest = m[3]
+		}
+		option := m[2]
+		if !strings.HasPrefix(e.says, "bad") {
+			option = typedAs(m[2], args)
+		}
+		return fmt.Sprintf(e.says, m[1], option, rest)
+	}
+	return msg
+}
+
+// typedAs is option name as args spell it, "-name" or "--name"; "--name"
+// when they do not.
+func typedAs(name string, args []string) string {
+	for _, a := range args {
+		bare := strings.TrimLeft(a, "-")
+		if n, _, _ := strings.Cut(bare, "="); n == name && bare != a {
+			return a[:len(a)-len(bare)] + name
+		}
+	}
+	return "--" + name
+}
+
+// The least values of duration options: --watch's refresh (as watch(1)'s
+// 0.1 s: a report reads every vhost's cgroup files), the waits of
+// reload's and upgrade's --timeout (a reload or a supervisor's start on
+// a busy machine takes a good part of a second).
+const (
+	minWatch   = 100 * time.Millisecond
+	minTimeout = time.Second
+)
+
+// checkMetricsAddr checks a --metrics-listen address before anything
+// relies on it: HOST:PORT or :PORT, HOST an IP address or a name, PORT a
+// number from 1 to 65535.
+func checkMetricsAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not HOST:PORT or :PORT (as 127.0.0.1:9464 or :9464)", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: the port %q is not a number from 1 to 65535", addr, port)
+	}
+	if host != "" && net.ParseIP(host) == nil && !hostName.MatchString(host) {
+		return fmt.Errorf("%q: %q is neither an IP address nor a host name", addr, host)
+	}
+	return nil
+}
+
+// hostName is a DNS name as RFC 1123 section 2.1 allows it.
+var hostName = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
+
+// durationValue is an option taking a duration no shorter than min.
+type durationValue struct {
+	d   *time.Duration
+	min time.Duration
+}
+
+func (v durationValue) String() string {
+	if v.d == nil {
+		return ""
+	}
+	return v.d.String()
+}
+
+func (v durationValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("not a duration (as 30s, 500ms or 2m)")
+	}
+	switch {
+	case d < v.min && v.min == 0:
+		return errors.New("must not be negative")
+	case d < v.min:
+		return fmt.Errorf("must be %v or more", v.min)
+	}
+	*v.d = d
+	return nil
+}
+
+// durationOption defines an option taking a duration of at least min on
+// fs, as fs.Duration does (value is its default).
+func durationOption(fs *flag.FlagSet, name string, value, min time.Duration, usage string) *time.Duration {
+	d := new(time.Duration)
+	*d = value
+	fs.Var(durationValue{d: d, min: min}, name, usage)
+	return d
 }
 
 // indent prefixes every line of text, which it ends with a newline.

@@ -125,6 +125,10 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"bogus"}, 2},
 		{[]string{"version"}, 0},
 		{[]string{"--version"}, 0},
+		{[]string{"-version"}, 0},
+		{[]string{"-V"}, 0},
+		{[]string{"-help"}, 0},
+		{[]string{"--bogus"}, 2},
 		{[]string{"version", "extra"}, 2},
 		{[]string{"help"}, 0},
 		{[]string{"help", "bogus"}, 2},
@@ -267,5 +271,57 @@ func TestManPage(t *testing.T) {
 	}
 	if len(perCommand) != len(commands()) {
 		t.Errorf("vhqos(8) describes %d commands, vhqos has %d", len(perCommand), len(commands()))
+	}
+}
+
+// TestCommandLineErrors: a bad command line is refused, with the option
+// as the user typed it and what is wrong with its value, before anything
+// is asked of a running vhqos or written.
+func TestCommandLineErrors(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.toml")
+	os.WriteFile(good, []byte("[[vhost]]\nname = \"a\"\nmatch = [\"192.0.2.1\"]\n"), 0o644)
+	none := filepath.Join(dir, "none.sock")
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		// One dash does as well as two, and is said as typed.
+		{[]string{"check", "-x", good}, "vhqos check: unknown option -x; see 'vhqos help check'"},
+		{[]string{"check", "--x", good}, "vhqos check: unknown option --x;"},
+		{[]string{"status", "-socket"}, "a value is missing after -socket"},
+		{[]string{"status", "-json=maybe"}, `invalid value "maybe" for option -json`},
+		{[]string{"--bogus"}, "vhqos: unknown option --bogus; a command comes first"},
+		{[]string{"-version", "extra"}, `unexpected "extra"`},
+		// Durations: a refresh 1,000 times a second, a wait that ends
+		// before it starts, or none at all, are mistakes.
+		{[]string{"status", "--socket", none, "--watch=1ms"}, `invalid value "1ms" for option --watch: must be 100ms or more`},
+		{[]string{"status", "--socket", none, "--watch", "0s"}, "must be 100ms or more"},
+		{[]string{"status", "--socket", none, "--watch", "-1s"}, "must be 100ms or more"},
+		{[]string{"status", "--watch", "often"}, `invalid value "often" for option --watch: not a duration (as 30s, 500ms or 2m)`},
+		{[]string{"reload", "--socket", none, "--timeout", "-1s"}, `invalid value "-1s" for option --timeout: must be 1s or more`},
+		{[]string{"upgrade", "--socket", none, "--timeout", "0"}, "must be 1s or more"},
+		{[]string{"run", "--stop-timeout", "-1s", "--", "true"}, `invalid value "-1s" for option --stop-timeout: must not be negative`},
+		{[]string{"run", "--metrics-listen", "9464", "--", "true"}, `vhqos run: --metrics-listen: "9464" is not HOST:PORT or :PORT`},
+		{[]string{"run", "--metrics-listen", ":http-alt", "--", "true"}, `the port "http-alt" is not a number from 1 to 65535`},
+		{[]string{"run", "--metrics-listen", "bad_host:9464", "--", "true"}, `"bad_host" is neither an IP address nor a host name`},
+		// What enable writes into a unit is checked first.
+		{[]string{"enable", "nginx", "--config", good, "--status-socket", "run/nginx.sock"}, "--status-socket run/nginx.sock: the unit's vhqos starts in /, so name the socket by its absolute path"},
+		{[]string{"enable", "nginx", "--config", good, "--metrics-listen", "localhost"}, `--metrics-listen: "localhost" is not HOST:PORT or :PORT`},
+		{[]string{"enable", "nginx", "--root", dir, "--config", "etc/vhqos/qos.toml"}, "--config etc/vhqos/qos.toml: with --root, name the table by its absolute path inside that system (as /etc/vhqos/qos.toml for " + dir + "/etc/vhqos/qos.toml)"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(append([]string{"vhqos"}, tc.args...), &stdout, &stderr); code != exitUsage || !strings.Contains(stderr.String(), tc.says) {
+				t.Errorf("exit %d, said %q; want %d saying %q", code, stderr.String(), exitUsage, tc.says)
+			}
+		})
+	}
+	// The least values themselves are taken.
+	for _, args := range [][]string{{"status", "--socket", none, "--watch", "100ms"}, {"reload", "--socket", none, "--timeout", "1s"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(append([]string{"vhqos"}, args...), &stdout, &stderr); code != exitNotRunning {
+			t.Errorf("vhqos %s: exit %d (%s), want %d: no vhqos on the socket", strings.Join(args, " "), code, stderr.String(), exitNotRunning)
+		}
 	}
 }

@@ -56,6 +56,25 @@ type serviceUnit struct {
 	// ones before it (as for ExecStart=; for single-valued keys the last
 	// value counts).
 	service map[string][]string
+	// from is the file that set each key's last value.
+	from map[string]string
+	// beforeOurs is the unit as systemd has it when it comes to
+	// vhqos.conf: the files that sort after it (after) not applied. What
+	// vhqos.conf writes starts from it: ExecReload= lines a later
+	// drop-in adds are added after vhqos.conf's anyway.
+	beforeOurs *serviceUnit
+}
+
+// snapshot copies the unit as it is now.
+func (u *serviceUnit) snapshot() *serviceUnit {
+	c := &serviceUnit{name: u.name, files: slices.Clone(u.files), service: map[string][]string{}, from: map[string]string{}}
+	for k, v := range u.service {
+		c.service[k] = slices.Clone(v)
+	}
+	for k, v := range u.from {
+		c.from[k] = v
+	}
+	return c
 }
 
 // last is the value a single-valued key ends with, "" if unset.
@@ -101,7 +120,7 @@ func templateOf(name string) string {
 // itself writes, so that enabling again starts from the unit as it is
 // without it). root is a directory to read everything under, "" for /.
 func loadUnit(root, name, ignore string) (*serviceUnit, error) {
-	u := &serviceUnit{name: name, service: map[string][]string{}}
+	u := &serviceUnit{name: name, service: map[string][]string{}, from: map[string]string{}}
 	template := templateOf(name)
 	seen := map[string]bool{}
 	var dirs []string
@@ -187,31 +206,45 @@ func loadUnit(root, name, ignore string) (*serviceUnit, error) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
+		if n > dropInName {
+			if u.beforeOurs == nil {
+				u.beforeOurs = u.snapshot()
+			}
+			u.after = append(u.after, dropIns[n])
+		}
 		if err := u.apply(dropIns[n]); err != nil {
 			return nil, err
 		}
-		if n > dropInName {
-			u.after = append(u.after, dropIns[n])
-		}
+	}
+	if u.beforeOurs == nil {
+		u.beforeOurs = u.snapshot()
 	}
 	return u, nil
 }
 
+// listKeys are the [Service] keys that take a list: a later drop-in's
+// line adds to vhqos.conf's, or resets them with an empty assignment.
+var listKeys = []string{"ExecStart", "ExecStartPre", "ExecReload", "SuccessExitStatus"}
+
 // overridden says which of the drop-ins applied after vhqos.conf set a
-// key of [Service] the drop-in text sets too: systemd would take theirs
-// (or, for a list such as ExecReload=, add to it or reset it), silently
-// undoing what vhqos enable wrote.
+// key of [Service] vhqos relies on: one the drop-in text sets (to
+// another value, or any line of a list such as ExecReload=), or
+// KillMode= other than mixed, which vhqos needs and leaves alone when the
+// unit has it (nginx's). systemd would take theirs, silently undoing what
+// vhqos enable wrote.
 func overridden(after []string, text string) ([]string, error) {
 	ours, err := unit.DeserializeOptions(strings.NewReader(text))
 	if err != nil {
 		return nil, fmt.Errorf("reading the drop-in back: %w", err)
 	}
-	keys := map[string]bool{}
+	sets := map[string]string{} // key -> the drop-in's last value
 	for _, o := range ours {
 		if o.Section == "Service" {
-			keys[o.Name] = true
+			sets[o.Name] = o.Value
 		}
 	}
+	_, needsKillMode := sets["KillMode"]
+	needsKillMode = !needsKillMode
 	var out []string
 	for _, file := range after {
 		f, err := os.Open(file)
@@ -223,15 +256,34 @@ func overridden(after []string, text string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading the drop-in %s: %w", file, err)
 		}
-		var set []string
+		var too, needed []string
 		for _, o := range opts {
-			if o.Section == "Service" && keys[o.Name] && !slices.Contains(set, o.Name+"=") {
-				set = append(set, o.Name+"=")
+			if o.Section != "Service" {
+				continue
+			}
+			v, ok := sets[o.Name]
+			key := o.Name + "="
+			switch {
+			case ok && (slices.Contains(listKeys, o.Name) || o.Value != v):
+				if !slices.Contains(too, key) {
+					too = append(too, key)
+				}
+			case o.Name == "KillMode" && needsKillMode && o.Value != "mixed":
+				if !slices.Contains(needed, key) {
+					needed = append(needed, key)
+				}
 			}
 		}
-		if len(set) > 0 {
-			out = append(out, fmt.Sprintf("%s comes after %s and sets %s, which %s sets too: systemd takes its settings, and the unit may not run under vhqos as written; give it a name that sorts before %s, or take those lines out",
-				file, dropInName, strings.Join(set, " "), dropInName, dropInName))
+		var what []string
+		if len(too) > 0 {
+			what = append(what, strings.Join(too, " ")+", which "+dropInName+" sets too")
+		}
+		if len(needed) > 0 {
+			what = append(what, strings.Join(needed, " ")+", which vhqos needs to be mixed (the unit's own KillMode=)")
+		}
+		if len(what) > 0 {
+			out = append(out, fmt.Sprintf("%s comes after %s and sets %s: systemd takes its settings, and the unit may not run under vhqos as written; give it a name that sorts before %s, or take those lines out",
+				file, dropInName, strings.Join(what, ", and "), dropInName))
 		}
 	}
 	return out, nil
@@ -257,9 +309,11 @@ func (u *serviceUnit) apply(file string) error {
 		v := strings.TrimSpace(strings.ReplaceAll(o.Value, "\\\n", " "))
 		if v == "" {
 			delete(u.service, o.Name)
+			delete(u.from, o.Name)
 			continue
 		}
 		u.service[o.Name] = append(u.service[o.Name], v)
+		u.from[o.Name] = file
 	}
 	return nil
 }
@@ -396,7 +450,7 @@ func makeDropIn(u *serviceUnit, o enableOptions) (*dropIn, error) {
 		prefix = first.raw[:n]
 		words[0] = word{raw: first.raw[n:], value: first.value[n:]}
 		if filepath.Base(words[0].value) == "vhqos" {
-			return nil, fmt.Errorf("%s already runs vhqos (ExecStart=%s, from %s): run vhqos disable %s first, or remove that drop-in", u.name, starts[0], strings.Join(u.files, ", "), u.name)
+			return nil, alreadyVhqos(u, starts[0])
 		}
 		for _, w := range words[1:] {
 			if w.raw == ";" {
@@ -436,6 +490,14 @@ func makeDropIn(u *serviceUnit, o enableOptions) (*dropIn, error) {
 	// SIGTERM as a clean exit; vhqos run exits with 128+N when the server
 	// dies of signal N, which systemd would count as a failure.
 	b.WriteString("# vhqos run exits with 128+N when the server dies of signal N: those\n# systemd counts as clean when they kill a main process of its own.\nSuccessExitStatus=129 130 141 143\n")
+
+	// Type=exec and simple units are started once vhqos run is exec'd:
+	// a table vhqos run refuses would fail the unit after systemctl
+	// start returned 0. Checked before, the start fails at once.
+	b.WriteString("# vhqos run refuses a table with mistakes, and the server does not start.\n")
+	b.WriteString("# Checked first, systemctl start and restart fail at once, with the mistakes,\n")
+	b.WriteString("# instead of returning before vhqos run has read the table.\n")
+	fmt.Fprintf(&b, "ExecStartPre=%s%s check %s\n", strings.ReplaceAll(prefix, "-", ""), o.vhqos, quoteWord(escapeLiteral(o.config)))
 
 	var server []string // words of the server's command, as written
 	switch {
@@ -482,8 +544,11 @@ func makeDropIn(u *serviceUnit, o enableOptions) (*dropIn, error) {
 	run = append(run, "--")
 	b.WriteString("ExecStart=\nExecStart=" + strings.Join(append(run, server...), " ") + "\n")
 
-	b.WriteString("# systemctl reload: the table first (a refused table changes nothing and\n# fails the reload), then the server as the unit reloads it.\n")
-	b.WriteString("ExecReload=\nExecReload=" + o.vhqos + " reload --socket " + quoteWord(escapeLiteral(socket)) + "\n")
+	b.WriteString("# systemctl reload: the table first, then the server as the unit reloads it.\n")
+	b.WriteString("# A refused table stays out (the one before stays in force; the journal, vhqos\n")
+	b.WriteString("# status and vhqos_table_refused say so) without failing the server's reload\n")
+	b.WriteString("# (\"-\"), which logrotate and certbot's hooks need.\n")
+	b.WriteString("ExecReload=\nExecReload=-" + o.vhqos + " reload --socket " + quoteWord(escapeLiteral(socket)) + "\n")
 	for _, r := range u.service["ExecReload"] {
 		b.WriteString("ExecReload=" + r + "\n")
 	}
@@ -492,6 +557,18 @@ func makeDropIn(u *serviceUnit, o enableOptions) (*dropIn, error) {
 	}
 	d.text = b.String()
 	return d, nil
+}
+
+// alreadyVhqos is the error for a unit whose ExecStart= runs vhqos
+// already, set by a file other than the drop-in vhqos enable writes (that
+// one enable replaces): what to do depends on which.
+func alreadyVhqos(u *serviceUnit, start string) error {
+	file := u.from["ExecStart"]
+	if strings.HasSuffix(filepath.Dir(file), ".d") {
+		return fmt.Errorf("%s already runs vhqos: the drop-in %s sets ExecStart=%s. It is not the one vhqos enable writes (%s), so vhqos disable leaves it alone: take the ExecStart= lines out of it (or remove it if that is all it does), then run vhqos enable again",
+			u.name, file, start, dropInName)
+	}
+	return fmt.Errorf("%s already runs vhqos: its unit file %s has ExecStart=%s, and needs no vhqos enable", u.name, file, start)
 }
 
 // nginxDaemon finds nginx's daemon directive in a -g argument.
@@ -608,6 +685,10 @@ func enableCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vhqos enable: the server's command must start with an absolute path, not %q\n", server[0])
 		return exitUsage
 	}
+	if msg := checkEnableOptions(*root, *config, *socket, *metrics); msg != "" {
+		fmt.Fprintln(stderr, "vhqos enable:", msg)
+		return exitUsage
+	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(stderr, "vhqos enable: finding the vhqos binary:", err)
@@ -619,14 +700,32 @@ func enableCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	o := enableOptions{statusSocket: *socket, metricsListen: *metrics, vhqos: self, server: server}
 	if o.config, err = filepath.Abs(*config); err != nil {
-		fmt.Fprintln(stderr, "vhqos enable:", err)
-		return 2
+		fmt.Fprintln(stderr, "vhqos enable: --config:", err)
+		return exitUsage
 	}
 	if err := enable(*root, name, o, stdout, stderr); err != nil {
 		fmt.Fprintln(stderr, "vhqos enable:", err)
 		return 1
 	}
 	return 0
+}
+
+// checkEnableOptions says what is wrong with options vhqos enable writes
+// into the drop-in, where they are read later by a vhqos started from /
+// (or in the image under root), "" if nothing.
+func checkEnableOptions(root, config, socket, metrics string) string {
+	switch {
+	case root != "" && !filepath.IsAbs(config):
+		return fmt.Sprintf("--config %s: with --root, name the table by its absolute path inside that system (as /etc/vhqos/qos.toml for %s/etc/vhqos/qos.toml)", config, strings.TrimSuffix(root, "/"))
+	case socket != "" && !filepath.IsAbs(socket):
+		return fmt.Sprintf("--status-socket %s: the unit's vhqos starts in /, so name the socket by its absolute path (as /run/vhqos/NAME.sock)", socket)
+	}
+	if metrics != "" {
+		if err := checkMetricsAddr(metrics); err != nil {
+			return "--metrics-listen: " + err.Error()
+		}
+	}
+	return ""
 }
 
 // unitArg checks that the operands (the words before -- that are not
@@ -667,7 +766,7 @@ func enable(root, name string, o enableOptions, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	d, err := makeDropIn(u, o)
+	d, err := makeDropIn(u.beforeOurs, o)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -71,7 +72,8 @@ func testRoot(t *testing.T, files map[string]string) string {
 func TestEnable(t *testing.T) {
 	const (
 		run    = "/usr/sbin/vhqos run --config /etc/vhqos/qos.toml --status-socket "
-		reload = "/usr/sbin/vhqos reload --socket "
+		reload = "-/usr/sbin/vhqos reload --socket "
+		check  = "/usr/sbin/vhqos check /etc/vhqos/qos.toml"
 	)
 	for _, tc := range []struct {
 		name   string
@@ -88,7 +90,7 @@ func TestEnable(t *testing.T) {
 			unit: "apache2",
 			want: map[string][]string{
 				"Type":         {"exec"},
-				"ExecStartPre": {"/usr/sbin/apachectl configtest"},
+				"ExecStartPre": {check, "/usr/sbin/apachectl configtest"},
 				"ExecStart":    {run + "/run/vhqos/apache2.sock -- /bin/sh -c " + apacheScript},
 				"ExecReload":   {reload + "/run/vhqos/apache2.sock", "/usr/sbin/apachectl graceful"},
 				"ExecStop":     {"/usr/sbin/apachectl graceful-stop"},
@@ -115,7 +117,7 @@ func TestEnable(t *testing.T) {
 			unit: "nginx.service",
 			want: map[string][]string{
 				"Type":         {"exec"},
-				"ExecStartPre": {"/usr/sbin/nginx -t -q -g 'daemon on; master_process on;'"},
+				"ExecStartPre": {"/usr/sbin/nginx -t -q -g 'daemon on; master_process on;'", check},
 				"ExecStart":    {run + "/run/vhqos/nginx.sock -- /usr/sbin/nginx -g 'daemon off; master_process on;'"},
 				"ExecReload":   {reload + "/run/vhqos/nginx.sock", "/usr/sbin/nginx -g 'daemon on; master_process on;' -s reload"},
 				"ExecStop":     {"-/sbin/start-stop-daemon --quiet --stop --retry QUIT/5 --pidfile /run/nginx.pid"},
@@ -189,7 +191,28 @@ func TestEnable(t *testing.T) {
 			name:  "ignore-failure prefix kept, on vhqos",
 			unit:  "srv",
 			files: map[string]string{"/etc/systemd/system/srv.service": "[Service]\nExecStart=-/usr/bin/srv --port 80\n"},
-			want:  map[string][]string{"ExecStart": {"-" + run + "/run/vhqos/srv.sock -- /usr/bin/srv --port 80"}},
+			want: map[string][]string{
+				"ExecStart": {"-" + run + "/run/vhqos/srv.sock -- /usr/bin/srv --port 80"},
+				// The check's failure must stop the start.
+				"ExecStartPre": {check},
+			},
+		},
+		{
+			name:  "full privileges kept, on vhqos and its check",
+			unit:  "srv",
+			files: map[string]string{"/etc/systemd/system/srv.service": "[Service]\nUser=www-data\nExecStart=+/usr/bin/srv\n"},
+			want: map[string][]string{
+				"ExecStart":    {"+" + run + "/run/vhqos/srv.sock -- /usr/bin/srv"},
+				"ExecStartPre": {"+" + check},
+			},
+		},
+		{
+			name: "a later drop-in's ExecReload= is its own, not copied into vhqos.conf",
+			unit: "lighttpd",
+			files: map[string]string{
+				"/etc/systemd/system/lighttpd.service.d/zz-extra.conf": "[Service]\nExecReload=/usr/bin/logger reloaded\n",
+			},
+			want: map[string][]string{"ExecReload": {reload + "/run/vhqos/lighttpd.sock", "/bin/kill -USR1 $MAINPID", "/usr/bin/logger reloaded"}},
 		},
 		{
 			name:  "a unit without ExecReload reloads the table",
@@ -219,7 +242,7 @@ func TestEnable(t *testing.T) {
 			name:  "an alias is followed",
 			unit:  "httpd",
 			files: map[string]string{"/etc/systemd/system/httpd.service": "->/lib/systemd/system/apache2.service"},
-			want:  map[string][]string{"ExecStartPre": {"/usr/sbin/apachectl configtest"}},
+			want:  map[string][]string{"ExecStartPre": {check, "/usr/sbin/apachectl configtest"}},
 		},
 		{
 			name:  "metrics",
@@ -261,7 +284,13 @@ func TestEnable(t *testing.T) {
 			name:  "already under vhqos by another drop-in",
 			unit:  "lighttpd",
 			files: map[string]string{"/etc/systemd/system/lighttpd.service.d/mine.conf": "[Service]\nExecStart=\nExecStart=/usr/local/bin/vhqos run -- /usr/sbin/lighttpd -D\n"},
-			err:   "lighttpd.service already runs vhqos",
+			err:   "lighttpd.service already runs vhqos: the drop-in /etc/systemd/system/lighttpd.service.d/mine.conf sets ExecStart=/usr/local/bin/vhqos run -- /usr/sbin/lighttpd -D. It is not the one vhqos enable writes (vhqos.conf), so vhqos disable leaves it alone: take the ExecStart= lines out of it",
+		},
+		{
+			name:  "an instance of a template that runs vhqos",
+			unit:  "vhqos@web",
+			files: map[string]string{"/usr/lib/systemd/system/vhqos@.service": "[Service]\nType=exec\nExecStart=/usr/sbin/vhqos run --config /etc/vhqos/%i.toml -- /bin/sh -c 'eval exec \"$$SERVER\"'\n"},
+			err:   "vhqos@web.service already runs vhqos: its unit file /usr/lib/systemd/system/vhqos@.service has ExecStart=/usr/sbin/vhqos run",
 		},
 		{
 			name:  "unbalanced quotes",
@@ -297,7 +326,8 @@ func TestEnable(t *testing.T) {
 			err = enable(root, name, o, &out, io.Discard)
 			dst := dropInPath(root, name)
 			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
+				// Paths in the root, as on the system it stands for.
+				if err == nil || !strings.Contains(strings.ReplaceAll(err.Error(), root, ""), tc.err) {
 					t.Fatalf("err = %v\nwant one saying %q", err, tc.err)
 				}
 				if data, err := os.ReadFile(dst); err == nil && !strings.Contains(string(data), "/etc/vhqos/old.toml") {
@@ -447,13 +477,20 @@ func TestEnableWarnsOfLaterDropIns(t *testing.T) {
 		name  string
 		files map[string]string
 		warn  string
+		// lacks is a line the drop-in must not have.
+		lacks string
 	}{
-		{"ExecStart after", map[string]string{"/etc/systemd/system/nginx.service.d/zz-local.conf": "[Service]\nExecStart=\nExecStart=/usr/sbin/nginx -g 'daemon off;'\n"},
-			"/etc/systemd/system/nginx.service.d/zz-local.conf comes after vhqos.conf and sets ExecStart=, which vhqos.conf sets too"},
-		{"Type and KillMode after, in /run", map[string]string{"/run/systemd/system/nginx.service.d/zz.conf": "[Service]\nType=forking\nKillMode=control-group\nNice=3\n"},
-			"/run/systemd/system/nginx.service.d/zz.conf comes after vhqos.conf and sets Type= KillMode="},
-		{"before", map[string]string{"/etc/systemd/system/nginx.service.d/override.conf": "[Service]\nExecStart=\nExecStart=/usr/sbin/nginx -g 'daemon on;'\n"}, ""},
-		{"other keys after", map[string]string{"/etc/systemd/system/nginx.service.d/zz-limits.conf": "[Service]\nLimitNOFILE=65536\n[Unit]\nDescription=x\n"}, ""},
+		{name: "ExecStart after", files: map[string]string{"/etc/systemd/system/nginx.service.d/zz-local.conf": "[Service]\nExecStart=\nExecStart=/usr/sbin/nginx -g 'daemon off;'\n"},
+			warn: "/etc/systemd/system/nginx.service.d/zz-local.conf comes after vhqos.conf and sets ExecStart=, which vhqos.conf sets too: systemd takes its settings"},
+		// nginx's unit has KillMode=mixed, which the drop-in leaves as it
+		// is: a later KillMode= is not one vhqos.conf sets, but one vhqos
+		// needs.
+		{name: "Type and KillMode after, in /run", files: map[string]string{"/run/systemd/system/nginx.service.d/zz.conf": "[Service]\nType=forking\nKillMode=control-group\nNice=3\n"},
+			warn:  "/run/systemd/system/nginx.service.d/zz.conf comes after vhqos.conf and sets Type=, which vhqos.conf sets too, and KillMode=, which vhqos needs to be mixed (the unit's own KillMode=): systemd takes its settings",
+			lacks: "KillMode="},
+		{name: "before", files: map[string]string{"/etc/systemd/system/nginx.service.d/override.conf": "[Service]\nExecStart=\nExecStart=/usr/sbin/nginx -g 'daemon on;'\n"}},
+		{name: "other keys after", files: map[string]string{"/etc/systemd/system/nginx.service.d/zz-limits.conf": "[Service]\nLimitNOFILE=65536\n[Unit]\nDescription=x\n"}},
+		{name: "the same values after", files: map[string]string{"/etc/systemd/system/nginx.service.d/zz-same.conf": "[Service]\nKillMode=mixed\nDelegate=yes\nType=exec\n"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := testRoot(t, tc.files)
@@ -466,6 +503,13 @@ func TestEnableWarnsOfLaterDropIns(t *testing.T) {
 				t.Errorf("warned:\n%s", warnings.String())
 			case tc.warn != "" && !strings.Contains(warnings.String(), "vhqos enable: warning: "+tc.warn):
 				t.Errorf("warned %q, want %q", warnings.String(), tc.warn)
+			}
+			text, err := os.ReadFile(dropInPath(root, "nginx.service"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.lacks != "" && regexp.MustCompile(`(?m)^`+tc.lacks).Match(text) {
+				t.Errorf("the drop-in sets %s, which the unit has as vhqos needs it:\n%s", tc.lacks, text)
 			}
 		})
 	}

@@ -32,13 +32,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "reap":
 		// Started by vhqos run (the keeper), not by hand.
 		return reapCommand(args[2:], stderr)
-	case "--version", "-V":
-		return versionCommand(nil, stdout, stderr)
+	// One dash does as well as two, as for every command's options.
+	case "--version", "-version", "-V":
+		return versionCommand(args[2:], stdout, stderr)
 	case "-h", "--help", "-help":
-		return helpCommand(nil, stdout, stderr)
+		return helpCommand(args[2:], stdout, stderr)
 	default:
 		if c := lookupCommand(name); c != nil {
 			return c.main(args[2:], stdout, stderr)
+		}
+		if len(name) > 1 && name[0] == '-' {
+			fmt.Fprintf(stderr, "vhqos: unknown option %s; a command comes first (vhqos COMMAND [options]); see 'vhqos help'\n", name)
+			return exitUsage
 		}
 		fmt.Fprintf(stderr, "vhqos: unknown command %q; see 'vhqos help'\n", name)
 		return exitUsage

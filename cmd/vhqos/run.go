@@ -48,13 +48,20 @@ type runOptions struct {
 func parseRunFlags(args []string, stdout, stderr io.Writer) (o runOptions, code int, ok bool) {
 	fs := newFlagSet("run")
 	fs.StringVar(&o.config, "config", defaultConfig, "read the QoS table from `FILE`")
-	fs.DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "after passing on TERM, INT or QUIT, wait `DURATION` for the server to exit, then kill everything left")
+	o.stopTimeout = 30 * time.Second
+	fs.Var(durationValue{d: &o.stopTimeout, min: 0}, "stop-timeout", "after passing on TERM, INT or QUIT, wait `DURATION` for the server to exit, then kill everything left (0: at once)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log on stderr what is at `LEVEL` or above: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log in `FORMAT`: text, or json (one object a line)")
 	fs.StringVar(&o.statusPath, "status-socket", status.DefaultSocket, "answer vhqos status, reload and upgrade on the unix socket `PATH`; give a second vhqos on the same host its own")
 	fs.StringVar(&o.metricsAddr, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics; \":9464\" means 127.0.0.1:9464 (default: off)")
 	if o.argv, code, ok = parseLeading(fs, args, stdout, stderr); !ok {
 		return o, code, false
+	}
+	if o.metricsAddr != "" {
+		if err := checkMetricsAddr(o.metricsAddr); err != nil {
+			fmt.Fprintf(stderr, "vhqos run: --metrics-listen: %v\n", err)
+			return o, exitUsage, false
+		}
 	}
 	if len(o.argv) == 0 {
 		fmt.Fprintln(stderr, "vhqos run: no server command; usage: vhqos run [options] -- SERVER [ARGS...] (see 'vhqos help run')")

@@ -19,7 +19,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("status")
 	socket := fs.String("socket", status.DefaultSocket, "ask the vhqos whose status socket is `PATH` (vhqos run's --status-socket)")
 	asJSON := fs.Bool("json", false, "print the report as JSON, for scripts")
-	watch := fs.Duration("watch", 0, "refresh every `DURATION` (e.g. 2s), like top, with the CPU rate between refreshes")
+	watch := durationOption(fs, "watch", 0, minWatch, "refresh every `DURATION` (e.g. 2s; 100ms or more), like top, with the CPU rate between refreshes")
 	if _, code, ok := parseArgs(fs, args, 0, stdout, stderr); !ok {
 		return code
 	}

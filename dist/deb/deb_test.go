@@ -203,8 +203,31 @@ func TestBashCompletion(t *testing.T) {
 	if _, err := os.Stat(lib); err != nil {
 		t.Fatal("bash-completion is not installed: apt-get install bash-completion (.ci/deps installs it)")
 	}
+	// A system with apache2 (and an instance of its template) and nginx,
+	// nginx under vhqos and apache2 with an override of its own.
+	const systemctl = `systemctl() {
+		case $1 in
+		list-unit-files) printf '%s\n' 'apache2.service enabled enabled' 'apache2@.service disabled enabled' 'nginx.service enabled enabled' 'vhqos@.service indirect enabled' ;;
+		list-units) printf '%s\n' 'apache2@www.service loaded active running The Apache HTTP Server' 'nginx.service loaded active running nginx' ;;
+		esac
+	}
+	`
+	root := t.TempDir()
+	for _, f := range []string{"etc/systemd/system/nginx.service.d/vhqos.conf", "etc/systemd/system/apache2.service.d/override.conf"} {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, f), []byte("[Service]\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct{ line, want string }{
 		{"vhqos en", "enable"},
+		// Services and instances to enable, not templates; to disable,
+		// only the units with vhqos's drop-in.
+		{"vhqos enable ", "apache2.service apache2@www.service nginx.service"},
+		{"vhqos enable --config /etc/vhqos/qos.toml ap", "apache2.service apache2@www.service"},
+		{"vhqos disable --root " + root + " ", "nginx.service"},
 		{"vhqos ", "run check status upgrade reload enable disable version help"},
 		{"vhqos run --log-level ", "debug info warn error"},
 		{"vhqos status --", "--socket --json --watch"},
@@ -223,7 +246,7 @@ func TestBashCompletion(t *testing.T) {
 			for i, w := range words {
 				quoted[i] = "'" + w + "'"
 			}
-			script := ". " + lib + "; . " + filepath.Join(dir, "usr/share/bash-completion/completions/vhqos") + "\n" +
+			script := ". " + lib + "; . " + filepath.Join(dir, "usr/share/bash-completion/completions/vhqos") + "\n" + systemctl +
 				"COMP_WORDS=(" + strings.Join(quoted, " ") + "); COMP_CWORD=" + strconv.Itoa(len(words)-1) +
 				"; COMP_LINE='" + tc.line + "'; COMP_POINT=${#COMP_LINE}; _vhqos; echo \"${COMPREPLY[*]}\""
 			if got := strings.TrimSpace(output(t, "bash", "-c", script)); got != tc.want {

@@ -85,9 +85,9 @@ func main() {
 	reload := flag.Bool("reload", false, "measure QoS table reload latency instead")
 	names := flag.Bool("names", false, "measure name-based vhosts (HTTP Host, TLS SNI) over HTTP and HTTPS instead of address-based ones")
 	fork := flag.Bool("fork", false, "measure fork-after-accept servers (socat, busybox httpd) in connections/s instead, native and under each track setting")
-	profile := flag.String("profile", "", "record each supervisor's Connection: close runs with perf record -g into this directory (perf report -i FILE reads them)")
+	profile := flag.String("profile", "", "record each supervisor's Connection: close runs with perf record -g into this directory (perf report -i FILE reads them); with -threads, vhqos placement = \"thread\" in the last round, close and keep-alive")
 	syscalls := flag.String("syscalls", "", "count each supervisor's system calls in its last Connection: close run with perf trace -s into this directory (DIR/PATH-WHO.txt)")
-	only := flag.String("only", "", "measure only the paths whose name contains this text (e.g. wildcard)")
+	only := flag.String("only", "", "measure only the paths whose name contains this text (e.g. wildcard); with -threads, the variants whose name contains it or one of its |-separated parts (e.g. 'thread|emulate'), with native and the floors they are measured against")
 	baseline := flag.String("baseline", "", "another vhqos binary (an earlier build) measured in each round too, for vhqos/baseline")
 	fpm := flag.Bool("fpm", false, "measure php-fpm behind a native nginx instead: native, floor and vhqos with two name vhosts (FastCGI HTTP_HOST)")
 	caps := flag.Bool("caps", false, "measure vhqos with max_connections = 1000000 on every vhost (a cap never reached) against the same table without it, instead of native and the floor")
@@ -181,7 +181,10 @@ func main() {
 	}
 	if *threads {
 		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
-		if err := threadsBench(cg, bin, *pairs, *conns, opts, *profile, *lua); err != nil {
+		err := threadsBench(cg, bin, *pairs, *conns, opts, *profile, *lua)
+		// fail exits without running deferred calls.
+		cg.Close(context.Background())
+		if err != nil {
 			fail(err)
 		}
 		return

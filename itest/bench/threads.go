@@ -69,6 +69,10 @@ const burnLua = `function handle(r)
 end
 `
 
+// idleWindow is how long the supervisors' idle cost is measured, once per
+// variant.
+const idleWindow = 5 * time.Second
+
 // burnIterations is burnLua's loop count.
 const burnIterations = 100000
 
@@ -99,6 +103,11 @@ type threadsRun struct {
 	// over wrk's run (-1: not known).
 	notifications, threadMoves int64
 	placement                  string // what vhqos status says it places by
+	// idleCPU and idleSwitches are the supervisor's over idle, a window
+	// with no requests before wrk starts (0: not measured).
+	idle         time.Duration
+	idleCPU      time.Duration
+	idleSwitches int
 }
 
 // threadsBench measures Debian's Apache with the event MPM, two address
@@ -168,7 +177,8 @@ func threadsBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measure
 		{name: "floor (reads)", floor: "reads", cgroup: "floor", matching: -1},
 		{name: "vhqos placement=thread", table: tables["thread"], matching: 3},
 		// vhqos emulates every accept under placement = "thread": this
-		// floor does too, to tell that cost from the rest (-only floor).
+		// floor does too, to tell that cost from the rest (run when -only
+		// names it, e.g. -only 'thread|emulate').
 		{name: "floor (emulate, reads)", floor: "emulate-reads", cgroup: "floor", matching: -1, optional: true},
 	}
 	variants = selectVariants(variants, opts.only)
@@ -187,7 +197,11 @@ func threadsBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measure
 				if profileDir != "" && i == pairs-1 && v.table == tables["thread"] {
 					perfOut = filepath.Join(profileDir, fmt.Sprintf("threads-%s-vhqos-thread.data", label(close)))
 				}
-				r, err := measureThreads(cg, bin, floorBin, v, path, extra, script, close, conns, opts, perfOut)
+				var idle time.Duration
+				if close && i == 0 && (v.floor != "" || v.table != "") {
+					idle = idleWindow
+				}
+				r, err := measureThreads(cg, bin, floorBin, v, path, extra, script, close, conns, opts, perfOut, idle)
 				if err != nil {
 					return fmt.Errorf("%s: %w", v.name, err)
 				}
@@ -198,6 +212,16 @@ func threadsBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measure
 				line = append(line, fmt.Sprintf("%s %.0f", v.name, r.rps))
 			}
 			fmt.Printf("  %-10s round %d: %s req/s\n", label(close), i+1, strings.Join(line, ", "))
+			if close && i == 0 {
+				var idle []string
+				for vi, v := range variants {
+					if r := runs[vi][0]; r.idle > 0 {
+						idle = append(idle, fmt.Sprintf("%s %.2f ms, %.0f switches", v.name,
+							r.idleCPU.Seconds()*1e3/r.idle.Seconds(), float64(r.idleSwitches)/r.idle.Seconds()))
+					}
+				}
+				fmt.Printf("  idle, supervisor per second over %v with no requests (before round 1): %s\n", idleWindow, strings.Join(idle, "; "))
+			}
 		}
 		fmt.Printf("  %-10s medians over %d rounds:\n", label(close), pairs)
 		fmt.Printf("    %-24s %8s %8s %8s %10s %9s %10s %10s %10s %9s\n", "", "req/s", "/native", "/floor", "sup µs/req", "notif/req", "sup cs/req", "srv µs/req", "srv cs/req", "moves/req")
@@ -235,17 +259,35 @@ func threadsBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measure
 				map[bool]string{true: dash(supCPU, "%.1f"), false: "-"}[sup], dash(notif, "%.2f"),
 				map[bool]string{true: dash(supCS, "%.2f"), false: "-"}[sup], median(srvCPU), median(srvCS), dash(moves, "%.3f"))
 		}
+		// vhqos placement = "thread" against the floor that also
+		// emulates accepts, when both ran.
+		thread, emulating := -1, -1
+		for vi, v := range variants {
+			switch {
+			case v.table == tables["thread"]:
+				thread = vi
+			case v.floor == "emulate-reads":
+				emulating = vi
+			}
+		}
+		if thread >= 0 && emulating >= 0 {
+			var ratio []float64
+			for i := range runs[thread] {
+				ratio = append(ratio, runs[thread][i].rps/runs[emulating][i].rps)
+			}
+			fmt.Printf("    %s / %s: %.3f\n", variants[thread].name, variants[emulating].name, median(ratio))
+		}
 	}
 	return nil
 }
 
-// selectVariants keeps the variants whose name contains only (all but the
-// optional ones when it is empty), with native and the floors they are
-// measured against.
+// selectVariants keeps the variants whose name contains only, or one of
+// its |-separated parts (all but the optional ones when it is empty), with
+// native and the floors they are measured against.
 func selectVariants(vs []threadsVariant, only string) []threadsVariant {
 	keep := make([]bool, len(vs))
 	for i, v := range vs {
-		if i == 0 || strings.Contains(v.name, only) && (only != "" || !v.optional) {
+		if i == 0 || only == "" && !v.optional || only != "" && namedIn(v.name, only) {
 			keep[i] = true
 			if v.matching >= 0 {
 				keep[v.matching] = true
@@ -268,6 +310,17 @@ func selectVariants(vs []threadsVariant, only string) []threadsVariant {
 	return out
 }
 
+// namedIn reports whether name contains one of the |-separated parts of
+// only.
+func namedIn(name, only string) bool {
+	for _, part := range strings.Split(only, "|") {
+		if strings.Contains(name, part) {
+			return true
+		}
+	}
+	return false
+}
+
 func variantNames(vs []threadsVariant) string {
 	names := make([]string, len(vs))
 	for i, v := range vs {
@@ -280,8 +333,10 @@ func variantNames(vs []threadsVariant) string {
 // against path on both vhosts and stops it, returning wrk's figures and
 // what the supervisor and the server spent over wrk's run alone (their
 // start and stop are left out). perfOut, if set, records the supervisor
-// with perf record -g there for the length of the run.
-func measureThreads(cg *cgroup.Manager, bin, floorBin string, v threadsVariant, path, extra, script string, close bool, conns int, opts measureOptions, perfOut string) (threadsRun, error) {
+// with perf record -g there for the length of the run. With idle, the
+// supervisor's cost is also measured over that long with no requests,
+// before wrk starts.
+func measureThreads(cg *cgroup.Manager, bin, floorBin string, v threadsVariant, path, extra, script string, close bool, conns int, opts measureOptions, perfOut string, idle time.Duration) (threadsRun, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	statusSock := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-threads-%d.sock", os.Getpid()))
@@ -354,6 +409,14 @@ func measureThreads(cg *cgroup.Manager, bin, floorBin string, v threadsVariant, 
 		}
 		return -1, -1, "", nil
 	}
+	if idle > 0 {
+		// A window with no requests: what the supervisor costs a
+		// server that waits (timers, sweeps, the Go runtime).
+		c0, s0 := costOf(supervisors)
+		time.Sleep(idle)
+		c1, s1 := costOf(supervisors)
+		run.idle, run.idleCPU, run.idleSwitches = idle, c1-c0, s1-s0
+	}
 	n0, m0, _, err := counts()
 	if err != nil {
 		return threadsRun{}, err
@@ -423,15 +486,36 @@ func allChildren(pid int) []int {
 	return kids
 }
 
-// costOf sums the CPU time and context switches of pids.
+// costOf sums the CPU time and context switches of the threads of pids.
 func costOf(pids []int) (time.Duration, int) {
 	var cpu time.Duration
 	switches := 0
 	for _, pid := range pids {
-		cpu += processCPU(pid)
+		cpu += threadsCPU(pid)
 		switches += processSwitches(pid)
 	}
 	return cpu, switches
+}
+
+// threadsCPU sums the time on CPU of the live threads of pid, from
+// /proc/PID/task/TID/schedstat (its first field, in nanoseconds): finer
+// than /proc/PID/stat's clock ticks, which a supervisor's few
+// milliseconds of a second would round away. A thread that exits takes
+// its share with it, as processSwitches loses its switches.
+func threadsCPU(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var total time.Duration
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(data)); len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			total += time.Duration(ns)
+		}
+	}
+	return total
 }
 
 var floorCountRe = regexp.MustCompile(`floor: (\d+) notifications`)

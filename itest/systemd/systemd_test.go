@@ -125,6 +125,28 @@ func unitGone(t *testing.T, unit, cgroup string, programs ...string) {
 	}
 }
 
+// journalOnFailure logs the unit's state and the end of its journal
+// when the test fails: what systemd and vhqos said about a wait that ran
+// out.
+func journalOnFailure(t *testing.T, unit string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		st, _ := mayRun("systemctl", "status", "--no-pager", "-n", "0", unit)
+		journal, _ := mayRun("journalctl", "-u", unit, "--no-pager", "-n", "60")
+		t.Logf("systemctl status %s:\n%s\njournal:\n%s", unit, st, journal)
+	})
+}
+
+// restoreOnFailure writes content back to a table file a failed test
+// left broken, so that the tests after it start their server.
+func restoreOnFailure(t *testing.T, path, content string) {
+	if t.Failed() {
+		os.WriteFile(path, []byte(content), 0o644)
+	}
+}
+
 // waitListening waits until a server accepts connections at addr:
 // systemd says a Type=exec unit started once vhqos run is exec'd.
 func waitListening(t *testing.T, network, addr string) {
@@ -238,6 +260,9 @@ const examples = "/usr/share/doc/vhqos/examples"
 // served on (demo/apache2-site.conf).
 var demoSites = []struct{ vhost, addr string }{{"shop", "127.0.0.2:8080"}, {"blog", "127.0.0.3:8080"}, {"static", "127.0.0.4:8080"}}
 
+// metricsAddr is where vhqos serves metrics under the apache2 unit.
+const metricsAddr = "127.0.0.1:9464"
+
 // shop is the demo site the lifecycle checks use.
 const shop = "127.0.0.2:8080"
 
@@ -270,7 +295,7 @@ func testApache(t *testing.T) {
 	demoTable := readFile(t, examples+"/demo.toml")
 	writeFile(t, "/etc/vhqos/apache2.toml", demoTable, 0o644)
 	// The options before the unit, as users type them too.
-	run(t, "vhqos", "enable", "--config", "/etc/vhqos/apache2.toml", "apache2")
+	run(t, "vhqos", "enable", "--config", "/etc/vhqos/apache2.toml", "--metrics-listen", metricsAddr, "apache2")
 	run(t, "systemctl", "start", "apache2")
 	const socket = "/run/vhqos/apache2.sock"
 	for _, s := range demoSites {
@@ -306,6 +331,7 @@ func testApache(t *testing.T) {
 	})
 
 	t.Run("reload", func(t *testing.T) {
+		journalOnFailure(t, "apache2")
 		before := report(t, socket)
 		apache, _ := os.ReadFile("/run/apache2/apache2.pid")
 		log0, _ := os.ReadFile("/var/log/apache2/error.log")
@@ -330,15 +356,30 @@ func testApache(t *testing.T) {
 		if got := servedIn(t, shop); got != base+"/vhost-shop" {
 			t.Errorf("after reload, %s served in %s", shop, got)
 		}
-		// A table with a mistake: the reload fails, nothing changes.
+		// A table with a mistake: the table stays out, but the server's
+		// own reload goes on (logrotate's and certbot's reloads keep
+		// working).
 		writeFile(t, "/etc/vhqos/apache2.toml", demoTable+"cpu_wieght = 3\n", 0o644)
-		if out, err := mayRun("systemctl", "reload", "apache2"); err == nil {
-			t.Errorf("systemctl reload with a broken table succeeded:\n%s", out)
+		// A failure below must not leave the next restarts a broken table.
+		defer restoreOnFailure(t, "/etc/vhqos/apache2.toml", demoTable)
+		log0, _ = os.ReadFile("/var/log/apache2/error.log")
+		if out, err := mayRun("systemctl", "reload", "apache2"); err != nil {
+			t.Errorf("systemctl reload with a broken table failed: %v\n%s", err, out)
+		}
+		waitFor(t, "Apache's graceful restart in its log after a reload with a broken table", func() bool {
+			log1, _ := os.ReadFile("/var/log/apache2/error.log")
+			return bytes.Contains(log1[min(len(log0), len(log1)):], []byte("raceful restart"))
+		})
+		if again, _ := os.ReadFile("/run/apache2/apache2.pid"); !bytes.Equal(again, apache) {
+			t.Errorf("Apache's pid went from %s to %s after a reload with a broken table", apache, again)
 		}
 		// What the alert VhqosReloadRefused fires on, for as long as
 		// the file is broken.
 		if !report(t, socket).TableRefused {
 			t.Error("vhqos status does not say the table file is refused")
+		}
+		if scrape := get(t, "http://"+metricsAddr+"/metrics"); !strings.Contains(scrape, `vhqos_table_refused{path="/etc/vhqos/apache2.toml"} 1`) {
+			t.Errorf("the metrics do not say the table file is refused:\n%s", scrape)
 		}
 		if journal, _ := mayRun("journalctl", "-u", "apache2", "--no-pager", "-n", "50"); !strings.Contains(journal, `cpu_wieght: unknown key; did you mean "cpu_weight"?`) {
 			t.Errorf("the journal does not say what is wrong with the table:\n%s", journal)
@@ -390,6 +431,7 @@ func testApache(t *testing.T) {
 	})
 
 	t.Run("vhqos run killed", func(t *testing.T) {
+		journalOnFailure(t, "apache2")
 		// systemd's own kill of the main process: the reaper ends the
 		// server, and Restart=on-abort starts the unit again.
 		run(t, "systemctl", "kill", "-s", "KILL", "--kill-whom=main", "apache2")
@@ -410,6 +452,33 @@ func testApache(t *testing.T) {
 
 	t.Run("the example table", testExampleTable)
 
+	t.Run("restart with a broken table", func(t *testing.T) {
+		journalOnFailure(t, "apache2")
+		// vhqos run would refuse the table and the server stay down; the
+		// drop-in's ExecStartPre= (vhqos check) makes the restart itself
+		// fail, with the mistake, instead of returning 0 first.
+		const table = "/etc/vhqos/qos.toml"
+		good := readFile(t, table)
+		writeFile(t, table, good+"\n[[vhost]]\nname = \"broken\"\nmatch = [\"192.0.2.99\"]\ncpu_wieght = 3\n", 0o644)
+		defer restoreOnFailure(t, table, good)
+		if out, err := mayRun("systemctl", "restart", "apache2"); err == nil {
+			t.Errorf("systemctl restart with a broken table succeeded:\n%s", out)
+		}
+		if st := show(t, "apache2", "ActiveState"); st != "failed" {
+			t.Errorf("apache2 is %s after a restart with a broken table, want failed", st)
+		}
+		if journal, _ := mayRun("journalctl", "-u", "apache2", "--no-pager", "-n", "30"); !strings.Contains(journal, `cpu_wieght: unknown key; did you mean "cpu_weight"?`) {
+			t.Errorf("the journal does not say what is wrong with the table:\n%s", journal)
+		}
+		if out, err := mayRun("pgrep", "-a", "-x", "apache2"); err == nil {
+			t.Errorf("Apache runs after a failed restart:\n%s", out)
+		}
+		writeFile(t, table, good, 0o644)
+		run(t, "systemctl", "start", "apache2")
+		waitListening(t, "tcp", "127.0.0.1:80")
+		report(t, "/run/vhqos/apache2.sock")
+	})
+
 	t.Run("stop", func(t *testing.T) {
 		run(t, "systemctl", "stop", "apache2")
 		unitGone(t, "apache2.service", "/system.slice/apache2.service", "apache2")
@@ -429,7 +498,7 @@ func testApache(t *testing.T) {
 // name, on Debian's default site. With metrics on: they work under
 // systemd, and say that the file is in force.
 func testExampleTable(t *testing.T) {
-	const metrics = "127.0.0.1:9464"
+	const metrics = metricsAddr
 	run(t, "vhqos", "enable", "apache2", "--config", "/etc/vhqos/qos.toml", "--metrics-listen", metrics)
 	run(t, "systemctl", "restart", "apache2")
 	waitListening(t, "tcp", "127.0.0.1:80")
