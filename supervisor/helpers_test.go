@@ -56,12 +56,17 @@ type recordingPlacer struct {
 	// threadEverIn every group it put it in.
 	thread       map[int]string
 	threadEverIn map[int]map[string]bool
+	// threadErr, when set, is what PlaceThread returns, placing nothing.
+	threadErr error
 }
 
 // PlaceThread makes recordingPlacer a ThreadPlacer.
 func (r *recordingPlacer) PlaceThread(group string, tgid, tid int) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.threadErr != nil {
+		return r.threadErr
+	}
 	if r.thread == nil {
 		r.thread, r.threadEverIn = map[int]string{}, map[int]map[string]bool{}
 	}

@@ -297,18 +297,24 @@ func (s *Supervisor) moveProcess(p *proc, group string) {
 		s.log.Debug("moving a server process", "pid", p.tgid, "from", p.group, "to", group)
 	}
 	if err := s.placer.Place(group, p.tgid); err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return
-		}
-		n := s.stats.PlacementErrors.Add(1)
-		// One line per failure would flood the log if, say, a cgroup
-		// vanished under load: the first, then a summary every 10 s.
-		if s.placementLog.Allow() {
-			s.log.Error("moving a server process into its cgroup", "pid", p.tgid, "group", group, "err", err, "failures_so_far", n)
-		}
+		s.placementFailed(err, "moving a server process into its cgroup", "pid", p.tgid, "group", group)
 		return
 	}
 	p.group = group
+}
+
+// placementFailed counts and logs a move that failed, unless the process
+// or thread is simply gone (ESRCH). One line per failure would flood the
+// log if, say, a cgroup vanished under load: the first, then a summary
+// every 10 s.
+func (s *Supervisor) placementFailed(err error, msg string, args ...any) {
+	if errors.Is(err, unix.ESRCH) {
+		return
+	}
+	n := s.stats.PlacementErrors.Add(1)
+	if s.placementLog.Allow() {
+		s.log.Error(msg, append(args, "err", err, "failures_so_far", n)...)
+	}
 }
 
 // forgetProc drops a process that exited from every table.

@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"bytes"
-	"errors"
 	"os"
 	"strconv"
 
@@ -156,8 +155,9 @@ func (s *Supervisor) placeReader(p *proc, tid, fd int, ino uint64, group string,
 		case p.group == group:
 			return
 		case !s.multiThreaded(p):
+			// One thread, just counted: placeLocked would count again.
 			if verified || s.stillHolds(p, fd, ino) {
-				s.placeLocked(p, group)
+				s.moveProcess(p, group)
 			}
 			return
 		}
@@ -199,13 +199,7 @@ func (s *Supervisor) placeThread(p *proc, tid int, t *placedThread, group string
 		s.log.Debug("moving a server thread", "pid", p.tgid, "tid", tid, "from", t.group, "to", group)
 	}
 	if err := s.threadPlacer.PlaceThread(group, p.tgid, tid); err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return
-		}
-		n := s.stats.PlacementErrors.Add(1)
-		if s.placementLog.Allow() {
-			s.log.Error("moving a server thread into its cgroup", "pid", p.tgid, "tid", tid, "group", group, "err", err, "failures_so_far", n)
-		}
+		s.placementFailed(err, "moving a server thread into its cgroup", "pid", p.tgid, "tid", tid, "group", group)
 		return
 	}
 	s.stats.ThreadPlacements.Add(1)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/vhqos/vhqos/cgroup"
 	"github.com/vhqos/vhqos/intercept"
+	"golang.org/x/sys/unix"
 )
 
 // threadLab is a threaded server in the style of Python's
@@ -243,6 +244,39 @@ func TestThreadPlacementStaleFd(t *testing.T) {
 	tid, _ := strconv.Atoi(f[1])
 	if lb.placer.threadWasIn(tid, "shop") {
 		t.Errorf("a thread reading a file on fd %s was moved into the class of the connection that fd held before", closedFd)
+	}
+}
+
+// TestThreadPlacementFailures: a thread that exited before its move
+// (ESRCH) is no failure; any other error is counted and logged, and the
+// read goes on either way.
+func TestThreadPlacementFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		err    error
+		failed uint64
+	}{
+		{"thread gone", unix.ESRCH, 0},
+		{"cgroup refused", unix.EACCES, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lb := startThreadLab(t, intercept.PlaceThread)
+			lb.placer.mu.Lock()
+			lb.placer.threadErr = tc.err
+			lb.placer.mu.Unlock()
+			lb.serve(0, "s1", "wait") // the lab answers: the read went on
+			st := lb.sup.Stats()
+			if n := st.PlacementErrors.Load(); n != tc.failed {
+				t.Errorf("%d placement errors counted, want %d", n, tc.failed)
+			}
+			if n := st.ThreadPlacements.Load(); n != 0 {
+				t.Errorf("%d thread placements counted for moves that failed", n)
+			}
+			logged := strings.Contains(lb.log.String(), "moving a server thread into its cgroup")
+			if logged != (tc.failed > 0) {
+				t.Errorf("failure logged: %v, want %v:\n%s", logged, tc.failed > 0, lb.log)
+			}
+		})
 	}
 }
 
