@@ -57,12 +57,4 @@ func (t Track) String() string {
 
 // Syscalls lists what the filter must send to the supervisor for mode t,
 // in the order of the table.
-func (t Track) Syscalls() []string {
-	var list []string
-	for _, sc := range &table {
-		if sc.Track <= t {
-			list = append(list, sc.Name)
-		}
-	}
-	return list
-}
+func (t Track) Syscalls() []string { return Syscalls(t, PlaceProcess) }
