@@ -925,9 +925,11 @@ func (m *Manager) Usage(group string) (Usage, error) {
 		if err := memoryUsage(&u, 2, g.dirs[0], g.dirs[0]); err != nil {
 			return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
 		}
-		if u.Threads, err = countLines(filepath.Join(g.dirs[0], "cgroup.threads")); err != nil {
+		tids, err := readPids(filepath.Join(g.dirs[0], "cgroup.threads"))
+		if err != nil {
 			return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
 		}
+		u.Threads = len(tids)
 		if g.twin != nil {
 			if err := g.twin.usage(&u); err != nil {
 				return u, fmt.Errorf("cgroups: usage of %s, its threaded twin: %w", group, err)
@@ -939,9 +941,11 @@ func (m *Manager) Usage(group string) (Usage, error) {
 	if i, ok := m.ctrlHier["cpu"]; ok {
 		tasks = g.dirs[i]
 	}
-	if u.Threads, err = countLines(filepath.Join(tasks, "tasks")); err != nil {
+	tids, err := readPids(filepath.Join(tasks, "tasks"))
+	if err != nil {
 		return u, fmt.Errorf("cgroups: usage of %s: %w", group, err)
 	}
+	u.Threads = len(tids)
 	memDir, pidsDir := "", ""
 	if i, ok := m.ctrlHier["memory"]; ok {
 		memDir = g.dirs[i]

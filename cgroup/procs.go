@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// readPids reads a cgroup.procs file.
+// readPids reads the ids in a cgroup.procs, cgroup.threads or tasks file.
 func readPids(file string) ([]int, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {

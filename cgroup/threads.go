@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/containerd/cgroups/v3/cgroup2"
 	"golang.org/x/sys/unix"
@@ -227,14 +228,16 @@ func (m *Manager) enterThreaded(fd, tgid, tid int) error {
 	// an unrelated process.
 	proc, task := "/proc/"+strconv.Itoa(tgid), "/task/"+string(b)
 	if err := unix.Access(proc+task, unix.F_OK); err != nil {
-		if err != unix.ENOENT {
+		switch {
+		case err != unix.ENOENT:
 			return fmt.Errorf("checking %s%s: %w", proc, task, err)
+		case unix.Access(proc, unix.F_OK) != nil:
+			return fmt.Errorf("process %d is gone: %w", tgid, unix.ESRCH)
+		case unix.Access("/proc/"+string(b), unix.F_OK) != nil:
+			// /proc/TID exists for every live thread, listed or not.
+			return fmt.Errorf("thread %d of process %d is gone: %w", tid, tgid, unix.ESRCH)
 		}
-		// /proc/TID exists for every live thread, listed or not.
-		if unix.Access("/proc/"+string(b), unix.F_OK) == nil && unix.Access(proc, unix.F_OK) == nil {
-			return fmt.Errorf("thread %d is not a thread of process %d (no %s%s)", tid, tgid, proc, task)
-		}
-		return fmt.Errorf("thread %d of process %d is gone: %w", tid, tgid, unix.ESRCH)
+		return fmt.Errorf("thread %d is not a thread of process %d (no %s%s)", tid, tgid, proc, task)
 	}
 	home := m.groups[HomeGroup]
 	if home == nil || home.twin == nil {
@@ -362,31 +365,16 @@ func (t *twin) usage(u *Usage) error {
 		u.Tasks += tu.Tasks
 		u.TasksMaxEvents += tu.TasksMaxEvents
 	}
-	n, err := countLines(filepath.Join(t.dir, "cgroup.threads"))
+	tids, err := readPids(filepath.Join(t.dir, "cgroup.threads"))
 	if err != nil {
 		return err
 	}
-	u.Threads += n
+	u.Threads += len(tids)
 	return nil
-}
-
-// countLines counts the ids in a cgroup.threads or tasks file.
-func countLines(file string) (int, error) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, c := range data {
-		if c == '\n' {
-			n++
-		}
-	}
-	return n, nil
 }
 
 // isThreadsName says whether a group name is the threaded subtree or in
 // it: no group of the manager's.
 func isThreadsName(name string) bool {
-	return name == threadsDir || len(name) > len(threadsDir) && name[:len(threadsDir)+1] == threadsDir+"/"
+	return name == threadsDir || strings.HasPrefix(name, threadsDir+"/")
 }

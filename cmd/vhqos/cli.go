@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vhqos/vhqos/status"
 )
 
 // Exit statuses every command shares; vhqos run exits with its server's.
@@ -170,7 +172,7 @@ func writeCommandHelp(w io.Writer, c *command, fs *flag.FlagSet) {
 	var opts strings.Builder
 	fs.VisitAll(func(f *flag.Flag) {
 		value, usage := flag.UnquoteUsage(f)
-		if _, isBool := f.Value.(interface{ IsBoolFlag() bool }); isBool {
+		if isBoolFlag(f) {
 			value = ""
 		}
 		fmt.Fprintf(&opts, "  --%s", f.Name)
@@ -189,7 +191,7 @@ func writeCommandHelp(w io.Writer, c *command, fs *flag.FlagSet) {
 }
 
 // newFlagSet makes the flag set of command name. It prints nothing
-// itself: parseCommandLine says its errors and prints the command's help.
+// itself: parseFlags says its errors and prints the command's help.
 func newFlagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("vhqos "+name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -246,20 +248,40 @@ func parseLeading(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (re
 	return fs.Args(), 0, true
 }
 
+// parseFlags is where every command's options are parsed, vhqos run's
+// own parts (supervise, reap) too: --help prints the command's help, an
+// error is said once, in the same words for every command.
 func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
 	err := fs.Parse(args)
 	if err == nil {
 		return 0, true
 	}
-	name := strings.TrimPrefix(fs.Name(), "vhqos ")
+	c := commandOf(fs)
 	if errors.Is(err, flag.ErrHelp) {
-		if c := lookupCommand(name); c != nil {
-			writeCommandHelp(stdout, c, fs)
+		if c == nil {
+			fmt.Fprintf(stderr, "%s is started by vhqos run, not by hand; see 'vhqos help run'\n", fs.Name())
+			return exitUsage, false
 		}
+		writeCommandHelp(stdout, c, fs)
 		return 0, false
 	}
-	fmt.Fprintf(stderr, "%s: %s; see 'vhqos help %s'\n", fs.Name(), optionError(err.Error(), args), name)
+	fmt.Fprintf(stderr, "%s: %s%s\n", fs.Name(), optionError(err.Error(), args), seeHelp(c))
 	return exitUsage, false
+}
+
+// commandOf is the command whose flag set (newFlagSet) fs is, nil for
+// vhqos run's own parts.
+func commandOf(fs *flag.FlagSet) *command {
+	return lookupCommand(strings.TrimPrefix(fs.Name(), "vhqos "))
+}
+
+// seeHelp points at the help of c; vhqos run's own parts (supervise,
+// reap), which help does not list, have none.
+func seeHelp(c *command) string {
+	if c == nil {
+		return ""
+	}
+	return "; see 'vhqos help " + c.name + "'"
 }
 
 // parseArgs is parseCommandLine for commands with at most max operands
@@ -271,7 +293,7 @@ func parseArgs(fs *flag.FlagSet, args []string, max int, stdout, stderr io.Write
 	}
 	extra := append(p.operands, p.afterDash...)
 	if len(extra) > max {
-		fmt.Fprintf(stderr, "%s: unexpected %q; see 'vhqos help %s'\n", fs.Name(), extra[max], strings.TrimPrefix(fs.Name(), "vhqos "))
+		fmt.Fprintf(stderr, "%s: unexpected %q%s\n", fs.Name(), extra[max], seeHelp(commandOf(fs)))
 		return nil, exitUsage, false
 	}
 	return extra, 0, true
@@ -356,6 +378,12 @@ func checkMetricsAddr(addr string) error {
 
 // hostName is a DNS name as RFC 1123 section 2.1 allows it.
 var hostName = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
+
+// socketOption defines --socket, the status socket of the vhqos that
+// status, reload and upgrade ask.
+func socketOption(fs *flag.FlagSet) *string {
+	return fs.String("socket", status.DefaultSocket, "ask the vhqos whose status socket is `PATH` (vhqos run's --status-socket)")
+}
 
 // durationValue is an option taking a duration no shorter than min.
 type durationValue struct {

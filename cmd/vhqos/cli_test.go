@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -160,6 +162,28 @@ func TestExitStatus(t *testing.T) {
 	}
 }
 
+// TestRunConfigAbsolute: vhqos run names its table by an absolute path,
+// whatever it was given: vhqos status, the metrics and vhqos reload take
+// the path from it, and reload, started in another directory, reads the
+// file to say what is wrong with it.
+func TestRunConfigAbsolute(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ config, want string }{
+		{"qos.toml", filepath.Join(wd, "qos.toml")},
+		{"../x/./qos.toml", filepath.Join(filepath.Dir(wd), "x/qos.toml")},
+		{"/etc/vhqos/qos.toml", "/etc/vhqos/qos.toml"},
+	} {
+		var stdout, stderr bytes.Buffer
+		o, code, ok := parseRunFlags([]string{"--config", tc.config, "--", "true"}, &stdout, &stderr)
+		if !ok || o.config != tc.want {
+			t.Errorf("--config %s: %q (exit %d, %s), want %q", tc.config, o.config, code, stderr.String(), tc.want)
+		}
+	}
+}
+
 func TestWrap(t *testing.T) {
 	for _, tc := range []struct {
 		in    string
@@ -185,19 +209,15 @@ func head(s string) string {
 }
 
 // TestManPage: vhqos(8) (its layout, docs/man/vhqos.8.md) has the same
-// commands in its SYNOPSIS, each with the options its --help lists, and
-// the exit statuses its help gives; the bash completion knows them too.
-// A new option, command or exit status fails here until the page says it.
+// commands in its SYNOPSIS, each with the options its --help lists and
+// their defaults, and the exit statuses its help gives. A new option,
+// command, default or exit status fails here until the page says it.
 func TestManPage(t *testing.T) {
 	raw, err := os.ReadFile("../../docs/man/vhqos.8.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	page := string(raw)
-	completion, err := os.ReadFile("../../dist/bash-completion/vhqos")
-	if err != nil {
-		t.Fatal(err)
-	}
 	section := func(title string) string {
 		m := regexp.MustCompile(`(?ms)^# ` + title + `\n(.*?)(?:^# |\z)`).FindStringSubmatch(page)
 		if m == nil {
@@ -254,13 +274,16 @@ func TestManPage(t *testing.T) {
 		if opts := helpOptions(help); !slices.Equal(opts, manOpts) {
 			t.Errorf("vhqos %s: --help lists the options %q, vhqos(8) %q", c.name, opts, manOpts)
 		}
-		for _, o := range helpOptions(help) {
-			if !strings.Contains(string(completion), o) {
-				t.Errorf("the bash completion does not know %s's %s", c.name, o)
+		for o, def := range helpDefaults(help) {
+			// An option described as another command's ("As for `vhqos
+			// status`") has its default there.
+			entry := manOption(text, o)
+			if m := regexp.MustCompile("^As for `vhqos ([a-z]+)`").FindStringSubmatch(entry); m != nil {
+				entry = manOption(perCommand[m[1]], o)
 			}
-		}
-		if !regexp.MustCompile(`\b` + c.name + `\b`).Match(completion) {
-			t.Errorf("the bash completion does not know the command %s", c.name)
+			if !strings.Contains(unmark(entry), def) {
+				t.Errorf("vhqos %s: %s's default is %s, which vhqos(8) does not say:\n%s", c.name, o, def, entry)
+			}
 		}
 		// The statuses each names: "0;", "1 when", "**3**".
 		inHelp := statuses(c.exit, `(?:^|; )(\d+)\b`)
@@ -271,6 +294,130 @@ func TestManPage(t *testing.T) {
 	}
 	if len(perCommand) != len(commands()) {
 		t.Errorf("vhqos(8) describes %d commands, vhqos has %d", len(perCommand), len(commands()))
+	}
+}
+
+// TestReadmeUsage: README.md's Usage, the synopsis of every command with
+// its options, names each command with exactly the options its --help
+// lists.
+func TestReadmeUsage(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^## Usage\n\n((?:    .*\n)+)`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatal("README.md has no section Usage starting with a code block")
+	}
+	// A command's synopsis: from "vhqos NAME" to the next command's,
+	// continuation lines included.
+	synopsis := map[string]string{}
+	var name string
+	for _, line := range strings.Split(string(m[1]), "\n") {
+		if c := regexp.MustCompile(`^    vhqos ([a-z]+)`).FindStringSubmatch(line); c != nil {
+			name = c[1]
+		}
+		synopsis[name] += line + "\n"
+	}
+	for _, c := range commands() {
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{"vhqos", c.name, "--help"}, &stdout, &stderr); code != 0 {
+			t.Fatalf("vhqos %s --help: exit %d", c.name, code)
+		}
+		text, ok := synopsis[c.name]
+		if !ok {
+			t.Errorf("README.md's Usage has no vhqos %s", c.name)
+			continue
+		}
+		var opts []string
+		for _, o := range regexp.MustCompile(`--[a-z][a-z-]*`).FindAllString(text, -1) {
+			if !slices.Contains(opts, o) {
+				opts = append(opts, o)
+			}
+		}
+		slices.Sort(opts)
+		if want := helpOptions(stdout.String()); !slices.Equal(opts, want) {
+			t.Errorf("README.md's Usage gives vhqos %s the options %q; its --help lists %q", c.name, opts, want)
+		}
+	}
+}
+
+// helpDefaults are the defaults a command's help gives its options, as
+// package flag adds them to each option's text: "(default 30s)" at its
+// end.
+func helpDefaults(help string) map[string]string {
+	out := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^  (--[a-z-]+).*\n((?: {8}.*\n)*)`).FindAllStringSubmatch(help, -1) {
+		if d := regexp.MustCompile(`\(default ([^)]*)\)$`).FindStringSubmatch(strings.Join(strings.Fields(m[2]), " ")); d != nil {
+			out[m[1]] = d[1]
+		}
+	}
+	return out
+}
+
+// manOption is the text vhqos(8) gives option in a command's part of
+// COMMANDS: the definition under its term "**--name**", on one line.
+func manOption(commandText, option string) string {
+	m := regexp.MustCompile(`(?m)^\*\*` + option + `\*\*.*\n((?::   |    ).*\n)+`).FindString(commandText)
+	_, def, _ := strings.Cut(m, "\n")
+	return strings.Join(strings.Fields(strings.TrimPrefix(def, ":")), " ")
+}
+
+// unmark is Markdown text as the page shows it: without the marks for
+// code and emphasis.
+func unmark(md string) string { return strings.NewReplacer("`", "", "*", "").Replace(md) }
+
+// TestBashCompletion: the bash completion (dist/bash-completion/vhqos,
+// loaded as bash-completion loads it) offers every command, and for each
+// exactly the options its --help lists (and --, where a server's command
+// follows it). A new option fails here until the completion offers it.
+func TestBashCompletion(t *testing.T) {
+	const lib = "/usr/share/bash-completion/bash_completion"
+	if _, err := os.Stat(lib); err != nil {
+		t.Fatal("bash-completion is not installed: apt-get install bash-completion (.ci/deps installs it)")
+	}
+	complete := func(line string) []string {
+		t.Helper()
+		// COMP_WORDS as bash splits the line, an empty last word after a
+		// space.
+		words := strings.Fields(line)
+		if strings.HasSuffix(line, " ") {
+			words = append(words, "")
+		}
+		quoted := make([]string, len(words))
+		for i, w := range words {
+			quoted[i] = "'" + w + "'"
+		}
+		script := `. ` + lib + `; . ../../dist/bash-completion/vhqos
+COMP_WORDS=(` + strings.Join(quoted, " ") + `); COMP_CWORD=` + strconv.Itoa(len(words)-1) + `; COMP_LINE='` + line + `'; COMP_POINT=${#COMP_LINE}
+_vhqos; printf '%s\n' "${COMPREPLY[@]}"`
+		out, err := exec.Command("bash", "-c", script).Output()
+		if err != nil {
+			t.Fatalf("completing %q: %v", line, err)
+		}
+		got := strings.Fields(string(out))
+		slices.Sort(got)
+		return got
+	}
+	var names []string
+	for _, c := range commands() {
+		names = append(names, c.name)
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{"vhqos", c.name, "--help"}, &stdout, &stderr); code != 0 {
+			t.Fatalf("vhqos %s --help: exit %d", c.name, code)
+		}
+		want := helpOptions(stdout.String())
+		if strings.Contains(c.args, "--") {
+			want = append(want, "--")
+		}
+		slices.Sort(want)
+		if got := complete("vhqos " + c.name + " --"); !slices.Equal(got, want) {
+			t.Errorf("the bash completion offers %s the options %q; its --help lists %q", c.name, got, want)
+		}
+	}
+	slices.Sort(names)
+	if got := complete("vhqos "); !slices.Equal(got, names) {
+		t.Errorf("the bash completion offers the commands %q, vhqos has %q", got, names)
 	}
 }
 
@@ -292,6 +439,11 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"status", "-socket"}, "a value is missing after -socket"},
 		{[]string{"status", "-json=maybe"}, `invalid value "maybe" for option -json`},
 		{[]string{"--bogus"}, "vhqos: unknown option --bogus; a command comes first"},
+		// vhqos run's own parts parse as every command does, without
+		// pointing at a help they do not have.
+		{[]string{"supervise", "-bogus"}, "vhqos supervise: unknown option -bogus\n"},
+		{[]string{"reap", "--keeper-state", "{}", "extra"}, "vhqos reap: unexpected \"extra\"\n"},
+		{[]string{"supervise", "--help"}, "vhqos supervise is started by vhqos run, not by hand"},
 		{[]string{"-version", "extra"}, `unexpected "extra"`},
 		// Durations: a refresh 1,000 times a second, a wait that ends
 		// before it starts, or none at all, are mistakes.

@@ -409,6 +409,16 @@ type enableOptions struct {
 	server        []string // the server's command, nil to derive it from the unit
 }
 
+// socketOf is the status socket the drop-in for unit name gives vhqos
+// run: the one asked for, else /run/vhqos/UNIT.sock (UNIT without
+// .service).
+func (o enableOptions) socketOf(name string) string {
+	if o.statusSocket != "" {
+		return o.statusSocket
+	}
+	return "/run/vhqos/" + strings.TrimSuffix(name, ".service") + ".sock"
+}
+
 // dropIn is what enable writes and why.
 type dropIn struct {
 	text string
@@ -467,10 +477,7 @@ func makeDropIn(u *serviceUnit, o enableOptions) (*dropIn, error) {
 	d := &dropIn{}
 	var b strings.Builder
 	short := strings.TrimSuffix(u.name, ".service")
-	socket := o.statusSocket
-	if socket == "" {
-		socket = "/run/vhqos/" + short + ".sock"
-	}
+	socket := o.socketOf(u.name)
 	fmt.Fprintf(&b, "# Written by \"vhqos enable %s\": runs its server under vhqos with the\n", short)
 	fmt.Fprintf(&b, "# QoS table %s. \"vhqos disable %s\" removes this file;\n", o.config, short)
 	fmt.Fprintf(&b, "# man vhqos, \"Running under systemd\", says what each line is for.\n")
@@ -795,13 +802,8 @@ func enable(root, name string, o enableOptions, stdout, stderr io.Writer) error 
 	if err := daemonReload(root, stdout); err != nil {
 		return err
 	}
-	short := strings.TrimSuffix(name, ".service")
-	fmt.Fprintf(stdout, "restart it to run it under vhqos: systemctl restart %s\n", short)
-	socket := o.statusSocket
-	if socket == "" {
-		socket = "/run/vhqos/" + short + ".sock"
-	}
-	fmt.Fprintf(stdout, "then: vhqos status --socket %s\n", socket)
+	fmt.Fprintf(stdout, "restart it to run it under vhqos: systemctl restart %s\n", strings.TrimSuffix(name, ".service"))
+	fmt.Fprintf(stdout, "then: vhqos status --socket %s\n", o.socketOf(name))
 	return nil
 }
 

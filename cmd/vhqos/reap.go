@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -22,13 +21,12 @@ import (
 // has removed the cgroups already, and the reaper finds nothing to do.
 
 func reapCommand(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("vhqos reap", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("reap")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	state := fs.String("keeper-state", "", "what the keeper says (JSON)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if _, code, ok := parseArgs(fs, args, 0, io.Discard, stderr); !ok {
+		return code
 	}
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {

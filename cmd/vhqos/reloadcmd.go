@@ -21,7 +21,7 @@ import (
 // or not taken in time, 3 when no vhqos answers.
 func reloadCommand(args []string, stdout, stderr io.Writer) int {
 	fl := newFlagSet("reload")
-	socket := fl.String("socket", status.DefaultSocket, "ask the vhqos whose status socket is `PATH` (vhqos run's --status-socket)")
+	socket := socketOption(fl)
 	timeout := durationOption(fl, "timeout", 30*time.Second, minTimeout, "wait at most `DURATION` (1s or more) for the table to be taken or refused")
 	if _, code, ok := parseArgs(fl, args, 0, stdout, stderr); !ok {
 		return code

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,6 +57,13 @@ func parseRunFlags(args []string, stdout, stderr io.Writer) (o runOptions, code 
 	fs.StringVar(&o.metricsAddr, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics; \":9464\" means 127.0.0.1:9464 (default: off)")
 	if o.argv, code, ok = parseLeading(fs, args, stdout, stderr); !ok {
 		return o, code, false
+	}
+	// The path vhqos status, reload and the metrics give is read by
+	// vhqos reload, which runs in another directory.
+	var err error
+	if o.config, err = filepath.Abs(o.config); err != nil {
+		fmt.Fprintln(stderr, "vhqos run: --config:", err)
+		return o, exitUsage, false
 	}
 	if o.metricsAddr != "" {
 		if err := checkMetricsAddr(o.metricsAddr); err != nil {

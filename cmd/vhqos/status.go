@@ -17,7 +17,7 @@ import (
 
 func statusCommand(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("status")
-	socket := fs.String("socket", status.DefaultSocket, "ask the vhqos whose status socket is `PATH` (vhqos run's --status-socket)")
+	socket := socketOption(fs)
 	asJSON := fs.Bool("json", false, "print the report as JSON, for scripts")
 	watch := durationOption(fs, "watch", 0, minWatch, "refresh every `DURATION` (e.g. 2s; 100ms or more), like top, with the CPU rate between refreshes")
 	if _, code, ok := parseArgs(fs, args, 0, stdout, stderr); !ok {

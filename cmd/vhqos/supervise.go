@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -84,15 +83,14 @@ type tableSettings struct {
 }
 
 func superviseCommand(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("vhqos supervise", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("supervise")
 	config := fs.String("config", defaultConfig, "QoS table")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	settings := fs.Bool("settings", false, "print what the keeper needs of the table, as JSON, and exit")
 	state := fs.String("keeper-state", "", "what the keeper says (JSON)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if _, code, ok := parseArgs(fs, args, 0, stdout, stderr); !ok {
+		return code
 	}
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {

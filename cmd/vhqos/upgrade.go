@@ -15,7 +15,7 @@ import (
 // the server notices nothing.
 func upgradeCommand(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("upgrade")
-	socket := fs.String("socket", status.DefaultSocket, "ask the vhqos whose status socket is `PATH` (vhqos run's --status-socket)")
+	socket := socketOption(fs)
 	timeout := durationOption(fs, "timeout", 30*time.Second, minTimeout, "wait at most `DURATION` (1s or more) for the new supervisor to take over")
 	if _, code, ok := parseArgs(fs, args, 0, stdout, stderr); !ok {
 		return code

@@ -277,30 +277,13 @@ func TestTemplateUnit(t *testing.T) {
 }
 
 // TestInstallRemovePurge: dpkg installs the package into a scratch root
-// (its maintainer scripts run outside a chroot with DPKG_ROOT set, as
-// dpkg --force-script-chrootless does), the binary runs and reads the
-// example table, vhqos enable works there; dpkg -r takes the drop-in
-// away with the package and keeps the conffile, dpkg -P leaves the root
-// as it was before.
+// (dpkgRoot), the binary runs and reads the example table, vhqos enable
+// works there; dpkg -r takes the drop-in away with the package and keeps
+// the conffile, dpkg -P leaves the root as it was before.
 func TestInstallRemovePurge(t *testing.T) {
 	deb := debFile(t)
-	root := t.TempDir()
-	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/log", "usr/lib/systemd/system", "etc/systemd/system"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.WriteFile(filepath.Join(root, "var/lib/dpkg/status"), nil, 0o644)
-	unit, err := os.ReadFile("../../cmd/vhqos/testdata/systemd/nginx.service")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(root, "usr/lib/systemd/system/nginx.service"), unit, 0o644)
+	root, dpkg := dpkgRoot(t)
 	before := tree(t, root)
-	dpkg := func(args ...string) string {
-		t.Helper()
-		return output(t, "dpkg", append([]string{"--root=" + root, "--force-script-chrootless", "--force-depends", "--log=/dev/null"}, args...)...)
-	}
 	status := func() string {
 		out, _ := exec.Command("dpkg-query", "--root="+root, "-W", "-f=${db:Status-Abbrev}", "vhqos").Output()
 		return strings.TrimSpace(string(out))
@@ -358,22 +341,7 @@ func TestInstallRemovePurge(t *testing.T) {
 // left alone.
 func TestRemoveKeepsOperatorsDropIns(t *testing.T) {
 	deb := debFile(t)
-	root := t.TempDir()
-	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/log", "usr/lib/systemd/system", "etc/systemd/system"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.WriteFile(filepath.Join(root, "var/lib/dpkg/status"), nil, 0o644)
-	unit, err := os.ReadFile("../../cmd/vhqos/testdata/systemd/nginx.service")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(root, "usr/lib/systemd/system/nginx.service"), unit, 0o644)
-	dpkg := func(args ...string) string {
-		t.Helper()
-		return output(t, "dpkg", append([]string{"--root=" + root, "--force-script-chrootless", "--force-depends", "--log=/dev/null"}, args...)...)
-	}
+	root, dpkg := dpkgRoot(t)
 	dpkg("-i", deb)
 	output(t, filepath.Join(root, "usr/sbin/vhqos"), "enable", "nginx", "--root", root, "--config", "/etc/vhqos/qos.toml")
 	dir := filepath.Join(root, "etc/systemd/system")
@@ -412,6 +380,33 @@ func TestRemoveKeepsOperatorsDropIns(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "lighttpd.service.d/vhqos.conf")); err == nil {
 		t.Error("the operator's vhqos.conf is still read by systemd after dpkg -r")
+	}
+}
+
+// dpkgRoot makes a scratch root for dpkg (its database, an empty status,
+// and Debian's nginx unit for vhqos enable to work on), and returns it
+// with dpkg working in it: its maintainer scripts run outside a chroot,
+// with DPKG_ROOT set, as dpkg --force-script-chrootless does.
+func dpkgRoot(t *testing.T) (root string, dpkg func(args ...string) string) {
+	t.Helper()
+	root = t.TempDir()
+	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/log", "usr/lib/systemd/system", "etc/systemd/system"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unit, err := os.ReadFile("../../cmd/vhqos/testdata/systemd/nginx.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, data := range map[string][]byte{"var/lib/dpkg/status": nil, "usr/lib/systemd/system/nginx.service": unit} {
+		if err := os.WriteFile(filepath.Join(root, path), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root, func(args ...string) string {
+		t.Helper()
+		return output(t, "dpkg", append([]string{"--root=" + root, "--force-script-chrootless", "--force-depends", "--log=/dev/null"}, args...)...)
 	}
 }
 

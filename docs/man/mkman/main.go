@@ -114,15 +114,16 @@ func installed() map[string]string {
 // toInstalled writes each repository file installed names, quoted in
 // backquotes or not, as what the package installs.
 func toInstalled(md []byte) []byte {
+	inst := installed()
 	var names []string
-	for name := range installed() {
+	for name := range inst {
 		names = append(names, name)
 	}
 	// Longest first: README.md is also the end of other names.
 	sort.Slice(names, func(i, j int) bool { return len(names[i]) > len(names[j]) })
 	text := string(md)
 	for _, name := range names {
-		to := installed()[name]
+		to := inst[name]
 		text = strings.ReplaceAll(text, "`"+name+"`", to)
 		bare := regexp.MustCompile(`(^|[^\w/.-])` + regexp.QuoteMeta(name) + `($|[^\w/-])`)
 		text = bare.ReplaceAllString(text, "${1}"+strings.ReplaceAll(to, "$", "$$")+"${2}")
