@@ -100,6 +100,34 @@ func startLimited(t *testing.T, qos string, vhosts ...VHost) (*Apache, string) {
 	return a, socket
 }
 
+// getLater sends GET path to site and returns where its answer will be,
+// "HTTP 200 body" or the error, for a request that blocks until the test
+// lets it go on (a gate) or the kernel stops it.
+func getLater(site, path string) <-chan string {
+	answer := make(chan string, 1)
+	go func() {
+		resp, err := Get(site, path)
+		if err != nil {
+			answer <- err.Error()
+			return
+		}
+		answer <- fmt.Sprintf("HTTP %d %s", resp.Status, strings.TrimSpace(resp.Body))
+	}()
+	return answer
+}
+
+// tenantOf finds a tenant in a status report.
+func tenantOf(t *testing.T, r status.Report, name string) status.Tenant {
+	t.Helper()
+	for _, tn := range r.Tenants {
+		if tn.Name == name {
+			return tn
+		}
+	}
+	t.Fatalf("no tenant %s in the status report: %+v", name, r.Tenants)
+	return status.Tenant{}
+}
+
 // classOf finds a vhost in a status report.
 func classOf(t *testing.T, r status.Report, name string) status.Class {
 	t.Helper()
@@ -249,15 +277,7 @@ func TestLimitsTasksMax(t *testing.T) {
 	pidsFile := filepath.Join(cgroupDir(t, vhqosPid, hier, "vhost-bomb"), "pids.current")
 	defer func() { t.Logf("killed %d processes of the bomb", killCGIs(t, vhqosPid, hier, "vhost-bomb", "bomb")) }()
 
-	answer := make(chan string, 1)
-	go func() {
-		resp, err := Get(bombSite, "/cgi-bin/bomb?bomb")
-		if err != nil {
-			answer <- err.Error()
-			return
-		}
-		answer <- fmt.Sprintf("HTTP %d %s", resp.Status, strings.TrimSpace(resp.Body))
-	}()
+	answer := getLater(bombSite, "/cgi-bin/bomb?bomb")
 	var bomb status.Class
 	eventually(t, patience, "forks in the bomb's site refused by tasks_max", func() bool {
 		bomb = classOf(t, statusReport(t, socket), "bomb")
@@ -348,15 +368,7 @@ func TestLimitsMemoryHigh(t *testing.T) {
 	a, socket := startLimited(t, limitsQoS, VHost{Name: "soft", Addr: softSite}, VHost{Name: "other", Addr: otherSite})
 	vhqosPid := a.Cmd.Process.Pid
 	hier := "memory"
-	answer := make(chan string, 1)
-	go func() {
-		resp, err := Get(softSite, "/cgi-bin/alloc?64-soft")
-		if err != nil {
-			answer <- err.Error()
-			return
-		}
-		answer <- fmt.Sprintf("HTTP %d %s", resp.Status, strings.TrimSpace(resp.Body))
-	}()
+	answer := getLater(softSite, "/cgi-bin/alloc?64-soft")
 	stop := make(chan struct{})
 	others := servedMeanwhile(t, softSite, stop)
 	var soft *status.Memory
@@ -657,13 +669,11 @@ match = ["127.0.0.5"]
 `
 	_, socket := startLimited(t, qos, VHost{Name: "mem", Addr: memSite}, VHost{Name: "other", Addr: otherSite})
 	tenantKills := func(r status.Report) uint64 {
-		for _, tn := range r.Tenants {
-			if tn.Name == "acme" && tn.Memory != nil {
-				return tn.Memory.Events["oom_kill"]
-			}
+		acme := tenantOf(t, r, "acme")
+		if acme.Memory == nil {
+			t.Fatalf("no memory accounting for tenant acme in the status report: %+v", acme)
 		}
-		t.Fatalf("no memory accounting for tenant acme in the status report: %+v", r.Tenants)
-		return 0
+		return acme.Memory.Events["oom_kill"]
 	}
 	first := statusReport(t, socket)
 	before, siteBefore := tenantKills(first), classOf(t, first, "mem").Memory.Events["oom_kill"]
@@ -717,23 +727,13 @@ match = ["127.0.0.5"]
 	const group = "tenant-acme/vhost-bomb"
 	defer func() { t.Logf("killed %d processes of the bomb", killCGIs(t, vhqosPid, "pids", group, "bomb")) }()
 	tenantTasks := func(r status.Report) *status.Tasks {
-		for _, tn := range r.Tenants {
-			if tn.Name == "acme" && tn.Tasks != nil {
-				return tn.Tasks
-			}
+		acme := tenantOf(t, r, "acme")
+		if acme.Tasks == nil {
+			t.Fatalf("no task accounting for tenant acme in the status report: %+v", acme)
 		}
-		t.Fatalf("no task accounting for tenant acme in the status report: %+v", r.Tenants)
-		return nil
+		return acme.Tasks
 	}
-	answer := make(chan string, 1)
-	go func() {
-		resp, err := Get(bombSite, "/cgi-bin/bomb?bomb")
-		if err != nil {
-			answer <- err.Error()
-			return
-		}
-		answer <- fmt.Sprintf("HTTP %d %s", resp.Status, strings.TrimSpace(resp.Body))
-	}()
+	answer := getLater(bombSite, "/cgi-bin/bomb?bomb")
 	stop := make(chan struct{})
 	others := servedMeanwhile(t, bombSite, stop)
 	var r status.Report

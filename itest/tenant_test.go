@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/vhqos/vhqos/status"
 )
 
 // tenantQoS has a customer, acme, whose plan is one CPU for its two sites
@@ -105,13 +103,8 @@ func TestTenantCPUMax(t *testing.T) {
 	}
 	// vhqos status shows the tenant, with what its cgroup used.
 	rep := statusReport(t, statusSocketOf(a))
-	var acme *status.Tenant
-	for i := range rep.Tenants {
-		if rep.Tenants[i].Name == "acme" {
-			acme = &rep.Tenants[i]
-		}
-	}
-	if acme == nil || acme.Sites != 2 || acme.CPUMax != 100 || float64(acme.CPUUsec)+1 < c1 || !strings.HasSuffix(acme.Cgroup, "/tenant-acme") {
+	acme := tenantOf(t, rep, "acme")
+	if acme.Sites != 2 || acme.CPUMax != 100 || float64(acme.CPUUsec)+1 < c1 || !strings.HasSuffix(acme.Cgroup, "/tenant-acme") {
 		t.Errorf("vhqos status shows tenant acme as %+v; want 2 sites, cpu_max 100, at least %.0f µs of CPU", acme, c1)
 	}
 	for _, c := range rep.Classes {
@@ -142,12 +135,15 @@ func TestTenantReloadMovesSite(t *testing.T) {
 	if g, want := served("127.0.0.2:8080"), fmt.Sprintf("/vhqos.%d/tenant-acme/vhost-shop", vhqosPid); !strings.HasSuffix(g, want) {
 		t.Fatalf("shop served from %q, want …%s", g, want)
 	}
+	accepted := classOf(t, statusReport(t, socket), "shop").Connections
 	wrk := make(chan string, 1)
 	go func() {
 		out, _ := exec.Command("wrk", "-t1", "-c4", "-d4s", "-H", "Connection: close", "http://127.0.0.2:8080/index.html").CombinedOutput()
 		wrk <- string(out)
 	}()
-	time.Sleep(time.Second) // wrk is under way
+	eventually(t, patience, "wrk's connections reaching shop", func() bool {
+		return classOf(t, statusReport(t, socket), "shop").Connections > accepted+8
+	})
 	reload := func(table string) {
 		t.Helper()
 		before := statusReport(t, socket).Supervisor

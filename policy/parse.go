@@ -255,7 +255,7 @@ func (p *parser) vhosts(v any, t *Table) {
 			s.where = fmt.Sprintf("vhost %q (%s)", name, s.prefix)
 		}
 		if tenant, ok := m["tenant"].(string); ok {
-			m, p.inherited[i] = withTenantDefaults(m, tenant, p.tenants)
+			m, p.inherited[i] = withTenantDefaults(m, tenant, t, p.tenants)
 		}
 		c := newClass()
 		p.class(m, s, &c)

@@ -61,7 +61,7 @@ func parseBitRate(key string, v any) (uint64, error) {
 	str, ok := v.(string)
 	if !ok {
 		if n, isInt := v.(int64); isInt {
-			return 0, fmt.Errorf("%d has no unit; write the rate as a string with its unit, e.g. %s = %q (%s)", n, key, formatBitRate(uint64(max(n, 0))), rateHint)
+			return 0, fmt.Errorf("%d has no unit; write the rate as a string with its unit, e.g. %s = %q (%s)", n, key, FormatBitRate(uint64(max(n, 0))), rateHint)
 		}
 		return 0, fmt.Errorf("is %s; write %s", typeName(v), rateHint)
 	}
@@ -147,9 +147,10 @@ func rateUnit(num, unit string) (uint64, error) {
 	return 0, fmt.Errorf("unknown unit %q in %q; write %s", unit, written, rateHint)
 }
 
-// formatBitRate writes a rate in the largest SI unit that keeps it
-// whole, as Marshal writes it back: "40Mbit", "1500kbit".
-func formatBitRate(n uint64) string {
+// FormatBitRate writes a rate of n bits per second in the largest SI unit
+// that keeps it whole, as Marshal writes it back and the table takes it:
+// "40Mbit", "1500kbit", "999bit".
+func FormatBitRate(n uint64) string {
 	for _, u := range []struct {
 		suffix string
 		mult   uint64
@@ -241,17 +242,15 @@ func (p *parser) rateChecks(t *Table) {
 		}
 	}
 	// rated lists the tenants with an egress_rate among the tenant named
-	// tenant and those it is inside, innermost first.
-	rated := func(tenant string) []*Tenant {
-		var chain []*Tenant
-		seen := map[*Tenant]bool{}
-		for at := t.TenantOf(tenant); at != nil && !seen[at]; at = t.TenantOf(at.Parent) {
-			seen[at] = true
+	// tenant and those it is inside, outermost first.
+	rated := func(tenant string) []string {
+		var names []string
+		for _, at := range t.Enclosing(tenant) {
 			if at.Egress != 0 {
-				chain = append(chain, at)
+				names = append([]string{at.Name}, names...)
 			}
 		}
-		return chain
+		return names
 	}
 	noDevices := len(t.Settings.ShapeDevices) == 0
 	const needDevices = "needs the devices its traffic leaves by: add shape_devices to [settings], e.g. shape_devices = [\"eth0\"] (see \"Bandwidth\" in the reference)"
@@ -266,12 +265,8 @@ func (p *parser) rateChecks(t *Table) {
 			p.valueProblem(s, key, "%s", needDevices)
 		}
 		count(s, key)
-		if chain := rated(tn.Name); len(chain) == maxEgressDepth {
-			names := make([]string, len(chain))
-			for j, at := range chain {
-				names[len(chain)-1-j] = at.Name
-			}
-			p.valueProblem(s, key, "tenants with an egress_rate are nested %d deep here (%s); HTB nests at most %d such classes above a site's class: leave egress_rate out of one of them", len(chain), strings.Join(names, " -> "), maxEgressDepth-1)
+		if names := rated(tn.Name); len(names) == maxEgressDepth {
+			p.valueProblem(s, key, "tenants with an egress_rate are nested %d deep here (%s); HTB nests at most %d such classes above a site's class: leave egress_rate out of one of them", len(names), strings.Join(names, " -> "), maxEgressDepth-1)
 		}
 	}
 	for i, c := range append([]Class{t.Defaults}, t.VHosts...) {
@@ -286,7 +281,7 @@ func (p *parser) rateChecks(t *Table) {
 				p.valueProblem(s, s.key("egress_rate"), "%s", needDevices)
 			}
 			count(s, s.key("egress_rate"))
-		case c.Tenant != "" && len(rated(c.Tenant)) > 0:
+		case t.ShapingTenant(c.Tenant) != nil:
 			count(s, s.key("tenant"))
 		}
 	}
@@ -295,10 +290,10 @@ func (p *parser) rateChecks(t *Table) {
 // writeRates writes a class's rates for Marshal.
 func writeRates(b *strings.Builder, r Rates) {
 	if r.Egress != 0 {
-		fmt.Fprintf(b, "egress_rate = %q\n", formatBitRate(r.Egress))
+		fmt.Fprintf(b, "egress_rate = %q\n", FormatBitRate(r.Egress))
 	}
 	if r.Connection != 0 {
-		fmt.Fprintf(b, "connection_rate = %q\n", formatBitRate(r.Connection))
+		fmt.Fprintf(b, "connection_rate = %q\n", FormatBitRate(r.Connection))
 	}
 }
 

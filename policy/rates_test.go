@@ -69,11 +69,11 @@ func TestParseBitRate(t *testing.T) {
 
 func TestFormatBitRate(t *testing.T) {
 	for n, want := range map[uint64]string{40_000_000: "40Mbit", 1_500_000: "1500kbit", 8001: "8001bit", 2_000_000_000_000: "2Tbit", 1 << 20: "1048576bit"} {
-		if got := formatBitRate(n); got != want {
-			t.Errorf("formatBitRate(%d) = %q, want %q", n, got, want)
+		if got := FormatBitRate(n); got != want {
+			t.Errorf("FormatBitRate(%d) = %q, want %q", n, got, want)
 		}
-		if back, err := parseBitRate("egress_rate", formatBitRate(n)); err != nil || back != n {
-			t.Errorf("%q reads back as %d, %v; want %d", formatBitRate(n), back, err, n)
+		if back, err := parseBitRate("egress_rate", FormatBitRate(n)); err != nil || back != n {
+			t.Errorf("%q reads back as %d, %v; want %d", FormatBitRate(n), back, err, n)
 		}
 	}
 }

@@ -39,6 +39,11 @@ type Table struct {
 	// cap, and a table may have thousands of vhosts. Nil in a Table built
 	// by hand, where Class searches instead.
 	vhostIndex map[string]int
+	// tenantIndex maps each tenant's name, in lower case, to its index in
+	// Tenants, for TenantOf: every site's cgroup path and shaping class
+	// walks its tenants by name. Nil in a Table built by hand, where
+	// TenantOf searches instead.
+	tenantIndex map[string]int
 	// proxy matches the listeners of Settings.ProxyProtocol (every rule
 	// for vhost 0), built once by Parse: ProxyTrusted runs for every
 	// accepted connection. Nil in a Table built by hand, where it is

@@ -3,7 +3,7 @@ package policy
 import (
 	"fmt"
 	"maps"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -205,7 +205,9 @@ func (p *parser) readTenants(v any, t *Table) map[string]*parsedTenant {
 		order = append(order, pt)
 	}
 	p.tenantParents(byName, order)
+	t.tenantIndex = make(map[string]int, len(order))
 	for _, pt := range order {
+		t.tenantIndex[strings.ToLower(pt.Name)] = len(t.Tenants)
 		t.Tenants = append(t.Tenants, pt.Tenant)
 	}
 	return byName
@@ -281,20 +283,20 @@ type inheritedKey struct {
 
 // withTenantDefaults returns a site's keys m with those it does not set
 // taken from its tenant's [tenant.defaults], then from the defaults of
-// the tenants that tenant is inside, the nearest first, and where each
-// key so taken was written. A tenant that is not known, or inside a loop,
-// gives nothing (that is reported once, at the tenant); nor does a key
-// that is no limit (an unknown key, a setting: reported once, at the
+// the tenants that tenant is inside, the nearest first (t.Enclosing), and
+// where each key so taken was written. A tenant that is not known gives
+// nothing (that is reported once, at the site's tenant key); nor does a
+// key that is no limit (an unknown key, a setting: reported once, at the
 // [tenant.defaults]).
-func withTenantDefaults(m map[string]any, tenant string, byName map[string]*parsedTenant) (map[string]any, map[string]inheritedKey) {
-	if tenant == "" || byName == nil {
+func withTenantDefaults(m map[string]any, tenant string, t *Table, byName map[string]*parsedTenant) (map[string]any, map[string]inheritedKey) {
+	around := t.Enclosing(tenant)
+	if len(around) == 0 {
 		return m, nil
 	}
 	merged := maps.Clone(m)
 	origin := map[string]inheritedKey{}
-	seen := map[*parsedTenant]bool{}
-	for at := byName[strings.ToLower(tenant)]; at != nil && !seen[at]; at = byName[strings.ToLower(at.Parent)] {
-		seen[at] = true
+	for _, tn := range around {
+		at := byName[strings.ToLower(tn.Name)]
 		for k, v := range at.defaults {
 			// Only the limits: any other key is an error told once, at
 			// the [tenant.defaults] (tenantDefaults), and would be told
@@ -356,7 +358,6 @@ func (p *parser) siteTenant(s scope, v any, byName map[string]*parsedTenant) (st
 		for _, t := range byName {
 			known = append(known, t.Name)
 		}
-		sort.Strings(known)
 		switch {
 		case name == "":
 			p.valueProblem(s, key, "is empty: leave tenant out for a site of no tenant, or name its tenant; %s", tenantChoice(known))
@@ -383,13 +384,13 @@ func (p *parser) noTenant(name string, known []string) string {
 	return fmt.Sprintf("%q is no tenant; %s", name, tenantChoice(known))
 }
 
-// tenantChoice lists the tenants of the table for a message, "the
-// tenants are acme, beta", or says there is none.
+// tenantChoice lists the tenants of the table for a message, in
+// alphabetical order, "the tenants are acme, beta", or says there is none.
 func tenantChoice(known []string) string {
 	if len(known) == 0 {
 		return "this table has no [[tenant]] section"
 	}
-	return "the tenants are " + strings.Join(known, ", ")
+	return "the tenants are " + strings.Join(slices.Sorted(slices.Values(known)), ", ")
 }
 
 // tenantList is tenantChoice for the [[tenant]] sections as decoded.
@@ -402,7 +403,6 @@ func (p *parser) tenantList(list []any) string {
 			}
 		}
 	}
-	sort.Strings(known)
 	return tenantChoice(known)
 }
 
@@ -424,21 +424,15 @@ func (p *parser) isVHostName(name string) bool {
 // above the site's own memory_max) gets no warning besides: the error is
 // what to fix.
 func (p *parser) tenantBounds(t *Table) {
-	index := map[string]*Tenant{}
-	for i := range t.Tenants {
-		index[strings.ToLower(t.Tenants[i].Name)] = &t.Tenants[i]
-	}
 	check := func(s scope, name string, r cgroup.Resources, egress uint64, tenant string) {
-		seen := map[*Tenant]bool{}
-		for at := index[strings.ToLower(tenant)]; at != nil && !seen[at]; at = index[strings.ToLower(at.Parent)] {
-			seen[at] = true
+		for _, at := range t.Enclosing(tenant) {
 			for _, b := range exceededBounds(r, at.Resources) {
 				if !p.hasError(s.key(b.key)) {
 					p.valueWarning(s, s.key(b.key), "%s is above what %s's tenant %q allows (%s): %s", b.site, name, at.Name, b.tenant, b.why(name))
 				}
 			}
 			if at.Egress != 0 && egress > at.Egress && !p.hasError(s.key("egress_rate")) {
-				p.valueWarning(s, s.key("egress_rate"), "%s is above what %s's tenant %q allows (%s): the tenant's class bounds it, so %s never sends more", formatBitRate(egress), name, at.Name, formatBitRate(at.Egress), name)
+				p.valueWarning(s, s.key("egress_rate"), "%s is above what %s's tenant %q allows (%s): the tenant's class bounds it, so %s never sends more", FormatBitRate(egress), name, at.Name, FormatBitRate(at.Egress), name)
 			}
 		}
 	}
@@ -508,9 +502,45 @@ func percentString(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64
 
 // TenantOf returns the tenant named name (any case), nil if t has none.
 func (t *Table) TenantOf(name string) *Tenant {
+	if t.tenantIndex != nil {
+		if i, ok := t.tenantIndex[strings.ToLower(name)]; ok {
+			return &t.Tenants[i]
+		}
+		return nil
+	}
+	// A Table built by hand has no index.
 	for i := range t.Tenants {
 		if strings.EqualFold(t.Tenants[i].Name, name) {
 			return &t.Tenants[i]
+		}
+	}
+	return nil
+}
+
+// Enclosing returns the tenant named tenant (any case) and the tenants it
+// is inside, the nearest first: the tenants whose limits bound a site of
+// that tenant, and whose [tenant.defaults] it takes, in the order it takes
+// them. It is nil for "" and for a name no tenant has. Every walk from a
+// site or tenant outwards goes through here. Parse refuses tenants inside
+// each other in a loop; should a Table built otherwise have one, the walk
+// stops before the first tenant it meets again.
+func (t *Table) Enclosing(tenant string) []*Tenant {
+	var out []*Tenant
+	for at := t.TenantOf(tenant); at != nil && !slices.Contains(out, at); at = t.TenantOf(at.Parent) {
+		out = append(out, at)
+	}
+	return out
+}
+
+// ShapingTenant returns the tenant whose HTB class holds the egress class
+// of a site of the tenant named tenant, or of a tenant inside it: the
+// nearest tenant with an egress_rate among it and those it is inside
+// (Enclosing). Nil for none: such a site has a class of its own, under the
+// root, only with an egress_rate of its own.
+func (t *Table) ShapingTenant(tenant string) *Tenant {
+	for _, at := range t.Enclosing(tenant) {
+		if at.Egress != 0 {
+			return at
 		}
 	}
 	return nil
@@ -535,14 +565,10 @@ func (t *Table) TenantGroup(tn *Tenant) string {
 }
 
 func (t *Table) tenantPath(tenant, leaf string) string {
-	parts := []string{leaf}
-	seen := map[*Tenant]bool{}
-	for at := t.TenantOf(tenant); at != nil && !seen[at]; at = t.TenantOf(at.Parent) {
-		seen[at] = true
-		parts = append(parts, cgroup.TenantGroup(at.Name))
+	around := t.Enclosing(tenant)
+	parts := make([]string, 0, len(around)+1)
+	for i := len(around) - 1; i >= 0; i-- {
+		parts = append(parts, cgroup.TenantGroup(around[i].Name))
 	}
-	for i, j := 0, len(parts)-1; i < j; i, j = i+1, j-1 {
-		parts[i], parts[j] = parts[j], parts[i]
-	}
-	return strings.Join(parts, "/")
+	return strings.Join(append(parts, leaf), "/")
 }

@@ -230,6 +230,9 @@ func TestTenantProblemsTold(t *testing.T) {
 		{"a vhost named as a tenant's parent",
 			"[[tenant]]\nname = \"acme\"\ntenant = \"shop\"\n" + site,
 			[]string{`qos.toml:3:10: tenant "acme" (tenant[0]) tenant: "shop" is a vhost, not a tenant; the tenants are acme`}},
+		{"a vhost named as a tenant's parent, the tenants in alphabetical order",
+			"[[tenant]]\nname = \"zeta\"\n[[tenant]]\nname = \"acme\"\ntenant = \"shop\"\n" + site,
+			[]string{`qos.toml:5:10: tenant "acme" (tenant[1]) tenant: "shop" is a vhost, not a tenant; the tenants are acme, zeta`}},
 		{"a vhost named as a tenant, and no tenants",
 			strings.ReplaceAll(site, `"acme"`, `"shop"`),
 			[]string{`qos.toml:4:10: vhost "shop" (vhost[0]) tenant: "shop" is a vhost, not a tenant; this table has no [[tenant]] section`}},
@@ -258,6 +261,50 @@ func TestTenantProblemsTold(t *testing.T) {
 			}
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}
+
+// Enclosing walks a tenant outwards, the nearest first, for a parsed table
+// and for one built by hand (no index; a loop that Parse would refuse
+// stops at the first tenant met again); ShapingTenant is the nearest of
+// them with an egress_rate.
+func TestEnclosing(t *testing.T) {
+	parsed, err := parse(t, "[settings]\nshape_devices = [\"eth0\"]\n"+
+		"[[tenant]]\nname = \"reseller\"\negress_rate = \"100Mbit\"\n"+
+		"[[tenant]]\nname = \"Acme\"\ntenant = \"RESELLER\"\n"+
+		"[[tenant]]\nname = \"solo\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byHand := &Table{Tenants: []Tenant{{Name: "a", Parent: "b", Egress: 1e6}, {Name: "b", Parent: "c"}, {Name: "c", Parent: "A"}}}
+	for _, tc := range []struct {
+		name    string
+		table   *Table
+		tenant  string
+		want    []string
+		shaping string
+	}{
+		{"inner, any case", parsed, "acme", []string{"Acme", "reseller"}, "reseller"},
+		{"outermost", parsed, "reseller", []string{"reseller"}, "reseller"},
+		{"no egress_rate around", parsed, "solo", []string{"solo"}, ""},
+		{"no tenant", parsed, "", nil, ""},
+		{"unknown", parsed, "zzz", nil, ""},
+		{"by hand, a loop", byHand, "b", []string{"b", "c", "a"}, "a"},
+		{"by hand, from the loop's start", byHand, "a", []string{"a", "b", "c"}, "a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, tn := range tc.table.Enclosing(tc.tenant) {
+				got = append(got, tn.Name)
+			}
+			shaping := ""
+			if tn := tc.table.ShapingTenant(tc.tenant); tn != nil {
+				shaping = tn.Name
+			}
+			if !slices.Equal(got, tc.want) || shaping != tc.shaping {
+				t.Errorf("Enclosing(%q) = %q, ShapingTenant %q; want %q, %q", tc.tenant, got, shaping, tc.want, tc.shaping)
 			}
 		})
 	}

@@ -25,9 +25,13 @@ func (e *ForeignError) Error() string {
 	if !e.Root {
 		where = "qdisc"
 	}
-	return fmt.Sprintf("shape_devices: %s has a %s %s %s that vhqos did not make; vhqos shapes only devices whose egress qdiscs are still the kernel's default (handle 0:) and leaves this one alone: remove it (tc qdisc del dev %s root) or take %s out of shape_devices",
-		e.Device, where, e.Kind, handleString(e.Handle), e.Device, e.Device)
+	return fmt.Sprintf("shape_devices: %s has a %s %s that vhqos did not make; vhqos shapes only devices whose egress qdiscs are still the kernel's default (handle 0:) and leaves this one alone: remove it (tc qdisc del dev %s root) or take %s out of shape_devices",
+		e.Device, where, e.Qdisc(), e.Device, e.Device)
 }
+
+// Qdisc names the qdisc found as tc shows it, its kind and handle: "tbf
+// 1:".
+func (e *ForeignError) Qdisc() string { return e.Kind + " " + handleString(e.Handle) }
 
 // handleString writes a handle as tc does: "1:", "7668:2".
 func handleString(h uint32) string {

@@ -44,3 +44,20 @@ func TestMinors(t *testing.T) {
 		t.Errorf("ClassID(2) = %#x; IsMark wrong", id)
 	}
 }
+
+// A foreign qdisc is named as tc names it, kind and handle in hex.
+func TestForeignQdisc(t *testing.T) {
+	for _, tc := range []struct {
+		kind   string
+		handle uint32
+		want   string
+	}{
+		{"tbf", 0x10000, "tbf 1:"},
+		{"fq_codel", 0x80010000, "fq_codel 8001:"},
+		{"htb", 0x76680002, "htb 7668:2"},
+	} {
+		if got := (&ForeignError{Device: "eth0", Kind: tc.kind, Handle: tc.handle}).Qdisc(); got != tc.want {
+			t.Errorf("%s %#x: %q, want %q", tc.kind, tc.handle, got, tc.want)
+		}
+	}
+}

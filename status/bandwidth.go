@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vhqos/vhqos/policy"
 )
 
 // Egress is what the kernel counted in a class's egress shaper (its HTB
@@ -63,15 +64,7 @@ func bitRate(n uint64) string {
 	if n == 0 {
 		return "-"
 	}
-	for _, u := range []struct {
-		suffix string
-		mult   uint64
-	}{{"Tbit", 1e12}, {"Gbit", 1e9}, {"Mbit", 1e6}, {"kbit", 1e3}} {
-		if n >= u.mult && n%u.mult == 0 {
-			return strconv.FormatUint(n/u.mult, 10) + u.suffix
-		}
-	}
-	return strconv.FormatUint(n, 10) + "bit"
+	return policy.FormatBitRate(n)
 }
 
 var (

@@ -48,18 +48,6 @@ func tenantMinorName(tn *policy.Tenant) string { return "tenant:" + tn.Name }
 // its own egress_rate or the tenant's ceil, whichever is less (HTB's
 // ceil); a share is at least 8 kbit/s, the least rate a table may set.
 func planEgress(t *policy.Table) egressPlan {
-	// ratedTenant is the nearest tenant with an egress_rate that a tenant
-	// named name is, or is inside; nil for none.
-	ratedTenant := func(name string) *policy.Tenant {
-		seen := map[*policy.Tenant]bool{}
-		for at := t.TenantOf(name); at != nil && !seen[at]; at = t.TenantOf(at.Parent) {
-			seen[at] = true
-			if at.Egress != 0 {
-				return at
-			}
-		}
-		return nil
-	}
 	type node struct {
 		name   string
 		egress uint64
@@ -70,11 +58,11 @@ func planEgress(t *policy.Table) egressPlan {
 	var nodes []node
 	for _, tn := range tenantsOuterFirst(t) {
 		if tn.Egress != 0 {
-			nodes = append(nodes, node{name: tenantMinorName(tn), egress: tn.Egress, parent: ratedTenant(tn.Parent), tenant: tn})
+			nodes = append(nodes, node{name: tenantMinorName(tn), egress: tn.Egress, parent: t.ShapingTenant(tn.Parent), tenant: tn})
 		}
 	}
 	for _, c := range append([]*policy.Class{&t.Defaults}, vhostPointers(t)...) {
-		parent := ratedTenant(c.Tenant)
+		parent := t.ShapingTenant(c.Tenant)
 		if c.Rates.Egress != 0 || parent != nil {
 			nodes = append(nodes, node{name: c.Name, egress: c.Rates.Egress, parent: parent, site: c})
 		}

@@ -63,13 +63,8 @@ func netDeviceHere(name string) error {
 		if !foreign.Root {
 			where = "under its root"
 		}
-		// As tc writes a handle: "1:", "8001:", "7668:2".
-		handle := fmt.Sprintf("%x:", foreign.Handle>>16)
-		if minor := foreign.Handle & 0xffff; minor != 0 {
-			handle += fmt.Sprintf("%x", minor)
-		}
-		return fmt.Errorf("%s has a qdisc %s %s %s that vhqos did not make (tc qdisc show dev %s); vhqos run does not start while it is there: remove it (tc qdisc del dev %s root) or take %s out of shape_devices",
-			name, foreign.Kind, handle, where, name, name, name)
+		return fmt.Errorf("%s has a qdisc %s %s that vhqos did not make (tc qdisc show dev %s); vhqos run does not start while it is there: remove it (tc qdisc del dev %s root) or take %s out of shape_devices",
+			name, foreign.Qdisc(), where, name, name, name)
 	}
 	// Already says what was being done: finding the device, listing its
 	// qdiscs.

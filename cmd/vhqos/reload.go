@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,8 +142,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 		return
 	}
 	prev, _ := r.table()
-	added, removed, changed, err := r.apply(next)
-	if err != nil {
+	if err := r.apply(next); err != nil {
 		r.log.Error("applying the QoS table failed; the previous one stays in force (SIGHUP tries this file again)", "path", r.path, "err", err)
 		// The same bytes are not tried again on the next event (the
 		// rename an editor does after writing, the watch's first look):
@@ -160,7 +160,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 	}
 	// Warnings first: whoever waits for "reloaded" finds them logged.
 	logWarnings(r.log, next)
-	added, removed, moved := tenantMoves(prev, next, added, removed)
+	added, removed, moved, changed := tableChanges(prev, next)
 	r.log.Info("reloaded QoS table", "path", r.path, "added", added, "removed", removed, "moved", moved, "changed", changed,
 		"took", time.Since(since).Round(time.Microsecond))
 }
@@ -168,19 +168,20 @@ func (r *reloader) reload(since time.Time, force bool) {
 // apply moves from the current table to next: limits of kept groups change
 // in place, new groups are made, the supervisor switches tables, then the
 // groups of removed vhosts go, their processes moving to the defaults. If a
-// cgroup write fails, what was changed is put back.
-func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, err error) {
+// cgroup write fails, what was changed is put back. What it changed, for
+// the log, is tableChanges.
+func (r *reloader) apply(next *policy.Table) error {
 	if next.Settings.CgroupParent != r.current.Settings.CgroupParent {
-		return nil, nil, nil, errors.New("settings.cgroup_parent cannot change while vhqos runs; restart it to move its cgroups")
+		return errors.New("settings.cgroup_parent cannot change while vhqos runs; restart it to move its cgroups")
 	}
 	if next.Settings.Track != r.current.Settings.Track {
-		return nil, nil, nil, errors.New("settings.track cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
+		return errors.New("settings.track cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
 	}
 	if next.Settings.Placement != r.current.Settings.Placement {
-		return nil, nil, nil, errors.New("settings.placement cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
+		return errors.New("settings.placement cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
 	}
 	if !sameDevices(next.Settings.ShapeDevices, r.shapeDevices) {
-		return nil, nil, nil, fmt.Errorf("settings.shape_devices cannot change while vhqos runs (running with %q): vhqos run set the devices up when it started; restart it", r.shapeDevices)
+		return fmt.Errorf("settings.shape_devices cannot change while vhqos runs (running with %q): vhqos run set the devices up when it started; restart it", r.shapeDevices)
 	}
 	old := classes(r.current)
 	neu := classes(next)
@@ -194,21 +195,16 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 		c := neu[name]
 		prev, existed := old[name]
 		if existed && prev.Resources.Equal(c.Resources) {
-			if !sameClassification(prev, c) {
-				changed = append(changed, c.Name)
-			}
 			continue
 		}
 		if err := r.cg.Set(name, c.Resources); err != nil {
 			rollback()
-			return nil, nil, nil, fmt.Errorf("setting the limits of %s: %w", c.Name, err)
+			return fmt.Errorf("setting the limits of %s: %w", c.Name, err)
 		}
 		if existed {
-			changed = append(changed, c.Name)
 			res := prev.Resources
 			undo = append(undo, func() { r.cg.Set(name, res) })
 		} else {
-			added = append(added, c.Name)
 			undo = append(undo, func() { r.cg.Remove(name) })
 		}
 	}
@@ -229,53 +225,108 @@ func (r *reloader) apply(next *policy.Table) (added, removed, changed []string, 
 			"connections_remarked", n.Connections, "processes_moved", n.Processes)
 	}
 	var errs []error
-	// Deepest first: a tenant's group goes after what was inside it.
-	gone := sortedNames(old)
-	slices.Reverse(gone)
+	gone := goneGroups(old, neu)
 	for _, name := range gone {
-		if _, kept := neu[name]; kept {
-			continue
-		}
-		removed = append(removed, old[name].Name)
 		if err := r.cg.RemoveTo(name, movedTo(old[name], next)); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if len(removed) > 0 {
+	if len(gone) > 0 {
 		r.sup.ForgetPlacements()
 	}
 	if len(errs) > 0 {
 		r.log.Warn("removing the cgroups of removed vhosts", "err", errors.Join(errs...))
 	}
-	return added, removed, changed, nil
+	return nil
 }
 
-// tenantMoves takes the vhosts that moved to another tenant out of the
-// added and removed of a reload from prev to next, where they are as
-// their cgroups are (tenant-acme/vhost-blog went, tenant-beta/vhost-blog
-// came), and lists them as moved, "blog: acme -> beta" ("no tenant" for
-// none): the site stayed, with its processes, only its tenant changed.
-func tenantMoves(prev, next *policy.Table, added, removed []string) (stillAdded, stillRemoved, moved []string) {
-	tenant := func(c *policy.Class) string {
-		if c.Tenant == "" {
-			return "no tenant"
+// goneGroups lists the groups of old that neu has not, deepest first: a
+// tenant's group goes after what was inside it.
+func goneGroups(old, neu map[string]*policy.Class) []string {
+	var gone []string
+	for _, name := range slices.Backward(sortedNames(old)) {
+		if _, kept := neu[name]; !kept {
+			gone = append(gone, name)
 		}
-		return c.Tenant
 	}
+	return gone
+}
+
+// tableChanges says, for the log, what a reload from prev to next did:
+// the vhosts and tenants added and removed, those that moved to another
+// tenant (tenantMoves), and those whose limits, or the connections they
+// claim and how they mark them, changed. All of it follows from the two
+// tables, as apply's cgroup writes do.
+func tableChanges(prev, next *policy.Table) (added, removed, moved, changed []string) {
+	old, neu := classes(prev), classes(next)
+	for _, name := range sortedNames(neu) {
+		c := neu[name]
+		switch o, existed := old[name]; {
+		case !existed:
+			added = append(added, c.Name)
+		case !o.Resources.Equal(c.Resources) || !sameClassification(o, c):
+			changed = append(changed, c.Name)
+		}
+	}
+	for _, name := range goneGroups(old, neu) {
+		removed = append(removed, old[name].Name)
+	}
+	added, removed, moved = tenantMoves(prev, next, added, removed)
+	return added, removed, moved, changed
+}
+
+// tenantMoves takes what moved in the cgroup tree out of the added and
+// removed of tableChanges, which are by cgroup: a site or tenant whose
+// place changed is in both, by the same name (tenant-acme/vhost-blog
+// went, tenant-beta/vhost-blog came). It lists as moved each one whose
+// own tenant changed, "blog: acme -> beta" ("no tenant" for none): it
+// stayed, with its processes. What is inside a tenant that moved went
+// with it, and is told only as that tenant.
+func tenantMoves(prev, next *policy.Table, added, removed []string) (stillAdded, stillRemoved, moved []string) {
+	gone := make(map[string]bool, len(removed))
+	for _, name := range removed {
+		gone[name] = true
+	}
+	both := map[string]bool{}
 	for _, name := range added {
-		was, now := prev.Class(name), next.Class(name)
-		if was == nil || now == nil || !slices.Contains(removed, name) {
+		if !gone[name] {
 			stillAdded = append(stillAdded, name)
 			continue
 		}
-		moved = append(moved, fmt.Sprintf("%s: %s -> %s", now.Name, tenant(was), tenant(now)))
+		both[name] = true
+		was, now := tenantOfEntry(prev, name), tenantOfEntry(next, name)
+		if !strings.EqualFold(was, now) {
+			moved = append(moved, fmt.Sprintf("%s: %s -> %s", name, orNoTenant(was), orNoTenant(now)))
+		}
 	}
 	for _, name := range removed {
-		if prev.Class(name) == nil || next.Class(name) == nil || !slices.Contains(added, name) {
+		if !both[name] {
 			stillRemoved = append(stillRemoved, name)
 		}
 	}
 	return stillAdded, stillRemoved, moved
+}
+
+// tenantOfEntry is the tenant that a class of t, or a tenant's stand-in
+// ("tenant NAME", classes), is directly inside, "" for none.
+func tenantOfEntry(t *policy.Table, name string) string {
+	if tn, ok := strings.CutPrefix(name, tenantEntry); ok {
+		if at := t.TenantOf(tn); at != nil {
+			return at.Parent
+		}
+		return ""
+	}
+	if c := t.Class(name); c != nil {
+		return c.Tenant
+	}
+	return ""
+}
+
+func orNoTenant(name string) string {
+	if name == "" {
+		return "no tenant"
+	}
+	return name
 }
 
 // classes maps the cgroup group of every class of t to the class, and of
@@ -288,10 +339,13 @@ func classes(t *policy.Table) map[string]*policy.Class {
 	}
 	for i := range t.Tenants {
 		tn := &t.Tenants[i]
-		out[t.TenantGroup(tn)] = &policy.Class{Name: "tenant " + tn.Name, Resources: tn.Resources, DSCP: -1}
+		out[t.TenantGroup(tn)] = &policy.Class{Name: tenantEntry + tn.Name, Resources: tn.Resources, DSCP: -1}
 	}
 	return out
 }
+
+// tenantEntry begins the name of a tenant's stand-in among the classes.
+const tenantEntry = "tenant "
 
 // movedTo is where the processes still in the group of a class that next
 // no longer has go: the group of the vhost of the same name if next has

@@ -87,16 +87,24 @@ func (b *syncBuffer) String() string {
 
 // A reload that moves a site to another tenant logs it as moved, with
 // both tenants, not as a site added and a site removed (its cgroup's path
-// changed, the site did not); sites that really come and go, and tenants,
-// stay added and removed.
-func TestTenantMoves(t *testing.T) {
+// changed, the site did not); a tenant that moves into another is told as
+// that tenant alone, not as its sites; sites and tenants that really come
+// and go stay added and removed.
+func TestTableChanges(t *testing.T) {
 	table := func(src string) *policy.Table {
 		t.Helper()
-		tab, err := policy.Parse("qos.toml", []byte("[[tenant]]\nname = \"acme\"\n[[tenant]]\nname = \"beta\"\n"+src))
+		tab, err := policy.Parse("qos.toml", []byte(src))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return tab
+	}
+	tenant := func(name, parent string) string {
+		s := fmt.Sprintf("[[tenant]]\nname = %q\n", name)
+		if parent != "" {
+			s += fmt.Sprintf("tenant = %q\n", parent)
+		}
+		return s
 	}
 	site := func(name, tenant string) string {
 		s := fmt.Sprintf("[[vhost]]\nname = %q\nmatch = [%q]\n", name, name+".example")
@@ -105,22 +113,29 @@ func TestTenantMoves(t *testing.T) {
 		}
 		return s
 	}
+	both := tenant("acme", "") + tenant("beta", "")
 	for _, tc := range []struct {
-		name                   string
-		prev, next             string
-		added, removed         []string // as apply returns them
-		wantAdded, wantRemoved []string
-		wantMoved              []string
+		name       string
+		prev, next string
+		added      []string
+		removed    []string
+		moved      []string
+		changed    []string
 	}{
-		{"to another tenant", site("blog", "acme"), site("blog", "beta"), []string{"blog"}, []string{"blog"}, nil, nil, []string{"blog: acme -> beta"}},
-		{"out of its tenant, a tenant gone", site("blog", "acme") + site("shop", ""), site("blog", "") + site("shop", "beta"),
-			[]string{"blog", "shop"}, []string{"shop", "blog", "tenant acme"}, nil, []string{"tenant acme"}, []string{"blog: acme -> no tenant", "shop: no tenant -> beta"}},
-		{"a site added and one removed", site("blog", "acme"), site("shop", "acme"), []string{"shop"}, []string{"blog"}, []string{"shop"}, []string{"blog"}, nil},
+		{"to another tenant", both + site("blog", "acme"), both + site("blog", "beta"), nil, nil, []string{"blog: acme -> beta"}, nil},
+		{"out of its tenant, into one, a tenant gone", both + site("blog", "acme") + site("shop", ""), tenant("beta", "") + site("blog", "") + site("shop", "beta"),
+			nil, []string{"tenant acme"}, []string{"shop: no tenant -> beta", "blog: acme -> no tenant"}, nil},
+		{"a site added and one removed", both + site("blog", "acme"), both + site("shop", "acme"), []string{"shop"}, []string{"blog"}, nil, nil},
+		{"a tenant into another, with its sites", both + site("blog", "acme") + site("shop", "acme"), tenant("beta", "") + tenant("acme", "beta") + site("blog", "acme") + site("shop", "acme"),
+			nil, nil, []string{"tenant acme: no tenant -> beta"}, nil},
+		{"a new tenant around a tenant", tenant("acme", "") + site("blog", "acme"), tenant("reseller", "") + tenant("acme", "reseller") + site("blog", "acme"),
+			[]string{"tenant reseller"}, nil, []string{"tenant acme: no tenant -> reseller"}, nil},
+		{"limits changed in place", both + site("blog", "acme"), both + site("blog", "acme") + "cpu_weight = 200\n", nil, nil, nil, []string{"blog"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			added, removed, moved := tenantMoves(table(tc.prev), table(tc.next), tc.added, tc.removed)
-			if !slices.Equal(added, tc.wantAdded) || !slices.Equal(removed, tc.wantRemoved) || !slices.Equal(moved, tc.wantMoved) {
-				t.Errorf("added %q, removed %q, moved %q; want %q, %q, %q", added, removed, moved, tc.wantAdded, tc.wantRemoved, tc.wantMoved)
+			added, removed, moved, changed := tableChanges(table(tc.prev), table(tc.next))
+			if !slices.Equal(added, tc.added) || !slices.Equal(removed, tc.removed) || !slices.Equal(moved, tc.moved) || !slices.Equal(changed, tc.changed) {
+				t.Errorf("added %q, removed %q, moved %q, changed %q; want %q, %q, %q, %q", added, removed, moved, changed, tc.added, tc.removed, tc.moved, tc.changed)
 			}
 		})
 	}

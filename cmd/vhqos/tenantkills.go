@@ -33,11 +33,28 @@ import (
 
 // tenantFaultSums adds the sites' OOM kills (under cgroup v1) and forks
 // refused (where pidsLocal: the kernel counts them in the forking cgroup,
-// pidsEventsLocal) to the tenants of rep they are inside.
+// pidsEventsLocal) to the tenants of rep they are inside
+// (policy.Table.Enclosing). It runs for every status request and scrape:
+// one pass over the sites, whatever the number of tenants.
 func tenantFaultSums(rep *status.Report, t *policy.Table, pidsLocal bool) {
 	kills, forks := rep.Cgroup == 1, pidsLocal
 	if !kills && !forks {
 		return
+	}
+	killed, refused := map[*policy.Tenant]uint64{}, map[*policy.Tenant]uint64{}
+	for _, c := range rep.Classes {
+		class := t.Class(c.Name)
+		if class == nil {
+			continue
+		}
+		for _, tn := range t.Enclosing(class.Tenant) {
+			if c.Memory != nil {
+				killed[tn] += c.Memory.Events["oom_kill"]
+			}
+			if c.Tasks != nil {
+				refused[tn] += c.Tasks.MaxEvents
+			}
+		}
 	}
 	for i := range rep.Tenants {
 		rt := &rep.Tenants[i]
@@ -45,27 +62,13 @@ func tenantFaultSums(rep *status.Report, t *policy.Table, pidsLocal bool) {
 		if tn == nil {
 			continue
 		}
-		inside := t.TenantGroup(tn) + "/"
-		var killed, refused uint64
-		for _, c := range rep.Classes {
-			class := t.Class(c.Name)
-			if class == nil || c.Default || !strings.HasPrefix(t.GroupOf(class), inside) {
-				continue
-			}
-			if c.Memory != nil {
-				killed += c.Memory.Events["oom_kill"]
-			}
-			if c.Tasks != nil {
-				refused += c.Tasks.MaxEvents
-			}
-		}
 		if m := rt.Memory; kills && m != nil && m.Events != nil {
-			if _, counted := m.Events["oom_kill"]; counted || killed > 0 {
-				m.Events["oom_kill"] += killed
+			if _, counted := m.Events["oom_kill"]; counted || killed[tn] > 0 {
+				m.Events["oom_kill"] += killed[tn]
 			}
 		}
 		if forks && rt.Tasks != nil {
-			rt.Tasks.MaxEvents += refused
+			rt.Tasks.MaxEvents += refused[tn]
 		}
 	}
 }
