@@ -36,9 +36,12 @@ type Report struct {
 	// TableRefused is true while the table file holds a table vhqos
 	// refused, the one before it still in force; false once a table
 	// from the file is in force.
-	TableRefused bool    `json:"table_refused"`
-	Cgroup       int     `json:"cgroup_version"`
-	Classes      []Class `json:"vhosts"`
+	TableRefused bool `json:"table_refused"`
+	// TableRefusedWhy is why, while TableRefused: the table's mistakes
+	// as vhqos check prints them, or what applying it ran into.
+	TableRefusedWhy string  `json:"table_refused_why,omitempty"`
+	Cgroup          int     `json:"cgroup_version"`
+	Classes         []Class `json:"vhosts"`
 	// Tenants are the table's tenants, in file order.
 	Tenants    []Tenant `json:"tenants,omitempty"`
 	Supervisor Counters `json:"supervisor"`
@@ -219,7 +222,12 @@ func (r *Report) WriteTable(w io.Writer, prev *Report) {
 	fmt.Fprintf(w, "vhqos pid %d, server pid %d, up %s, table %s (generation %d), cgroup v%d\n",
 		r.PID, r.ServerPID, r.Now.Sub(r.Started).Round(time.Second), r.Config, r.Generation, r.Cgroup)
 	if r.TableRefused {
-		fmt.Fprintf(w, "table refused: %s holds a table vhqos refused, and the one before stays in force (vhqos check %s, or the log, says why)\n", r.Config, r.Config)
+		fmt.Fprintf(w, "table refused: %s holds a table vhqos refused, and the one before stays in force", r.Config)
+		if r.TableRefusedWhy == "" {
+			fmt.Fprintf(w, " (vhqos check %s, or the log, says why)\n", r.Config)
+		} else {
+			fmt.Fprintf(w, ":\n  %s\n", strings.ReplaceAll(r.TableRefusedWhy, "\n", "\n  "))
+		}
 	}
 	r.writeParts(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -238,3 +238,36 @@ func TestWriteTableVHosts(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteTableRefused: while the table file is refused, the status says
+// so and, when the supervisor reported it, why, each line of it indented.
+func TestWriteTableRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    Report
+		want []string
+		not  []string
+	}{
+		{"in force", Report{Config: "/etc/vhqos/qos.toml"}, nil, []string{"table refused"}},
+		{"refused, why reported", Report{Config: "/etc/vhqos/qos.toml", TableRefused: true,
+			TableRefusedWhy: "qos.toml:2:1: [defaults] cpu_wieght: unknown key\nqos.toml:3:1: [defaults] dscp: 99 is no DSCP"},
+			[]string{"table refused: /etc/vhqos/qos.toml", "\n  qos.toml:2:1: [defaults] cpu_wieght", "\n  qos.toml:3:1:"}, []string{"or the log, says why"}},
+		{"refused, why unknown", Report{Config: "/etc/vhqos/qos.toml", TableRefused: true},
+			[]string{"table refused: /etc/vhqos/qos.toml", "(vhqos check /etc/vhqos/qos.toml, or the log, says why)"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			tc.r.WriteTable(&b, nil)
+			for _, w := range tc.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("status lacks %q:\n%s", w, b.String())
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(b.String(), n) {
+					t.Errorf("status says %q:\n%s", n, b.String())
+				}
+			}
+		})
+	}
+}

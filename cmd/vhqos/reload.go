@@ -41,11 +41,26 @@ type reloader struct {
 	generation uint64
 	reloads    atomic.Uint64
 	refused    atomic.Uint64
-	// onDiskRefused is set while the file holds a table this reloader
-	// refused (the one before stays in force), cleared when a table from
-	// it is applied: unlike the refused counter it says what is true now,
-	// for an alert that lasts as long as the broken file.
-	onDiskRefused atomic.Bool
+	// refusal is why the file's table was refused while the file holds
+	// it (the one before stays in force), nil once a table from it is
+	// applied: unlike the refused counter it says what is true now, for
+	// an alert that lasts as long as the broken file, and for vhqos
+	// reload to say why.
+	refusal atomic.Pointer[string]
+}
+
+// refuse counts a refused table and keeps why, for the status report.
+func (r *reloader) refuse(why string) {
+	r.refused.Add(1)
+	r.refusal.Store(&why)
+}
+
+// refusedWhy says why the file's table is refused now, "" when it is not.
+func (r *reloader) refusedWhy() string {
+	if why := r.refusal.Load(); why != nil {
+		return *why
+	}
+	return ""
 }
 
 // table returns the table in force and its generation (0 for the first).
@@ -114,8 +129,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 		if v := recover(); v != nil {
 			r.log.Error("internal error while applying the QoS table; please report it", "path", r.path,
 				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-			r.refused.Add(1)
-			r.onDiskRefused.Store(true)
+			r.refuse(fmt.Sprintf("internal error while applying it (please report it): %v", v))
 		}
 	}()
 	data, err := os.ReadFile(r.path)
@@ -137,8 +151,7 @@ func (r *reloader) reload(since time.Time, force bool) {
 	if err != nil {
 		r.log.Error("refused QoS table; the previous one stays in force", "path", r.path, "problems", err.Error())
 		r.raw = data
-		r.refused.Add(1)
-		r.onDiskRefused.Store(true)
+		r.refuse(err.Error())
 		return
 	}
 	prev, _ := r.table()
@@ -148,13 +161,12 @@ func (r *reloader) reload(since time.Time, force bool) {
 		// rename an editor does after writing, the watch's first look):
 		// each try writes the limits that fit and takes them back.
 		r.raw = data
-		r.refused.Add(1)
-		r.onDiskRefused.Store(true)
+		r.refuse("applying it failed: " + err.Error())
 		return
 	}
 	r.raw = data
 	r.reloads.Add(1)
-	r.onDiskRefused.Store(false)
+	r.refusal.Store(nil)
 	if r.applied != nil {
 		r.applied(data)
 	}

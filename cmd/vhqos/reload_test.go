@@ -57,8 +57,11 @@ func TestWatchSeesEditBeforeItStarted(t *testing.T) {
 				t.Errorf("tables refused: %d, want %d; log:\n%s", got, tc.wantRefused, logs.String())
 			}
 			// vhqos_table_refused: the file holds a refused table.
-			if got := r.onDiskRefused.Load(); got != (tc.wantRefused > 0) {
+			if got := r.refusedWhy() != ""; got != (tc.wantRefused > 0) {
 				t.Errorf("the file's table refused now: %v, want %v", got, tc.wantRefused > 0)
+			}
+			if tc.wantRefused > 0 && !strings.Contains(r.refusedWhy(), "cpu_weight") {
+				t.Errorf("the reason kept for vhqos status and reload does not name the problem: %q", r.refusedWhy())
 			}
 			if tc.wantRefused > 0 && !strings.Contains(logs.String(), "cpu_weight") {
 				t.Errorf("the refusal does not name the problem; log:\n%s", logs.String())

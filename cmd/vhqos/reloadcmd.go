@@ -83,7 +83,7 @@ func reloadTable(socket string, timeout time.Duration, stdout io.Writer) error {
 		case now.SupervisorPID != before.SupervisorPID:
 			continue
 		case now.Supervisor.ReloadsRefused > before.Supervisor.ReloadsRefused:
-			return refusedTable(now.Config)
+			return refusedTable(now)
 		case now.Supervisor.Reloads > before.Supervisor.Reloads:
 			fmt.Fprintf(stdout, "reloaded %s: table generation %d\n", now.Config, now.Generation)
 			return nil
@@ -92,15 +92,13 @@ func reloadTable(socket string, timeout time.Duration, stdout io.Writer) error {
 	return fmt.Errorf("the supervisor has not reloaded the table within %v (vhqos run's log says why)", timeout)
 }
 
-// refusedTable says why: the table's mistakes as vhqos check prints them,
-// or, for a table the kernel refused, where to look.
-func refusedTable(config string) error {
-	data, err := os.ReadFile(config)
-	if err != nil {
-		return fmt.Errorf("%w: reading it: %v", errTableRefused, err)
+// refusedTable says why, as the supervisor that refused it reports: the
+// table's mistakes as vhqos check prints them, or what applying it ran
+// into (a setting that cannot change while vhqos runs, a limit the
+// kernel refused). A vhqos too old to report it is asked by the log.
+func refusedTable(now *status.Report) error {
+	if now.TableRefusedWhy != "" {
+		return fmt.Errorf("%w:\n%s", errTableRefused, now.TableRefusedWhy)
 	}
-	if _, err := policy.Parse(config, data); err != nil {
-		return fmt.Errorf("%w:\n%v", errTableRefused, err)
-	}
-	return fmt.Errorf("%w: applying it failed (vhqos run's log says why; a limit the kernel refused?)", errTableRefused)
+	return fmt.Errorf("%w (vhqos run's log says why)", errTableRefused)
 }

@@ -30,14 +30,21 @@ func TestReloadTable(t *testing.T) {
 		name   string
 		table  string
 		refuse bool   // the fake supervisor counts a refusal
+		why    string // and reports why
 		says   string // part of the output
 		err    string // part of the error; "" for none
 	}{
 		{name: "taken", table: "[defaults]\ncpu_weight = 100\n", says: "table generation 2"},
 		{name: "refused: the problems", table: "[defaults]\ncpu_wieght = 100\n", refuse: true,
+			why: `qos.toml:2:1: [defaults] cpu_wieght: unknown key; did you mean "cpu_weight"?`,
 			err: `qos.toml:2:1: [defaults] cpu_wieght: unknown key; did you mean "cpu_weight"?`},
-		{name: "refused by the kernel", table: "[defaults]\ncpu_weight = 100\n", refuse: true,
-			err: "applying it failed (vhqos run's log says why"},
+		// A table vhqos check takes that the running vhqos cannot: the
+		// reason is the supervisor's, not a guess from the file.
+		{name: "refused: a setting that cannot change", table: "[settings]\nplacement = \"thread\"\n", refuse: true,
+			why: "applying it failed: settings.placement cannot change while vhqos runs",
+			err: "settings.placement cannot change while vhqos runs"},
+		{name: "refused by a vhqos that does not say why", table: "[defaults]\ncpu_weight = 100\n", refuse: true,
+			err: "vhqos run's log says why"},
 		{name: "empty", table: "  \n", err: "is empty, which vhqos takes for a write in progress"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -52,6 +59,7 @@ func TestReloadTable(t *testing.T) {
 				t.Fatal(err)
 			}
 			var reloads, refused, generation atomic.Uint64
+			var why atomic.Pointer[string]
 			generation.Store(1)
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
@@ -65,6 +73,7 @@ func TestReloadTable(t *testing.T) {
 						return
 					case <-hup:
 						if tc.refuse {
+							why.Store(&tc.why)
 							refused.Add(1)
 						} else {
 							reloads.Add(1)
@@ -74,8 +83,12 @@ func TestReloadTable(t *testing.T) {
 				}
 			}()
 			go status.Serve(ctx, l, slog.New(slog.NewTextHandler(io.Discard, nil)), func() *status.Report {
-				return &status.Report{Config: config, SupervisorPID: os.Getpid(), Generation: generation.Load(),
+				rep := &status.Report{Config: config, SupervisorPID: os.Getpid(), Generation: generation.Load(),
 					Supervisor: status.Counters{Reloads: reloads.Load(), ReloadsRefused: refused.Load()}}
+				if w := why.Load(); w != nil {
+					rep.TableRefused, rep.TableRefusedWhy = *w != "", *w
+				}
+				return rep
 			})
 			var out bytes.Buffer
 			err = reloadTable(socket, 10*time.Second, &out)

@@ -56,9 +56,10 @@ func buildReport(started time.Time, serverPid int, path string, r *reloader, cg 
 	table, gen := r.table()
 	st := sup.Stats()
 	procs, listeners, followed := sup.Tables()
+	refusedWhy := r.refusedWhy()
 	rep := &status.Report{
 		PID: os.Getpid(), ServerPID: serverPid, Config: path, Started: started, Now: time.Now(),
-		Generation: gen, TableRefused: r.onDiskRefused.Load(), Cgroup: cg.Version(),
+		Generation: gen, TableRefused: refusedWhy != "", TableRefusedWhy: refusedWhy, Cgroup: cg.Version(),
 		Supervisor: status.Counters{
 			Notifications: st.Notifications.Load(), Accepted: st.Accepted.Load(), Continued: st.Continued.Load(),
 			Requeued: st.Requeued.Load(), PlacementErrors: st.PlacementErrors.Load(), Errors: st.Errors.Load(),
