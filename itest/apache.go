@@ -558,12 +558,7 @@ func (a *Apache) Log() ([]LogEntry, error) {
 
 // OpenGate lets the hold CGIs waiting at gate g answer (within their poll
 // interval, 0.2 s) and any that come later answer at once.
-func (a *Apache) OpenGate(g string) error {
-	if err := os.WriteFile(filepath.Join(a.Dir, "gates", g), nil, 0o644); err != nil {
-		return fmt.Errorf("opening gate %s: %w", g, err)
-	}
-	return nil
-}
+func (a *Apache) OpenGate(g string) error { return openGate(a.Dir, g) }
 
 // Held counts the hold CGIs of this Apache waiting at gate g (or answering,
 // if it has just been opened): each is a request being served, its

@@ -94,3 +94,9 @@ func testCGIDVhosts(t *testing.T, placement string) {
 		t.Errorf("CGIs forked by %d processes, want one (mod_cgid's daemon)", len(parents))
 	}
 }
+
+// Debian's Apache with its default MPM, event: CPU-bound CGIs, forked by
+// mod_cgid's daemon, split the CPU 4:1 between two vhosts of weights 400
+// and 100, and a vhost capped at 20% uses at most 25% of a CPU, as under
+// prefork (TestCPUWeightsAndCap).
+func TestCGIDCPUWeightsAndCap(t *testing.T) { testCGIWeightsAndCap(t, "event") }

@@ -172,15 +172,14 @@ func ParseWhoami(body string) (Whoami, error) {
 		case "cgi-pid":
 			w.CGIPID, err = strconv.Atoi(val)
 		case "cgroup", "cgi-cgroup":
-			// hierarchy-ID:controller-list:path
-			parts := strings.SplitN(val, ":", 3)
-			if len(parts) != 3 {
+			controllers, path, ok := splitCgroupLine(val)
+			if !ok {
 				return w, fmt.Errorf("bad cgroup line %q", line)
 			}
 			if key == "cgroup" {
-				w.Cgroups[parts[1]] = parts[2]
+				w.Cgroups[controllers] = path
 			} else {
-				w.CGICgroups[parts[1]] = parts[2]
+				w.CGICgroups[controllers] = path
 			}
 		case "local":
 			w.Local, err = netip.ParseAddrPort(val)
@@ -197,6 +196,16 @@ func ParseWhoami(body string) (Whoami, error) {
 		return w, fmt.Errorf("not a whoami answer: %q", body)
 	}
 	return w, nil
+}
+
+// splitCgroupLine splits a line of /proc/PID/cgroup,
+// "hierarchy-ID:controller-list:path" (cgroups(7)).
+func splitCgroupLine(line string) (controllers, path string, ok bool) {
+	_, rest, ok := strings.Cut(line, ":")
+	if !ok {
+		return "", "", false
+	}
+	return strings.Cut(rest, ":")
 }
 
 // cpuCgroup picks, from /proc/PID/cgroup lines by controller list, the

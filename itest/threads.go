@@ -157,8 +157,12 @@ func RunPythonThreads(t testing.TB, cfg PythonThreadsConfig) *PythonThreads {
 
 // OpenGate lets the holds and burns at gate g answer (at their next check,
 // many times a second) and any that come later answer at once.
-func (p *PythonThreads) OpenGate(g string) error {
-	if err := os.WriteFile(filepath.Join(p.Dir, "gates", g), nil, 0o644); err != nil {
+func (p *PythonThreads) OpenGate(g string) error { return openGate(p.Dir, g) }
+
+// openGate creates the file g in the scratch directory dir's gates/, where
+// the test servers' holds and burns look for their gate.
+func openGate(dir, g string) error {
+	if err := os.WriteFile(filepath.Join(dir, "gates", g), nil, 0o644); err != nil {
 		return fmt.Errorf("opening gate %s: %w", g, err)
 	}
 	return nil
@@ -215,15 +219,14 @@ func ParseThreadReport(body string) (ThreadReport, error) {
 		case "tid":
 			r.TID, err = strconv.Atoi(val)
 		case "start", "end":
-			// hierarchy-ID:controller-list:path
-			parts := strings.SplitN(val, ":", 3)
-			if len(parts) != 3 {
+			controllers, path, ok := splitCgroupLine(val)
+			if !ok {
 				return r, fmt.Errorf("bad cgroup line %q", line)
 			}
 			if key == "start" {
-				r.Start[parts[1]] = parts[2]
+				r.Start[controllers] = path
 			} else {
-				r.End[parts[1]] = parts[2]
+				r.End[controllers] = path
 			}
 		}
 		if err != nil {

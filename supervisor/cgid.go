@@ -115,37 +115,27 @@ func (s *Supervisor) classifyCGID(c *conn, cl *classifierGen) bool {
 	bufp := s.peekBufs.get(limit)
 	defer s.peekBufs.put(bufp)
 	n, final := peekAll(c.fd, *bufp)
-	if n == 0 && final {
-		s.stats.NameFallbacks.Add(1)
-		s.finishByAddr(c, cl)
-		return true
-	}
 	req, res := vhost.ParseCGID((*bufp)[:n])
-	switch res {
-	case vhost.NeedMore:
-		if n < limit && !final {
-			return false
-		}
-		s.stats.NameFallbacks.Add(1)
-		s.finishByAddr(c, cl)
-		return true
-	case vhost.NoName:
-		s.stats.NameFallbacks.Add(1)
-		s.finishByAddr(c, cl)
-		return true
+	if res == vhost.NeedMore && n < limit && !final {
+		return false
 	}
-	st := c.l.cgid
+	// A pid request takes the names of the CGI request before it.
 	var names cgidNames
-	if req.Type == vhost.CGIDGetPID {
-		var ok bool
-		if names, ok = st.take(req.ConnID); !ok {
-			s.finishByAddr(c, cl)
-			return true
-		}
-	} else {
+	found := res == vhost.Found
+	switch {
+	case found && req.Type == vhost.CGIDGetPID:
+		names, found = c.l.cgid.take(req.ConnID)
+	case found:
 		names = cgidNames{host: req.Host, alt: req.ServerName, server: req.Server}
-		st.remember(req.ConnID, names)
+		c.l.cgid.remember(req.ConnID, names)
 		s.stats.NamesFound.Add(1)
+	}
+	if !found {
+		// No request (or not all of it in time or within the byte
+		// limit), or a pid request whose CGI request was never seen.
+		s.stats.NameFallbacks.Add(1)
+		s.finishByAddr(c, cl)
+		return true
 	}
 	s.finish(c, c.byCGID(cl, names))
 	return true

@@ -1,6 +1,7 @@
 package vhost
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 )
@@ -182,28 +183,16 @@ func ParseCGID(data []byte) (CGIDRequest, Sniff) {
 		if len(data) < pos+int(n) {
 			return short(pos + int(n))
 		}
-		kv := data[pos : pos+int(n)]
+		key, value, _ := bytes.Cut(data[pos:pos+int(n)], []byte{'='})
 		pos += int(n)
-		key, value := kv, []byte(nil)
-		for i, c := range kv {
-			if c == '=' {
-				key, value = kv[:i], kv[i+1:]
-				break
-			}
-		}
-		// Comparisons of converted byte slices do not allocate. A value
-		// longer than maxHostValue is no name, as in FastCGI.
+		// Comparisons of converted byte slices do not allocate.
 		switch {
 		case string(key) == "HTTP_HOST" && !hostSeen:
 			hostSeen = true
-			if k, ok := hostPort(value, &buf); ok && len(value) <= maxHostValue {
-				req.Host = string(buf[:k])
-			}
+			req.Host = cgidName(value, &buf)
 		case string(key) == "SERVER_NAME" && !nameSeen:
 			nameSeen = true
-			if k, ok := hostPort(value, &buf); ok && len(value) <= maxHostValue {
-				req.ServerName = string(buf[:k])
-			}
+			req.ServerName = cgidName(value, &buf)
 		case string(key) == "SERVER_ADDR" && !addrSeen:
 			addrSeen = true
 			// The longest address text: IPv6 with an embedded IPv4 and a
@@ -215,7 +204,9 @@ func ParseCGID(data []byte) (CGIDRequest, Sniff) {
 			}
 		case string(key) == "SERVER_PORT" && !portSeen:
 			portSeen = true
-			port = cgidPort(value)
+			// Apache writes it with %u: no sign, no leading zero, as
+			// PROXY v1 ports.
+			port, _ = proxyPort(value)
 		}
 		if hostSeen && nameSeen && addrSeen && portSeen {
 			break
@@ -230,21 +221,15 @@ func ParseCGID(data []byte) (CGIDRequest, Sniff) {
 	return req, Found
 }
 
-// cgidPort reads a TCP port: 1 to 65535, at most five decimal digits;
-// 0 when value is not one.
-func cgidPort(value []byte) uint16 {
-	if len(value) == 0 || len(value) > 5 {
-		return 0
+// cgidName is an HTTP_HOST or SERVER_NAME value as a name, as SniffName
+// returns it; "" when it is none. A value longer than maxHostValue is no
+// name, as in FastCGI.
+func cgidName(value []byte, buf *[253]byte) string {
+	if len(value) > maxHostValue {
+		return ""
 	}
-	p := 0
-	for _, c := range value {
-		if c < '0' || c > '9' {
-			return 0
-		}
-		p = p*10 + int(c-'0')
+	if k, ok := hostPort(value, buf); ok {
+		return string(buf[:k])
 	}
-	if p > 65535 {
-		return 0
-	}
-	return uint16(p)
+	return ""
 }

@@ -1,7 +1,6 @@
 package vhost
 
 import (
-	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"os"
@@ -180,6 +179,10 @@ func TestParseCGID(t *testing.T) {
 			CGIDRequest{Type: CGIDScript, ConnID: 7, Host: "shop.example"}, Found},
 		{"a port with a sign", cgidReq("SERVER_NAME=shop.example", "SERVER_ADDR=192.0.2.1", "SERVER_PORT=+80"),
 			CGIDRequest{Type: CGIDScript, ConnID: 7, ServerName: "shop.example"}, Found},
+		{"a port with a leading zero (Apache writes %u)", cgidReq("SERVER_NAME=shop.example", "SERVER_ADDR=192.0.2.1", "SERVER_PORT=080"),
+			CGIDRequest{Type: CGIDScript, ConnID: 7, ServerName: "shop.example"}, Found},
+		{"a port of six digits", cgidReq("SERVER_NAME=shop.example", "SERVER_ADDR=192.0.2.1", "SERVER_PORT=000080"),
+			CGIDRequest{Type: CGIDScript, ConnID: 7, ServerName: "shop.example"}, Found},
 		{"a bad address", cgidReq("HTTP_HOST=shop.example", "SERVER_ADDR=192.0.2", "SERVER_PORT=80"),
 			CGIDRequest{Type: CGIDScript, ConnID: 7, Host: "shop.example"}, Found},
 		{"an invalid HTTP_HOST", cgidReq("HTTP_HOST=shop example", "SERVER_NAME=shop.example", "SERVER_ADDR=192.0.2.1", "SERVER_PORT=80"),
@@ -218,6 +221,7 @@ func TestParseCGID(t *testing.T) {
 		{"log level over trace8", with(func(h *cgidHeader) { h.logLevel = 16 }), CGIDRequest{}, NoName},
 		{"a negative log level", with(func(h *cgidHeader) { h.logLevel = -1 }), CGIDRequest{}, NoName},
 		{"a pid request with an environment", cgidHeader{typ: cgidGetPID, ppid: 1, envCount: 1}.bytes(), CGIDRequest{}, NoName},
+		{"a pid request without a parent pid", cgidHeader{typ: cgidGetPID, connID: 9}.bytes(), CGIDRequest{}, NoName},
 		{"a pid request with a uri", cgidHeader{typ: cgidGetPID, ppid: 1, uri: "/x"}.bytes(), CGIDRequest{}, NoName},
 		{"args past the limit", func() []byte {
 			b := cgidReq(shop...)
@@ -252,14 +256,13 @@ func TestParseCGID(t *testing.T) {
 	}
 }
 
-// checkParseCGID checks what holds for every input: a decision is final
-// (more bytes never change it; fewer decide the same or not at all), only
-// Found comes with a request, names are names and addresses unmapped.
+// checkParseCGID checks what holds for every input: checkDecision's rules
+// (a decision is final, only Found comes with a request), names are names,
+// addresses unmapped, and nothing past maxCGID bytes is looked at.
 func checkParseCGID(t *testing.T, data []byte) {
 	t.Helper()
-	got, r := ParseCGID(data)
-	switch r {
-	case Found:
+	got, r := checkDecision(t, ParseCGID, data)
+	if r == Found {
 		for _, name := range []string{got.Host, got.ServerName} {
 			if name != "" && !validSniffedName(name) {
 				t.Fatalf("Found invalid name %q", name)
@@ -277,22 +280,6 @@ func checkParseCGID(t *testing.T, data []byte) {
 		if a := got.Server.Addr(); got.Server.IsValid() && (a.Is4In6() || got.Server.Port() == 0) {
 			t.Fatalf("Found server %v", got.Server)
 		}
-	case NeedMore, NoName:
-		if got != (CGIDRequest{}) {
-			t.Fatalf("%v with %+v", r, got)
-		}
-	default:
-		t.Fatalf("result %d", r)
-	}
-	if r != NeedMore {
-		more := append(bytes.Clone(data), data...)
-		if got2, r2 := ParseCGID(more); r2 != r || got2 != got {
-			t.Fatalf("appending changed %+v, %v to %+v, %v", got, r, got2, r2)
-		}
-	}
-	half := data[:len(data)/2]
-	if got2, r2 := ParseCGID(half); r2 != NeedMore && (r2 != r || got2 != got) {
-		t.Fatalf("first half gives %+v, %v, the whole %+v, %v", got2, r2, got, r)
 	}
 	if len(data) > maxCGID {
 		if got2, r2 := ParseCGID(data[:maxCGID]); r2 != r || got2 != got {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -502,34 +503,50 @@ func FuzzSniffTLS(f *testing.F) {
 }
 
 // checkSniffer holds a sniffer to what the supervisor relies on: a Found
-// name is a valid host name, and deciding never depends on how many bytes
-// have arrived beyond the deciding ones.
+// name is a valid host name, and checkDecision's rules.
 func checkSniffer(t *testing.T, sniff func([]byte) (string, Sniff), data []byte) {
-	name, r := sniff(data)
+	t.Helper()
+	if name, r := checkDecision(t, sniff, data); r == Found && !validSniffedName(name) {
+		t.Fatalf("Found invalid name %q", name)
+	}
+}
+
+// checkDecision holds a parser of peeked bytes (SniffName and its parts,
+// ParseProxy, ParseCGID) to what the supervisor relies on whatever the
+// bytes: only Found comes with a value, more bytes never change a decision,
+// nor fewer bytes make one that the whole does not confirm. It returns
+// what parse answers for data.
+func checkDecision[T comparable](t *testing.T, parse func([]byte) (T, Sniff), data []byte) (T, Sniff) {
+	t.Helper()
+	// show quotes names, so that "" shows.
+	show := func(v T) string {
+		if s, ok := any(v).(string); ok {
+			return strconv.Quote(s)
+		}
+		return fmt.Sprintf("%+v", v)
+	}
+	got, r := parse(data)
 	switch r {
 	case Found:
-		if !validSniffedName(name) {
-			t.Fatalf("Found invalid name %q", name)
-		}
 	case NeedMore, NoName:
-		if name != "" {
-			t.Fatalf("%v with name %q", r, name)
+		var zero T
+		if got != zero {
+			t.Fatalf("%v with %s", r, show(got))
 		}
 	default:
 		t.Fatalf("result %d", r)
 	}
-	// More bytes never change a decision, nor fewer bytes make one that
-	// the whole does not confirm.
 	if r != NeedMore {
 		more := append(bytes.Clone(data), data...)
-		if name2, r2 := sniff(more); r2 != r || name2 != name {
-			t.Fatalf("appending changed %q, %v to %q, %v", name, r, name2, r2)
+		if got2, r2 := parse(more); r2 != r || got2 != got {
+			t.Fatalf("appending changed %s, %v to %s, %v", show(got), r, show(got2), r2)
 		}
 	}
 	half := data[:len(data)/2]
-	if name2, r2 := sniff(half); r2 != NeedMore && (r2 != r || name2 != name) {
-		t.Fatalf("first half gives %q, %v, the whole %q, %v", name2, r2, name, r)
+	if got2, r2 := parse(half); r2 != NeedMore && (r2 != r || got2 != got) {
+		t.Fatalf("first half gives %s, %v, the whole %s, %v", show(got2), r2, show(got), r)
 	}
+	return got, r
 }
 
 // SniffName reads each protocol from its first byte: FastCGI from nginx

@@ -329,7 +329,7 @@ func forkRun(cg *cgroup.Manager, bin, dir string, srv forkServer, mode string, c
 		return forkRunResult{}, fmt.Errorf("%w; %s said:\n%s", err, argv[0], tail(string(data)))
 	}
 	if wrapped {
-		server, err := childOf(cmd.Process.Pid)
+		server, err := serverOf(cmd.Process.Pid)
 		if err != nil {
 			return forkRunResult{}, err
 		}
@@ -448,25 +448,4 @@ func waitGone(pgids []int) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// childOf returns the one child process of pid (vhqos's: the server).
-func childOf(pid int) (int, error) {
-	// Children are listed by the thread that made them.
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	if err != nil || len(tasks) == 0 {
-		return 0, fmt.Errorf("listing the threads of %d: %v", pid, err)
-	}
-	var children []int
-	for _, task := range tasks {
-		data, _ := os.ReadFile(task)
-		for _, f := range bytes.Fields(data) {
-			child, _ := strconv.Atoi(string(f))
-			children = append(children, child)
-		}
-	}
-	if len(children) != 1 {
-		return 0, fmt.Errorf("vhqos %d has children %v, want one server", pid, children)
-	}
-	return children[0], nil
 }

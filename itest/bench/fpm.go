@@ -25,11 +25,11 @@ func fpmBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measureOpti
 		return err
 	}
 	defer os.Remove(qosFile)
-	floorBin, err := buildFloor()
+	floorBin, removeFloor, err := buildFloor()
 	if err != nil {
 		return err
 	}
-	defer os.Remove(floorBin)
+	defer removeFloor()
 	fmt.Printf("php-fpm (static pool, %d workers, TCP) behind native nginx, wrk -t2 -c%d -d%v to nginx, %d alternating rounds of native, floor (emulating accept), vhqos (two name vhosts: FastCGI HTTP_HOST); %s\n",
 		conns, conns, opts.duration, pairs, kernel())
 	for _, close := range []bool{true, false} {

@@ -114,206 +114,190 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench: lo up: %v %s\n", err, out)
 		os.Exit(1)
 	}
-	bin, _ := filepath.Abs(*vhqos)
-	if *reload {
-		if err := reloadBench(bin); err != nil {
-			fail(err)
+	// fail exits without running deferred calls: run returns its error
+	// once its own have closed what it opened (cgroups, the veth pair).
+	run := func() error {
+		bin, _ := filepath.Abs(*vhqos)
+		if *reload {
+			return reloadBench(bin)
 		}
-		return
-	}
-	if *fork {
-		if err := forkBench(bin, *pairs, *conns, *duration); err != nil {
-			fail(err)
+		if *fork {
+			return forkBench(bin, *pairs, *conns, *duration)
 		}
-		return
-	}
-	table := qos
-	server := "127.0.0.2"
-	var clients *itest.Veth
-	if *rates {
-		var err error
-		if clients, err = itest.NewVeth(benchDevice, "vqbench1", "169.254.90.1", "169.254.90.2"); err != nil {
-			fail(err)
+		table := qos
+		server := "127.0.0.2"
+		var clients *itest.Veth
+		if *rates {
+			var err error
+			if clients, err = itest.NewVeth(benchDevice, "vqbench1", "169.254.90.1", "169.254.90.2"); err != nil {
+				return err
+			}
+			defer clients.Close()
+			if err := clients.InClients(clientSysctls); err != nil {
+				return err
+			}
+			server = clients.SrvIP
+			table = strings.ReplaceAll(table, "127.0.0.2", server)
 		}
-		defer clients.Close()
-		if err := clients.InClients(clientSysctls); err != nil {
-			fail(err)
+		setups := []setup{
+			{name: "listener per address (kernel accepts)", url: "http://" + server + ":8080/index.html", floorMode: "continue"},
+			{name: "wildcard listener (vhqos emulates accept)", url: "http://" + server + ":8080/index.html", listenAll: "8080", floorMode: "emulate"},
 		}
-		server = clients.SrvIP
-		table = strings.ReplaceAll(table, "127.0.0.2", server)
-	}
-	setups := []setup{
-		{name: "listener per address (kernel accepts)", url: "http://" + server + ":8080/index.html", floorMode: "continue"},
-		{name: "wildcard listener (vhqos emulates accept)", url: "http://" + server + ":8080/index.html", listenAll: "8080", floorMode: "emulate"},
-	}
-	if *names {
-		table = nameQoS
-		setups = []setup{
-			{name: "name-based, HTTP (Host header)", url: "http://shop.example:8080/index.html", names: true, floorMode: "emulate"},
-			{name: "name-based, HTTPS (TLS SNI)", url: "https://shop.example:8443/index.html", names: true, floorMode: "emulate"},
+		if *names {
+			table = nameQoS
+			setups = []setup{
+				{name: "name-based, HTTP (Host header)", url: "http://shop.example:8080/index.html", names: true, floorMode: "emulate"},
+				{name: "name-based, HTTPS (TLS SNI)", url: "https://shop.example:8443/index.html", names: true, floorMode: "emulate"},
+			}
+			if err := privateHosts(server + " shop.example blog.example\n"); err != nil {
+				return err
+			}
 		}
-		if err := privateHosts(server + " shop.example blog.example\n"); err != nil {
-			fail(err)
+		for i := range setups {
+			setups[i].server, setups[i].clients = server, clients
 		}
-	}
-	for i := range setups {
-		setups[i].server, setups[i].clients = server, clients
-	}
-	qosFile := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-qos-%d.toml", os.Getpid()))
-	os.WriteFile(qosFile, []byte(table), 0o644)
-	defer os.Remove(qosFile)
+		qosFile := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-qos-%d.toml", os.Getpid()))
+		if err := os.WriteFile(qosFile, []byte(table), 0o644); err != nil {
+			return fmt.Errorf("writing the QoS table: %w", err)
+		}
+		defer os.Remove(qosFile)
 
-	cg, err := cgroup.New(context.Background(), cgroup.Options{Name: "vhqos-bench." + strconv.Itoa(os.Getpid())})
-	if err != nil {
-		fail(err)
-	}
-	defer cg.Close(context.Background())
-	for _, g := range []string{"client", "native", "floor"} {
-		if err := cg.Set(g, cgroup.Resources{}); err != nil {
-			fail(err)
-		}
-	}
-	if *fpm {
-		if err := fpmBench(cg, bin, *pairs, *conns, measureOptions{duration: *duration, only: *only, pin: *pin}); err != nil {
-			fail(err)
-		}
-		return
-	}
-	if *threads {
-		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
-		err := threadsBench(cg, bin, *pairs, *conns, opts, *profile, *lua)
-		// fail exits without running deferred calls.
-		cg.Close(context.Background())
+		cg, err := cgroup.New(context.Background(), cgroup.Options{Name: "vhqos-bench." + strconv.Itoa(os.Getpid())})
 		if err != nil {
-			fail(err)
+			return err
 		}
-		return
-	}
-	if *caps {
+		defer cg.Close(context.Background())
+		for _, g := range []string{"client", "native", "floor"} {
+			if err := cg.Set(g, cgroup.Resources{}); err != nil {
+				return err
+			}
+		}
 		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
-		if err := capsBench(cg, bin, table, setups, *pairs, *conns, opts); err != nil {
-			fail(err)
+		switch {
+		case *fpm:
+			return fpmBench(cg, bin, *pairs, *conns, opts)
+		case *threads:
+			return threadsBench(cg, bin, *pairs, *conns, opts, *profile, *lua)
+		case *caps:
+			return capsBench(cg, bin, table, setups, *pairs, *conns, opts)
+		case *rates:
+			return ratesBench(cg, bin, table, *egressRate, *connectionRate, setups, *pairs, *conns, opts)
 		}
-		return
-	}
-	if *rates {
-		opts := measureOptions{duration: *duration, only: *only, pin: *pin}
-		if err := ratesBench(cg, bin, table, *egressRate, *connectionRate, setups, *pairs, *conns, opts); err != nil {
-			fail(err)
+		floorBin, removeFloor, err := buildFloor()
+		if err != nil {
+			return err
 		}
-		return
-	}
-	floorBin, err := buildFloor()
-	if err != nil {
-		fail(err)
-	}
-	defer os.Remove(floorBin)
-	for _, dir := range []string{*profile, *syscalls} {
-		if dir == "" {
-			continue
+		defer removeFloor()
+		for _, dir := range []string{*profile, *syscalls} {
+			if dir == "" {
+				continue
+			}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
 		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			fail(err)
-		}
-	}
-	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of native, floor (C reference supervisor), vhqos; %s\n", *conns, *duration, *pairs, kernel())
-	for pi, path := range setups {
-		if !strings.Contains(path.name, *only) {
-			continue
-		}
-		fmt.Printf("\n%s (floor: %s)\n", path.name, path.floorMode)
-		for _, close := range []bool{true, false} {
-			var toNative, floorToNative, toFloor, cpuPerConn, floorCPUPerConn, switchesPerConn, floorSwitchesPerConn []float64
-			var toBaseline, baselineCPUPerConn []float64
-			for i := 0; i < *pairs; i++ {
-				var pinServer []string
-				if *pin {
-					pinServer = []string{"taskset", "-c", "0"}
-				}
-				// Only the last round is profiled or traced: perf's own
-				// cost must not shift the medians much.
-				perfTo := func(who string) []string {
-					switch {
-					case !close || i != *pairs-1:
+		fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of native, floor (C reference supervisor), vhqos; %s\n", *conns, *duration, *pairs, kernel())
+		for pi, path := range setups {
+			if !strings.Contains(path.name, *only) {
+				continue
+			}
+			fmt.Printf("\n%s (floor: %s)\n", path.name, path.floorMode)
+			for _, close := range []bool{true, false} {
+				var toNative, floorToNative, toFloor, cpuPerConn, floorCPUPerConn, switchesPerConn, floorSwitchesPerConn []float64
+				var toBaseline, baselineCPUPerConn []float64
+				for i := 0; i < *pairs; i++ {
+					pinServer := opts.pinServer()
+					// Only the last round is profiled or traced: perf's own
+					// cost must not shift the medians much.
+					perfTo := func(who string) []string {
+						switch {
+						case !close || i != *pairs-1:
+							return nil
+						case *profile != "":
+							return []string{"record", "-q", "-g", "-o", filepath.Join(*profile, fmt.Sprintf("%d-%s.data", pi+1, who))}
+						case *syscalls != "":
+							return []string{"trace", "-s", "-o", filepath.Join(*syscalls, fmt.Sprintf("%d-%s.txt", pi+1, who))}
+						}
 						return nil
-					case *profile != "":
-						return []string{"record", "-q", "-g", "-o", filepath.Join(*profile, fmt.Sprintf("%d-%s.data", pi+1, who))}
-					case *syscalls != "":
-						return []string{"trace", "-s", "-o", filepath.Join(*syscalls, fmt.Sprintf("%d-%s.txt", pi+1, who))}
 					}
-					return nil
-				}
-				native, _, err := measure(cg, pinServer, *pin, path, close, *conns, *duration, nil)
-				if err != nil {
-					fail(err)
-				}
-				floor, floorSup, err := measure(cg, append(pinServer, floorBin, path.floorMode, "--"), *pin, path, close, *conns, *duration, perfTo("floor"))
-				if err != nil {
-					fail(err)
-				}
-				vhqosRun := func(bin string) []string {
-					return append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--")
-				}
-				wrapped, sup, err := measure(cg, vhqosRun(bin), *pin, path, close, *conns, *duration, perfTo("vhqos"))
-				if err != nil {
-					fail(err)
-				}
-				if *baseline != "" {
-					base, baseSup, err := measure(cg, vhqosRun(*baseline), *pin, path, close, *conns, *duration, nil)
+					native, _, err := measure(cg, pinServer, *pin, path, close, *conns, *duration, nil)
 					if err != nil {
-						fail(err)
+						return err
 					}
-					toBaseline = append(toBaseline, wrapped.rps/base.rps)
-					if close && base.requests > 0 {
-						baselineCPUPerConn = append(baselineCPUPerConn, baseSup.cpu.Seconds()*1e6/float64(base.requests))
+					floor, floorSup, err := measure(cg, append(pinServer, floorBin, path.floorMode, "--"), *pin, path, close, *conns, *duration, perfTo("floor"))
+					if err != nil {
+						return err
 					}
-					fmt.Printf("  %-10s round %d: baseline %8.0f req/s, vhqos/baseline %.3f\n", label(close), i+1, base.rps, wrapped.rps/base.rps)
+					vhqosRun := func(bin string) []string {
+						return append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--")
+					}
+					wrapped, sup, err := measure(cg, vhqosRun(bin), *pin, path, close, *conns, *duration, perfTo("vhqos"))
+					if err != nil {
+						return err
+					}
+					if *baseline != "" {
+						base, baseSup, err := measure(cg, vhqosRun(*baseline), *pin, path, close, *conns, *duration, nil)
+						if err != nil {
+							return err
+						}
+						toBaseline = append(toBaseline, wrapped.rps/base.rps)
+						if close && base.requests > 0 {
+							baselineCPUPerConn = append(baselineCPUPerConn, baseSup.cpu.Seconds()*1e6/float64(base.requests))
+						}
+						fmt.Printf("  %-10s round %d: baseline %8.0f req/s, vhqos/baseline %.3f\n", label(close), i+1, base.rps, wrapped.rps/base.rps)
+					}
+					toNative = append(toNative, wrapped.rps/native.rps)
+					floorToNative = append(floorToNative, floor.rps/native.rps)
+					toFloor = append(toFloor, wrapped.rps/floor.rps)
+					if close && wrapped.requests > 0 && floor.requests > 0 {
+						cpuPerConn = append(cpuPerConn, sup.cpu.Seconds()*1e6/float64(wrapped.requests))
+						floorCPUPerConn = append(floorCPUPerConn, floorSup.cpu.Seconds()*1e6/float64(floor.requests))
+						switchesPerConn = append(switchesPerConn, float64(sup.switches)/float64(wrapped.requests))
+						floorSwitchesPerConn = append(floorSwitchesPerConn, float64(floorSup.switches)/float64(floor.requests))
+					}
+					fmt.Printf("  %-10s round %d: native %8.0f, floor %8.0f, vhqos %8.0f req/s; vhqos/native %.3f, floor/native %.3f, vhqos/floor %.3f\n",
+						label(close), i+1, native.rps, floor.rps, wrapped.rps, wrapped.rps/native.rps, floor.rps/native.rps, wrapped.rps/floor.rps)
 				}
-				toNative = append(toNative, wrapped.rps/native.rps)
-				floorToNative = append(floorToNative, floor.rps/native.rps)
-				toFloor = append(toFloor, wrapped.rps/floor.rps)
-				if close && wrapped.requests > 0 && floor.requests > 0 {
-					cpuPerConn = append(cpuPerConn, sup.cpu.Seconds()*1e6/float64(wrapped.requests))
-					floorCPUPerConn = append(floorCPUPerConn, floorSup.cpu.Seconds()*1e6/float64(floor.requests))
-					switchesPerConn = append(switchesPerConn, float64(sup.switches)/float64(wrapped.requests))
-					floorSwitchesPerConn = append(floorSwitchesPerConn, float64(floorSup.switches)/float64(floor.requests))
-				}
-				fmt.Printf("  %-10s round %d: native %8.0f, floor %8.0f, vhqos %8.0f req/s; vhqos/native %.3f, floor/native %.3f, vhqos/floor %.3f\n",
-					label(close), i+1, native.rps, floor.rps, wrapped.rps, wrapped.rps/native.rps, floor.rps/native.rps, wrapped.rps/floor.rps)
-			}
-			fmt.Printf("  %-10s medians: vhqos/native %.3f, floor/native %.3f, vhqos/floor %.3f", label(close), median(toNative), median(floorToNative), median(toFloor))
-			if close {
-				fmt.Printf("; supervisor CPU per connection: vhqos %.1f µs, floor %.1f µs (%.2f); context switches per connection: vhqos %.2f, floor %.2f",
-					median(cpuPerConn), median(floorCPUPerConn), median(cpuPerConn)/median(floorCPUPerConn), median(switchesPerConn), median(floorSwitchesPerConn))
-			}
-			if len(toBaseline) > 0 {
-				fmt.Printf("; vhqos/baseline %.3f", median(toBaseline))
+				fmt.Printf("  %-10s medians: vhqos/native %.3f, floor/native %.3f, vhqos/floor %.3f", label(close), median(toNative), median(floorToNative), median(toFloor))
 				if close {
-					fmt.Printf(", baseline CPU per connection %.1f µs", median(baselineCPUPerConn))
+					fmt.Printf("; supervisor CPU per connection: vhqos %.1f µs, floor %.1f µs (%.2f); context switches per connection: vhqos %.2f, floor %.2f",
+						median(cpuPerConn), median(floorCPUPerConn), median(cpuPerConn)/median(floorCPUPerConn), median(switchesPerConn), median(floorSwitchesPerConn))
 				}
+				if len(toBaseline) > 0 {
+					fmt.Printf("; vhqos/baseline %.3f", median(toBaseline))
+					if close {
+						fmt.Printf(", baseline CPU per connection %.1f µs", median(baselineCPUPerConn))
+					}
+				}
+				fmt.Println()
 			}
-			fmt.Println()
 		}
+		return nil
+	}
+	if err := run(); err != nil {
+		fail(err)
 	}
 }
 
-// buildFloor compiles the reference supervisor into a temporary file and
-// returns its path.
-func buildFloor() (string, error) {
+// buildFloor compiles the reference supervisor into a temporary directory
+// and returns its path, and remove, which deletes the directory.
+func buildFloor() (bin string, remove func(), err error) {
 	dir, err := os.MkdirTemp("", "vhqos-floor")
 	if err != nil {
-		return "", fmt.Errorf("building the floor supervisor: %w", err)
+		return "", nil, fmt.Errorf("building the floor supervisor: %w", err)
 	}
+	remove = func() { os.RemoveAll(dir) }
 	src := filepath.Join(dir, "floor.c")
 	if err := os.WriteFile(src, floorSource, 0o644); err != nil {
-		return "", fmt.Errorf("building the floor supervisor: %w", err)
+		remove()
+		return "", nil, fmt.Errorf("building the floor supervisor: %w", err)
 	}
-	bin := filepath.Join(dir, "floor")
+	bin = filepath.Join(dir, "floor")
 	if out, err := exec.Command("cc", "-O2", "-Wall", "-o", bin, src).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building the floor supervisor with cc: %v\n%s", err, out)
+		remove()
+		return "", nil, fmt.Errorf("building the floor supervisor with cc: %v\n%s", err, out)
 	}
-	os.Remove(src)
-	return bin, nil
+	return bin, remove, nil
 }
 
 func label(close bool) string {
@@ -498,14 +482,18 @@ func privateHosts(hosts string) error {
 	return nil
 }
 
-// processGroup lists the processes in process group pgid.
-// childrenOf lists the children of pid's main thread.
+// childrenOf lists the children of every thread of pid: a process lists
+// its children by the thread that forked them, and a Go program forks from
+// whichever thread runs the goroutine.
 func childrenOf(pid int) []int {
-	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	var kids []int
-	for _, f := range strings.Fields(string(data)) {
-		if k, err := strconv.Atoi(f); err == nil {
-			kids = append(kids, k)
+	for _, t := range tasks {
+		data, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(data)) {
+			if k, err := strconv.Atoi(f); err == nil {
+				kids = append(kids, k)
+			}
 		}
 	}
 	return kids
@@ -514,18 +502,33 @@ func childrenOf(pid int) []int {
 // vhqosHelpers lists the processes vhqos run (pid) started for itself:
 // the supervisor and the reaper, not the server.
 func vhqosHelpers(pid int) []int {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	var helpers []int
-	for _, task := range tasks {
-		data, _ := os.ReadFile(task)
-		for _, f := range strings.Fields(string(data)) {
-			cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
-			if k, err := strconv.Atoi(f); err == nil && strings.Contains(string(cmdline), "--keeper-state") {
-				helpers = append(helpers, k)
-			}
+	for _, k := range childrenOf(pid) {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", k))
+		if strings.Contains(string(cmdline), "--keeper-state") {
+			helpers = append(helpers, k)
 		}
 	}
 	return helpers
+}
+
+// serverOf returns the server that the supervisor pid (vhqos run, or the
+// floor) started: its one child that is not one of vhqos's helpers.
+func serverOf(pid int) (int, error) {
+	helpers := map[int]bool{}
+	for _, h := range vhqosHelpers(pid) {
+		helpers[h] = true
+	}
+	var servers []int
+	for _, c := range childrenOf(pid) {
+		if !helpers[c] {
+			servers = append(servers, c)
+		}
+	}
+	if len(servers) != 1 {
+		return 0, fmt.Errorf("supervisor %d has children %v besides its own helpers, want one server", pid, servers)
+	}
+	return servers[0], nil
 }
 
 func joinPids(pids []int) string {
@@ -536,6 +539,7 @@ func joinPids(pids []int) string {
 	return strings.Join(s, ",")
 }
 
+// processGroup lists the processes in process group pgid.
 func processGroup(pgid int) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")

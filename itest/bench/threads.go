@@ -121,19 +121,6 @@ type threadsRun struct {
 // handler instead of a static file. With profileDir, the last round's
 // vhqos placement = "thread" runs are recorded with perf record -g there.
 func threadsBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measureOptions, profileDir string, lua bool) error {
-	tables := map[string]string{}
-	for _, placement := range []string{"process", "thread"} {
-		t := threadsQoS
-		if placement == "thread" {
-			t = "[settings]\nplacement = \"thread\"\n" + t
-		}
-		f := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-threads-%s-%d.toml", placement, os.Getpid()))
-		if err := os.WriteFile(f, []byte(t), 0o644); err != nil {
-			return fmt.Errorf("writing the QoS table: %w", err)
-		}
-		defer os.Remove(f)
-		tables[placement] = f
-	}
 	work, err := os.MkdirTemp("", "vhqos-bench-threads-")
 	if err != nil {
 		return err
@@ -142,6 +129,14 @@ func threadsBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measure
 	// Apache's children (www-data) read the Lua script.
 	if err := os.Chmod(work, 0o755); err != nil {
 		return err
+	}
+	tables := map[string]string{}
+	for _, placement := range []string{"process", "thread"} {
+		tables[placement] = filepath.Join(work, placement+".toml")
+		table := "[settings]\nplacement = \"" + placement + "\"\n" + threadsQoS
+		if err := os.WriteFile(tables[placement], []byte(table), 0o644); err != nil {
+			return fmt.Errorf("writing the QoS table: %w", err)
+		}
 	}
 	script := filepath.Join(work, "addrs.lua")
 	quoted := make([]string, len(threadsAddrs))
@@ -160,11 +155,11 @@ func threadsBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measure
 		path = "/burn"
 		extra = "LoadModule lua_module /usr/lib/apache2/modules/mod_lua.so\nLuaScope thread\nLuaMapHandler ^/burn$ " + handler + " handle\n"
 	}
-	floorBin, err := buildFloor()
+	floorBin, removeFloor, err := buildFloor()
 	if err != nil {
 		return err
 	}
-	defer os.Remove(floorBin)
+	defer removeFloor()
 	if profileDir != "" {
 		if err := os.MkdirAll(profileDir, 0o755); err != nil {
 			return err
@@ -367,23 +362,10 @@ func measureThreads(cg *cgroup.Manager, bin, floorBin string, v threadsVariant, 
 	// vhqos's own helpers.
 	serverLeader := top
 	var supervisors []int
-	if len(prefix) > len(opts.pinServer()) {
-		supervisors = []int{top}
-		helpers := map[int]bool{}
-		if v.table != "" {
-			for _, h := range vhqosHelpers(top) {
-				helpers[h] = true
-				supervisors = append(supervisors, h)
-			}
-		}
-		serverLeader = 0
-		for _, c := range allChildren(top) {
-			if !helpers[c] {
-				serverLeader = c
-			}
-		}
-		if serverLeader == 0 {
-			return threadsRun{}, fmt.Errorf("no server process under %s", v.name)
+	if v.floor != "" || v.table != "" {
+		supervisors = append([]int{top}, vhqosHelpers(top)...)
+		if serverLeader, err = serverOf(top); err != nil {
+			return threadsRun{}, fmt.Errorf("%s: %w", v.name, err)
 		}
 	}
 	server := processGroup(serverLeader)
@@ -468,22 +450,6 @@ func measureThreads(cg *cgroup.Manager, bin, floorBin string, v threadsVariant, 
 	}
 	run.result, err = wrkResult(out, v.name)
 	return run, err
-}
-
-// allChildren lists the children of every thread of pid (a Go program
-// forks from whichever thread runs the goroutine).
-func allChildren(pid int) []int {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	var kids []int
-	for _, t := range tasks {
-		data, _ := os.ReadFile(t)
-		for _, f := range strings.Fields(string(data)) {
-			if k, err := strconv.Atoi(f); err == nil {
-				kids = append(kids, k)
-			}
-		}
-	}
-	return kids
 }
 
 // costOf sums the CPU time and context switches of the threads of pids.

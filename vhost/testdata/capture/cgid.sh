@@ -4,19 +4,12 @@
 # socket is moved aside and a stand-in (cgidlisten.go) listens at the path
 # the Apache children connect to, saving each connection as
 # OUTDIR/<case>.bin (the CGI request, then the request for the script's
-# pid). Run as root; it runs itself in a network namespace of its own.
-set -eu
-if [ "${1:-}" = "" ]; then echo "usage: $0 OUTDIR" >&2; exit 2; fi
-here=$(cd "$(dirname "$0")" && pwd)
-out=$(realpath -m "$1")
-if [ "${CGID_CAPTURE_NS:-}" = "" ]; then
-	exec env CGID_CAPTURE_NS=1 unshare -n "$0" "$out"
-fi
-ip link set lo up
-dir=$(mktemp -d)
+# pid, kept for the first request only). Run as root; it runs itself in a
+# network namespace of its own (lib.sh).
+. "$(dirname "$0")/lib.sh"
 chmod 755 "$dir"
-mkdir -p "$out" "$dir/run" "$dir/cgi-bin"
-(cd "$here" && go build -o "$dir/cgidlisten" ./cgidlisten.go)
+mkdir -p "$dir/run" "$dir/cgi-bin"
+build cgidlisten
 printf '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\nhello\\n"\n' >"$dir/cgi-bin/whoami"
 chmod 755 "$dir/cgi-bin/whoami"
 # Two name-based vhosts on one address (SERVER_NAME is the one that
@@ -50,14 +43,6 @@ ScriptAlias /cgi-bin/ $dir/cgi-bin/
 </VirtualHost>
 APACHE
 
-waitport() {
-	for _ in $(seq 1 400); do
-		ss -ltnH "sport = :$1" | grep -q . && return 0
-		sleep 0.05
-	done
-	echo "nothing listens on port $1" >&2
-	exit 1
-}
 ap=
 trap 'kill $ap 2>/dev/null; wait; rm -rf "$dir"' EXIT
 # A clean environment: Apache passes its PATH on to the CGI.
@@ -72,10 +57,10 @@ done
 echo "ScriptSock: $sock (Apache's pid $ap)"
 mv "$sock" "$sock.daemon"
 
-cap() { # name, curl arguments...
-	local name=$1 lp
-	shift
-	"$dir/cgidlisten" "$sock" "$out" "$name" "$name-getpid" &
+cap() { # name, name of its pid request ("-": not kept), curl arguments...
+	local name=$1 getpid=$2 lp
+	shift 2
+	"$dir/cgidlisten" "$sock" "$out" "$name" "$getpid" &
 	lp=$!
 	for _ in $(seq 1 400); do [ -S "$sock" ] && break; sleep 0.05; done
 	curl -s -o /dev/null -m 10 -A curl/7.88.1 "$@" || true # the stand-in runs no script: 503
@@ -83,10 +68,10 @@ cap() { # name, curl arguments...
 }
 R=(--resolve shop.example.com:8081:127.0.0.1 --resolve blog.example.com:8081:127.0.0.1 --resolve shop.example.com:80:127.0.0.1)
 
-cap cgid-get "${R[@]}" 'http://shop.example.com:8081/cgi-bin/whoami?a=1'
-cap cgid-name "${R[@]}" 'http://blog.example.com:8081/cgi-bin/whoami'
-cap cgid-post "${R[@]}" -d 'name=value&x=1' 'http://shop.example.com:8081/cgi-bin/whoami'
-cap cgid-noport "${R[@]}" -H 'Host: blog.example.com' 'http://127.0.0.1:8081/cgi-bin/whoami'
-cap cgid-http10-nohost -0 -H 'Host:' 'http://127.0.0.1:8081/cgi-bin/whoami'
-cap cgid-ip 'http://127.0.0.1:8081/cgi-bin/whoami'
-cap cgid-v6 -H 'Host: shop.example.com:8081' 'http://[::1]:8081/cgi-bin/whoami'
+cap cgid-get cgid-getpid "${R[@]}" 'http://shop.example.com:8081/cgi-bin/whoami?a=1'
+cap cgid-name - "${R[@]}" 'http://blog.example.com:8081/cgi-bin/whoami'
+cap cgid-post - "${R[@]}" -d 'name=value&x=1' 'http://shop.example.com:8081/cgi-bin/whoami'
+cap cgid-noport - "${R[@]}" -H 'Host: blog.example.com' 'http://127.0.0.1:8081/cgi-bin/whoami'
+cap cgid-http10-nohost - -0 -H 'Host:' 'http://127.0.0.1:8081/cgi-bin/whoami'
+cap cgid-ip - 'http://127.0.0.1:8081/cgi-bin/whoami'
+cap cgid-v6 - -H 'Host: shop.example.com:8081' 'http://[::1]:8081/cgi-bin/whoami'

@@ -2,11 +2,13 @@
 // socket PATH (world-writable, so that Apache's children, running as
 // www-data, can connect), and for each of N connections saves what the
 // client sends (until 500 ms pass without more) to OUTDIR/NAME.bin, NAME
-// taken in order from the remaining arguments. File descriptors passed
-// along (mod_cgid sends its stderr pipe with the request) are closed. A
-// request for a script's pid (GETPID_REQ, type 3) is answered with pid 0,
-// which makes the Apache child give up on the request at once (503)
-// instead of waiting for a script that never runs.
+// taken in order from the remaining arguments ("-": not kept). The socket
+// appears at PATH only once it listens, so that a client that finds it is
+// not refused. File descriptors passed along (mod_cgid sends its stderr
+// pipe with the request) are closed. A request for a script's pid
+// (GETPID_REQ, type 3) is answered with pid 0, which makes the Apache
+// child give up on the request at once (503) instead of waiting for a
+// script that never runs.
 //
 // usage: cgidlisten PATH OUTDIR NAME...
 package main
@@ -25,9 +27,11 @@ func main() {
 	path, out, names := os.Args[1], os.Args[2], os.Args[3:]
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	check(err)
-	check(unix.Bind(fd, &unix.SockaddrUnix{Name: path}))
-	check(os.Chmod(path, 0o777))
+	tmp := path + ".new"
+	check(unix.Bind(fd, &unix.SockaddrUnix{Name: tmp}))
+	check(os.Chmod(tmp, 0o777))
 	check(unix.Listen(fd, 8))
+	check(os.Rename(tmp, path))
 	for _, name := range names {
 		c, _, err := unix.Accept(fd)
 		check(err)
@@ -37,6 +41,9 @@ func main() {
 			check(err)
 		}
 		unix.Close(c)
+		if name == "-" {
+			continue
+		}
 		check(os.WriteFile(filepath.Join(out, name+".bin"), got, 0o644))
 		fmt.Printf("%s.bin: %d bytes\n", name, len(got))
 	}

@@ -2,18 +2,10 @@
 # fastcgi.sh OUTDIR captures what Debian's nginx and Apache (mod_proxy_fcgi)
 # send to a FastCGI backend: a listener on 127.0.0.1:9000 (listen.go) saves
 # the first bytes of each backend connection as OUTDIR/<case>.bin. Run as
-# root; it runs itself in a network namespace of its own.
-set -eu
-if [ "${1:-}" = "" ]; then echo "usage: $0 OUTDIR" >&2; exit 2; fi
-here=$(cd "$(dirname "$0")" && pwd)
-out=$(realpath -m "$1")
-if [ "${FASTCGI_CAPTURE_NS:-}" = "" ]; then
-	exec env FASTCGI_CAPTURE_NS=1 unshare -n "$0" "$out"
-fi
-ip link set lo up
-dir=$(mktemp -d)
-mkdir -p "$out" "$dir/run"
-go build -o "$dir/listen" "$here/listen.go"
+# root; it runs itself in a network namespace of its own (lib.sh).
+. "$(dirname "$0")/lib.sh"
+mkdir -p "$dir/run"
+build listen
 
 # Upstream nginx's fastcgi_params has no HTTP_HOST line (Debian's sets
 # HTTP_HOST $host): the Host header is passed as it came, or not at all.
@@ -66,14 +58,6 @@ DocumentRoot /var/www/html
 ProxyPass "/x.php" "fcgi://127.0.0.1:9000/"
 APACHE
 
-waitport() {
-	for _ in $(seq 1 400); do
-		ss -ltnH "sport = :$1" | grep -q . && return 0
-		sleep 0.05
-	done
-	echo "nothing listens on port $1" >&2
-	exit 1
-}
 np= ap=
 trap 'kill $np $ap 2>/dev/null; wait; rm -rf "$dir"' EXIT
 /usr/sbin/nginx -c "$dir/nginx.conf" &

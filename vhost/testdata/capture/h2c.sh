@@ -3,19 +3,9 @@
 # first (curl --http2-prior-knowledge, nghttp from Debian's nghttp2-client):
 # a listener on 127.0.0.1 (listen.go) that answers nothing saves the first
 # bytes of each connection as OUTDIR/<case>.bin. Run as root; it runs itself
-# in a network namespace of its own.
-set -eu
-if [ "${1:-}" = "" ]; then echo "usage: $0 OUTDIR" >&2; exit 2; fi
-here=$(cd "$(dirname "$0")" && pwd)
-out=$(realpath -m "$1")
-if [ "${H2C_CAPTURE_NS:-}" = "" ]; then
-	exec env H2C_CAPTURE_NS=1 unshare -n "$0" "$out"
-fi
-ip link set lo up
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-mkdir -p "$out"
-go build -o "$dir/listen" "$here/listen.go"
+# in a network namespace of its own (lib.sh).
+. "$(dirname "$0")/lib.sh"
+build listen
 
 port=8080
 # capture NAME CLIENT ARGS...: URL in ARGS is http://127.0.0.1:PORT/.
@@ -25,10 +15,7 @@ capture() {
 	port=$((port + 1))
 	"$dir/listen" "$port" "$out/$name.bin" &
 	local listener=$!
-	for _ in $(seq 200); do
-		ss -ltn | grep -q "127.0.0.1:$port " && break
-		sleep 0.05
-	done
+	waitport "$port"
 	# The listener never answers: the client gives up after its timeout.
 	timeout 5 "${@//PORT/$port}" >/dev/null 2>&1 || true
 	wait "$listener"
