@@ -92,8 +92,20 @@ func TestServerOf(t *testing.T) {
 		}
 		pid := cmd.Process.Pid
 		t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL); cmd.Wait() })
+		// Until it execs, a child shows the shell's command line, whose
+		// script names --keeper-state: wait for every child's own.
+		shell, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		started := func() bool {
+			kids := childrenOf(pid)
+			for _, c := range kids {
+				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); string(cmdline) == string(shell) {
+					return false
+				}
+			}
+			return len(kids) >= tc.children
+		}
 		deadline := time.Now().Add(time.Minute)
-		for len(childrenOf(pid)) < tc.children {
+		for !started() {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: the shell started only %v", tc.label, childrenOf(pid))
 			}
