@@ -17,11 +17,14 @@ import (
 // connection is over without following every process that held it.
 
 // liveSocketInodes asks the kernel for the inode of every TCP socket
-// (IPv4 and IPv6, in any state) and every unix-domain socket of this
-// network namespace that some process still holds.
+// (IPv4 and IPv6, listeners and connections) and every unix-domain socket
+// of this network namespace that some process still holds. The kernel
+// leaves out the TIME_WAIT and SYN_RECV remnants, which have no inode: a
+// server that closes thousands of connections a second has thousands of
+// them, and the sweep would read each.
 func liveSocketInodes() (map[uint64]bool, error) {
 	live := map[uint64]bool{}
-	err := eachTCPSocket(^uint32(0), func(m diagMsg) {
+	err := eachTCPSocket(heldConnectionStates|1<<unix.BPF_TCP_LISTEN, func(m diagMsg) {
 		if ino := m.inode(); ino != 0 {
 			live[uint64(ino)] = true
 		}

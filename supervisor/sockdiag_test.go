@@ -38,13 +38,18 @@ func TestLiveSocketInodes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ino := connInode(t, server)
+			ino := fileInode(t, server)
 			live, err := liveSocketInodes()
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !live[ino] {
 				t.Fatalf("the accepted connection (inode %d) is not among the %d live sockets", ino, len(live))
+			}
+			// Listener copies are forgotten when their inode is not
+			// live: a listener must be.
+			if lino := fileInode(t, ln); !live[lino] {
+				t.Fatalf("the listener (inode %d) is not among the %d live sockets", lino, len(live))
 			}
 			server.Close()
 			client.Close()
@@ -58,8 +63,9 @@ func TestLiveSocketInodes(t *testing.T) {
 	}
 }
 
-// connInode is the inode of c's socket, as fstat and /proc/PID/fd see it.
-func connInode(t *testing.T, c net.Conn) uint64 {
+// fileInode is the inode of the socket of a net.Conn or net.Listener, as
+// fstat and /proc/PID/fd see it.
+func fileInode(t *testing.T, c any) uint64 {
 	t.Helper()
 	f, err := c.(interface{ File() (*os.File, error) }).File()
 	if err != nil {
