@@ -286,10 +286,26 @@ func (e *eventLoop) close() {
 	unix.Close(e.epfd)
 }
 
+// run is the event loop's goroutine, on a quiet thread (quietThread): it
+// hands connections over.
 func (e *eventLoop) run(s *Supervisor) {
+	restore, err := quietThread()
+	if err != nil {
+		s.log.Error("the event loop's thread takes signals, which can lose a connection being handed over", "err", err)
+	}
+	defer func() { restore() }()
 	events := make([]unix.EpollEvent, 64)
 	nextSweep := time.Now().Add(sweepEvery)
 	var drain [8]byte
+	// While events are sparse the loop waits in the netpoller
+	// (netpoll.go); without it, it always blocks in epoll_wait.
+	idle, err := newNetpollWait(e.epfd, unix.EPOLLIN, "event loop's epoll set")
+	if err != nil {
+		s.log.Warn("the event loop blocks in epoll_wait even when idle, which costs the supervisor about sixty wake-ups per wait", "err", err)
+	} else {
+		defer idle.close()
+	}
+	sparse := true
 	for {
 		until := nextSweep
 		e.mu.Lock()
@@ -298,14 +314,29 @@ func (e *eventLoop) run(s *Supervisor) {
 		}
 		e.waitUntil = until
 		e.mu.Unlock()
-		// Milliseconds round down; waking a little late beats spinning
-		// on a deadline not quite reached.
-		timeout := max(time.Until(until), 0)
-		n, err := unix.EpollWait(e.epfd, events, int((timeout+time.Millisecond-1)/time.Millisecond))
+		start := time.Now()
+		var n int
+		var err error
+		if idle != nil && sparse {
+			if _, err = idle.waitQuiet(until, &restore); err == nil {
+				n, err = epollWaitNow(e.epfd, events)
+			}
+		} else {
+			if idle != nil {
+				if err := idle.disarm(); err != nil {
+					s.log.Warn("the event loop waits in the netpoller for every event", "err", err)
+				}
+			}
+			// Milliseconds round down; waking a little late beats
+			// spinning on a deadline not quite reached.
+			timeout := max(until.Sub(start), 0)
+			n, err = unix.EpollWait(e.epfd, events, int((timeout+time.Millisecond-1)/time.Millisecond))
+		}
 		if err != nil && err != unix.EINTR {
 			s.log.Error("waiting for listener and process events", "err", err)
 			return
 		}
+		sparse = n <= 0 || time.Since(start) > busyGap
 		for _, ev := range events[:max(n, 0)] {
 			fd := int(ev.Fd)
 			if fd == e.wake {

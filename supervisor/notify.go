@@ -119,6 +119,13 @@ func quietThread() (restore func(), err error) {
 	}, nil
 }
 
+// NotificationsWaiting reports whether a notification waits on notifyFd
+// to be received. It never blocks, and wakes none of the Go runtime's
+// threads (pollNow): the keeper's watchdog asks twice a second.
+func NotificationsWaiting(notifyFd int) bool {
+	return pollNow(notifyFd, unix.POLLIN)&unix.POLLIN != 0
+}
+
 // idValid reports whether the notifying thread is still blocked in the
 // syscall of notification id. Whatever was read from /proc or the target's
 // memory before a true answer refers to that very thread.

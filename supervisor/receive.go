@@ -52,11 +52,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		restore, err := quietThread()
-		if err != nil {
-			s.log.Error("the event loop's thread takes signals, which can lose a connection being handed over", "err", err)
-		}
-		defer restore()
 		s.events.run(s)
 	}()
 	defer func() {
@@ -87,23 +82,26 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}()
 
 	// The watcher notices the end: ctx done, or no process left under the
-	// filter (POLLHUP). Newer kernels also end a blocked NOTIF_RECV then.
-	var result error
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-wait:
-	for {
-		select {
-		case <-ctx.Done():
-			result = ctx.Err()
-			break wait
-		case err := <-done:
-			return firstError(result, err)
-		case <-tick.C:
-			if hungUp(s.notifyFd) {
-				break wait
-			}
+	// filter (the notification fd hangs up). Kernels since 6.6 also end a
+	// blocked NOTIF_RECV then; older ones leave the receiver waiting.
+	ended, err := newNetpollWait(s.notifyFd, 0, "end of the seccomp filter")
+	if err != nil {
+		return err
+	}
+	hangUp := make(chan struct{})
+	go func() {
+		if ev, err := ended.wait(time.Time{}); err == nil && ev != 0 {
+			close(hangUp)
 		}
+	}()
+	defer ended.close()
+	var result error
+	select {
+	case <-ctx.Done():
+		result = ctx.Err()
+	case err := <-done:
+		return firstError(result, err)
+	case <-hangUp:
 	}
 	r.stopping.Store(true)
 	// Nothing ends a NOTIF_RECV early on current kernels: their wait
@@ -156,13 +154,38 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 	if err != nil {
 		return fmt.Errorf("preparing the receiving thread: %w", err)
 	}
-	defer restore()
+	defer func() { restore() }()
+	// Between sparse notifications the receiver waits in the netpoller
+	// (netpoll.go); without it, it always blocks in NOTIF_RECV.
+	idle, err := newNetpollWait(notifyFd, unix.EPOLLIN, "seccomp notifications")
+	if err != nil {
+		s.log.Warn("the receiver waits in NOTIF_RECV even when idle, which costs the supervisor about sixty wake-ups per notification", "err", err)
+	} else {
+		defer idle.close()
+	}
 	var n notification
 	lastYield := time.Now()
+	var last time.Time // when the previous notification was received
+	sparse := true
 	for {
 		r.inRecv.Store(true)
 		if r.stopping.Load() {
 			return nil
+		}
+		parked := false
+		if idle != nil {
+			if parked = sparse; parked {
+				ev, err := idle.waitQuiet(time.Time{}, &restore)
+				if err != nil {
+					return fmt.Errorf("waiting for a seccomp notification: %w", err)
+				}
+				if ev&unix.POLLIN == 0 {
+					// Hung up: no process is left under the filter.
+					return nil
+				}
+			} else if err := idle.disarm(); err != nil {
+				s.log.Warn("the receiver waits in the netpoller for every notification", "err", err)
+			}
 		}
 		err := recvNotification(notifyFd, &n)
 		r.inRecv.Store(false)
@@ -183,9 +206,12 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 				s.keepForSuccessor(&n)
 				continue
 			}
-			// One clock read per notification: it times the answer and
-			// paces the yield.
+			// One clock read per notification: it times the answer,
+			// paces the yield and says whether notifications come
+			// close enough together to wait for the next in NOTIF_RECV.
 			now := time.Now()
+			sparse = now.Sub(last) > busyGap
+			last = now
 			s.dispatch(&n, now)
 			// The runtime's sysmon takes the P of a goroutine that has
 			// not been rescheduled for 10 ms (forcePreemptNS) even while
@@ -194,8 +220,11 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 			// yields keeps sysmon spinning (17% of the supervisor's
 			// samples under load, docs/benchmarks.md). Yielding every few
 			// milliseconds costs a couple of wake-ups each time; the
-			// spinning cost about fifty per retake.
-			if now.Sub(lastYield) > yieldEvery {
+			// spinning cost about fifty per retake. A wait in the
+			// netpoller is a yield already.
+			if parked {
+				lastYield = now
+			} else if now.Sub(lastYield) > yieldEvery {
 				runtime.Gosched()
 				lastYield = now
 			}
@@ -232,9 +261,7 @@ func (s *Supervisor) keepForSuccessor(n *notification) {
 // hungUp reports whether the notification fd says no process is left
 // under the filter.
 func hungUp(fd int) bool {
-	p := []unix.PollFd{{Fd: int32(fd)}}
-	k, _ := unix.Poll(p, 0)
-	return k > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+	return pollNow(fd, 0)&(unix.POLLHUP|unix.POLLERR) != 0
 }
 
 // dispatch answers one notification by the step intercept's table gives its

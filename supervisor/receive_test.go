@@ -80,12 +80,9 @@ func TestOneReceiver(t *testing.T) {
 				}
 			}()
 			// Idle first: the moment a second receiver would sit beside the
-			// first.
-			waitFor(t, "the receiver waiting in NOTIF_RECV", func() bool {
-				n := len(receiversNow(t, h.sup.notifyFd))
-				raise(int64(n))
-				return n >= 1
-			})
+			// first (idle, the receiver waits in the netpoller, not in
+			// NOTIF_RECV).
+			time.Sleep(100 * time.Millisecond)
 			var wg sync.WaitGroup
 			for i := 0; i < 8; i++ {
 				wg.Add(1)
@@ -108,8 +105,8 @@ func TestOneReceiver(t *testing.T) {
 			wg.Wait()
 			close(stop)
 			<-sampled
-			if most.Load() != 1 {
-				t.Errorf("at most %d threads waited in NOTIF_RECV at once (%d samples); want exactly 1", most.Load(), samples.Load())
+			if most.Load() > 1 {
+				t.Errorf("%d threads waited in NOTIF_RECV at once (%d samples); want one at most", most.Load(), samples.Load())
 			}
 		})
 	}
@@ -213,53 +210,105 @@ func blockedSignals(t *testing.T, tid int) uint64 {
 	return 0
 }
 
-// threadIn finds the thread of this process blocked in system call nr
-// (one of nrs) with fd as its first argument.
-func threadIn(t *testing.T, what string, fd int, nrs ...int) int {
-	t.Helper()
-	var tid int
-	waitFor(t, what, func() bool {
-		tasks, _ := filepath.Glob("/proc/self/task/*/syscall")
-		for _, task := range tasks {
-			data, err := os.ReadFile(task)
-			if err != nil {
-				continue
-			}
-			for _, nr := range nrs {
-				if strings.HasPrefix(string(data), fmt.Sprintf("%d 0x%x ", nr, fd)) {
-					tid, _ = strconv.Atoi(filepath.Base(filepath.Dir(task)))
-					return true
-				}
+// threadsIn lists this process's threads blocked in system call nr (one
+// of nrs) with fd as its first argument.
+func threadsIn(fd int, nrs ...int) []int {
+	var tids []int
+	tasks, _ := filepath.Glob("/proc/self/task/*/syscall")
+	for _, task := range tasks {
+		data, err := os.ReadFile(task)
+		if err != nil {
+			continue
+		}
+		for _, nr := range nrs {
+			if strings.HasPrefix(string(data), fmt.Sprintf("%d 0x%x ", nr, fd)) {
+				tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(task)))
+				tids = append(tids, tid)
 			}
 		}
-		return false
-	})
-	return tid
+	}
+	return tids
 }
 
-// No signal can end an ADDFD wait on the threads that hand connections
-// over (sendFd): the receiver's and the event loop's threads block them
-// all.
-func TestHandOverThreadsAreQuiet(t *testing.T) {
+// eventLoopsWaiting lists the threads blocked in epoll_wait on the event
+// loop's epoll set.
+func eventLoopsWaiting(h *harness) []int {
+	return threadsIn(h.sup.events.epfd, unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT)
+}
+
+// serveBurst has the test server (told "serve N") serve n connections
+// back to back, each one byte answered with its checksum.
+func serveBurst(t *testing.T, h *harness, n int) {
+	t.Helper()
+	for range n {
+		c, _ := h.dial()
+		send(t, c, [][]byte{{'x'}}, 0)
+		readSum(t, c, patience)
+		c.Close()
+	}
+}
+
+// Idle, neither the receiver nor the event loop waits in a blocking
+// system call: they wait in the Go runtime's netpoller (netpoll.go). A
+// goroutine entering a long blocking call wakes the runtime's sysmon,
+// which then polls every 20 µs until it retakes the call's P 10 ms later:
+// about sixty wake-ups each time, for an idle supervisor a hundred a
+// second.
+func TestIdleWaitsOffSystemCalls(t *testing.T) {
+	for _, path := range acceptPaths {
+		t.Run(path.name, func(t *testing.T) {
+			h := startServer(t, "127.0.0.1:0", path.emulate)
+			h.command("serve 1000")
+			// A wait that follows a short one is made in the system call,
+			// and one made there stays until it ends: after a burst, the
+			// receiver's lasts until the next notification. One
+			// connection after a pause makes the next waits long ones.
+			serveBurst(t, h, 20)
+			time.Sleep(10 * busyGap)
+			serveBurst(t, h, 1)
+			waitFor(t, "the receiver and the event loop waiting in the netpoller", func() bool {
+				return len(receiversNow(t, h.sup.notifyFd)) == 0 && len(eventLoopsWaiting(h)) == 0
+			})
+			// A sweep and more: waking for the sweep, the event loop parks
+			// again.
+			for end := time.Now().Add(sweepEvery + sweepEvery/2); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+				if r, l := receiversNow(t, h.sup.notifyFd), eventLoopsWaiting(h); len(r)+len(l) > 0 {
+					t.Fatalf("idle, threads %v wait in NOTIF_RECV and %v in the event loop's epoll_wait; want none", r, l)
+				}
+			}
+			// And it still serves.
+			serveBurst(t, h, 1)
+		})
+	}
+}
+
+// Under a burst of connections the receiver and the event loop wait in
+// their system calls (one wake-up per notification, where the netpoller
+// costs two or three), and no signal can end an ADDFD wait on the threads
+// that hand connections over (sendFd): those threads block them all.
+func TestBusyWaitsOnQuietThreads(t *testing.T) {
 	h := startServer(t, "127.0.0.1:0", true)
-	h.command("accept full")
-	conn, _ := h.dial()
-	defer conn.Close()
-	h.result()
-	var receiver int
-	waitFor(t, "the receiver in NOTIF_RECV", func() bool {
-		tids := receiversNow(t, h.sup.notifyFd)
-		if len(tids) == 1 {
-			receiver = tids[0]
+	h.command("serve 100000")
+	var receiver, loop int
+	// Right after a burst both wait in their system calls: the receiver
+	// for the server's next accept, the event loop until its next sweep.
+	// A machine too busy for back-to-back connections only delays this.
+	waitFor(t, "the receiver in NOTIF_RECV and the event loop in epoll_wait after a burst", func() bool {
+		serveBurst(t, h, 10)
+		if r := receiversNow(t, h.sup.notifyFd); len(r) == 1 && receiver == 0 {
+			receiver = r[0]
 		}
-		return receiver != 0
+		if l := eventLoopsWaiting(h); len(l) == 1 && loop == 0 {
+			loop = l[0]
+		}
+		return receiver != 0 && loop != 0
 	})
 	for _, tc := range []struct {
 		name string
 		tid  int
 	}{
 		{"receiver", receiver},
-		{"event loop", threadIn(t, "the event loop in epoll_wait", h.sup.events.epfd, unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT)},
+		{"event loop", loop},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			blocked := blockedSignals(t, tc.tid)

@@ -276,6 +276,9 @@ func (s *Supervisor) place(p *proc, group string) {
 // moved into a class (threads.go); one that was, while it had one thread,
 // goes home instead.
 func (s *Supervisor) placeLocked(p *proc, group string) {
+	if group != cgroup.HomeGroup {
+		p.served = true
+	}
 	if p.group == group {
 		return
 	}

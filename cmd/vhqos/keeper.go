@@ -24,6 +24,7 @@ import (
 	"github.com/vhqos/vhqos/failopen"
 	"github.com/vhqos/vhqos/shim"
 	"github.com/vhqos/vhqos/status"
+	"github.com/vhqos/vhqos/supervisor"
 	"golang.org/x/sys/unix"
 )
 
@@ -321,7 +322,7 @@ func keep(log *slog.Logger, opts runOptions) (int, error) {
 				continue
 			}
 			last := sup.inFlight.Last()
-			if !notificationsWaiting(k.notifyFd) || last != lastSeen {
+			if last != lastSeen || !supervisor.NotificationsWaiting(k.notifyFd) {
 				stuckSince, lastSeen = time.Time{}, last
 				continue
 			}
@@ -717,19 +718,13 @@ const upgradeSignal = syscall.Signal(43)
 
 // A supervisor is taken for hung when notifications wait for hungAfter
 // without it receiving one; the keeper looks every hungCheck. A healthy
-// one takes a notification within microseconds.
+// one takes a notification within microseconds. Each look wakes the
+// keeper and the Go runtime's sysmon: an idle keeper's wake-ups are
+// mostly these.
 const (
-	hungCheck = 500 * time.Millisecond
+	hungCheck = time.Second
 	hungAfter = 3 * time.Second
 )
-
-// notificationsWaiting reports whether a notification waits to be received
-// on notifyFd (poll(2) says readable; nothing is consumed).
-func notificationsWaiting(notifyFd int) bool {
-	fds := []unix.PollFd{{Fd: int32(notifyFd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
-}
 
 // tableMemfd puts raw in a sealed memfd for a new supervisor (tableFd).
 func tableMemfd(raw []byte) (*os.File, error) {

@@ -1,5 +1,7 @@
 // Command vhqos runs an unmodified server so that every virtual host it
 // serves gets its own CPU and IO limits and DSCP mark. See `vhqos help`.
+//
+//go:debug updatemaxprocs=0
 package main
 
 import (
@@ -13,6 +15,10 @@ import (
 // version is set by the Makefile through -ldflags.
 var version = "dev"
 
+// The go:debug line above keeps the runtime (Go 1.25 and later) from
+// re-reading its cgroup's CPU limits every second to adjust GOMAXPROCS,
+// which woke an idle keeper for nothing; the supervisor sets GOMAXPROCS
+// itself (supervisor.Run).
 func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
