@@ -45,3 +45,29 @@ func TestIdleProcessesGoHome(t *testing.T) {
 		})
 	}
 }
+
+// A process that serves a connection every few hundred milliseconds
+// stays in its class although it looks idle between them (no connection,
+// waiting in poll): moving it home and back at every sweep would cost two
+// cgroup migrations a second. Once it serves nothing for a sweep, it goes.
+func TestServingProcessStaysPlaced(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0", false)
+	h.command("pollchildren 1")
+	if l := h.line(); l != "ok" {
+		t.Fatal(l)
+	}
+	c, _ := h.dial()
+	pid := servedBy(t, c)
+	c.Close()
+	for end := time.Now().Add(3 * sweepEvery); time.Now().Before(end); time.Sleep(sweepEvery / 5) {
+		c, _ := h.dial()
+		if p := servedBy(t, c); p != pid {
+			t.Fatalf("served by %d, want the one child %d", p, pid)
+		}
+		c.Close()
+	}
+	if h.placer.wasIn(pid, cgroup.HomeGroup) {
+		t.Errorf("a process serving every %v was sent home", sweepEvery/5)
+	}
+	waitFor(t, "the process sent home once it serves nothing", func() bool { return h.placer.groupOf(pid) == cgroup.HomeGroup })
+}
