@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := build/vhqos
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-rates bench-fpm bench-threads fuzz fuzz-ci lint clean man deb test-deb test-vm-systemd
+.PHONY: all deps build test test-host test-race test-vm soak kill-soak demo bench bench-caps bench-rates bench-fpm bench-threads bench-sparse fuzz fuzz-ci lint clean man deb test-deb test-vm-systemd
 
 all: build
 
@@ -80,12 +80,18 @@ demo: build
 # Apache prefork (static file), then php-fpm behind nginx (FastCGI), then
 # what bandwidth limits that are never reached cost (bench-rates), then
 # Apache's event MPM under both placements (bench-threads' static file
-# half; some 5 minutes).
+# half), then sparse traffic (bench-sparse; some 30 minutes in all).
 bench: build
 	$(GO) run ./itest/bench -vhqos $(BIN)
 	$(GO) run ./itest/bench -vhqos $(BIN) -fpm
 	$(GO) run ./itest/bench -vhqos $(BIN) -rates
 	$(GO) run ./itest/bench -vhqos $(BIN) -threads
+	$(GO) run ./itest/bench -vhqos $(BIN) -sparse -d 10s -pairs 3
+
+# What the supervisor costs a server that is idle or takes 10 or 100
+# connections a second, per second, beside the floor's (some 8 minutes).
+bench-sparse: build
+	$(GO) run ./itest/bench -vhqos $(BIN) -sparse -d 10s -pairs 3
 
 # Threaded servers (issue 16): Apache's event MPM native, under the floor
 # and under vhqos with placement = "process" and "thread", a static file

@@ -318,18 +318,27 @@ func (e *eventLoop) run(s *Supervisor) {
 		var n int
 		var err error
 		if idle != nil && sparse {
-			if _, err = idle.waitQuiet(until, &restore); err == nil {
-				n, err = epollWaitNow(e.epfd, events)
+			if _, err := idle.waitQuiet(until, &restore); err != nil {
+				s.log.Error("the event loop blocks in epoll_wait from now on, even when idle", "err", err)
+				idle.close()
+				idle = nil
+				continue
 			}
+			n, err = epollWaitNow(e.epfd, events)
 		} else {
 			if idle != nil {
 				if err := idle.disarm(); err != nil {
-					s.log.Warn("the event loop waits in the netpoller for every event", "err", err)
+					s.log.Warn("the event loop blocks in epoll_wait from now on, even when idle", "err", err)
+					idle.close()
+					idle = nil
 				}
 			}
 			// Milliseconds round down; waking a little late beats
-			// spinning on a deadline not quite reached.
-			timeout := max(until.Sub(start), 0)
+			// spinning on a deadline not quite reached. A wait that
+			// was to be short and is not (the end of a burst) goes on
+			// in the netpoller after busyGap: left in epoll_wait, it
+			// would wake sysmon some sixty times.
+			timeout := min(max(until.Sub(start), 0), busyGap)
 			n, err = unix.EpollWait(e.epfd, events, int((timeout+time.Millisecond-1)/time.Millisecond))
 		}
 		if err != nil && err != unix.EINTR {

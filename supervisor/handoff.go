@@ -71,6 +71,7 @@ func (s *Supervisor) Drain(wait time.Duration) Handoff {
 	s.recv.mu.Lock()
 	h.Accepts = append(h.Accepts, s.recv.late...)
 	s.recv.late = nil
+	s.recv.drained = true
 	s.recv.mu.Unlock()
 	if s.inFlight != nil {
 		for _, a := range h.Accepts {

@@ -18,7 +18,7 @@ import (
 // mutex; nginx sits in epoll_wait) would stay in the class it last served,
 // counted against that class's tasks_max and its process count, for as
 // long as it idles. The sweep sends such a process home: one that was
-// placed for no connection since the last sweep, holds no connection (no
+// placed by no accept since the last sweep, holds no connection (no
 // socket but the listeners vhqos knows) and whose threads are all
 // blocked, none in accept. A process in accept (or about to be: a running
 // thread) is left alone, since it may have been placed for the connection

@@ -13,27 +13,28 @@ import (
 
 // Waiting without waking the Go runtime's sysmon.
 //
-// A goroutine that enters a blocking system call wakes the runtime's
-// sysmon thread if it sleeps (runtime.reentersyscall), and sysmon then
-// polls every 20 µs, backing off only after a thousand microseconds,
-// until it retakes the P held in the system call, which it does after
-// 10 ms (runtime.retake). Each long wait in NOTIF_RECV or epoll_wait
-// therefore costs about sixty wake-ups of sysmon: measured here, an
-// idle supervisor woke about a hundred times a second and one serving
-// ten connections a second about eight hundred times.
+// A goroutine that enters a system call wakes the runtime's sysmon
+// thread if it sleeps (runtime.reentersyscall), and sysmon then polls
+// every 20 µs (fifty times before it starts backing off) for as long as a
+// P is busy or held in a system call; it retakes a P held in a system call
+// after 10 ms (runtime.retake). Each long wait in NOTIF_RECV or
+// epoll_wait therefore cost about sixty wake-ups of sysmon: measured
+// here, an idle supervisor woke about a hundred times a second and one
+// serving ten connections a second about eight hundred times.
 //
 // A goroutine parked in the runtime's netpoller holds no P and enters no
 // system call, so sysmon sleeps on. The waits that may last (the receiver
 // between notifications, the event loop between events) therefore park
 // there when traffic is sparse; under load, when the next notification
-// comes within a couple of milliseconds, they block in the system call as
-// before, which costs one wake-up where the netpoller costs two or three
-// (its thread, then the locked thread the goroutine runs on).
+// comes within a few milliseconds, they block in the system call as
+// before, which costs one wake-up where the netpoller costs three or four
+// (its thread, a thread to poll in its place, and sysmon, woken by the
+// system call that follows).
 
-// busyGap is the gap between two wake-ups under which a wait blocks in its
-// system call rather than in the netpoller: well below the 10 ms after
-// which sysmon retakes a P in a system call, so that a wait predicted short
-// from the last one rarely outlasts it.
+// busyGap is the gap between two wake-ups under which the next wait blocks
+// in its system call rather than in the netpoller: half the 10 ms after
+// which sysmon retakes a P held in a system call, so that a wait predicted
+// short from the last one rarely outlasts that.
 const busyGap = 5 * time.Millisecond
 
 // netpollWait parks a goroutine in the Go netpoller until one fd (the
@@ -110,8 +111,9 @@ func (w *netpollWait) modify(events uint32) error {
 // wait parks until the fd is ready, or until deadline (none when zero). It
 // returns the fd's poll(2) events (POLLIN, POLLHUP, POLLERR...), 0 when
 // the deadline passed first, and an error when the wait was closed.
-// Readiness is read from the fd itself before parking, so a wake-up the
-// netpoller took earlier and left unconsumed only costs a look.
+// Readiness is read from the fd itself before parking (after the
+// netpoller forgot any earlier wake-up), and a wake-up that comes after
+// that look ends the park: none is lost.
 func (w *netpollWait) wait(deadline time.Time) (int16, error) {
 	if !w.armed {
 		if err := w.modify(w.events); err != nil {

@@ -85,7 +85,11 @@ func TestNetpollWaitRearms(t *testing.T) {
 	if err := nw.disarm(); err != nil {
 		t.Fatal(err)
 	}
-	writeByte(w)
+	// Written once the wait has parked: only a re-armed wait sees it.
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		writeByte(w)
+	}()
 	if got, err := nw.wait(time.Now().Add(5 * time.Second)); err != nil || got&unix.POLLIN == 0 {
 		t.Fatalf("wait after disarm: events %#x, %v; want POLLIN", got, err)
 	}
@@ -128,9 +132,13 @@ func TestNetpollWaitQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { restore() }()
-	writeByte(w)
-	if _, err := nw.waitQuiet(time.Now().Add(time.Second), &restore); err != nil {
-		t.Fatal(err)
+	// Written once the wait has parked and let its thread go.
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		writeByte(w)
+	}()
+	if ev, err := nw.waitQuiet(time.Now().Add(5*time.Second), &restore); err != nil || ev&unix.POLLIN == 0 {
+		t.Fatalf("waitQuiet: events %#x, %v; want POLLIN", ev, err)
 	}
 	if blocked := blockedSignals(t, unix.Gettid()); blocked&(1<<(unix.SIGURG-1)) == 0 {
 		t.Errorf("after waitQuiet the thread takes SIGURG (blocked %#x)", blocked)

@@ -121,7 +121,7 @@ func quietThread() (restore func(), err error) {
 
 // NotificationsWaiting reports whether a notification waits on notifyFd
 // to be received. It never blocks, and wakes none of the Go runtime's
-// threads (pollNow): the keeper's watchdog asks twice a second.
+// threads (pollNow): the keeper's watchdog asks every second.
 func NotificationsWaiting(notifyFd int) bool {
 	return pollNow(notifyFd, unix.POLLIN)&unix.POLLIN != 0
 }

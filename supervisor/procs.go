@@ -25,8 +25,9 @@ type proc struct {
 	// group is the cgroup the supervisor last placed the process in; "" when
 	// it never did (a fresh fork sits wherever its parent was).
 	group string
-	// served says the process was placed in a class (or found there) for
-	// a connection since the last sweep (idle.go).
+	// served says the process was placed in a class (or found there) by
+	// an accept since the last sweep (idle.go): one it made, whether or
+	// not it got a connection, as the kernel's accepts are not followed.
 	served bool
 	// listeners caches, per fd, the listening socket that fd referred to when
 	// last seen; kcmp tells whether it still does.

@@ -14,23 +14,25 @@ import (
 
 // Receiving notifications (the first step of the data path).
 //
-// Exactly one goroutine waits in SECCOMP_IOCTL_NOTIF_RECV per notification fd.
-// The kernel's wait for a notification is not exclusive (recv_wait_event
-// in kernel/seccomp.c): every notification wakes every thread waiting in
-// NOTIF_RECV and all but one go back to sleep, so each extra receiver costs
-// a wake-up per accept and buys nothing. The receiver answers at once what
-// can be answered at once (a listener whose address decides the class:
-// place, mark, "continue"); what has to wait for something else (a
-// connection that has not arrived, a client's first bytes, a process that
-// may wait for CPU before it takes its fd) is left with the event loop or
-// handed to a goroutine of its own, so that the receiver is back in
-// NOTIF_RECV without delay.
+// Exactly one goroutine receives notifications per notification fd: in
+// SECCOMP_IOCTL_NOTIF_RECV while they come close together, parked in the
+// Go netpoller between sparse ones (netpoll.go). The kernel's wait for a
+// notification is not exclusive (recv_wait_event in kernel/seccomp.c):
+// every notification wakes every thread waiting in NOTIF_RECV and all but
+// one go back to sleep, so each extra receiver costs a wake-up per accept
+// and buys nothing. The receiver answers at once what can be answered at
+// once (a listener whose address decides the class: place, mark,
+// "continue"); what has to wait for something else (a connection that has
+// not arrived, a client's first bytes, a process that may wait for CPU
+// before it takes its fd) is left with the event loop or handed to a
+// goroutine of its own, so that the receiver waits for the next
+// notification without delay.
 
-// minProcs is the fewest Ps (GOMAXPROCS) the supervisor runs with: the
-// receiver and the event loop each spend their lives in blocking system
-// calls, and a P held by a thread in a system call is only handed to
-// another goroutine when the runtime's sysmon retakes it, which also
-// starts sysmon polling every 20 µs. Two spare Ps let other goroutines
+// minProcs is the fewest Ps (GOMAXPROCS) the supervisor runs with: under
+// load the receiver and the event loop each wait in blocking system calls,
+// and a P held by a thread in a system call is only handed to another
+// goroutine when the runtime's sysmon retakes it, which also starts sysmon
+// polling every 20 µs. Two spare Ps let other goroutines
 // (status, metrics, a hand-over waiting on a throttled process) run at once.
 const minProcs = 4
 
@@ -48,6 +50,7 @@ const yieldEvery = 8 * time.Millisecond
 // "continue" (the kernel does the syscall), and the ones after it fail
 // with ENOSYS unless another copy of the notification fd is answered.
 func (s *Supervisor) Run(ctx context.Context) error {
+	var ended *netpollWait // the watcher's wait for the filter's end
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -62,11 +65,37 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.bells.closeAll()
 		s.procs.closeAll()
 		s.events.close()
+		if ended != nil {
+			ended.close()
+		}
 		unix.Close(s.notifyFd)
 	}()
 	if runtime.GOMAXPROCS(0) < minProcs {
 		runtime.GOMAXPROCS(minProcs)
 	}
+
+	// The watcher notices the end: ctx done, or no process left under the
+	// filter (the notification fd hangs up: POLLHUP; POLLERR alone says
+	// the kernel could not take the filter's lock for a look). Newer
+	// kernels also end a blocked NOTIF_RECV then; older ones leave the
+	// receiver waiting.
+	ended, err := newNetpollWait(s.notifyFd, 0, "end of the seccomp filter")
+	if err != nil {
+		return err
+	}
+	hangUp := make(chan struct{})
+	go func() {
+		for {
+			ev, err := ended.wait(time.Time{})
+			if err != nil {
+				return
+			}
+			if ev&unix.POLLHUP != 0 {
+				close(hangUp)
+				return
+			}
+		}
+	}()
 
 	// The receiver waits on a copy of the notification fd of its own,
 	// which it closes when it returns: it may outlive Run (below).
@@ -81,20 +110,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		done <- s.receive(recvFd, r)
 	}()
 
-	// The watcher notices the end: ctx done, or no process left under the
-	// filter (the notification fd hangs up). Kernels since 6.6 also end a
-	// blocked NOTIF_RECV then; older ones leave the receiver waiting.
-	ended, err := newNetpollWait(s.notifyFd, 0, "end of the seccomp filter")
-	if err != nil {
-		return err
-	}
-	hangUp := make(chan struct{})
-	go func() {
-		if ev, err := ended.wait(time.Time{}); err == nil && ev != 0 {
-			close(hangUp)
-		}
-	}()
-	defer ended.close()
 	var result error
 	select {
 	case <-ctx.Done():
@@ -130,13 +145,16 @@ func (s *Supervisor) Run(ctx context.Context) error {
 // supervisor's after that.
 type receiverState struct {
 	stopping atomic.Bool
-	// inRecv says the receiver waits in NOTIF_RECV, or is about to.
+	// inRecv says the receiver waits for a notification (in NOTIF_RECV
+	// or parked in the netpoller), or is about to.
 	inRecv atomic.Bool
 	// draining (Drain) makes the receiver keep what it receives for a
-	// successor instead of answering it.
+	// successor instead of answering it, until Drain has collected it
+	// (drained, under mu): what comes after is let through.
 	draining atomic.Bool
 	mu       sync.Mutex
 	late     []HeldAccept // received while draining
+	drained  bool
 }
 
 func firstError(a, b error) error {
@@ -146,9 +164,10 @@ func firstError(a, b error) error {
 	return b
 }
 
-// receive is the receiving goroutine: it waits in NOTIF_RECV on notifyFd
-// and dispatches each notification, until r.stopping is set or the filter
-// has no process left. It runs on a quiet thread.
+// receive is the receiving goroutine: it waits for a notification on
+// notifyFd and dispatches each, until r.stopping is set or the filter has
+// no process left. It runs on a quiet thread, except while parked in the
+// netpoller (netpollWait.waitQuiet).
 func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 	restore, err := quietThread()
 	if err != nil {
@@ -176,15 +195,24 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 		if idle != nil {
 			if parked = sparse; parked {
 				ev, err := idle.waitQuiet(time.Time{}, &restore)
-				if err != nil {
-					return fmt.Errorf("waiting for a seccomp notification: %w", err)
-				}
-				if ev&unix.POLLIN == 0 {
-					// Hung up: no process is left under the filter.
+				switch {
+				case err != nil:
+					s.log.Error("the receiver waits in NOTIF_RECV from now on, even when idle", "err", err)
+					idle.close()
+					idle = nil
+				case ev&unix.POLLIN != 0:
+				case ev&unix.POLLHUP != 0:
+					// No process is left under the filter.
 					return nil
+				default:
+					// POLLERR: the kernel could not take the filter's
+					// lock for a look (a signal was pending); look again.
+					continue
 				}
 			} else if err := idle.disarm(); err != nil {
-				s.log.Warn("the receiver waits in the netpoller for every notification", "err", err)
+				s.log.Warn("the receiver waits in NOTIF_RECV from now on, even when idle", "err", err)
+				idle.close()
+				idle = nil
 			}
 		}
 		err := recvNotification(notifyFd, &n)
@@ -203,7 +231,7 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 				s.inFlight.Received(n.ID, s.stale)
 			}
 			if r.draining.Load() {
-				s.keepForSuccessor(&n)
+				s.keepForSuccessor(notifyFd, &n)
 				continue
 			}
 			// One clock read per notification: it times the answer,
@@ -241,27 +269,31 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 	}
 }
 
-// keepForSuccessor keeps an accept received while draining for the
-// successor; any other notification (fork, close... of tracking) is let
-// through, as a successor learns those processes anew.
-func (s *Supervisor) keepForSuccessor(n *notification) {
-	if !adoptable(n.Data.Nr) {
-		s.respond(n.ID, respondContinue(s.notifyFd, n.ID))
-		return
-	}
-	flags := uint64(0)
-	if n.Data.Nr == unix.SYS_ACCEPT4 {
-		flags = n.Data.Args[3]
-	}
+// keepForSuccessor keeps an accept received on notifyFd while draining
+// for the successor; any other notification (fork, close... of tracking)
+// is let through, as a successor learns those processes anew.
+func (s *Supervisor) keepForSuccessor(notifyFd int, n *notification) {
 	s.recv.mu.Lock()
-	s.recv.late = append(s.recv.late, HeldAccept{ID: n.ID, Pid: n.Pid, Args: [4]uint64{n.Data.Args[0], n.Data.Args[1], n.Data.Args[2], flags}})
+	keep := adoptable(n.Data.Nr) && !s.recv.drained
+	if keep {
+		flags := uint64(0)
+		if n.Data.Nr == unix.SYS_ACCEPT4 {
+			flags = n.Data.Args[3]
+		}
+		s.recv.late = append(s.recv.late, HeldAccept{ID: n.ID, Pid: n.Pid, Args: [4]uint64{n.Data.Args[0], n.Data.Args[1], n.Data.Args[2], flags}})
+	}
 	s.recv.mu.Unlock()
+	if !keep {
+		// Not an accept, or taken after Drain collected what it
+		// hands on: let it through, as if no supervisor were there.
+		s.respond(n.ID, respondContinue(notifyFd, n.ID))
+	}
 }
 
 // hungUp reports whether the notification fd says no process is left
 // under the filter.
 func hungUp(fd int) bool {
-	return pollNow(fd, 0)&(unix.POLLHUP|unix.POLLERR) != 0
+	return pollNow(fd, 0)&unix.POLLHUP != 0
 }
 
 // dispatch answers one notification by the step intercept's table gives its

@@ -105,6 +105,13 @@ func TestAcceptShapesAndReloadReshapes(t *testing.T) {
 		t.Run(path.name, func(t *testing.T) {
 			h := startServerWith(t, "127.0.0.1:0", path.emulate, fixedClassifier{shop})
 			h.command("accept4 0 keep")
+			if !path.emulate {
+				// A connection takes its mark from the listener when its
+				// SYN arrives (inet_request_mark): dialed before vhqos
+				// saw the accept and marked the listener, it would have
+				// none.
+				waitFor(t, "the accept let through to the kernel", func() bool { return h.sup.stats.Continued.Load() > 0 })
+			}
 			c, _ := h.dial()
 			defer c.Close()
 			r := h.result()

@@ -717,7 +717,8 @@ func sinceOrZero(t time.Time) time.Duration {
 const upgradeSignal = syscall.Signal(43)
 
 // A supervisor is taken for hung when notifications wait for hungAfter
-// without it receiving one; the keeper looks every hungCheck. A healthy
+// without it receiving one; the keeper looks every hungCheck (so a hung
+// supervisor is killed 3 to 5 s after it stopped). A healthy
 // one takes a notification within microseconds. Each look wakes the
 // keeper and the Go runtime's sysmon: an idle keeper's wake-ups are
 // mostly these.

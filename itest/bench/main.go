@@ -94,6 +94,7 @@ func main() {
 	rates := flag.Bool("rates", false, "measure vhqos with egress_rate and connection_rate on every vhost (limits never reached; lo shaped) against the same table without them, instead of native and the floor")
 	threads := flag.Bool("threads", false, "measure Apache's event MPM (threaded) with two address vhosts instead: native, floor (continue), vhqos placement = \"process\", floor (reads: accepts and the read family answered \"continue\") and vhqos placement = \"thread\"")
 	lua := flag.Bool("lua", false, "with -threads: ask for a CPU-bound mod_lua handler (some 1 ms of CPU) instead of the static file")
+	sparse := flag.Bool("sparse", false, "measure what the floor and vhqos cost per second with the server idle and at 10 and 100 connections/s (Connection: close, one at a time, for -d each) instead of at full load")
 	egressRate := flag.String("egress-rate", "10Gbit", "with -rates: the egress_rate (\"\": none)")
 	connectionRate := flag.String("connection-rate", "100Gbit", "with -rates: the connection_rate (\"\": none)")
 	flag.Parse()
@@ -196,6 +197,12 @@ func main() {
 				return err
 			}
 		}
+		vhqosRun := func(bin string) []string {
+			return append(opts.pinServer(), bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--")
+		}
+		if *sparse {
+			return sparseBench(cg, floorBin, vhqosRun, bin, *baseline, setups, *only, *pairs, *duration)
+		}
 		fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of native, floor (C reference supervisor), vhqos; %s\n", *conns, *duration, *pairs, kernel())
 		for pi, path := range setups {
 			if !strings.Contains(path.name, *only) {
@@ -227,9 +234,6 @@ func main() {
 					floor, floorSup, err := measure(cg, append(pinServer, floorBin, path.floorMode, "--"), *pin, path, close, *conns, *duration, perfTo("floor"))
 					if err != nil {
 						return err
-					}
-					vhqosRun := func(bin string) []string {
-						return append(pinServer, bin, "run", "--config", qosFile, "--status-socket", filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-%d.sock", os.Getpid())), "--")
 					}
 					wrapped, sup, err := measure(cg, vhqosRun(bin), *pin, path, close, *conns, *duration, perfTo("vhqos"))
 					if err != nil {
@@ -346,55 +350,12 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 	wrapped := len(prefix) > 0 && prefix[len(prefix)-1] == "--"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	server := su.server
-	if server == "" {
-		server = "127.0.0.2"
-	}
-	cfg := itest.ApacheConfig{
-		VHosts:    []itest.VHost{{Name: "shop", Addr: server + ":8080"}},
-		Prefix:    prefix,
-		ListenAll: su.listenAll,
-		// Enough processes for every keep-alive connection from the start.
-		Servers: conns + 4,
-	}
-	if su.names {
-		cert, key, err := itest.MakeCertificate(os.TempDir(), "shop.example", "blog.example")
-		if err != nil {
-			return result{}, supervisorCost{}, err
-		}
-		cfg.VHosts = []itest.VHost{{Name: "shop.example", Addr: server + ":8080"}, {Name: "blog.example", Addr: server + ":8080"}}
-		cfg.TLSAddr, cfg.CertFile, cfg.KeyFile = server+":8443", cert, key
-	}
-	a, err := itest.StartApache(ctx, cfg)
+	// Enough processes for every keep-alive connection from the start.
+	a, supervisors, err := startApache(ctx, cg, prefix, su, conns+4)
 	if err != nil {
 		return result{}, supervisorCost{}, err
 	}
 	defer a.Remove()
-	switch {
-	case !wrapped:
-		for _, pid := range processGroup(a.Cmd.Process.Pid) {
-			if err := cg.Place("native", pid); err != nil {
-				return result{}, supervisorCost{}, err
-			}
-		}
-	case strings.Contains(prefix[len(prefix)-3], "floor"):
-		// The floor's server sits in a cgroup of its own too, as under
-		// vhqos: the floor itself stays where it was started, as vhqos
-		// does. (The floor's child leads the server's process group.)
-		for _, child := range childrenOf(a.Cmd.Process.Pid) {
-			for _, pid := range processGroup(child) {
-				if err := cg.Place("floor", pid); err != nil {
-					return result{}, supervisorCost{}, err
-				}
-			}
-		}
-	}
-	// vhqos is a keeper and a supervisor process (and an idle reaper):
-	// its cost is theirs together.
-	supervisors := []int{a.Cmd.Process.Pid}
-	if wrapped {
-		supervisors = append(supervisors, vhqosHelpers(a.Cmd.Process.Pid)...)
-	}
 	var perf *exec.Cmd
 	if perfArgs != nil {
 		perf = exec.Command("perf", append(perfArgs, "-p", joinPids(supervisors))...)
@@ -441,6 +402,62 @@ func measure(cg *cgroup.Manager, prefix []string, pin bool, su setup, close bool
 	}
 	res, err := wrkResult(out, map[bool]string{true: "vhqos", false: "native"}[wrapped])
 	return res, cost, err
+}
+
+// startApache starts Apache with servers processes for su under prefix
+// (none: native; the floor's or vhqos's command line, ending in "--") and
+// puts it in its cgroup: "native", "floor", or under vhqos the ones vhqos
+// places it in. It returns Apache and the supervisor's processes (none
+// when native; vhqos is a keeper, a supervisor and an idle reaper: its
+// cost is theirs together).
+func startApache(ctx context.Context, cg *cgroup.Manager, prefix []string, su setup, servers int) (*itest.Apache, []int, error) {
+	wrapped := len(prefix) > 0 && prefix[len(prefix)-1] == "--"
+	server := su.server
+	if server == "" {
+		server = "127.0.0.2"
+	}
+	cfg := itest.ApacheConfig{
+		VHosts:    []itest.VHost{{Name: "shop", Addr: server + ":8080"}},
+		Prefix:    prefix,
+		ListenAll: su.listenAll,
+		Servers:   servers,
+	}
+	if su.names {
+		cert, key, err := itest.MakeCertificate(os.TempDir(), "shop.example", "blog.example")
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg.VHosts = []itest.VHost{{Name: "shop.example", Addr: server + ":8080"}, {Name: "blog.example", Addr: server + ":8080"}}
+		cfg.TLSAddr, cfg.CertFile, cfg.KeyFile = server+":8443", cert, key
+	}
+	a, err := itest.StartApache(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case !wrapped:
+		for _, pid := range processGroup(a.Cmd.Process.Pid) {
+			if err := cg.Place("native", pid); err != nil {
+				a.Remove()
+				return nil, nil, err
+			}
+		}
+		return a, nil, nil
+	case strings.Contains(prefix[len(prefix)-3], "floor"):
+		// The floor's server sits in a cgroup of its own too, as under
+		// vhqos: the floor itself stays where it was started, as vhqos
+		// does. (The floor's child leads the server's process group.)
+		for _, child := range childrenOf(a.Cmd.Process.Pid) {
+			for _, pid := range processGroup(child) {
+				if err := cg.Place("floor", pid); err != nil {
+					a.Remove()
+					return nil, nil, err
+				}
+			}
+		}
+		return a, []int{a.Cmd.Process.Pid}, nil
+	}
+	return a, append([]int{a.Cmd.Process.Pid}, vhqosHelpers(a.Cmd.Process.Pid)...), nil
 }
 
 // wrkResult reads a wrk run's requests/s and request count from its
