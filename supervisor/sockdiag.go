@@ -16,15 +16,22 @@ import (
 // unix socket every process has closed is gone. That is how vhqos knows a
 // connection is over without following every process that held it.
 
-// liveSocketInodes asks the kernel for the inode of every TCP socket
-// (IPv4 and IPv6, listeners and connections) and every unix-domain socket
-// of this network namespace that some process still holds. The kernel
-// leaves out the TIME_WAIT and SYN_RECV remnants, which have no inode: a
-// server that closes thousands of connections a second has thousands of
-// them, and the sweep would read each.
-func liveSocketInodes() (map[uint64]bool, error) {
+// liveSocketInodes asks the kernel for the inode of every TCP listener
+// (IPv4 and IPv6), of every TCP connection if withConnections, and of
+// every unix-domain socket of this network namespace that some process
+// still holds. The kernel leaves out the TIME_WAIT and SYN_RECV remnants,
+// which have no inode: a server that closes thousands of connections a
+// second has thousands of them, and the sweep would read each. Asked for
+// listeners only, it skips its table of connections altogether: that walk
+// visits every bucket of a table sized by the machine's memory (some 2 ms
+// a sweep here, most of an idle supervisor's CPU).
+func liveSocketInodes(withConnections bool) (map[uint64]bool, error) {
 	live := map[uint64]bool{}
-	err := eachTCPSocket(heldConnectionStates|1<<unix.BPF_TCP_LISTEN, func(m diagMsg) {
+	states := uint32(1 << unix.BPF_TCP_LISTEN)
+	if withConnections {
+		states |= heldConnectionStates
+	}
+	err := eachTCPSocket(states, func(m diagMsg) {
 		if ino := m.inode(); ino != 0 {
 			live[uint64(ino)] = true
 		}

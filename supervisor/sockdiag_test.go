@@ -38,8 +38,8 @@ func TestLiveSocketInodes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ino := fileInode(t, server)
-			live, err := liveSocketInodes()
+			ino, lino := fileInode(t, server), fileInode(t, ln)
+			live, err := liveSocketInodes(true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -47,13 +47,25 @@ func TestLiveSocketInodes(t *testing.T) {
 				t.Fatalf("the accepted connection (inode %d) is not among the %d live sockets", ino, len(live))
 			}
 			// Listener copies are forgotten when their inode is not
-			// live: a listener must be.
-			if lino := fileInode(t, ln); !live[lino] {
+			// live: a listener must be, whether connections are asked
+			// for or not. TCP connections are listed only when asked
+			// for; unix ones always are (their table is small).
+			if !live[lino] {
 				t.Fatalf("the listener (inode %d) is not among the %d live sockets", lino, len(live))
+			}
+			listeners, err := liveSocketInodes(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !listeners[lino] {
+				t.Fatalf("asked for listeners only: the listener (inode %d) is not among the %d live sockets", lino, len(listeners))
+			}
+			if tc.network == "tcp" && listeners[ino] {
+				t.Errorf("asked for listeners only: the TCP connection (inode %d) is listed too", ino)
 			}
 			server.Close()
 			client.Close()
-			if live, err = liveSocketInodes(); err != nil {
+			if live, err = liveSocketInodes(true); err != nil {
 				t.Fatal(err)
 			}
 			if live[ino] {

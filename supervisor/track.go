@@ -474,7 +474,9 @@ func (s *Supervisor) pruneGone() {
 		return
 	}
 	mark := s.tracked.mark()
-	live, err := liveSocketInodes()
+	// Connections are listed only when some are tracked (the listeners'
+	// table is small, the connections' is not).
+	live, err := liveSocketInodes(s.tracked.size() > 0)
 	if err != nil {
 		s.log.Debug("listing the sockets that are still open", "err", err)
 		return
