@@ -319,18 +319,14 @@ func (e *eventLoop) run(s *Supervisor) {
 		var err error
 		if idle != nil && sparse {
 			if _, err := idle.waitQuiet(until, &restore); err != nil {
-				s.log.Error("the event loop blocks in epoll_wait from now on, even when idle", "err", err)
-				idle.close()
-				idle = nil
+				dropNetpoll(s.log, &idle, "the event loop", err)
 				continue
 			}
 			n, err = epollWaitNow(e.epfd, events)
 		} else {
 			if idle != nil {
 				if err := idle.disarm(); err != nil {
-					s.log.Warn("the event loop blocks in epoll_wait from now on, even when idle", "err", err)
-					idle.close()
-					idle = nil
+					dropNetpoll(s.log, &idle, "the event loop", err)
 				}
 			}
 			// Milliseconds round down; waking a little late beats

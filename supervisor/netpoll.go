@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"syscall"
 	"time"
@@ -156,6 +157,15 @@ func (w *netpollWait) waitQuiet(deadline time.Time, restore *func()) (int16, err
 		return 0, fmt.Errorf("taking a quiet thread again after a wait: %w", quietErr)
 	}
 	return ev, err
+}
+
+// dropNetpoll gives up waiting in the netpoller after *w failed: owner
+// (the receiver, the event loop) waits in its system call from then on,
+// which costs wake-ups, not connections.
+func dropNetpoll(log *slog.Logger, w **netpollWait, owner string, err error) {
+	log.Error(owner+" waits in its system call from now on, even when idle", "err", err)
+	(*w).close()
+	*w = nil
 }
 
 // close ends the wait; a goroutine parked in wait returns an error.

@@ -24,6 +24,15 @@ func testPipe(t *testing.T) (r int, w *os.File) {
 
 func writeByte(w *os.File) { w.Write([]byte{1}) }
 
+// writeAfterPark writes a byte once a wait started now has had time to
+// park: only a wait that watches then sees it.
+func writeAfterPark(w *os.File) {
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		writeByte(w)
+	}()
+}
+
 func TestNetpollWait(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -85,11 +94,8 @@ func TestNetpollWaitRearms(t *testing.T) {
 	if err := nw.disarm(); err != nil {
 		t.Fatal(err)
 	}
-	// Written once the wait has parked: only a re-armed wait sees it.
-	go func() {
-		time.Sleep(20 * time.Millisecond)
-		writeByte(w)
-	}()
+	// Only a re-armed wait sees it.
+	writeAfterPark(w)
 	if got, err := nw.wait(time.Now().Add(5 * time.Second)); err != nil || got&unix.POLLIN == 0 {
 		t.Fatalf("wait after disarm: events %#x, %v; want POLLIN", got, err)
 	}
@@ -133,10 +139,7 @@ func TestNetpollWaitQuiet(t *testing.T) {
 	}
 	defer func() { restore() }()
 	// Written once the wait has parked and let its thread go.
-	go func() {
-		time.Sleep(20 * time.Millisecond)
-		writeByte(w)
-	}()
+	writeAfterPark(w)
 	if ev, err := nw.waitQuiet(time.Now().Add(5*time.Second), &restore); err != nil || ev&unix.POLLIN == 0 {
 		t.Fatalf("waitQuiet: events %#x, %v; want POLLIN", ev, err)
 	}

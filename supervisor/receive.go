@@ -191,28 +191,24 @@ func (s *Supervisor) receive(notifyFd int, r *receiverState) error {
 		if r.stopping.Load() {
 			return nil
 		}
-		parked := false
-		if idle != nil {
-			if parked = sparse; parked {
-				ev, err := idle.waitQuiet(time.Time{}, &restore)
-				switch {
-				case err != nil:
-					s.log.Error("the receiver waits in NOTIF_RECV from now on, even when idle", "err", err)
-					idle.close()
-					idle = nil
-				case ev&unix.POLLIN != 0:
-				case ev&unix.POLLHUP != 0:
-					// No process is left under the filter.
-					return nil
-				default:
-					// POLLERR: the kernel could not take the filter's
-					// lock for a look (a signal was pending); look again.
-					continue
-				}
-			} else if err := idle.disarm(); err != nil {
-				s.log.Warn("the receiver waits in NOTIF_RECV from now on, even when idle", "err", err)
-				idle.close()
-				idle = nil
+		parked := idle != nil && sparse
+		if parked {
+			ev, err := idle.waitQuiet(time.Time{}, &restore)
+			switch {
+			case err != nil:
+				dropNetpoll(s.log, &idle, "the receiver", err)
+			case ev&unix.POLLIN != 0:
+			case ev&unix.POLLHUP != 0:
+				// No process is left under the filter.
+				return nil
+			default:
+				// POLLERR: the kernel could not take the filter's lock
+				// for a look (a signal was pending); look again.
+				continue
+			}
+		} else if idle != nil {
+			if err := idle.disarm(); err != nil {
+				dropNetpoll(s.log, &idle, "the receiver", err)
 			}
 		}
 		err := recvNotification(notifyFd, &n)

@@ -365,3 +365,22 @@ func TestStopWhileServing(t *testing.T) {
 		c.Close()
 	}
 }
+
+// An accept received after Drain collected what it hands on has no one to
+// take it: the draining supervisor lets it through to the kernel, as if no
+// supervisor were there, instead of keeping it unanswered.
+func TestAcceptAfterDrainLetThrough(t *testing.T) {
+	h := startServer(t, "127.0.0.1:0", true)
+	if got := h.sup.Drain(time.Second); len(got.Accepts) != 0 {
+		t.Fatalf("Drain handed on %d accepts; the server made none", len(got.Accepts))
+	}
+	h.command("accept4 0 keep")
+	c, _ := h.dial()
+	defer c.Close()
+	if r := h.result(); r.Ret < 0 {
+		t.Fatalf("the accept after the drain failed: errno %v", unix.Errno(r.Errno))
+	}
+	if n := h.sup.stats.Accepted.Load(); n != 0 {
+		t.Errorf("a draining supervisor accepted %d connections itself; want the kernel's accept", n)
+	}
+}

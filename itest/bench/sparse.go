@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -12,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vhqos/vhqos/cgroup"
+	"github.com/vhqos/vhqos/itest"
 )
 
 // Sparse traffic: what a supervisor costs a server that is idle or takes a
@@ -112,8 +111,8 @@ func sparseRun(cg *cgroup.Manager, prefix []string, su setup, rate int, d time.D
 }
 
 // openAtRate opens rate connections a second to addr for d, each asking
-// for the static file and reading the answer to its end, and returns how
-// many failed (no "200" in the answer, or any error).
+// for the static file and reading the answer to its end (itest.Get), and
+// returns how many failed (not answered 200, or any error).
 func openAtRate(addr string, rate int, d time.Duration) (failed int) {
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
@@ -123,32 +122,11 @@ func openAtRate(addr string, rate int, d time.Duration) (failed int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := getOnce(addr); err != nil {
+			if r, err := itest.GetWithin(addr, "/index.html", 10*time.Second); err != nil || r.Status != 200 {
 				fails.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
 	return int(fails.Load())
-}
-
-// getOnce asks addr for /index.html on a connection of its own.
-func getOnce(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, "GET /index.html HTTP/1.0\r\nHost: shop\r\n\r\n"); err != nil {
-		return err
-	}
-	reply, err := io.ReadAll(c)
-	if err != nil {
-		return err
-	}
-	if !bytes.Contains(reply[:min(len(reply), 16)], []byte(" 200 ")) {
-		return fmt.Errorf("answered %q", reply[:min(len(reply), 40)])
-	}
-	return nil
 }

@@ -93,12 +93,13 @@ func TestServerOf(t *testing.T) {
 		pid := cmd.Process.Pid
 		t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL); cmd.Wait() })
 		// Until it execs, a child shows the shell's command line, whose
-		// script names --keeper-state: wait for every child's own.
+		// script names --keeper-state, and in the middle of its exec an
+		// empty one: wait for every child's own.
 		shell, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		started := func() bool {
 			kids := childrenOf(pid)
 			for _, c := range kids {
-				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); string(cmdline) == string(shell) {
+				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); len(cmdline) == 0 || string(cmdline) == string(shell) {
 					return false
 				}
 			}
