@@ -94,12 +94,14 @@ func TestServerOf(t *testing.T) {
 		t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL); cmd.Wait() })
 		// Until it execs, a child shows the shell's command line, whose
 		// script names --keeper-state, and in the middle of its exec an
-		// empty one: wait for every child's own.
-		shell, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		// empty one: wait for every child's own. The shell's is known
+		// rather than read, because Start returns in the middle of the
+		// shell's own exec, when its command line can still read empty.
+		shell := "sh\x00-c\x00" + tc.script + "\x00"
 		started := func() bool {
 			kids := childrenOf(pid)
 			for _, c := range kids {
-				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); len(cmdline) == 0 || string(cmdline) == string(shell) {
+				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); len(cmdline) == 0 || string(cmdline) == shell {
 					return false
 				}
 			}
