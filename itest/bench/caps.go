@@ -43,11 +43,11 @@ func tablesBench(cg *cgroup.Manager, bin string, p tablePair, setups []setup, pa
 		if other {
 			t = p.other
 		}
-		f := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-table-%v-%d.toml", other, os.Getpid()))
-		if err := os.WriteFile(f, []byte(t), 0o644); err != nil {
+		f, removeTable, err := writeTable(t)
+		if err != nil {
 			return err
 		}
-		defer os.Remove(f)
+		defer removeTable()
 		files[other] = f
 	}
 	fmt.Printf("Apache prefork, static file, wrk -t2 -c%d -d%v, %d alternating rounds of vhqos without and with %s; %s\n", conns, opts.duration, pairs, p.what, kernel())

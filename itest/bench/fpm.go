@@ -20,11 +20,11 @@ import (
 // name vhosts of nameQoS (read from the FastCGI params), alternating; nginx opens a FastCGI connection per request
 // whether wrk's connections to it are closed or kept alive.
 func fpmBench(cg *cgroup.Manager, bin string, pairs, conns int, opts measureOptions) error {
-	qosFile := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-fpm-%d.toml", os.Getpid()))
-	if err := os.WriteFile(qosFile, []byte(nameQoS), 0o644); err != nil {
+	qosFile, removeTable, err := writeTable(nameQoS)
+	if err != nil {
 		return err
 	}
-	defer os.Remove(qosFile)
+	defer removeTable()
 	floorBin, removeFloor, err := buildFloor()
 	if err != nil {
 		return err

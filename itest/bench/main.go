@@ -157,11 +157,11 @@ func main() {
 		for i := range setups {
 			setups[i].server, setups[i].clients = server, clients
 		}
-		qosFile := filepath.Join(os.TempDir(), fmt.Sprintf("vhqos-bench-qos-%d.toml", os.Getpid()))
-		if err := os.WriteFile(qosFile, []byte(table), 0o644); err != nil {
-			return fmt.Errorf("writing the QoS table: %w", err)
+		qosFile, removeTable, err := writeTable(table)
+		if err != nil {
+			return err
 		}
-		defer os.Remove(qosFile)
+		defer removeTable()
 
 		cg, err := cgroup.New(context.Background(), cgroup.Options{Name: "vhqos-bench." + strconv.Itoa(os.Getpid())})
 		if err != nil {
@@ -527,6 +527,24 @@ func vhqosHelpers(pid int) []int {
 		}
 	}
 	return helpers
+}
+
+// writeTable writes a QoS table into a directory of its own, as an
+// operator keeps /etc/vhqos, and returns its path and what removes both.
+// vhqos watches the table's directory (an editor's rename replaces the
+// file): in a busy one, /tmp with the bench's own logs and perf data
+// growing, every write there would wake its watcher mid-measurement.
+func writeTable(table string) (path string, remove func(), err error) {
+	dir, err := os.MkdirTemp("", "vhqos-bench-table")
+	if err != nil {
+		return "", nil, fmt.Errorf("making a directory for the QoS table: %w", err)
+	}
+	path = filepath.Join(dir, "qos.toml")
+	if err := os.WriteFile(path, []byte(table), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("writing the QoS table: %w", err)
+	}
+	return path, func() { os.RemoveAll(dir) }, nil
 }
 
 // serverOf returns the server that the supervisor pid (vhqos run, or the
