@@ -50,19 +50,34 @@ func loadFilter(syscalls []string, noNewPrivs bool) (int, error) {
 			return -1, fmt.Errorf("setting no_new_privs: %w", err)
 		}
 	}
-	fd, err := installFilter(prog, unix.SECCOMP_FILTER_FLAG_NEW_LISTENER|unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
-	if err == unix.EINVAL {
-		// Before Linux 5.19 the kernel does not know the flag: a signal
-		// can then end a call while the supervisor answers it (see
-		// docs/design-notes.md, "writing the peer address can race a
-		// signal").
-		fmt.Fprintln(os.Stderr, "vhqos shim: this kernel lacks SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19); a signal that arrives while vhqos hands over a connection can end the accept")
-		fd, err = installFilter(prog, unix.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+	// libseccomp's Load also asked for TSYNC (every thread of the
+	// process); the shim installs the filter on the one thread that then
+	// execs, and exec keeps only that thread, so it is not needed.
+	flags := uintptr(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+	if KillableWaits() {
+		flags |= unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+	} else {
+		// Before Linux 5.19: a signal can end a call while the
+		// supervisor answers it (docs/design-notes.md, "writing the peer
+		// address could race a signal").
+		fmt.Fprintln(os.Stderr, "vhqos shim: this kernel lacks SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19); a signal that arrives while vhqos hands over a connection can end the accept and crash a server whose handlers lack SA_RESTART")
 	}
+	fd, err := installFilter(prog, flags)
 	if err != nil {
 		return -1, fmt.Errorf("loading seccomp filter (the kernel needs CONFIG_SECCOMP_FILTER and user notification, Linux 5.9 or later): %w", err)
 	}
 	return fd, nil
+}
+
+// KillableWaits reports whether the kernel knows
+// SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19), with which a call
+// the supervisor has received ends only for a fatal signal. seccomp(2)
+// checks its flags before it reads the program, so a NULL program gets
+// EFAULT from a kernel that knows them and EINVAL from one that does not
+// (libseccomp probes its flags the same way).
+func KillableWaits() bool {
+	_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_NEW_LISTENER|unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, 0)
+	return errno == unix.EFAULT
 }
 
 // exportBPF compiles filter into the BPF program the kernel loads.

@@ -18,7 +18,9 @@ import (
 // process (the kernel's notification names the thread; any thread's
 // memory is the process's).
 type HeldAccept struct {
-	ID   uint64    `json:"id"`
+	ID uint64 `json:"id"`
+	// Pid is the calling thread's id, as the kernel's notification has
+	// it: the successor looks for signals at that thread (signals.go).
 	Pid  uint32    `json:"pid"`
 	Args [4]uint64 `json:"args"` // fd, sockaddr buffer, socklen_t, accept4 flags
 }
@@ -62,7 +64,7 @@ func (s *Supervisor) Drain(wait time.Duration) Handoff {
 	for _, l := range s.listeners.all() {
 		l.mu.Lock()
 		for _, w := range l.waiters {
-			h.Accepts = append(h.Accepts, HeldAccept{ID: w.id, Pid: uint32(w.proc.tgid),
+			h.Accepts = append(h.Accepts, HeldAccept{ID: w.id, Pid: uint32(w.tid),
 				Args: [4]uint64{uint64(w.fd), w.addr, w.addrlen, uint64(w.flags)}})
 		}
 		l.waiters = nil
