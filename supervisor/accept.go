@@ -560,7 +560,7 @@ func (s *Supervisor) dropStaleWaiters(l *listener) {
 	l.mu.Unlock()
 	signalled := map[uint64]unix.Errno{}
 	for id, tid := range waiting {
-		if errno := signalAnswer(tid); errno != 0 {
+		if errno := s.sweepStatuses.signalAnswer(tid); errno != 0 {
 			signalled[id] = errno
 		}
 	}

@@ -121,7 +121,7 @@ func (s *Supervisor) dropGoneReads() {
 		gone := !idValid(s.notifyFd, r.id)
 		errno := unix.Errno(0)
 		if !gone {
-			errno = signalAnswer(r.tid)
+			errno = s.sweepStatuses.signalAnswer(r.tid)
 		}
 		if gone || errno != 0 {
 			r.p.mu.Lock()

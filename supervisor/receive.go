@@ -65,6 +65,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.bells.closeAll()
 		s.procs.closeAll()
 		s.events.close()
+		s.sweepStatuses.closeAll()
 		if ended != nil {
 			ended.close()
 		}

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 
@@ -34,15 +35,64 @@ import (
 // the process as errno 512, so it is only answered where one is.
 const errRestartSys = unix.Errno(512)
 
+// threadStatuses tells the sweep which held calls a signal waits for. The
+// sweep looks at the same
+// idle threads second after second (an idle prefork server holds one call
+// per child): it keeps each thread's /proc/TID/status open and reads it
+// again in place, a fifth of the cost of opening, reading and closing it
+// (6.6 against 33.6 µs on this project's machines). The zero value is
+// ready; only the event loop's sweep uses it.
+type threadStatuses struct {
+	files map[int]*os.File
+	seen  map[int]bool // looked at since the last prune
+	buf   [4096]byte
+}
+
 // signalAnswer returns how to answer a call held for thread tid because a
 // signal waits to be delivered to it (answerFor its /proc/TID/status); 0
 // when none does or the thread is gone.
-func signalAnswer(tid int) unix.Errno {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
-	if err != nil {
-		return 0
+func (t *threadStatuses) signalAnswer(tid int) unix.Errno {
+	if t.files == nil {
+		t.files, t.seen = map[int]*os.File{}, map[int]bool{}
 	}
-	return answerFor(status)
+	t.seen[tid] = true
+	for range 2 {
+		f := t.files[tid]
+		if f == nil {
+			var err error
+			if f, err = os.Open(fmt.Sprintf("/proc/%d/status", tid)); err != nil {
+				return 0
+			}
+			t.files[tid] = f
+		}
+		n, err := f.ReadAt(t.buf[:], 0)
+		if n > 0 && (err == nil || err == io.EOF) {
+			return answerFor(t.buf[:n])
+		}
+		// The thread is gone (ESRCH), and its id may name another
+		// thread now: open afresh.
+		f.Close()
+		delete(t.files, tid)
+	}
+	return 0
+}
+
+// prune closes the files of threads not looked at since the last prune:
+// the sweep prunes once it has looked at every held call.
+func (t *threadStatuses) prune() {
+	for tid, f := range t.files {
+		if !t.seen[tid] {
+			f.Close()
+			delete(t.files, tid)
+		}
+	}
+	clear(t.seen)
+}
+
+// closeAll closes every kept file (the supervisor is done).
+func (t *threadStatuses) closeAll() {
+	clear(t.seen)
+	t.prune()
 }
 
 // answerFor decides from a thread's /proc/TID/status: errRestartSys when

@@ -55,14 +55,17 @@ func TestAnswerFor(t *testing.T) {
 	}
 }
 
-// signalAnswer reads a real thread's status: nothing pending, a pending
-// signal the thread blocks, and a thread that does not exist all say
-// "no signal to deliver".
-func TestSignalAnswer(t *testing.T) {
+// threadStatuses reads a real thread's status: nothing pending, a pending
+// signal the thread blocks, and a thread that does not exist all say "no
+// signal to deliver"; a file kept for a thread not looked at since the
+// last prune is closed.
+func TestThreadStatuses(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	tid := unix.Gettid()
-	if got := signalAnswer(tid); got != 0 {
+	var st threadStatuses
+	defer st.closeAll()
+	if got := st.signalAnswer(tid); got != 0 {
 		t.Fatalf("signalAnswer with nothing pending = %v, want 0", got)
 	}
 	var set, old unix.Sigset_t
@@ -83,10 +86,19 @@ func TestSignalAnswer(t *testing.T) {
 	if statusField(status, "SigPnd") == "0000000000000000" {
 		t.Fatalf("SIGWINCH sent to this thread is not pending on it:\n%s", status)
 	}
-	if got := signalAnswer(tid); got != 0 {
-		t.Errorf("signalAnswer with the pending signal blocked = %v, want 0", got)
+	// Read again through the kept file, which must show the change.
+	if got, kept := st.signalAnswer(tid), len(st.files); got != 0 || kept != 1 {
+		t.Errorf("signalAnswer with the pending signal blocked = %v with %d files kept, want 0 with 1", got, kept)
 	}
-	if got := signalAnswer(-1); got != 0 {
+	if statusField(st.buf[:], "SigPnd") == "0000000000000000" {
+		t.Errorf("the kept status file, read again, does not show the signal sent since")
+	}
+	if got := st.signalAnswer(-1); got != 0 {
 		t.Errorf("signalAnswer for no thread = %v, want 0", got)
+	}
+	st.prune() // both looked at: the file stays
+	st.prune() // neither since: closed
+	if len(st.files) != 0 {
+		t.Errorf("after a sweep that did not look at it, %d files kept, want 0", len(st.files))
 	}
 }

@@ -143,11 +143,14 @@ type Supervisor struct {
 	listeners  *listenerTable
 	bells      bellTable // doorbells out, on every listener (doorbell.go)
 	events     *eventLoop
-	idle       time.Duration
-	kcmpWorks  bool
-	shortcut   bool
-	track      intercept.Track
-	tracked    *trackTable
+	// sweepStatuses is the event loop sweep's look at the threads of
+	// held calls (signals.go).
+	sweepStatuses threadStatuses
+	idle          time.Duration
+	kcmpWorks     bool
+	shortcut      bool
+	track         intercept.Track
+	tracked       *trackTable
 	// placement and threadPlacer: thread placement (threads.go), with
 	// threadPlacer nil under process placement; multiNoted says the one
 	// line about a multi-threaded server was logged.
