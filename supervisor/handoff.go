@@ -15,12 +15,10 @@ import (
 
 // HeldAccept is an accept a supervisor received and has not answered,
 // with what a successor needs to answer it (Adopt). Pid is the calling
-// process (the kernel's notification names the thread; any thread's
-// memory is the process's).
+// thread, as the kernel's notification names it: the successor finds the
+// process from it and looks for signals at that thread (signals.go).
 type HeldAccept struct {
-	ID uint64 `json:"id"`
-	// Pid is the calling thread's id, as the kernel's notification has
-	// it: the successor looks for signals at that thread (signals.go).
+	ID   uint64    `json:"id"`
 	Pid  uint32    `json:"pid"`
 	Args [4]uint64 `json:"args"` // fd, sockaddr buffer, socklen_t, accept4 flags
 }
