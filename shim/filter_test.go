@@ -1,11 +1,9 @@
 package shim
 
 import (
-	"fmt"
 	"testing"
 
 	seccomp "github.com/seccomp/libseccomp-golang"
-	"golang.org/x/sys/unix"
 
 	"github.com/vhqos/vhqos/intercept"
 )
@@ -33,23 +31,5 @@ func TestFilterNumbers(t *testing.T) {
 		if int32(nr) != sc.Nr {
 			t.Errorf("%s is %d in intercept's table, %d for libseccomp", name, sc.Nr, nr)
 		}
-	}
-}
-
-// KillableWaits says what the running kernel's release promises: the flag
-// came with Linux 5.19.
-func TestKillableWaits(t *testing.T) {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		t.Fatal(err)
-	}
-	release := unix.ByteSliceToString(u.Release[:])
-	var major, minor int
-	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
-		t.Fatalf("kernel release %q: %v", release, err)
-	}
-	want := major > 5 || major == 5 && minor >= 19
-	if got := KillableWaits(); got != want {
-		t.Errorf("KillableWaits() = %v on Linux %s, want %v", got, release, want)
 	}
 }

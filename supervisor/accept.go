@@ -544,31 +544,11 @@ func (l *listener) dropWaiters(drop func(*acceptCall) bool) (dropped []*acceptCa
 func (s *Supervisor) callerWaits(w *acceptCall) bool { return idValid(s.notifyFd, w.id) }
 
 // dropStaleWaiters forgets waiting accepts whose caller was interrupted or
-// died, so the waiter list stays bounded with no traffic at all; answers
-// those whose thread has a signal to take as the kernel would have ended
-// the accept for it (signalAnswer); and moves processes that have waited
-// longer than goHome into the home cgroup.
+// died, so the waiter list stays bounded with no traffic at all, and moves
+// processes that have waited longer than goHome into the home cgroup.
 func (s *Supervisor) dropStaleWaiters(l *listener) {
-	// /proc is read outside l.mu, which the receiver's accepts take. A
-	// call still waiting afterwards is one its thread has not left, so a
-	// signal seen for it is still there to be delivered.
-	l.mu.Lock()
-	waiting := make(map[uint64]int, len(l.waiters))
-	for _, w := range l.waiters {
-		waiting[w.id] = w.tid
-	}
-	l.mu.Unlock()
-	signalled := map[uint64]unix.Errno{}
-	for id, tid := range waiting {
-		if errno := s.sweepStatuses.signalAnswer(tid); errno != 0 {
-			signalled[id] = errno
-		}
-	}
 	l.mu.Lock()
 	l.dropWaiters(func(w *acceptCall) bool { return !s.callerWaits(w) })
-	for _, w := range l.dropWaiters(func(w *acceptCall) bool { return signalled[w.id] != 0 }) {
-		s.respond(w.id, respondErrno(s.notifyFd, w.id, 0, signalled[w.id]))
-	}
 	var idle []*proc
 	cutoff := time.Now().Add(-goHome)
 	for _, w := range l.waiters {

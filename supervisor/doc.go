@@ -30,8 +30,7 @@
 // Beside it: the event loop for what is not a notification (a listener or
 // a connection becoming readable, a process exiting, deadlines): events.go;
 // waking a server that polls: doorbell.go; a new table applied at once:
-// reclassify.go; a signal for a thread in a call the supervisor holds:
-// signals.go; connection counts: counts.go; the system calls and /proc
+// reclassify.go; connection counts: counts.go; the system calls and /proc
 // files underneath: kernel.go, sockdiag.go. For the keeper (vhqos run):
 // every notification received and not yet answered is recorded in a
 // failopen.Table (receive.go, respond; complete in accept.go), so that a

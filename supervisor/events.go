@@ -405,7 +405,6 @@ func (e *eventLoop) sweep(s *Supervisor) {
 		s.checkDeadlines(l, time.Now())
 	}
 	s.dropGoneReads()
-	s.sweepStatuses.prune()
 	s.pruneGone()
 	s.leaseBackstop()
 	s.sendIdleHome()

@@ -15,8 +15,8 @@ import (
 
 // HeldAccept is an accept a supervisor received and has not answered,
 // with what a successor needs to answer it (Adopt). Pid is the calling
-// thread, as the kernel's notification names it: the successor finds the
-// process from it and looks for signals at that thread (signals.go).
+// process (the kernel's notification names the thread; any thread's
+// memory is the process's).
 type HeldAccept struct {
 	ID   uint64    `json:"id"`
 	Pid  uint32    `json:"pid"`
@@ -62,7 +62,7 @@ func (s *Supervisor) Drain(wait time.Duration) Handoff {
 	for _, l := range s.listeners.all() {
 		l.mu.Lock()
 		for _, w := range l.waiters {
-			h.Accepts = append(h.Accepts, HeldAccept{ID: w.id, Pid: uint32(w.tid),
+			h.Accepts = append(h.Accepts, HeldAccept{ID: w.id, Pid: uint32(w.proc.tgid),
 				Args: [4]uint64{uint64(w.fd), w.addr, w.addrlen, uint64(w.flags)}})
 		}
 		l.waiters = nil

@@ -26,7 +26,6 @@ import (
 // next request on the connection has arrived.
 type heldRead struct {
 	id     uint64 // the read's notification
-	tid    int    // the reading thread
 	p      *proc
 	copyFd int // the supervisor's copy of the caller's fd, watched
 	c      *trackedConn
@@ -113,24 +112,14 @@ func (s *Supervisor) releaseRead(r *heldRead) {
 	}
 }
 
-// dropGoneReads releases the held reads whose caller left them, and
-// those whose thread has a signal to take, answered as the kernel would
-// have ended the read for it (signalAnswer). Runs in the sweep.
+// dropGoneReads releases the held reads whose caller left them. Runs in
+// the sweep.
 func (s *Supervisor) dropGoneReads() {
 	for _, r := range s.events.heldReads() {
-		gone := !idValid(s.notifyFd, r.id)
-		errno := unix.Errno(0)
-		if !gone {
-			errno = s.sweepStatuses.signalAnswer(r.tid)
-		}
-		if gone || errno != 0 {
+		if !idValid(s.notifyFd, r.id) {
 			r.p.mu.Lock()
-			held := s.events.holdsRead(r)
 			s.releaseRead(r)
 			r.p.mu.Unlock()
-			if held && errno != 0 {
-				s.respond(r.id, respondErrno(s.notifyFd, r.id, 0, errno))
-			}
 		}
 	}
 }

@@ -65,7 +65,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.bells.closeAll()
 		s.procs.closeAll()
 		s.events.close()
-		s.sweepStatuses.closeAll()
 		if ended != nil {
 			ended.close()
 		}

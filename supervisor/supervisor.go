@@ -143,14 +143,11 @@ type Supervisor struct {
 	listeners  *listenerTable
 	bells      bellTable // doorbells out, on every listener (doorbell.go)
 	events     *eventLoop
-	// sweepStatuses is the event loop sweep's look at the threads of
-	// held calls (signals.go).
-	sweepStatuses threadStatuses
-	idle          time.Duration
-	kcmpWorks     bool
-	shortcut      bool
-	track         intercept.Track
-	tracked       *trackTable
+	idle       time.Duration
+	kcmpWorks  bool
+	shortcut   bool
+	track      intercept.Track
+	tracked    *trackTable
 	// placement and threadPlacer: thread placement (threads.go), with
 	// threadPlacer nil under process placement; multiNoted says the one
 	// line about a multi-threaded server was logged.

@@ -318,7 +318,7 @@ func (s *Supervisor) trackRead(p *proc, tid, fd int, id uint64) (held bool) {
 		if c == nil {
 			return false
 		}
-		if s.tracked.namesApply(c) && s.resniff(p, tid, fd, c, id) {
+		if s.tracked.namesApply(c) && s.resniff(p, fd, c, id) {
 			return true
 		}
 		if s.threadPlacer != nil {
@@ -348,19 +348,18 @@ func (s *Supervisor) trackRead(p *proc, tid, fd int, id uint64) (held bool) {
 	return false
 }
 
-// resniff looks at the bytes waiting on p's fd (a copy of it, peeked),
-// which p's thread tid reads, and reclassifies the connection when they
-// are a request for another vhost.
+// resniff looks at the bytes waiting on p's fd (a copy of it, peeked) and
+// reclassifies the connection when they are a request for another vhost.
 // A blocking read that finds no whole request head yet is held for it
 // (holdRead), and resniff returns true. Called with p.mu held.
-func (s *Supervisor) resniff(p *proc, tid, fd int, c *trackedConn, id uint64) (held bool) {
+func (s *Supervisor) resniff(p *proc, fd int, c *trackedConn, id uint64) (held bool) {
 	copyFd, err := p.copyFd(fd)
 	if err != nil {
 		return false
 	}
 	_, limit := s.classifier.Load().SniffLimits()
 	peek := s.peekName(copyFd, limit)
-	if waitsForRequest(peek) && blocking(copyFd) && s.holdRead(&heldRead{id: id, tid: tid, p: p, copyFd: copyFd, c: c}, peek) {
+	if waitsForRequest(peek) && blocking(copyFd) && s.holdRead(&heldRead{id: id, p: p, copyFd: copyFd, c: c}, peek) {
 		return true
 	}
 	s.resniffed(p, copyFd, c, peek)
