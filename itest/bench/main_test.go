@@ -38,6 +38,16 @@ func TestWriteTable(t *testing.T) {
 	}
 }
 
+// A temporary directory that cannot be made is an error naming what was
+// being done, and nothing is left to remove.
+func TestWriteTableNoTempDir(t *testing.T) {
+	t.Setenv("TMPDIR", filepath.Join(t.TempDir(), "missing"))
+	path, remove, err := writeTable("[[vhost]]\n")
+	if err == nil || !strings.Contains(err.Error(), "making a directory for the QoS table") || path != "" || remove != nil {
+		t.Errorf("writeTable with no temporary directory = %q, %v, %v; want an error about the table's directory", path, remove != nil, err)
+	}
+}
+
 // serverOf finds the one server a supervisor started among its children,
 // past vhqos's own helpers (started with --keeper-state), and refuses a
 // supervisor with two.
