@@ -290,8 +290,16 @@ func TestPlaceThread(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if u.Threads != tc.threads {
-				t.Errorf("Usage(%s).Threads = %d, want %d", tc.group, u.Threads, tc.threads)
+			most := tc.threads
+			if tc.group == HomeGroup {
+				// The child's Go runtime may start a thread of its own
+				// at any time, and it is born beside its creator, at
+				// home; runtime threads never end, so the count read
+				// after Usage bounds it.
+				most = len(tasksOf(t, pid)) - 3
+			}
+			if u.Threads < tc.threads || u.Threads > most {
+				t.Errorf("Usage(%s).Threads = %d, want %d (%d with threads started since)", tc.group, u.Threads, tc.threads, most)
 			}
 		}
 		// Placing a thread again where it is, or elsewhere, moves it
