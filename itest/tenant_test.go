@@ -84,8 +84,10 @@ func TestTenantCPUMax(t *testing.T) {
 	if share > 1.05 {
 		t.Errorf("tenant with cpu_max 100%% used %.1f%% of a CPU, want at most 105%%", share*100)
 	}
-	if th1 == th0 && share > 0.9 {
-		// Near the cap yet never held back: the cap is not the kernel's.
+	if th1 == th0 && share > 0.99 {
+		// At the cap yet never held back: the cap is not the kernel's.
+		// (Below it, on a machine whose other work leaves the four
+		// burners less than a CPU, the kernel rightly never throttles.)
 		t.Errorf("the tenant used %.1f%% of a CPU and was never held back by its cap", share*100)
 	}
 	// The bound is the kernel's: the tenant's own directory carries it. (On
