@@ -380,12 +380,19 @@ func checkAccessLog(t *testing.T, a *Apache, xs []exchange) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logged := map[netip.AddrPort]int{}
+	// A client port is unique per server address only: the kernel may
+	// give two connections to two vhosts' addresses the same one.
+	type ends struct{ client, local netip.AddrPort }
+	logged := map[ends]int{}
 	for _, e := range entries {
-		logged[e.Client]++
+		logged[ends{e.Client, e.Local}]++
 	}
 	for _, x := range xs {
-		switch n := logged[x.Client]; {
+		to, err := netip.ParseAddrPort(x.To)
+		if err != nil {
+			t.Fatalf("exchange to %q: %v", x.To, err)
+		}
+		switch n := logged[ends{x.Client, to}]; {
 		case x.served() && n != 1:
 			t.Errorf("Apache served %v -> %s but logged it %d times", x.Client, x.To, n)
 		case !x.served() && x.Client.IsValid() && n != 0:

@@ -215,7 +215,7 @@ PidFile %[1]s/httpd.pid
 ErrorLog %[1]s/error.log
 %[3]sKeepAliveTimeout 5
 MaxKeepAliveRequests 0
-LogFormat "%%v %%P %%s %%U %%a %%{remote}p" vhost_pid
+LogFormat "%%v %%P %%s %%U %%a %%{remote}p %%A %%{local}p" vhost_pid
 ScriptAlias /cgi-bin/ %[1]s/cgi-bin/
 DocumentRoot %[1]s/htdocs
 DirectoryIndex index.html
@@ -523,6 +523,9 @@ type LogEntry struct {
 	Status int
 	Path   string
 	Client netip.AddrPort // the client's end of the connection
+	// Local is the server's end: a client port is unique only per
+	// server address, the kernel reusing it toward others.
+	Local netip.AddrPort
 }
 
 // Log reads the access log. Apache writes a request's line after sending
@@ -539,21 +542,32 @@ func (a *Apache) Log() ([]LogEntry, error) {
 		if len(f) == 0 {
 			continue
 		}
-		if len(f) != 6 {
-			return out, fmt.Errorf("access log line %q: want 6 fields", line)
+		if len(f) != 8 {
+			return out, fmt.Errorf("access log line %q: want 8 fields", line)
 		}
 		e := LogEntry{VHost: f[0], Path: f[3]}
 		e.PID, _ = strconv.Atoi(f[1])
 		e.Status, _ = strconv.Atoi(f[2])
-		addr, err1 := netip.ParseAddr(f[4])
-		port, err2 := strconv.ParseUint(f[5], 10, 16)
-		if e.PID == 0 || err1 != nil || err2 != nil {
+		var err error
+		if e.Client, err = logAddrPort(f[4], f[5]); err == nil {
+			e.Local, err = logAddrPort(f[6], f[7])
+		}
+		if e.PID == 0 || err != nil {
 			return out, fmt.Errorf("access log line %q: bad PID, address or port", line)
 		}
-		e.Client = netip.AddrPortFrom(addr.Unmap(), uint16(port))
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// logAddrPort parses an access log's address and port fields.
+func logAddrPort(addr, port string) (netip.AddrPort, error) {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	return netip.AddrPortFrom(a.Unmap(), uint16(p)), err
 }
 
 // OpenGate lets the hold CGIs waiting at gate g answer (within their poll

@@ -87,9 +87,9 @@ func TestHarnessApacheNative(t *testing.T) {
 	a := RunApache(t, ApacheConfig{VHosts: vhosts})
 
 	type conn struct {
-		vhost  string
-		client netip.AddrPort
-		pid    int
+		vhost          string
+		client, server netip.AddrPort
+		pid            int
 	}
 	var conns []conn
 	for round := 0; round < 2; round++ {
@@ -118,7 +118,7 @@ func TestHarnessApacheNative(t *testing.T) {
 			if !m.All(0) || m.SynAck != 0 || !m.FIN {
 				t.Errorf("%s: server packets to %v: %v; want DSCP 0 throughout and a FIN", v.Name, resp.Client, m)
 			}
-			conns = append(conns, conn{v.Name, resp.Client, w.PID})
+			conns = append(conns, conn{v.Name, resp.Client, resp.Server, w.PID})
 		}
 	}
 	entries, err := a.Log()
@@ -128,7 +128,7 @@ func TestHarnessApacheNative(t *testing.T) {
 	for _, c := range conns {
 		found := false
 		for _, e := range entries {
-			if e.Client == c.client {
+			if e.Client == c.client && e.Local == c.server {
 				found = true
 				if e.VHost != c.vhost || e.PID != c.pid || e.Status != 200 || e.Path != "/cgi-bin/whoami" {
 					t.Errorf("access log for %v: %+v, want vhost %s pid %d", c.client, e, c.vhost, c.pid)
