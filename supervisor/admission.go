@@ -101,7 +101,7 @@ type admissions struct {
 	// listener's class, and counted against no cap.
 	refusing *classCount
 	// count asks the kernel for the connections held open.
-	count func(held func(cookie uint64, local netip.AddrPort)) error
+	count func(held func(cookie, inode uint64, local netip.AddrPort)) error
 	// reservations are the accepts left to the kernel on a listener of a
 	// capped class whose thread was not seen since, by thread id; reserved
 	// is their number, read without the lock.
@@ -114,8 +114,10 @@ type admissions struct {
 	classify func(bound netip.AddrPort) (Decision, bool)
 	// waiting reads whether a thread still waits in an accept on fd, or
 	// runs (/proc shows no system call of a thread on a CPU or runnable);
-	// tests replace it.
-	waiting func(tgid, tid, fd int) (inAccept, running bool)
+	// heldSockets reads the inodes of the sockets a process holds
+	// (socketFds). Tests replace both.
+	waiting     func(tgid, tid, fd int) (inAccept, running bool)
+	heldSockets func(tgid int) map[int]uint64
 	// sinceCount counts admissions since the last count; uncounted says
 	// a listener was noted whose connections no count has seen yet (it
 	// may have made them before this supervisor started).
@@ -134,8 +136,12 @@ type reservation struct {
 }
 
 // runningToAccept is how long after its accept was left to the kernel a
-// thread seen running is taken to be still on its way into the accept; a
-// thread running later is serving the connection it took.
+// thread seen running is taken to be still on its way into the accept,
+// whatever else its process holds. Later, /proc cannot tell a thread woken
+// in its accept (its connection still in the accept queue, or taken but
+// not yet given a file: sock_diag shows no inode for it either) from one
+// serving what it took; the count then asks which sockets its process
+// holds (recount).
 const runningToAccept = 100 * time.Millisecond
 
 type admittedConn struct {
@@ -177,6 +183,7 @@ func newAdmissions(log *slog.Logger, classify func(netip.AddrPort) (Decision, bo
 		count:        liveConnectionCookies,
 		classify:     classify,
 		waiting:      waitsInAccept,
+		heldSockets:  socketFds,
 		log:          log,
 	}
 }
@@ -370,25 +377,42 @@ func (a *admissions) groupOf(cookie uint64) (string, bool) {
 // recount asks the kernel which recorded connections are still open,
 // forgets the others, and sets every class's figures to the exact count:
 // its recorded connections, the ones the kernel accepted on listeners left
-// to it (by their address's class), and its reservations whose thread
-// still waits in accept. deciding is the cookie of a connection being
-// decided, not to be counted (0: none). Called with a.mu held.
+// to it (by their address's class), and its reservations whose thread has
+// not taken its connection yet. deciding is the cookie of a connection
+// being decided, not to be counted (0: none). Called with a.mu held.
+//
+// A reservation's thread blocked in its accept has taken nothing; one
+// blocked elsewhere took its connection (or gave up) and the kernel's
+// count shows what it holds. One that runs may be either: woken in its
+// accept with the connection not yet its own, or serving it. Unless it
+// was left to the kernel only just now (runningToAccept), it is taken to
+// be serving when its process holds a connection this count found on a
+// listener left to the kernel; so a connection is counted once, by its
+// reservation until the count sees it, whichever the thread does
+// between the two reads. (A process whose other threads hold such
+// connections already passes for serving: the window is a woken
+// thread's few instructions before its accept returns.)
 func (a *admissions) recount(deciding uint64) error {
 	a.sinceCount = 0
 	now := time.Now()
+	var unsure []int // by tid
 	for tid, r := range a.reservations {
 		inAccept, running := a.waiting(r.tgid, tid, r.fd)
-		if !inAccept && !(running && now.Sub(r.made) < runningToAccept) {
+		switch {
+		case inAccept, running && now.Sub(r.made) < runningToAccept:
+		case running:
+			unsure = append(unsure, tid)
+		default:
 			delete(a.reservations, tid)
 		}
 	}
-	a.reserved.Store(int64(len(a.reservations)))
 	live := make(map[uint64]struct{}, len(a.conns))
 	kernel := map[string]int{}
+	var kernelInodes map[uint64]struct{}
 	if len(a.conns) > 0 || len(a.fast) > 0 {
 		// (With nothing recorded and no listener left to the kernel, a
 		// table without caps never walks the kernel's sockets.)
-		err := a.count(func(cookie uint64, local netip.AddrPort) {
+		err := a.count(func(cookie, inode uint64, local netip.AddrPort) {
 			if _, ok := a.conns[cookie]; ok {
 				live[cookie] = struct{}{}
 				return
@@ -398,13 +422,26 @@ func (a *admissions) recount(deciding uint64) error {
 			}
 			if d, ok := a.classify(local); ok && d.Admission != nil {
 				kernel[d.Group]++
+				if len(unsure) > 0 {
+					if kernelInodes == nil {
+						kernelInodes = map[uint64]struct{}{}
+					}
+					kernelInodes[inode] = struct{}{}
+				}
 			}
 		})
 		if err != nil {
 			// The figures stay the upper bounds they were.
+			a.reserved.Store(int64(len(a.reservations)))
 			return err
 		}
 	}
+	for _, tid := range unsure {
+		if a.servesCounted(a.reservations[tid].tgid, kernelInodes) {
+			delete(a.reservations, tid)
+		}
+	}
+	a.reserved.Store(int64(len(a.reservations)))
 	for _, cc := range a.classes {
 		cc.reset()
 	}
@@ -424,6 +461,21 @@ func (a *admissions) recount(deciding uint64) error {
 	a.recordedAtCount = len(a.conns)
 	a.uncounted = false
 	return nil
+}
+
+// servesCounted reports whether process tgid holds one of the connections
+// counted (by socket inode): read after the count, so that a connection
+// its thread takes between the two reads counts by the reservation.
+func (a *admissions) servesCounted(tgid int, counted map[uint64]struct{}) bool {
+	if len(counted) == 0 {
+		return false
+	}
+	for _, ino := range a.heldSockets(tgid) {
+		if _, ok := counted[ino]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // addReservations adds the reservations to their classes' figures.

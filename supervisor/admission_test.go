@@ -30,28 +30,40 @@ func TestClientKey(t *testing.T) {
 // fakeKernel stands for sock_diag and /proc in the admission record's
 // tests: it holds the cookies of the connections "still open", the local
 // addresses of the ones the kernel accepted itself, the threads still
-// waiting in an accept, and counts how often it was asked.
+// waiting in an accept, the sockets each process holds, and counts how
+// often it was asked. A connection's inode is its cookie plus inodeBase.
 type fakeKernel struct {
 	open     map[uint64]bool
 	accepted map[uint64]netip.AddrPort // by cookie: accepted by the kernel, never recorded
 	waiting  map[int]bool              // by tid
 	running  map[int]bool              // by tid: on a CPU or runnable
+	holds    map[int][]uint64          // by tgid: cookies of the connections it has a file of
 	asked    int
 	fail     error
 }
 
-func (k *fakeKernel) count(held func(uint64, netip.AddrPort)) error {
+const inodeBase = 1 << 20
+
+func (k *fakeKernel) count(held func(cookie, inode uint64, local netip.AddrPort)) error {
 	k.asked++
 	if k.fail != nil {
 		return k.fail
 	}
 	for c := range k.open {
-		held(c, netip.MustParseAddrPort("192.0.2.99:80"))
+		held(c, c+inodeBase, netip.MustParseAddrPort("192.0.2.99:80"))
 	}
 	for c, local := range k.accepted {
-		held(c, local)
+		held(c, c+inodeBase, local)
 	}
 	return nil
+}
+
+func (k *fakeKernel) heldSockets(tgid int) map[int]uint64 {
+	out := map[int]uint64{}
+	for i, c := range k.holds[tgid] {
+		out[3+i] = c + inodeBase
+	}
+	return out
 }
 
 // fastShop is the address of a listener whose address decides its class,
@@ -64,6 +76,7 @@ func newTestAdmissions(k *fakeKernel, shop Decision) *admissions {
 	})
 	a.count = k.count
 	a.waiting = func(_, tid, _ int) (bool, bool) { return k.waiting[tid], k.running[tid] }
+	a.heldSockets = k.heldSockets
 	return a
 }
 
@@ -314,10 +327,12 @@ func TestAdmissionReservations(t *testing.T) {
 }
 
 // A thread seen running just after its accept was left to the kernel may
-// be on its way into it and keeps its place; one running long after is
-// serving what it took, which the count sees as a connection.
+// be on its way into it and keeps its place. One running long after is
+// either woken in its accept, its connection not yet a file the count can
+// see, and keeps its place, or serving the connection it took, which the
+// count sees in its process: counted once either way.
 func TestAdmissionReservationOfARunningThread(t *testing.T) {
-	k := &fakeKernel{open: map[uint64]bool{}, accepted: map[uint64]netip.AddrPort{}, running: map[int]bool{1: true}}
+	k := &fakeKernel{open: map[uint64]bool{}, accepted: map[uint64]netip.AddrPort{}, running: map[int]bool{1: true}, holds: map[int][]uint64{}}
 	shop := Decision{Group: "shop", Admission: &Admission{MaxConnections: 2}}
 	a := newTestAdmissions(k, shop)
 	a.noteFast(fastShop)
@@ -332,19 +347,28 @@ func TestAdmissionReservationOfARunningThread(t *testing.T) {
 	if a.tryAdmit("shop", shop.Admission, 11, client) {
 		t.Fatal("admitted a third while a thread that just got its accept runs")
 	}
-	// Long after, the running thread took a connection and serves it.
+	// Long after, the thread is woken in its accept: the connection it
+	// takes is in no count yet, nor in its process.
 	r := a.reservations[1]
 	r.made = r.made.Add(-time.Second)
 	a.reservations[1] = r
-	k.accepted[20] = fastShop
 	if a.tryAdmit("shop", shop.Admission, 12, client) {
+		t.Fatal("admitted a third while a thread woken long after its reservation takes its connection")
+	}
+	// Then it serves it: its process holds the connection the count sees.
+	k.accepted[20] = fastShop
+	k.holds[100] = []uint64{20}
+	if a.tryAdmit("shop", shop.Admission, 13, client) {
 		t.Fatal("admitted a third beside the connection the running thread serves")
 	}
 	if st := a.stats()["shop"]; st.Open != 2 {
 		t.Errorf("stats %+v; want 2 open, counted once each", st)
 	}
+	// It closed it and came back for another.
 	delete(k.accepted, 20)
-	if !a.tryAdmit("shop", shop.Admission, 13, client) {
+	k.holds[100] = nil
+	a.returned(1)
+	if !a.tryAdmit("shop", shop.Admission, 14, client) {
 		t.Fatal("refused after the running thread's connection closed")
 	}
 }

@@ -43,15 +43,16 @@ func liveSocketInodes(withConnections bool) (map[uint64]bool, error) {
 	return live, err
 }
 
-// liveConnectionCookies calls held with the cookie (SO_COOKIE) and the
-// local address of every TCP connection of this network namespace that
-// some process still holds open: established, or closed by the client but
-// not yet by the server. Listeners and the kernel's remnants of closed
-// connections are left out by the kernel itself.
-func liveConnectionCookies(held func(cookie uint64, local netip.AddrPort)) error {
+// liveConnectionCookies calls held with the cookie (SO_COOKIE), the
+// socket's inode and the local address of every TCP connection of this
+// network namespace that some process still holds open: established, or
+// closed by the client but not yet by the server. Listeners and the
+// kernel's remnants of closed connections are left out by the kernel
+// itself.
+func liveConnectionCookies(held func(cookie, inode uint64, local netip.AddrPort)) error {
 	return eachTCPSocket(heldConnectionStates, func(m diagMsg) {
-		if m.inode() != 0 {
-			held(m.cookie(), m.local())
+		if ino := m.inode(); ino != 0 {
+			held(m.cookie(), uint64(ino), m.local())
 		}
 	})
 }
