@@ -123,6 +123,13 @@ type admissions struct {
 	// may have made them before this supervisor started).
 	sinceCount int
 	uncounted  bool
+	// kernelSeen are the inodes of the connections the last count found
+	// accepted by the kernel on listeners left to it, and endedSince, by
+	// process, the reservations whose thread made a new call since: what
+	// a count needs to tell which connections a process took since the
+	// last one for reservations still open (recount).
+	kernelSeen map[uint64]struct{}
+	endedSince map[int]int
 	log        *slog.Logger
 	// countFailed limits the log of failed counts to a line per 10 s.
 	countFailed rateLimit
@@ -138,10 +145,10 @@ type reservation struct {
 // runningToAccept is how long after its accept was left to the kernel a
 // thread seen running is taken to be still on its way into the accept,
 // whatever else its process holds. Later, /proc cannot tell a thread woken
-// in its accept (its connection still in the accept queue, or taken but
-// not yet given a file: sock_diag shows no inode for it either) from one
-// serving what it took; the count then asks which sockets its process
-// holds (recount).
+// in its accept but not yet run (its connection still in the accept
+// queue, or just taken from it and not yet attached to its socket file:
+// sock_diag shows no inode for it either) from one serving what it took;
+// the count then asks which sockets its process holds (recount).
 const runningToAccept = 100 * time.Millisecond
 
 type admittedConn struct {
@@ -184,6 +191,8 @@ func newAdmissions(log *slog.Logger, classify func(netip.AddrPort) (Decision, bo
 		classify:     classify,
 		waiting:      waitsInAccept,
 		heldSockets:  socketFds,
+		kernelSeen:   map[uint64]struct{}{},
+		endedSince:   map[int]int{},
 		log:          log,
 	}
 }
@@ -260,7 +269,10 @@ func (a *admissions) returned(tid int) {
 		return
 	}
 	a.mu.Lock()
-	delete(a.reservations, tid)
+	if r, ok := a.reservations[tid]; ok {
+		delete(a.reservations, tid)
+		a.endedSince[r.tgid]++
+	}
 	a.reserved.Store(int64(len(a.reservations)))
 	a.mu.Unlock()
 }
@@ -382,34 +394,37 @@ func (a *admissions) groupOf(cookie uint64) (string, bool) {
 // being decided, not to be counted (0: none). Called with a.mu held.
 //
 // A reservation's thread blocked in its accept has taken nothing; one
-// blocked elsewhere took its connection (or gave up) and the kernel's
-// count shows what it holds. One that runs may be either: woken in its
-// accept with the connection not yet its own, or serving it. Unless it
-// was left to the kernel only just now (runningToAccept), it is taken to
-// be serving when its process holds a connection this count found on a
-// listener left to the kernel; so a connection is counted once, by its
-// reservation until the count sees it, whichever the thread does
-// between the two reads. (A process whose other threads hold such
-// connections already passes for serving: the window is a woken
-// thread's few instructions before its accept returns.)
+// blocked elsewhere took its connection (or gave up) and the walk shows
+// what it holds. One that runs, unless it was left to the kernel only just
+// now (runningToAccept), may be either: woken in its accept and not yet
+// run, its connection without an inode, or serving it. Such a reservation
+// ends when its process holds a connection this walk found on a listener
+// left to the kernel that the last count had not seen and that no other
+// reservation of the process accounts for (reservations ended by a new
+// call since: endedSince); the process's sockets are read after the walk,
+// so a connection attached between the two reads counts by its
+// reservation. A connection is so never counted by neither; it may count
+// twice for a while (one taken before the walk whose fd is installed after
+// the read; one handed to another process), which errs toward refusing.
 func (a *admissions) recount(deciding uint64) error {
 	a.sinceCount = 0
 	now := time.Now()
-	var unsure []int // by tid
+	unsure := map[int][]int{} // tids by tgid
 	for tid, r := range a.reservations {
 		inAccept, running := a.waiting(r.tgid, tid, r.fd)
 		switch {
 		case inAccept, running && now.Sub(r.made) < runningToAccept:
 		case running:
-			unsure = append(unsure, tid)
+			unsure[r.tgid] = append(unsure[r.tgid], tid)
 		default:
 			delete(a.reservations, tid)
 		}
 	}
 	live := make(map[uint64]struct{}, len(a.conns))
 	kernel := map[string]int{}
-	var kernelInodes map[uint64]struct{}
-	if len(a.conns) > 0 || len(a.fast) > 0 {
+	kernelInodes := map[uint64]struct{}{}
+	walked := len(a.conns) > 0 || len(a.fast) > 0
+	if walked {
 		// (With nothing recorded and no listener left to the kernel, a
 		// table without caps never walks the kernel's sockets.)
 		err := a.count(func(cookie, inode uint64, local netip.AddrPort) {
@@ -422,12 +437,7 @@ func (a *admissions) recount(deciding uint64) error {
 			}
 			if d, ok := a.classify(local); ok && d.Admission != nil {
 				kernel[d.Group]++
-				if len(unsure) > 0 {
-					if kernelInodes == nil {
-						kernelInodes = map[uint64]struct{}{}
-					}
-					kernelInodes[inode] = struct{}{}
-				}
+				kernelInodes[inode] = struct{}{}
 			}
 		})
 		if err != nil {
@@ -436,11 +446,16 @@ func (a *admissions) recount(deciding uint64) error {
 			return err
 		}
 	}
-	for _, tid := range unsure {
-		if a.servesCounted(a.reservations[tid].tgid, kernelInodes) {
+	for tgid, tids := range unsure {
+		taken := a.takenSince(tgid, kernelInodes) - a.endedSince[tgid]
+		for _, tid := range tids[:min(max(taken, 0), len(tids))] {
 			delete(a.reservations, tid)
 		}
 	}
+	if walked {
+		a.kernelSeen = kernelInodes
+	}
+	clear(a.endedSince)
 	a.reserved.Store(int64(len(a.reservations)))
 	for _, cc := range a.classes {
 		cc.reset()
@@ -463,19 +478,24 @@ func (a *admissions) recount(deciding uint64) error {
 	return nil
 }
 
-// servesCounted reports whether process tgid holds one of the connections
-// counted (by socket inode): read after the count, so that a connection
-// its thread takes between the two reads counts by the reservation.
-func (a *admissions) servesCounted(tgid int, counted map[uint64]struct{}) bool {
+// takenSince is how many of the connections counted (by socket inode)
+// that the last count had not seen process tgid holds, read from
+// /proc/TGID/fd once per count and process that has a running
+// reservation.
+func (a *admissions) takenSince(tgid int, counted map[uint64]struct{}) int {
 	if len(counted) == 0 {
-		return false
+		return 0
 	}
+	taken := map[uint64]struct{}{} // a connection at two fds is one
 	for _, ino := range a.heldSockets(tgid) {
-		if _, ok := counted[ino]; ok {
-			return true
+		if _, ok := counted[ino]; !ok {
+			continue
+		}
+		if _, old := a.kernelSeen[ino]; !old {
+			taken[ino] = struct{}{}
 		}
 	}
-	return false
+	return len(taken)
 }
 
 // addReservations adds the reservations to their classes' figures.

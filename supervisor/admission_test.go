@@ -373,6 +373,74 @@ func TestAdmissionReservationOfARunningThread(t *testing.T) {
 	}
 }
 
+// Threads of one process running long after their reservations: only the
+// connections the process took since the last count, less those of
+// reservations ended by a new call since, end running reservations; a
+// connection it held before, or took for a thread that called again, does
+// not stand for a woken thread's, still queued.
+func TestAdmissionRunningThreadsOfOneProcess(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// threads running long after their reservation, in process 100
+		threads int
+		// before: connections the process holds at the first count
+		before []uint64
+		// since: connections it took after that count; ended: its
+		// reservations that ended by a new call since
+		since []uint64
+		ended int
+		// room is how many more connections a cap of 6 admits
+		room int
+	}{
+		{name: "a woken thread beside a connection held before", threads: 1, before: []uint64{30}, room: 6 - 1 - 1},
+		{name: "two woken threads, one serving what it took", threads: 2, since: []uint64{31}, room: 6 - 2},
+		{name: "a connection taken by a thread that called again", threads: 1, since: []uint64{32}, ended: 1, room: 6 - 1 - 1},
+		{name: "the one woken thread serving what it took", threads: 1, before: []uint64{30}, since: []uint64{33}, room: 6 - 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := &fakeKernel{open: map[uint64]bool{}, accepted: map[uint64]netip.AddrPort{}, running: map[int]bool{}, holds: map[int][]uint64{}}
+			shop := Decision{Group: "shop", Admission: &Admission{MaxConnections: 6}}
+			a := newTestAdmissions(k, shop)
+			a.noteFast(fastShop)
+			for _, c := range tc.before {
+				k.accepted[c] = fastShop
+				k.holds[100] = append(k.holds[100], c)
+			}
+			a.mu.Lock()
+			a.recount(0)
+			a.mu.Unlock()
+			for tid := 1; tid <= tc.threads+tc.ended; tid++ {
+				if !a.reserve(tid, 100, 3, shop) {
+					t.Fatalf("reservation %d refused", tid)
+				}
+				k.running[tid] = true
+			}
+			for tid := tc.threads + 1; tid <= tc.threads+tc.ended; tid++ {
+				a.returned(tid)
+			}
+			for tid, r := range a.reservations {
+				r.made = r.made.Add(-time.Second)
+				a.reservations[tid] = r
+			}
+			for _, c := range tc.since {
+				k.accepted[c] = fastShop
+				k.holds[100] = append(k.holds[100], c)
+			}
+			client := netip.MustParseAddr("192.0.2.1")
+			admitted := 0
+			for c := uint64(1); c <= 10; c++ {
+				if a.tryAdmit("shop", shop.Admission, c, client) {
+					k.open[c] = true
+					admitted++
+				}
+			}
+			if admitted != tc.room {
+				t.Errorf("admitted %d, want %d", admitted, tc.room)
+			}
+		})
+	}
+}
+
 // Over-limit decisions are logged as a summary: the first at once, then at
 // most one line per 10 s per vhost with what happened since.
 func TestAdmissionOverLimitLog(t *testing.T) {

@@ -309,14 +309,45 @@ func TestBusyWaitsOnQuietThreads(t *testing.T) {
 		{name: "receiver", waiting: func() []int { return receiversNow(t, h.sup.notifyFd) }},
 		{name: "event loop", waiting: func() []int { return eventLoopsWaiting(h) }},
 	}
-	// Right after a burst both wait in their system calls: the receiver
-	// for the server's next accept, the event loop for a few
-	// milliseconds. A thread's mask counts only if it still waits there
-	// after it was read (between bursts a goroutine may park in the
-	// netpoller and leave its thread). A machine too busy for
-	// back-to-back connections only delays this.
-	waitFor(t, "the receiver in NOTIF_RECV and the event loop in epoll_wait after a burst", func() bool {
-		serveBurst(t, h, 10)
+	// Under a stream of connections both wait in their system calls: the
+	// receiver for the server's next accept, the event loop for a few
+	// milliseconds. Four clients at once keep the accept queue from
+	// running dry on a slow machine too (the race detector, a busy CI),
+	// where one client's connections came more than busyGap apart and
+	// both waited in the netpoller throughout. A thread's mask counts
+	// only if it still waits there after it was read (a goroutine may
+	// park in the netpoller between connections and leave its thread).
+	stop := make(chan struct{})
+	var clients sync.WaitGroup
+	for range 4 {
+		clients.Add(1)
+		go func() {
+			defer clients.Done()
+			buf := make([]byte, 256)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := net.DialTimeout("tcp", h.addr, patience)
+				if err != nil {
+					continue
+				}
+				c.SetDeadline(time.Now().Add(patience))
+				// The server answers once it has read to EOF.
+				if _, err := c.Write([]byte{'x'}); err == nil && c.(*net.TCPConn).CloseWrite() == nil {
+					c.Read(buf)
+				}
+				c.Close()
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		clients.Wait()
+	}()
+	waitFor(t, "the receiver in NOTIF_RECV and the event loop in epoll_wait under a stream of connections", func() bool {
 		for _, w := range waiters {
 			if w.tid != 0 {
 				continue
