@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,14 +124,14 @@ type admissions struct {
 	// may have made them before this supervisor started).
 	sinceCount int
 	uncounted  bool
-	// kernelSeen are the inodes of the connections the last count found
-	// accepted by the kernel on listeners left to it, and endedSince, by
-	// process, the reservations whose thread made a new call since: what
-	// a count needs to tell which connections a process took since the
-	// last one for reservations still open (recount).
-	kernelSeen map[uint64]struct{}
-	endedSince map[int]int
-	log        *slog.Logger
+	// kernelSeen are the connections the last count found accepted by
+	// the kernel on listeners left to it, by inode: a connection first
+	// seen after a reservation was made may be that reservation's
+	// (recount).
+	kernelSeen map[uint64]seenConn
+	// adopting is set while adopt counts: no reservation ends then.
+	adopting bool
+	log      *slog.Logger
 	// countFailed limits the log of failed counts to a line per 10 s.
 	countFailed rateLimit
 }
@@ -140,6 +141,16 @@ type reservation struct {
 	class    *classCount
 	tgid, fd int
 	made     time.Time
+}
+
+// seenConn is what the counts know of a connection the kernel accepted on
+// a listener left to it.
+type seenConn struct {
+	// first is when a count first saw it; zero if before this supervisor
+	// could know (what a predecessor handed over).
+	first time.Time
+	// claimed says it has ended a reservation: it ends no other.
+	claimed bool
 }
 
 // runningToAccept is how long after its accept was left to the kernel a
@@ -191,8 +202,7 @@ func newAdmissions(log *slog.Logger, classify func(netip.AddrPort) (Decision, bo
 		classify:     classify,
 		waiting:      waitsInAccept,
 		heldSockets:  socketFds,
-		kernelSeen:   map[uint64]struct{}{},
-		endedSince:   map[int]int{},
+		kernelSeen:   map[uint64]seenConn{},
 		log:          log,
 	}
 }
@@ -269,10 +279,7 @@ func (a *admissions) returned(tid int) {
 		return
 	}
 	a.mu.Lock()
-	if r, ok := a.reservations[tid]; ok {
-		delete(a.reservations, tid)
-		a.endedSince[r.tgid]++
-	}
+	delete(a.reservations, tid)
 	a.reserved.Store(int64(len(a.reservations)))
 	a.mu.Unlock()
 }
@@ -397,15 +404,18 @@ func (a *admissions) groupOf(cookie uint64) (string, bool) {
 // blocked elsewhere took its connection (or gave up) and the walk shows
 // what it holds. One that runs, unless it was left to the kernel only just
 // now (runningToAccept), may be either: woken in its accept and not yet
-// run, its connection without an inode, or serving it. Such a reservation
-// ends when its process holds a connection this walk found on a listener
-// left to the kernel that the last count had not seen and that no other
-// reservation of the process accounts for (reservations ended by a new
-// call since: endedSince); the process's sockets are read after the walk,
-// so a connection attached between the two reads counts by its
-// reservation. A connection is so never counted by neither; it may count
-// twice for a while (one taken before the walk whose fd is installed after
-// the read; one handed to another process), which errs toward refusing.
+// run, its connection without an inode, or serving it. Such reservations
+// of a process end, oldest first, one for each connection it holds that
+// the walk found on a listener left to the kernel, that a count first saw
+// after the oldest of them was made and that ended no reservation before;
+// the process's sockets are read after the walk, so a connection attached
+// between the two reads counts by its reservation. A single-threaded
+// process (prefork, one connection at a time) is so counted exactly. In a process with several accepting
+// threads a connection taken by one thread may end another's reservation
+// (counted by neither while that thread waits for a CPU); a connection
+// handed to another process, or taken and closed by a thread that keeps
+// running, keeps its reservation until the thread blocks or calls again
+// (counted twice: refusing a little early).
 func (a *admissions) recount(deciding uint64) error {
 	a.sinceCount = 0
 	now := time.Now()
@@ -422,7 +432,8 @@ func (a *admissions) recount(deciding uint64) error {
 	}
 	live := make(map[uint64]struct{}, len(a.conns))
 	kernel := map[string]int{}
-	kernelInodes := map[uint64]struct{}{}
+	// firstSeen becomes kernelSeen.
+	firstSeen := map[uint64]seenConn{}
 	walked := len(a.conns) > 0 || len(a.fast) > 0
 	if walked {
 		// (With nothing recorded and no listener left to the kernel, a
@@ -437,7 +448,11 @@ func (a *admissions) recount(deciding uint64) error {
 			}
 			if d, ok := a.classify(local); ok && d.Admission != nil {
 				kernel[d.Group]++
-				kernelInodes[inode] = struct{}{}
+				seen, ok := a.kernelSeen[inode]
+				if !ok && !a.adopting {
+					seen.first = now
+				}
+				firstSeen[inode] = seen
 			}
 		})
 		if err != nil {
@@ -446,16 +461,14 @@ func (a *admissions) recount(deciding uint64) error {
 			return err
 		}
 	}
-	for tgid, tids := range unsure {
-		taken := a.takenSince(tgid, kernelInodes) - a.endedSince[tgid]
-		for _, tid := range tids[:min(max(taken, 0), len(tids))] {
-			delete(a.reservations, tid)
+	if !a.adopting {
+		for _, tids := range unsure {
+			a.endServed(tids, firstSeen)
 		}
 	}
 	if walked {
-		a.kernelSeen = kernelInodes
+		a.kernelSeen = firstSeen
 	}
-	clear(a.endedSince)
 	a.reserved.Store(int64(len(a.reservations)))
 	for _, cc := range a.classes {
 		cc.reset()
@@ -478,24 +491,37 @@ func (a *admissions) recount(deciding uint64) error {
 	return nil
 }
 
-// takenSince is how many of the connections counted (by socket inode)
-// that the last count had not seen process tgid holds, read from
-// /proc/TGID/fd once per count and process that has a running
-// reservation.
-func (a *admissions) takenSince(tgid int, counted map[uint64]struct{}) int {
-	if len(counted) == 0 {
-		return 0
+// endServed ends the reservations tids (running threads of one process)
+// that connections the process holds account for: connections in seen
+// first seen after the oldest reservation was made and not claimed by
+// another reservation yet, one each, oldest reservation first. It reads
+// /proc/TGID/fd only when some connection qualifies. Called with a.mu
+// held.
+func (a *admissions) endServed(tids []int, seen map[uint64]seenConn) {
+	slices.SortFunc(tids, func(x, y int) int { return a.reservations[x].made.Compare(a.reservations[y].made) })
+	oldest := a.reservations[tids[0]].made
+	qualify := false
+	for _, c := range seen {
+		if !c.claimed && c.first.After(oldest) {
+			qualify = true
+			break
+		}
 	}
-	taken := map[uint64]struct{}{} // a connection at two fds is one
-	for _, ino := range a.heldSockets(tgid) {
-		if _, ok := counted[ino]; !ok {
+	if !qualify {
+		return
+	}
+	for _, ino := range a.heldSockets(a.reservations[tids[0]].tgid) {
+		c, ok := seen[ino]
+		if !ok || c.claimed || !c.first.After(oldest) {
 			continue
 		}
-		if _, old := a.kernelSeen[ino]; !old {
-			taken[ino] = struct{}{}
+		c.claimed = true // also where a connection sits at two fds
+		seen[ino] = c
+		delete(a.reservations, tids[0])
+		if tids = tids[1:]; len(tids) == 0 {
+			return
 		}
 	}
-	return len(taken)
 }
 
 // addReservations adds the reservations to their classes' figures.
@@ -750,6 +776,10 @@ func (a *admissions) adopt(r AdmissionRecord) {
 	}
 	// The connections the kernel accepted on fast listeners are not in
 	// the record; the count finds them, and drops what closed meanwhile.
+	// What the server holds now came before this supervisor: no
+	// reservation handed over ends for it.
+	a.adopting = true
+	defer func() { a.adopting = false }()
 	if err := a.recount(0); err != nil {
 		a.log.Warn("counting open connections for max_connections after taking over", "err", err)
 	}

@@ -373,11 +373,26 @@ func TestAdmissionReservationOfARunningThread(t *testing.T) {
 	}
 }
 
+// ageAdmissions makes d pass for a's record: its reservations were made,
+// and the kernel's connections first seen, d earlier.
+func ageAdmissions(a *admissions, d time.Duration) {
+	for tid, r := range a.reservations {
+		r.made = r.made.Add(-d)
+		a.reservations[tid] = r
+	}
+	for ino, seen := range a.kernelSeen {
+		if !seen.first.IsZero() {
+			seen.first = seen.first.Add(-d)
+			a.kernelSeen[ino] = seen
+		}
+	}
+}
+
 // Threads of one process running long after their reservations: only the
-// connections the process took since the last count, less those of
-// reservations ended by a new call since, end running reservations; a
-// connection it held before, or took for a thread that called again, does
-// not stand for a woken thread's, still queued.
+// connections the process holds that a count first saw after the
+// reservations were made end them, one each; a connection it held before
+// does not stand for a woken thread's, still queued, and one a count saw
+// while the reservation was young still ends it once its thread runs on.
 func TestAdmissionRunningThreadsOfOneProcess(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -385,17 +400,18 @@ func TestAdmissionRunningThreadsOfOneProcess(t *testing.T) {
 		threads int
 		// before: connections the process holds at the first count
 		before []uint64
-		// since: connections it took after that count; ended: its
-		// reservations that ended by a new call since
+		// since: connections it took after that count
 		since []uint64
-		ended int
+		// seenYoung: a count saw since's connections while the
+		// reservations were young
+		seenYoung bool
 		// room is how many more connections a cap of 6 admits
 		room int
 	}{
 		{name: "a woken thread beside a connection held before", threads: 1, before: []uint64{30}, room: 6 - 1 - 1},
 		{name: "two woken threads, one serving what it took", threads: 2, since: []uint64{31}, room: 6 - 2},
-		{name: "a connection taken by a thread that called again", threads: 1, since: []uint64{32}, ended: 1, room: 6 - 1 - 1},
 		{name: "the one woken thread serving what it took", threads: 1, before: []uint64{30}, since: []uint64{33}, room: 6 - 2},
+		{name: "a thread serving what a count saw while it was young", threads: 1, since: []uint64{34}, seenYoung: true, room: 6 - 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k := &fakeKernel{open: map[uint64]bool{}, accepted: map[uint64]netip.AddrPort{}, running: map[int]bool{}, holds: map[int][]uint64{}}
@@ -409,23 +425,23 @@ func TestAdmissionRunningThreadsOfOneProcess(t *testing.T) {
 			a.mu.Lock()
 			a.recount(0)
 			a.mu.Unlock()
-			for tid := 1; tid <= tc.threads+tc.ended; tid++ {
+			ageAdmissions(a, time.Second)
+			for tid := 1; tid <= tc.threads; tid++ {
 				if !a.reserve(tid, 100, 3, shop) {
 					t.Fatalf("reservation %d refused", tid)
 				}
 				k.running[tid] = true
 			}
-			for tid := tc.threads + 1; tid <= tc.threads+tc.ended; tid++ {
-				a.returned(tid)
-			}
-			for tid, r := range a.reservations {
-				r.made = r.made.Add(-time.Second)
-				a.reservations[tid] = r
-			}
 			for _, c := range tc.since {
 				k.accepted[c] = fastShop
 				k.holds[100] = append(k.holds[100], c)
 			}
+			if tc.seenYoung {
+				a.mu.Lock()
+				a.recount(0)
+				a.mu.Unlock()
+			}
+			ageAdmissions(a, time.Second)
 			client := netip.MustParseAddr("192.0.2.1")
 			admitted := 0
 			for c := uint64(1); c <= 10; c++ {
@@ -503,6 +519,15 @@ func TestAdmissionRecordHandedOver(t *testing.T) {
 	}
 	if st := succ.stats()["shop"]; st.Open != 3 || st.Refused != 1 || st.Admitted != 2 {
 		t.Errorf("successor's stats %+v; want 3 open, 2 admitted (the waiting thread not yet), 1 refused (handed over)", st)
+	}
+	// The thread, long after, runs (woken in its accept): the connection
+	// the server held before the hand-over does not stand for its own.
+	delete(k.waiting, 7)
+	k.running = map[int]bool{7: true}
+	k.holds = map[int][]uint64{100: {50}}
+	ageAdmissions(succ, time.Second)
+	if succ.tryAdmit("shop", shop.Admission, 4, client) {
+		t.Error("the successor admitted a 5th when the handed-over thread woke: the connection its process held before counted as the thread's")
 	}
 }
 
