@@ -410,12 +410,12 @@ func (a *admissions) groupOf(cookie uint64) (string, bool) {
 // after the oldest of them was made and that ended no reservation before;
 // the process's sockets are read after the walk, so a connection attached
 // between the two reads counts by its reservation. A single-threaded
-// process (prefork, one connection at a time) is so counted exactly. In a process with several accepting
-// threads a connection taken by one thread may end another's reservation
-// (counted by neither while that thread waits for a CPU); a connection
-// handed to another process, or taken and closed by a thread that keeps
-// running, keeps its reservation until the thread blocks or calls again
-// (counted twice: refusing a little early).
+// process (prefork, one connection at a time) is so counted exactly. In a
+// process with several accepting threads a connection taken by one thread
+// may end another's reservation (counted by neither while that thread
+// waits for a CPU); a connection handed to another process, or taken and
+// closed by a thread that keeps running, keeps its reservation until the
+// thread blocks or calls again (counted twice: refusing a little early).
 func (a *admissions) recount(deciding uint64) error {
 	a.sinceCount = 0
 	now := time.Now()
@@ -492,11 +492,11 @@ func (a *admissions) recount(deciding uint64) error {
 }
 
 // endServed ends the reservations tids (running threads of one process)
-// that connections the process holds account for: connections in seen
-// first seen after the oldest reservation was made and not claimed by
-// another reservation yet, one each, oldest reservation first. It reads
-// /proc/TGID/fd only when some connection qualifies. Called with a.mu
-// held.
+// that connections the process holds account for, oldest reservation
+// first, one connection each: one in seen that a count first saw after
+// the reservation was made and that no other reservation claimed. It
+// reads /proc/TGID/fd only when some connection could qualify. Called
+// with a.mu held.
 func (a *admissions) endServed(tids []int, seen map[uint64]seenConn) {
 	slices.SortFunc(tids, func(x, y int) int { return a.reservations[x].made.Compare(a.reservations[y].made) })
 	oldest := a.reservations[tids[0]].made
@@ -510,16 +510,16 @@ func (a *admissions) endServed(tids []int, seen map[uint64]seenConn) {
 	if !qualify {
 		return
 	}
-	for _, ino := range a.heldSockets(a.reservations[tids[0]].tgid) {
-		c, ok := seen[ino]
-		if !ok || c.claimed || !c.first.After(oldest) {
-			continue
-		}
-		c.claimed = true // also where a connection sits at two fds
-		seen[ino] = c
-		delete(a.reservations, tids[0])
-		if tids = tids[1:]; len(tids) == 0 {
-			return
+	held := a.heldSockets(a.reservations[tids[0]].tgid)
+	for _, tid := range tids {
+		made := a.reservations[tid].made
+		for _, ino := range held {
+			if c, ok := seen[ino]; ok && !c.claimed && c.first.After(made) {
+				c.claimed = true // so also where it sits at two fds
+				seen[ino] = c
+				delete(a.reservations, tid)
+				break
+			}
 		}
 	}
 }
