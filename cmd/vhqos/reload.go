@@ -156,7 +156,12 @@ func (r *reloader) reload(since time.Time, force bool) {
 	}
 	prev, _ := r.table()
 	if err := r.apply(next); err != nil {
-		r.log.Error("applying the QoS table failed; the previous one stays in force (SIGHUP tries this file again)", "path", r.path, "err", err)
+		msg := "applying the QoS table failed; the previous one stays in force (SIGHUP tries this file again)"
+		if errors.As(err, new(needsRestart)) {
+			// Trying again cannot help; the error says what will.
+			msg = "QoS table not applied; the previous one stays in force"
+		}
+		r.log.Error(msg, "path", r.path, "err", err)
 		// The same bytes are not tried again on the next event (the
 		// rename an editor does after writing, the watch's first look):
 		// each try writes the limits that fit and takes them back.
@@ -177,6 +182,10 @@ func (r *reloader) reload(since time.Time, force bool) {
 		"took", time.Since(since).Round(time.Microsecond))
 }
 
+// needsRestart is a change of the table that only a restart of vhqos can
+// make: reloading the same file again would fail the same way.
+type needsRestart struct{ error }
+
 // apply moves from the current table to next: limits of kept groups change
 // in place, new groups are made, the supervisor switches tables, then the
 // groups of removed vhosts go, their processes moving to the defaults. If a
@@ -184,16 +193,16 @@ func (r *reloader) reload(since time.Time, force bool) {
 // the log, is tableChanges.
 func (r *reloader) apply(next *policy.Table) error {
 	if next.Settings.CgroupParent != r.current.Settings.CgroupParent {
-		return errors.New("settings.cgroup_parent cannot change while vhqos runs; restart it to move its cgroups")
+		return needsRestart{errors.New("settings.cgroup_parent cannot change while vhqos runs; restart it to move its cgroups")}
 	}
 	if next.Settings.Track != r.current.Settings.Track {
-		return errors.New("settings.track cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
+		return needsRestart{errors.New("settings.track cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")}
 	}
 	if next.Settings.Placement != r.current.Settings.Placement {
-		return errors.New("settings.placement cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")
+		return needsRestart{errors.New("settings.placement cannot change while vhqos runs: the seccomp filter is fixed when the server starts; restart vhqos")}
 	}
 	if !sameDevices(next.Settings.ShapeDevices, r.shapeDevices) {
-		return fmt.Errorf("settings.shape_devices cannot change while vhqos runs (running with %q): vhqos run set the devices up when it started; restart it", r.shapeDevices)
+		return needsRestart{fmt.Errorf("settings.shape_devices cannot change while vhqos runs (running with %q): vhqos run set the devices up when it started; restart it", r.shapeDevices)}
 	}
 	old := classes(r.current)
 	neu := classes(next)

@@ -143,3 +143,38 @@ func TestTableChanges(t *testing.T) {
 		})
 	}
 }
+
+// A table that changes what only a restart can change is refused with
+// the way out, and the log does not suggest SIGHUP, which would fail the
+// same way.
+func TestReloadRefusesRestartOnlySettings(t *testing.T) {
+	const vhost = "\n[[vhost]]\nname = \"shop\"\nmatch = [\"127.0.0.2\"]\n"
+	for _, tc := range []struct{ name, settings, says string }{
+		{"placement", "[settings]\nplacement = \"thread\"\n", "settings.placement cannot change while vhqos runs"},
+		{"track", "[settings]\ntrack = \"fork\"\n", "settings.track cannot change while vhqos runs"},
+		{"cgroup_parent", "[settings]\ncgroup_parent = \"/elsewhere\"\n", "settings.cgroup_parent cannot change while vhqos runs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			current, err := policy.Parse("qos.toml", []byte(vhost))
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(t.TempDir(), "qos.toml")
+			if err := os.WriteFile(path, []byte(tc.settings+vhost), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var logs syncBuffer
+			r := &reloader{path: path, log: slog.New(slog.NewTextHandler(&logs, nil)), current: current}
+			r.reload(time.Now(), true)
+			if got, _ := r.table(); got != current {
+				t.Error("the table in force changed")
+			}
+			if why := r.refusedWhy(); !strings.Contains(why, tc.says) || !strings.Contains(why, "restart") {
+				t.Errorf("refused because %q, want it to say %q and how to restart", why, tc.says)
+			}
+			if out := logs.String(); !strings.Contains(out, "QoS table not applied") || strings.Contains(out, "SIGHUP") {
+				t.Errorf("log says:\n%s\nwant the table not applied, with no SIGHUP hint", out)
+			}
+		})
+	}
+}
