@@ -424,9 +424,12 @@ func testNginxReuseportCounts(t *testing.T, listen []string, names bool) {
 
 	want := map[string]uint64{"stats": 2} // the two stub_status requests
 	served := map[int]int{}
+	lost := map[string]uint64{} // by class: clients that got no answer
+	var lostErrs []string
 	for i, r := range results {
 		if errs[i] != nil {
-			t.Errorf("client %d: %v", i, errs[i])
+			lost[r.kind.class]++
+			lostErrs = append(lostErrs, fmt.Sprintf("client %d: %v", i, errs[i]))
 			continue
 		}
 		want[r.kind.class]++
@@ -453,8 +456,14 @@ func testNginxReuseportCounts(t *testing.T, listen []string, names bool) {
 		}
 	}
 	if respawned {
-		t.Logf("KNOWN BUG (docs/design-notes.md, writing the peer address can race a signal): nginx respawned a worker during the test (served by %v, started with %v); nginx's error log without the signal noise:\n%s",
-			served, workers, lastBytes(withoutSignalNoise(n.read("error.log")), 8<<10))
+		// The worker that died took the connections it held with it: those
+		// clients got no answer, though vhqos counted their connections.
+		t.Logf("KNOWN BUG (docs/design-notes.md, writing the peer address can race a signal): nginx respawned a worker during the test (served by %v, started with %v); clients left without an answer: %v; nginx's error log without the signal noise:\n%s",
+			served, workers, lostErrs, lastBytes(withoutSignalNoise(n.read("error.log")), 8<<10))
+	} else {
+		for _, e := range lostErrs {
+			t.Error(e)
+		}
 	}
 	if len(served) < 2 {
 		t.Errorf("connections served by workers %v, want both of %v", served, workers)
@@ -473,7 +482,11 @@ func testNginxReuseportCounts(t *testing.T, listen []string, names bool) {
 		t.Errorf("nginx accepted %d connections, clients made %d (and one stub_status request)", got, clients)
 	}
 	for class, w := range want {
-		if got := after[class] - before[class]; got != w {
+		got := after[class] - before[class]
+		if respawned && got >= w && got <= w+lost[class] {
+			continue // counted, then lost with the worker (above)
+		}
+		if got != w {
 			t.Errorf("vhqos status counts %d connections in %s, clients made %d", got, class, w)
 		}
 	}
